@@ -1,0 +1,92 @@
+"""One frozen configuration whose fields are the pipeline's switches; the CLI maps onto it one to
+one, and each rung of ``vidpipe ladder`` is one of these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+
+from .errors import VidpipeError
+
+Precision = Literal["fp32", "fp16", "bf16"]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+Postprocess = Literal["gpu", "loop_device", "loop_host"]
+
+
+@dataclass(frozen=True)
+class Config:
+    # model
+    weights: str | None = None  # path, None = NVIDIA's COCO checkpoint, "random" = calibrated random
+    random_candidates: int = 2000
+    random_classes: int = 20
+    precision: Precision = "fp16"
+    channels_last: bool = True
+    compile: Literal["auto", "on", "off"] = "auto"
+    normalize: Literal["imagenet", "symmetric"] = "imagenet"
+    # data path
+    device: str = "auto"
+    decoder: Literal["auto", "nvdec", "pyav"] = "auto"
+    batch_size: int = 64
+    overlap: bool = True  # decode ahead in threads, async copies, writer thread
+    decoders: int = 0  # parallel decode workers; 0 = chosen from resolution and device
+    max_frames: int | None = None
+    # post-processing (ssd_decode's arguments)
+    postprocess: Postprocess = "gpu"
+    candidate_threshold: float = 0.05
+    iou_threshold: float = 0.5
+    max_detections: int = 20
+    per_class_candidates: int = 200
+    score_threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.precision not in DTYPES:
+            raise VidpipeError(f"precision must be one of {sorted(DTYPES)}, got {self.precision!r}")
+        if self.batch_size < 1:
+            raise VidpipeError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.compile not in ("auto", "on", "off"):
+            raise VidpipeError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.postprocess not in ("gpu", "loop_device", "loop_host"):
+            raise VidpipeError(f"unknown postprocess {self.postprocess!r}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise VidpipeError(f"--iou-threshold must be in [0, 1], got {self.iou_threshold}")
+        if not 0.0 <= self.candidate_threshold < 1.0:
+            raise VidpipeError(f"--candidate-threshold must be in [0, 1), got {self.candidate_threshold}")
+        if self.max_detections < 1 or self.per_class_candidates < 1:
+            raise VidpipeError("--max-detections and --per-class-candidates must be >= 1")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise VidpipeError(f"--max-frames must be >= 1, got {self.max_frames}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+    def decode_kwargs(self) -> dict:
+        return dict(candidate_threshold=self.candidate_threshold, iou_threshold=self.iou_threshold,
+                    max_detections=self.max_detections, per_class_candidates=self.per_class_candidates,
+                    score_threshold=self.score_threshold)
+
+    def replace(self, **changes) -> Config:
+        return replace(self, **changes)
+
+    def asdict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda:N`` is checked to exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise VidpipeError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VidpipeError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VidpipeError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise VidpipeError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev

@@ -1,0 +1,2 @@
+"""placeholder"""
+def add_ladder_parser(sub): sub.add_parser("ladder")

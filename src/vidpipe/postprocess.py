@@ -1,0 +1,272 @@
+"""SSD300 post-processing with NVIDIA's reference semantics, for a whole batch on the GPU.
+
+In:  ``locs Tensor[N, 4, 8732]`` and ``scores Tensor[N, 81, 8732]`` straight from the model (any
+float dtype; computed in float32). Out: per image, at most ``max_detections`` detections as
+``boxes Tensor[D, 4]`` (normalised left, top, right, bottom), ``labels Tensor[D]`` int64 in 1..80 and
+``scores Tensor[D]`` float32, sorted by score, descending.
+
+Semantics (NVIDIA ``Encoder.decode_single`` followed by the hub example's ``pick_best``): decode the
+boxes against the default boxes, softmax over the 81 labels; for each class 1..80 keep the
+``per_class_candidates`` best scores above ``candidate_threshold``, greedy NMS inside the class
+suppressing every lower-scored box whose IoU with a kept box is >= ``iou_threshold`` (or NaN); keep
+the ``max_detections`` best over all classes and drop those with score <= ``score_threshold``.
+Ties, which NVIDIA's code leaves to its sort, are broken by the lower default-box index inside a
+class and by the lower label across classes.
+
+The fast path issues no host synchronisation: candidates are chosen with ``topk`` over
+(score, index) keys, NMS runs one Triton program per (image, class) on CUDA (a vectorised torch
+loop elsewhere), and the result stays padded on the device until :meth:`Detections.split`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .boxes import NUM_BOXES, SCALE_WH, SCALE_XY, default_boxes
+from .errors import VidpipeError
+
+try:
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
+except ImportError:  # CPU-only installs may lack Triton; the torch NMS serves them
+    triton = None
+
+_INDEX_BITS = 32  # probabilities <= 1.0 have float32 bits < 2**30, so (bits << 32) | index fits int64
+NmsImpl = Literal["auto", "triton", "torch"]
+
+
+@dataclass
+class Detections:
+    """A batch of detections, padded to ``max_detections`` per image, on one device.
+
+    boxes: ``Tensor[N, D, 4]`` float32 normalised ltrb; labels: ``Tensor[N, D]`` int64;
+    scores: ``Tensor[N, D]`` float32, descending per image; counts: ``Tensor[N]`` int64, the number
+    of valid leading entries of each image (rows past it are padding).
+    """
+
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    counts: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Detections:
+        return Detections(*(t.to(device, non_blocking=non_blocking) for t in self.astuple()))
+
+    def astuple(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.boxes, self.labels, self.scores, self.counts
+
+    def split(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One ``(boxes[D_i, 4], labels[D_i], scores[D_i])`` per image (synchronises once)."""
+        return [(b[:c], l[:c], s[:c]) for b, l, s, c in
+                zip(self.boxes, self.labels, self.scores, self.counts.tolist())]
+
+
+def decode_boxes(locs: torch.Tensor, dboxes: torch.Tensor) -> torch.Tensor:
+    """``locs Tensor[N, 4, A]`` offsets -> ``Tensor[N, A, 4]`` ltrb boxes, float32 (NVIDIA's
+    ``scale_back_batch``, with its operation order so results match it bit for bit on the CPU)."""
+    loc = locs.float().permute(0, 2, 1)
+    d = dboxes.unsqueeze(0)
+    xy = (SCALE_XY * loc[..., :2]) * d[..., 2:] + d[..., :2]
+    wh = (SCALE_WH * loc[..., 2:]).exp() * d[..., 2:]
+    return torch.cat([xy - 0.5 * wh, xy + 0.5 * wh], dim=-1)
+
+
+def _topk_keys(scores: torch.Tensor, k: int, valid: torch.Tensor) -> torch.Tensor:
+    """Indices of the ``k`` best entries along the last axis, best first, ties to the lower index.
+
+    ``scores`` are float32 in [0, 1], whose bit patterns order like the values, so
+    (bits << 32) | (reversed index) is a unique int64 key; invalid entries get key -1.
+    """
+    n = scores.shape[-1]
+    idx = torch.arange(n - 1, -1, -1, device=scores.device, dtype=torch.int64)
+    keys = (scores.contiguous().view(torch.int32).to(torch.int64) << _INDEX_BITS) | idx
+    keys = torch.where(valid, keys, torch.full_like(keys, -1))
+    top = keys.topk(min(k, n), dim=-1, sorted=True).values
+    return torch.where(top >= 0, (n - 1) - (top & ((1 << _INDEX_BITS) - 1)), torch.full_like(top, -1))
+
+
+def _iou_not_below(a: torch.Tensor, b: torch.Tensor, thr: float) -> torch.Tensor:
+    """``a Tensor[..., K, 4]``, ``b Tensor[..., M, 4]`` -> bool ``[..., K, M]``: not (IoU < thr)."""
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    iou = inter / (area_a[..., :, None] + area_b[..., None, :] - inter)
+    return ~(iou < thr)
+
+
+def _nms_torch(boxes: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Tensor:
+    """Greedy NMS for each row: ``boxes Tensor[R, K, 4]`` sorted best first, ``valid Tensor[R, K]``
+    bool (a prefix) -> kept ``Tensor[R, K]`` bool. Reads the candidate count on the host."""
+    keep = valid.clone()
+    for rows in valid.any(1).nonzero().squeeze(1).split(1024):  # bounds the [rows, K, K] IoU
+        if rows.numel() == 0:
+            continue
+        k = int(valid[rows].sum(1).max())
+        sub_keep = keep[rows, :k]
+        suppress = _iou_not_below(boxes[rows, :k], boxes[rows, :k], thr).triu_(diagonal=1)
+        for i in range(k - 1):
+            sub_keep[:, i + 1:] &= ~(sub_keep[:, i, None] & suppress[:, i, i + 1:])
+        keep[rows, :k] = sub_keep
+    return keep
+
+
+if triton is not None:
+    @triton.jit
+    def _nms_kernel(boxes_ptr, count_ptr, keep_ptr, thr, K: tl.constexpr, BLOCK: tl.constexpr):
+        # One program per (image, class) row; the row's candidates live in registers and the greedy
+        # scan visits them best first. The _rn intrinsics stop fused multiply-adds and approximate
+        # division so IoU rounds exactly like the float32 reference.
+        row = tl.program_id(0)
+        n = tl.load(count_ptr + row)
+        offs = tl.arange(0, BLOCK)
+        inb = offs < n
+        base = boxes_ptr + row * K * 4 + offs * 4
+        x1 = tl.load(base + 0, mask=inb, other=0.0)
+        y1 = tl.load(base + 1, mask=inb, other=0.0)
+        x2 = tl.load(base + 2, mask=inb, other=0.0)
+        y2 = tl.load(base + 3, mask=inb, other=0.0)
+        area = libdevice.mul_rn(x2 - x1, y2 - y1)
+        keep = inb
+        for i in range(0, n):
+            if tl.sum(tl.where((offs == i) & keep, 1, 0)) > 0:
+                bx1 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 0)
+                by1 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 1)
+                bx2 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 2)
+                by2 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 3)
+                barea = libdevice.mul_rn(bx2 - bx1, by2 - by1)
+                w = tl.maximum(tl.minimum(x2, bx2) - tl.maximum(x1, bx1), 0.0)
+                h = tl.maximum(tl.minimum(y2, by2) - tl.maximum(y1, by1), 0.0)
+                inter = libdevice.mul_rn(w, h)
+                union = libdevice.sub_rn(libdevice.add_rn(area, barea), inter)
+                iou = libdevice.div_rn(inter, union)
+                keep = keep & ~((offs > i) & ~(iou < thr))
+        tl.store(keep_ptr + row * K + offs, keep.to(tl.int8), mask=offs < K)
+
+
+def _nms_triton(boxes: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Tensor:
+    r, k = valid.shape
+    keep = torch.empty(r, k, dtype=torch.int8, device=boxes.device)
+    counts = valid.sum(1, dtype=torch.int32)
+    _nms_kernel[(r,)](boxes.contiguous(), counts, keep, float(thr), K=k,
+                      BLOCK=max(16, triton.next_power_of_2(k)), num_warps=4)
+    return keep.bool()
+
+
+def _check_args(locs: torch.Tensor, scores: torch.Tensor, candidate_threshold: float,
+                iou_threshold: float, max_detections: int, per_class_candidates: int) -> None:
+    if locs.dim() != 3 or locs.shape[1] != 4 or locs.shape[2] != NUM_BOXES:
+        raise ValueError(f"locs must be Tensor[N, 4, {NUM_BOXES}], got {tuple(locs.shape)}")
+    if scores.dim() != 3 or scores.shape[0] != locs.shape[0] or scores.shape[2] != NUM_BOXES:
+        raise ValueError(f"scores must be Tensor[N, C, {NUM_BOXES}] matching locs, got {tuple(scores.shape)}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    if not 0.0 <= candidate_threshold < 1.0:
+        raise ValueError(f"candidate_threshold must be in [0, 1), got {candidate_threshold}")
+    if max_detections < 1 or per_class_candidates < 1:
+        raise ValueError("max_detections and per_class_candidates must be >= 1")
+
+
+def ssd_decode_padded(locs: torch.Tensor, scores: torch.Tensor, *, candidate_threshold: float = 0.05,
+                      iou_threshold: float = 0.5, max_detections: int = 20,
+                      per_class_candidates: int = 200, score_threshold: float = 0.3,
+                      nms: NmsImpl = "auto") -> Detections:
+    """:func:`ssd_decode` without the final split: results stay padded on the input's device, and
+    on CUDA with the Triton NMS nothing waits for the GPU."""
+    _check_args(locs, scores, candidate_threshold, iou_threshold, max_detections, per_class_candidates)
+    if nms not in ("auto", "triton", "torch"):
+        raise ValueError(f"nms must be 'auto', 'triton' or 'torch', got {nms!r}")
+    use_triton = nms == "triton" or (nms == "auto" and locs.is_cuda and triton is not None)
+    if use_triton and (triton is None or not locs.is_cuda):
+        raise ValueError("nms='triton' needs Triton and CUDA tensors")
+    n, c = scores.shape[:2]
+    boxes = decode_boxes(locs, default_boxes(locs.device))  # [N, A, 4]
+    # Softmax along a contiguous label axis, as NVIDIA's code does, so values match it exactly.
+    probs = torch.softmax(scores.float().transpose(1, 2), dim=-1).transpose(1, 2)[:, 1:]  # [N, C-1, A]
+    cand = _topk_keys(probs, per_class_candidates, probs > candidate_threshold)  # [N, C-1, K]
+    valid = cand >= 0
+    safe = cand.clamp(min=0)
+    cand_scores = probs.gather(2, safe)
+    cand_boxes = boxes.gather(1, safe.reshape(n, -1, 1).expand(-1, -1, 4)).reshape(*safe.shape, 4)
+    k = safe.shape[-1]
+    flat_boxes, flat_valid = cand_boxes.reshape(-1, k, 4), valid.reshape(-1, k)
+    nms_fn = _nms_triton if use_triton else _nms_torch
+    kept = nms_fn(flat_boxes, flat_valid, iou_threshold).reshape(n, c - 1, k)
+
+    # Across classes: the best max_detections kept boxes; flat order = (label, rank in class).
+    flat_scores = cand_scores.reshape(n, -1)
+    best = _topk_keys(flat_scores, max_detections, kept.reshape(n, -1))  # [N, D]
+    ok = (best >= 0)
+    best = best.clamp(min=0)
+    out_scores = flat_scores.gather(1, best)
+    ok &= out_scores > score_threshold
+    counts = ok.sum(1)
+    out_boxes = cand_boxes.reshape(n, -1, 4).gather(1, best.unsqueeze(-1).expand(-1, -1, 4))
+    out_labels = best // k + 1
+    zero = torch.zeros((), device=locs.device)
+    return Detections(
+        torch.where(ok.unsqueeze(-1), out_boxes, zero),
+        torch.where(ok, out_labels, 0),
+        torch.where(ok, out_scores, zero),
+        counts,
+    )
+
+
+def ssd_decode(locs: torch.Tensor, scores: torch.Tensor, *, candidate_threshold: float = 0.05,
+               iou_threshold: float = 0.5, max_detections: int = 20, per_class_candidates: int = 200,
+               score_threshold: float = 0.3) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Detections for each image of the batch; see the module docstring for shapes and semantics.
+
+    Returns one ``(boxes Tensor[D, 4] ltrb normalised, labels Tensor[D] int64, scores Tensor[D])``
+    per image, on the input's device, score-descending, ``D <= max_detections``.
+    """
+    return ssd_decode_padded(locs, scores, candidate_threshold=candidate_threshold,
+                             iou_threshold=iou_threshold, max_detections=max_detections,
+                             per_class_candidates=per_class_candidates,
+                             score_threshold=score_threshold).split()
+
+
+def ssd_decode_loop(locs: torch.Tensor, scores: torch.Tensor, *, host_copy: bool,
+                    candidate_threshold: float = 0.05, iou_threshold: float = 0.5,
+                    max_detections: int = 20, per_class_candidates: int = 200,
+                    score_threshold: float = 0.3) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The article's first rungs: the same semantics written as NVIDIA's per-class, per-box loop.
+
+    With ``host_copy=False`` the loop reads device tensors element by element (rung 0); with
+    ``host_copy=True`` the two outputs are copied to the host once first (rung 1). Results are on
+    the CPU. Kept for the ladder; use :func:`ssd_decode` for real work.
+    """
+    if host_copy:
+        locs, scores = locs.cpu(), scores.cpu()
+    boxes_all = decode_boxes(locs, default_boxes(locs.device))
+    probs_all = torch.softmax(scores.float().transpose(1, 2), dim=-1).transpose(1, 2)
+    out = []
+    for boxes, probs in zip(boxes_all, probs_all):
+        det_boxes, det_labels, det_scores = [], [], []
+        for label in range(1, probs.shape[0]):
+            score = probs[label]
+            idx = (score > candidate_threshold).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            order = sorted(idx.tolist(), key=lambda i: (-score[i].item(), i))[:per_class_candidates]
+            while order:
+                best = order.pop(0)
+                det_boxes.append(boxes[best])
+                det_labels.append(label)
+                det_scores.append(score[best].item())
+                order = [i for i in order
+                         if not _iou_not_below(boxes[best][None], boxes[i][None], iou_threshold).item()]
+        ranked = sorted(range(len(det_scores)), key=lambda j: -det_scores[j])[:max_detections]
+        ranked = [j for j in ranked if det_scores[j] > score_threshold]
+        out.append((
+            torch.stack([det_boxes[j] for j in ranked]).cpu() if ranked else torch.zeros(0, 4),
+            torch.tensor([det_labels[j] for j in ranked], dtype=torch.int64),
+            torch.tensor([det_scores[j] for j in ranked], dtype=torch.float32),
+        ))
+    return out

@@ -1,0 +1,254 @@
+"""Frame sources: decode a video into batches of RGB frames with their index and time.
+
+Out: :class:`FrameBatch` with ``frames Tensor[N, 3, H, W]`` uint8 RGB on the requested device,
+frame indices (0-based, presentation order) and times (seconds since the first frame).
+
+* ``nvdec``: PyNvVideoCodec hardware decode into GPU memory, handed to torch through DLPack;
+  frames never touch host memory. Can start at any frame (keyframe-accurate seek), which the
+  engine uses to decode segments of one file in parallel.
+* ``pyav``: FFmpeg decode on the CPU with FFmpeg's threads; on a GPU the batch is staged in pinned
+  host memory and copied asynchronously. Corrupt packets are skipped and counted, not fatal.
+
+Both deliver every decodable frame exactly once, in presentation order, with the same indices and
+times for the same file. Frames are delivered as stored (rotation metadata is not applied).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Literal
+
+import av
+import numpy as np
+import torch
+
+from .errors import VidpipeError
+
+log = logging.getLogger(__name__)
+
+Decoder = Literal["auto", "nvdec", "pyav"]
+MAX_SIDE = 8192  # NVDEC's limit for H.264/HEVC; larger claims are corrupt headers, not video
+STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video stream (``num_frames`` may be 0 when unknown)."""
+
+    path: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    codec: str
+    time_base: Fraction
+
+
+@dataclass
+class FrameBatch:
+    """``frames``: ``Tensor[N, 3, H, W]`` uint8 RGB; ``indices``/``times``: N ints / N floats (s)."""
+
+    video: str
+    frames: torch.Tensor
+    indices: list[int]
+    times: list[float]
+    ready: torch.cuda.Event | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        n = self.frames.shape[0]
+        if self.frames.dim() != 4 or self.frames.shape[1] != 3 or len(self.indices) != n or len(self.times) != n:
+            raise ValueError(f"inconsistent FrameBatch: frames {tuple(self.frames.shape)}, "
+                             f"{len(self.indices)} indices, {len(self.times)} times")
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"FrameBatch(video={self.video!r}, frames={tuple(self.frames.shape)} {self.frames.device}, "
+                f"indices={self.indices[:1]}..{self.indices[-1:]})")
+
+
+def is_stream_url(path: str) -> bool:
+    return str(path).lower().startswith(STREAM_PREFIXES)
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read a video's stream header with FFmpeg; raise :class:`VidpipeError` for anything that is
+    not a decodable video (missing, empty, audio-only, absurd dimensions, unsupported codec)."""
+    path = str(path)
+    if not is_stream_url(path):
+        p = Path(path)
+        if not p.exists():
+            raise VidpipeError(f"{path}: no such file")
+        if p.is_dir():
+            raise VidpipeError(f"{path}: is a directory")
+        if p.stat().st_size == 0:
+            raise VidpipeError(f"{path}: empty file (0 bytes)")
+    try:
+        with av.open(path, timeout=(10.0, 10.0) if is_stream_url(path) else None) as c:
+            if not c.streams.video:
+                kinds = sorted({s.type for s in c.streams}) or ["no streams"]
+                raise VidpipeError(f"{path}: no video stream (has {', '.join(kinds)})")
+            s = c.streams.video[0]
+            cc = s.codec_context
+            width, height = cc.width, cc.height
+            info = VideoInfo(path, width, height, int(s.frames or 0), float(s.average_rate or 0),
+                             cc.name, s.time_base or Fraction(1, 1000000))
+    except VidpipeError:
+        raise
+    except av.error.FFmpegError as e:
+        raise VidpipeError(f"{path}: not a readable video ({_ffmpeg_reason(e)})") from None
+    except av.codec.codec.UnknownCodecError as e:  # pragma: no cover - depends on the FFmpeg build
+        raise VidpipeError(f"{path}: unsupported codec ({e})") from None
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        raise VidpipeError(f"{path}: unsupported frame size {width}x{height} (max {MAX_SIDE} per side)")
+    return info
+
+
+def _ffmpeg_reason(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e).splitlines()[0]
+
+
+class PyAVSource:
+    """FFmpeg (CPU) decode of one video; see the module docstring."""
+
+    name = "pyav"
+
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", *,
+                 threads: int = 0, max_frames: int | None = None) -> None:
+        self.info = probe(path)
+        self.device = torch.device(device)
+        self.threads = threads
+        self.max_frames = max_frames
+        self.decoded = 0
+        self.corrupt_packets = 0
+
+    def batches(self, batch_size: int) -> Iterator[FrameBatch]:
+        info, pin = self.info, self.device.type == "cuda"
+        with av.open(info.path, timeout=(10.0, 10.0) if is_stream_url(info.path) else None) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.thread_count = self.threads
+            buf: list[np.ndarray] = []
+            times: list[float] = []
+            first_pts: int | None = None
+            limit = self.max_frames if self.max_frames is not None else -1
+            for frame in self._frames(c, stream):
+                if first_pts is None:
+                    first_pts = frame.pts if frame.pts is not None else 0
+                pts = frame.pts if frame.pts is not None else first_pts
+                buf.append(frame.to_ndarray(format="rgb24"))
+                times.append(float((pts - first_pts) * stream.time_base))
+                if len(buf) == batch_size:
+                    yield self._batch(buf, times, pin)
+                    buf, times = [], []
+                if self.decoded + len(buf) == limit:
+                    break
+            if buf:
+                yield self._batch(buf, times, pin)
+
+    def _frames(self, c: av.container.InputContainer, stream) -> Iterator[av.VideoFrame]:
+        for packet in c.demux(stream):
+            try:
+                yield from packet.decode()
+            except av.error.InvalidDataError:
+                self.corrupt_packets += 1
+            except av.error.FFmpegError as e:
+                if isinstance(e, (av.error.EOFError,)):
+                    return
+                self.corrupt_packets += 1
+
+    def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool) -> FrameBatch:
+        host = torch.from_numpy(np.stack(frames))
+        if pin:
+            staged = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
+            staged.copy_(host)
+            host = staged
+        dev = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        start = self.decoded
+        self.decoded += len(frames)
+        return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
+
+
+class NvdecSource:
+    """PyNvVideoCodec hardware decode of one video (or of frames ``[start, stop)`` of it)."""
+
+    name = "nvdec"
+
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *,
+                 max_frames: int | None = None, info: VideoInfo | None = None) -> None:
+        import PyNvVideoCodec as nvc
+
+        self.info = info or probe(path)
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise VidpipeError("the nvdec decoder needs a CUDA device")
+        gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        try:
+            self._dec = nvc.SimpleDecoder(self.info.path, gpu_id=gpu, use_device_memory=True,
+                                          output_color_type=nvc.OutputColorType.RGBP)
+        except Exception as e:
+            raise VidpipeError(f"{self.info.path}: NVDEC cannot decode this stream ({e})") from None
+        self.num_frames = len(self._dec)
+        if max_frames is not None:
+            self.num_frames = min(self.num_frames, max_frames)
+        self.decoded = 0
+        self._first_pts: int | None = None
+
+    def first_pts(self) -> int:
+        if self._first_pts is None:
+            self._dec.seek_to_index(0)
+            self._first_pts = self._dec.get_batch_frames(1)[0].getPTS()
+        return self._first_pts
+
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[FrameBatch]:
+        stop = self.num_frames if stop is None else min(stop, self.num_frames)
+        tb = self.info.time_base
+        first = self.first_pts()
+        self._dec.seek_to_index(start)
+        pos = start
+        while pos < stop:
+            frames = self._dec.get_batch_frames(min(batch_size, stop - pos))
+            if not frames:
+                break
+            # The stack copies out of the decoder's surface pool, which the next call reuses.
+            batch = torch.stack([torch.from_dlpack(f) for f in frames])
+            times = [float((f.getPTS() - first) * tb) for f in frames]
+            n = len(frames)
+            self.decoded += n
+            yield FrameBatch(self.info.path, batch, list(range(pos, pos + n)), times)
+            pos += n
+
+
+def nvdec_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import PyNvVideoCodec  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", "pyav"]:
+    """``auto`` -> nvdec when the device is CUDA and PyNvVideoCodec imports, else pyav (logged)."""
+    if decoder not in ("auto", "nvdec", "pyav"):
+        raise VidpipeError(f"unknown decoder {decoder!r}; choose auto, nvdec or pyav")
+    if decoder == "auto":
+        chosen = "nvdec" if device.type == "cuda" and nvdec_available() else "pyav"
+        log.info("decoder auto: using %s", chosen)
+        return chosen
+    if decoder == "nvdec" and not (device.type == "cuda" and nvdec_available()):
+        raise VidpipeError("--decoder nvdec needs a CUDA device and PyNvVideoCodec (pip install vidpipe[nvdec])")
+    return decoder
+
+
+def open_source(path: str | os.PathLike, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
+                max_frames: int | None = None) -> PyAVSource | NvdecSource:
+    if decoder == "nvdec" and not is_stream_url(str(path)):
+        return NvdecSource(path, device, max_frames=max_frames)
+    return PyAVSource(path, device, max_frames=max_frames)

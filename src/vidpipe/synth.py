@@ -1,0 +1,68 @@
+"""Synthetic clips for tests and benchmarks, made with PyAV (FFmpeg's encoders).
+
+``make_clip`` encodes moving noise over a gradient (H.264 or HEVC, optional B-frames, variable
+frame rate); ``repeat_clip`` remuxes a file N times end to end without
+re-encoding (a long input with the same content).
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def make_clip(path: str | os.PathLike, *, frames: int = 24, width: int = 64, height: int = 48,
+              codec: str = "libx264", fps: int = 30, bframes: bool = True, vfr: bool = False,
+              crf: int = 23, gop: int = 12, seed: int = 0) -> Path:
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 // max(1, width - 1), yy * 255 // max(1, height - 1),
+                     (xx + yy) * 127 // max(1, width + height - 2)], -1).astype(np.uint8)
+    noise = rng.integers(0, 64, size=(height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, 90000)
+        stream.codec_context.time_base = Fraction(1, 90000)  # exact variable frame times
+        stream.gop_size = gop
+        if codec == "libx264":
+            stream.options = {"bf": "2" if bframes else "0", "crf": str(crf), "preset": "veryfast"}
+        elif codec == "libx265":
+            stream.options = {"crf": str(crf), "preset": "ultrafast",
+                              "x265-params": f"log-level=error:bframes={2 if bframes else 0}:keyint={gop}"}
+        pts, step = 0, 90000 // fps
+        for i in range(frames):
+            img = base + np.roll(noise, shift=(i * 2, i * 3), axis=(0, 1))
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = pts
+            frame.time_base = stream.time_base
+            pts += step if not vfr else int(step * rng.choice([0.5, 1.0, 2.0]))
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def repeat_clip(src: str | os.PathLike, dst: str | os.PathLike, times: int) -> Path:
+    """``src``'s video stream ``times`` times in a row, packets copied (no re-encode)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ins = inp.streams.video[0]
+        outs = out.add_stream_from_template(ins)
+        packets = [p for p in inp.demux(ins) if p.size]
+        span = max(p.pts for p in packets) - min(p.pts for p in packets) + (packets[1].duration or 1)
+        dspan = max(p.dts for p in packets) - min(p.dts for p in packets) + (packets[1].duration or 1)
+        span = max(span, dspan)
+        for k in range(times):
+            for p in packets:
+                q = av.Packet(bytes(p))
+                q.pts, q.dts = p.pts + k * span, p.dts + k * span
+                q.is_keyframe = p.is_keyframe
+                q.time_base, q.stream = ins.time_base, outs
+                out.mux(q)
+    return Path(dst)

@@ -1,0 +1,178 @@
+"""Weights for :class:`~vidpipe.model.SSD300`: NVIDIA checkpoints, plain state dicts, and a seeded
+random model whose class head is calibrated to a realistic candidate load.
+
+Loading never unpickles code (``torch.load(weights_only=True)``) and checks keys and shapes strictly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import VidpipeError
+from .model import NUM_LABELS, SSD300
+
+log = logging.getLogger(__name__)
+
+NVIDIA_CHECKPOINT = "nvidia_ssdpyt_amp_200703.pt"
+NVIDIA_URL = (
+    "https://api.ngc.nvidia.com/v2/models/nvidia/ssd_pyt_ckpt_amp/versions/20.06.0/files/"
+    + NVIDIA_CHECKPOINT
+)
+# NVIDIA's training script stores its argparse namespace beside the weights; nothing else is allowed.
+_SAFE_GLOBALS = [argparse.Namespace]
+
+
+def default_checkpoint_path() -> Path:
+    """Where torch.hub keeps NVIDIA's COCO checkpoint (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / NVIDIA_CHECKPOINT
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise VidpipeError(f"{path}: weights file not found")
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError by cause
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VidpipeError(f"{path}: refusing or unable to load weights safely: {reason}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VidpipeError(f"{path}: not an SSD300 state dict or NVIDIA checkpoint")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_dict_strict(model: SSD300, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model``; any missing, unexpected or mis-shaped key is a VidpipeError."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own.keys() & state.keys()
+              if own[k].shape != state[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_abbrev(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_abbrev(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shapes {_abbrev(sorted(shapes))}")
+    if problems:
+        raise VidpipeError(f"{source}: not an SSD300 checkpoint: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _abbrev(items: list[str], n: int = 5) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def save_checkpoint(model: SSD300, path: str | os.PathLike) -> None:
+    """Write ``model`` in NVIDIA's checkpoint layout (``{'model': state_dict}``)."""
+    torch.save({"model": model.state_dict()}, path)
+
+
+def _download_default() -> Path:
+    path = default_checkpoint_path()
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading NVIDIA's SSD300 COCO checkpoint to %s", path)
+    try:
+        torch.hub.download_url_to_file(NVIDIA_URL, str(path), progress=True)
+    except Exception as e:
+        raise VidpipeError(
+            f"the default SSD300 weights are not in {path} and could not be downloaded ({type(e).__name__});"
+            " pass --weights PATH to a checkpoint, or --weights random for benchmarks"
+        ) from None
+    return path
+
+
+def load_model(weights: str | os.PathLike | None = None, *, random_candidates: int = 2000,
+               random_classes: int = 20, seed: int = 0) -> SSD300:
+    """Build SSD300 in eval mode on the CPU from ``weights``.
+
+    ``weights``: a checkpoint path, ``None``/``"default"`` for NVIDIA's COCO checkpoint (downloaded on
+    first use), or ``"random"`` for :func:`calibrated_random_ssd300` (detections mean nothing).
+    """
+    if weights == "random":
+        log.warning("--weights random: detections are meaningless; for benchmarks only")
+        return calibrated_random_ssd300(random_candidates, random_classes, seed=seed)
+    path = _download_default() if weights in (None, "default") else Path(weights)
+    model = SSD300()
+    load_state_dict_strict(model, _state_dict_from_file(path), str(path))
+    return model.eval()
+
+
+def _calibration_images(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Smooth random scenes normalised like ImageNet inputs: ``Tensor[n, 3, 300, 300]`` float32."""
+    coarse = torch.rand(n, 3, 10, 10, generator=generator)
+    fine = torch.rand(n, 3, 75, 75, generator=generator)
+    img = F.interpolate(coarse, size=300, mode="bicubic") * 0.8 + F.interpolate(fine, size=300) * 0.2
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (img.clamp(0, 1) - mean) / std
+
+
+@torch.no_grad()
+def calibrated_random_ssd300(candidates: int = 2000, classes: int = 20, *, seed: int = 0,
+                             candidate_threshold: float = 0.05, logit_std: float = 1.5) -> SSD300:
+    """A seeded random SSD300 whose class head yields about ``candidates`` scores above
+    ``candidate_threshold`` per image, spread over ``classes`` labels.
+
+    Plain random initialisation gives near-uniform softmax scores and almost no candidates, which
+    would make post-processing free and every benchmark flattering. Here the ``classes`` active
+    labels get logits of standard deviation ``logit_std`` around a bias found by bisection on
+    synthetic scenes; the other labels are switched off. Box offsets are scaled to unit spread.
+    """
+    if not 1 <= classes <= NUM_LABELS - 1:
+        raise VidpipeError(f"random classes must be in 1..{NUM_LABELS - 1}, got {classes}")
+    if candidates < 0:
+        raise VidpipeError(f"random candidates must be >= 0, got {candidates}")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SSD300().eval()
+    active = torch.zeros(NUM_LABELS, dtype=torch.bool)
+    active[1 + torch.randperm(NUM_LABELS - 1, generator=gen)[:classes]] = True
+
+    x = model.feature_extractor(_calibration_images(4, gen))
+    feeds = [x]
+    for block in model.additional_blocks:
+        x = block(x)
+        feeds.append(x)
+
+    raw = []
+    for f, loc, conf in zip(feeds, model.loc, model.conf):
+        out = F.conv2d(f, loc.weight, padding=1)
+        loc.weight.div_(out.std() + 1e-12)
+        loc.bias.zero_()
+        nd = conf.out_channels // NUM_LABELS
+        label_of_channel = torch.arange(conf.out_channels) // nd
+        on = active[label_of_channel]
+        out = F.conv2d(f, conf.weight, padding=1)
+        conf.weight[on] *= logit_std / (out[:, on].std() + 1e-12)
+        conf.weight[~on] = 0
+        conf.bias.zero_()
+        conf.bias[(label_of_channel > 0) & ~on] = -30.0
+        raw.append(F.conv2d(f, conf.weight, conf.bias, padding=1).reshape(f.shape[0], NUM_LABELS, -1))
+    logits = torch.cat(raw, 2)
+
+    def per_image(bias: float) -> float:
+        probs = torch.softmax(logits + bias * active.view(1, -1, 1), dim=1)
+        return (probs[:, 1:] > candidate_threshold).sum().item() / logits.shape[0]
+
+    lo, hi = -40.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if per_image(mid) < candidates else (lo, mid)
+    for conf in model.conf:
+        nd = conf.out_channels // NUM_LABELS
+        conf.bias[active[torch.arange(conf.out_channels) // nd]] = hi
+    return model

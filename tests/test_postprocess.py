@@ -1,0 +1,153 @@
+"""ssd_decode against the obviously-correct reference on fresh seeded random batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidpipe.boxes import NUM_BOXES, default_boxes
+from vidpipe.postprocess import ssd_decode, ssd_decode_loop, ssd_decode_padded
+
+from reference import reference_decode
+
+C = 81
+
+
+def random_batch(n: int, seed: int, *, classes: int = 10, spread: float = 2.0, bias: float = 4.0,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits where ``classes`` random labels compete with the background; ``bias`` sets density."""
+    g = torch.Generator().manual_seed(seed)
+    locs = torch.randn(n, 4, NUM_BOXES, generator=g)
+    scores = torch.full((n, C, NUM_BOXES), -20.0)
+    scores[:, 0] = bias
+    labels = 1 + torch.randperm(C - 1, generator=g)[:classes]
+    scores[:, labels] = torch.randn(n, classes, NUM_BOXES, generator=g) * spread
+    return locs.to(dtype), scores.to(dtype)
+
+
+def assert_same(fast, ref, exact: bool = True):
+    assert len(fast) == len(ref)
+    for (fb, fl, fs), (rb, rl, rs) in zip(fast, ref):
+        assert fl.dtype == torch.int64 and fb.shape[1:] == (4,)
+        assert torch.equal(fl.cpu(), rl), (fl, rl)
+        tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fb.cpu(), rb, **tol)
+        torch.testing.assert_close(fs.cpu(), rs, **tol)
+        assert torch.all(fs[1:] <= fs[:-1])
+
+
+PARAMS = [
+    dict(),
+    dict(iou_threshold=0.3, max_detections=50, score_threshold=0.1),
+    dict(candidate_threshold=0.2, iou_threshold=0.7, per_class_candidates=50, score_threshold=0.0),
+    dict(iou_threshold=1.0, max_detections=5, score_threshold=0.5),
+    dict(iou_threshold=0.0, max_detections=100, per_class_candidates=7, score_threshold=0.05),
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("params", PARAMS)
+def test_matches_reference_cpu(seed, params):
+    locs, scores = random_batch(3, seed * 31 + len(params), bias=3.0 + seed)
+    assert_same(ssd_decode(locs, scores, **params), reference_decode(locs, scores, **params))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(dtype):
+    locs, scores = random_batch(2, 7, dtype=dtype)
+    assert_same(ssd_decode(locs, scores), reference_decode(locs, scores))
+
+
+def test_no_candidates():
+    locs, scores = random_batch(2, 1)
+    scores[:, 0] = 50.0  # background wins everywhere
+    out = ssd_decode(locs, scores)
+    assert [len(l) for _, l, _ in out] == [0, 0]
+    assert out[0][0].shape == (0, 4)
+
+
+def test_equal_scores_break_ties_by_index():
+    locs, scores = random_batch(2, 2, classes=3)
+    scores[:] = scores[:, :, :1]  # every default box has the same logits: all scores tie
+    params = dict(score_threshold=0.0, max_detections=60)
+    assert_same(ssd_decode(locs, scores, **params), reference_decode(locs, scores, **params))
+
+
+def test_identical_boxes_suppress_each_other():
+    locs, scores = random_batch(1, 3, classes=1)
+    d = default_boxes()
+    a, others = 100, torch.arange(200, 260)
+    # Offsets that decode every box in `others` onto box `a`.
+    locs[0, 0, others] = (d[a, 0] - d[others, 0]) / (0.1 * d[others, 2])
+    locs[0, 1, others] = (d[a, 1] - d[others, 1]) / (0.1 * d[others, 3])
+    locs[0, 2, others] = torch.log(d[a, 2] / d[others, 2]) / 0.2
+    locs[0, 3, others] = torch.log(d[a, 3] / d[others, 3]) / 0.2
+    label = int(scores[0, 1:].amax(1).argmax()) + 1
+    scores[0, label, others] = 10.0
+    params = dict(score_threshold=0.0)
+    fast = ssd_decode(locs, scores, **params)
+    assert_same(fast, reference_decode(locs, scores, **params))
+    assert int((fast[0][1] == label).sum()) <= 20
+
+
+def test_one_class_fills_all_slots():
+    locs, scores = random_batch(2, 4, classes=2)
+    scores[:, 5] = 8.0 + torch.rand(2, NUM_BOXES)  # class 5 beats background on every box
+    params = dict(score_threshold=0.0, max_detections=300, iou_threshold=0.9)
+    fast = ssd_decode(locs, scores, **params)
+    assert_same(fast, reference_decode(locs, scores, **params))
+    assert max(int((l == 5).sum()) for _, l, _ in fast) > 0
+
+
+def test_batch_of_one_and_256():
+    locs, scores = random_batch(256, 5, classes=3, bias=6.0)
+    ref = reference_decode(locs[:1], scores[:1])
+    assert_same(ssd_decode(locs[:1], scores[:1]), ref)
+    big = ssd_decode(locs, scores)
+    assert len(big) == 256
+    for i in (0, 99, 255):
+        assert_same([big[i]], reference_decode(locs[i:i + 1], scores[i:i + 1]))
+
+
+def test_padded_layout_and_counts():
+    locs, scores = random_batch(4, 6)
+    det = ssd_decode_padded(locs, scores, max_detections=20)
+    assert det.boxes.shape == (4, 20, 4) and det.labels.shape == (4, 20) and det.counts.shape == (4,)
+    for i, c in enumerate(det.counts.tolist()):
+        assert torch.all(det.labels[i, c:] == 0) and torch.all(det.labels[i, :c] > 0)
+
+
+@pytest.mark.parametrize("host_copy", [False, True])
+def test_slow_loop_matches_reference(host_copy):
+    locs, scores = random_batch(2, 8, bias=6.0)
+    assert_same(ssd_decode_loop(locs, scores, host_copy=host_copy), reference_decode(locs, scores))
+
+
+def test_bad_arguments():
+    locs, scores = random_batch(1, 0)
+    with pytest.raises(ValueError, match="locs"):
+        ssd_decode(locs[:, :3], scores)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        ssd_decode(locs, scores, iou_threshold=1.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_triton_matches_reference(seed, params, dtype):
+    locs, scores = random_batch(4, 1000 + seed, bias=2.0 + seed, dtype=dtype)
+    fast = ssd_decode(locs.cuda(), scores.cuda(), **params)
+    assert_same(fast, reference_decode(locs, scores, **params), exact=False)
+    torch_nms = ssd_decode_padded(locs.cuda(), scores.cuda(), nms="torch", **params).split()
+    assert_same(fast, [tuple(t.cpu() for t in r) for r in torch_nms], exact=False)
+
+
+@pytest.mark.cuda
+def test_cuda_full_class_and_large_batch():
+    locs, scores = random_batch(256, 11, classes=20, bias=1.0)
+    scores[:, 7] = 8.0
+    fast = ssd_decode(locs.cuda(), scores.cuda(), score_threshold=0.0, max_detections=200)
+    for i in (0, 128, 255):
+        assert_same([fast[i]], reference_decode(locs[i:i + 1], scores[i:i + 1], score_threshold=0.0,
+                                                max_detections=200), exact=False)
