@@ -1,2 +1,257 @@
-"""placeholder"""
-def add_bench_parser(sub): sub.add_parser("bench")
+"""``vidpipe bench``: ceilings and end-to-end throughput measured in one run on one device.
+
+Suites (``--suite``):
+
+* ``pipeline`` (default), per input: (a) decode-only frames/s with the same decoders the pipeline
+  uses, (b) model-only images/s at the configured batch, precision and compile setting,
+  (c) end-to-end frames/s of ``vidpipe detect`` writing JSON Lines, and (c) / min(a, b); with the
+  measured candidates (score > 0.05) and detections per frame beside them. ``--long N`` adds peak
+  host and GPU memory for the input and for the input repeated N times.
+* ``postprocess``: ``ssd_decode`` on a batch at 0 .. 16,000 candidates per image, beside the
+  torch NMS and the article's per-class loop with host reads.
+* ``model``: model-only images/s over precisions, memory formats, compile and batch sizes.
+
+Each figure is the median of ``--repeats`` runs (spread printed). ``--results FILE`` appends the
+tables, with device, versions, command and date, to a Markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .detector import Detector
+from .engine import FrameProducer, run
+from .postprocess import ssd_decode_loop, ssd_decode_padded
+from .preprocess import preprocess
+from .profiling import PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
+from .sinks import JsonlSink
+from .model import SSD300
+from .sources import FrameBatch, PyAVSource, probe
+from .synth import make_clip, repeat_clip
+from .weights import calibrate_candidates, load_model
+
+
+def add_bench_parser(sub) -> None:
+    from .cli import add_model_args
+
+    b = sub.add_parser("bench", help="measure decode and model ceilings and end-to-end throughput",
+                       description=__doc__.split("\n\n")[0])
+    b.add_argument("inputs", nargs="*", metavar="VIDEO")
+    b.add_argument("--suite", choices=["pipeline", "postprocess", "model"], default="pipeline")
+    b.add_argument("--synthetic-1080p", type=int, default=0, metavar="FRAMES",
+                   help="also bench a generated 1920x1080 H.264 clip of FRAMES frames")
+    b.add_argument("--long", type=int, default=0, metavar="N",
+                   help="also report peak memory for each input repeated N times")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--max-frames", type=int, default=None, metavar="N")
+    b.add_argument("--results", default=None, metavar="FILE", help="append the tables to this Markdown file")
+    add_model_args(b)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _emit(a: argparse.Namespace, title: str, table: str, notes: list[str], device: torch.device) -> None:
+    facts = machine_facts(device)
+    text = (f"\n## {title}\n\n" + ", ".join(f"{k} {v}" for k, v in facts.items()) + "\n\n"
+            f"Command: `vidpipe {' '.join(shlex.quote(x) for x in sys.argv[2:]) if sys.argv[1:2] == ['bench'] else ''}`"
+            .replace("`vidpipe ", "`vidpipe bench ") + "\n\n" + table + "\n" + "".join(f"\n{n}" for n in notes) + "\n")
+    print(text)
+    if a.results:
+        with open(a.results, "a") as f:
+            f.write(text)
+
+
+def load_for_video(cfg: Config, video: str) -> SSD300:
+    """The configured model; ``random`` weights are re-aimed at ``cfg.random_candidates`` on the
+    video's first 8 frames, so the post-processing load is the stated one on this very input."""
+    model = load_model(cfg.weights, random_candidates=cfg.random_candidates, random_classes=cfg.random_classes)
+    if cfg.weights == "random":
+        frames = next(PyAVSource(video, max_frames=8).batches(8)).frames
+        calibrate_candidates(model, preprocess(frames), cfg.random_candidates, cfg.candidate_threshold)
+    return model
+
+
+def decode_only(inputs: list[str], cfg: Config, device: torch.device) -> int:
+    frames = 0
+    for item in FrameProducer(inputs, cfg.decoder, device, cfg.batch_size, workers=cfg.decoders,
+                              threaded=cfg.overlap, max_frames=cfg.max_frames):
+        if isinstance(item, FrameBatch):
+            frames += len(item)
+    sync(device)
+    return frames
+
+
+def candidates_per_frame(det: Detector, video: str) -> float:
+    """Mean number of (box, class) scores above the candidate threshold on the video's first batch."""
+    item = next(i for i in FrameProducer([video], det.config.decoder, det.device, det.batch_size,
+                                         threaded=False) if isinstance(i, FrameBatch))
+    with torch.inference_mode():
+        x = preprocess(item.frames, dtype=det.dtype, channels_last=det.channels_last)
+        _, scores = det.model(x)
+        probs = torch.softmax(scores.float(), dim=1)[:, 1:]
+        return float((probs > det.config.candidate_threshold).sum()) / len(item)
+
+
+def model_only(det: Detector, repeats: int) -> list[float]:
+    """Images/s of the model alone on a fixed random batch (no decode, pre- or post-processing)."""
+    x = torch.randn(det.batch_size, 3, 300, 300, device=det.device).to(det.dtype)
+    if det.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def step():
+        det.forward(x)
+
+    if det.device.type == "cuda":
+        return [det.batch_size * 1000 / ms for ms in gpu_ms(step, iters=20, repeats=repeats, warmup=5)]
+    return [det.batch_size / s for s in time_repeats(step, det.device, repeats=repeats)]
+
+
+def end_to_end(det: Detector, video: str, outdir: Path) -> tuple[int, float]:
+    """(frames, mean detections per frame) of one ``run`` writing JSON Lines."""
+    info = probe(video)
+    report = run(det, [video], lambda i: JsonlSink(outdir / "out.jsonl", i.path, i.width, i.height))
+    if report.failed:
+        raise RuntimeError(report.failed[0].error)
+    with open(outdir / "out.jsonl") as f:
+        dets = sum(line.count('"box"') for line in f)
+    del info
+    return report.frames, dets / max(report.frames, 1)
+
+
+def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
+    inputs = list(a.inputs)
+    tmp = Path(tempfile.mkdtemp(prefix="vidpipe-bench-"))
+    if a.synthetic_1080p:
+        inputs.append(str(make_clip(tmp / "synthetic-1080p.mp4", frames=a.synthetic_1080p, width=1920,
+                                    height=1080, gop=30, seed=1)))
+    if not inputs:
+        raise SystemExit("vidpipe bench: give a VIDEO or --synthetic-1080p FRAMES")
+    rows, notes = [], []
+    for video in inputs:
+        info = probe(video)
+        det = Detector(cfg, model=load_for_video(cfg, video))
+        b = model_only(det, a.repeats)
+        dec_times = time_repeats(lambda: decode_only([video], cfg, det.device), det.device, repeats=a.repeats)
+        frames = decode_only([video], cfg, det.device)
+        dec = [frames / t for t in dec_times]
+        e2e_frames: list[int] = []
+        dets_pf: list[float] = []
+
+        def once():
+            n, d = end_to_end(det, video, tmp)
+            e2e_frames.append(n)
+            dets_pf.append(d)
+
+        e2e_times = time_repeats(once, det.device, repeats=a.repeats)
+        e2e = [n / t for n, t in zip(e2e_frames[1:], e2e_times)]
+        cands = candidates_per_frame(det, video)
+        ceiling = min(median(dec), median(b))
+        rows.append([Path(video).name, f"{info.width}x{info.height}", str(frames),
+                     f"{median(dec):,.0f} (±{spread(dec):.0%})", f"{median(b):,.0f} (±{spread(b):.0%})",
+                     f"{median(e2e):,.0f} (±{spread(e2e):.0%})", f"{median(e2e) / ceiling:.2f}",
+                     f"{cands:,.0f}", f"{median(dets_pf):.1f}"])
+        if a.long:
+            long_path = tmp / f"long-{Path(video).stem}.mp4"
+            repeat_clip(video, long_path, a.long)
+            mems = []
+            for path in (video, str(long_path)):
+                with PeakMemory(det.device) as mem:
+                    n, _ = end_to_end(det, path, tmp)
+                mems.append((n, mem.host_peak, mem.gpu_peak))
+            (n1, h1, g1), (n2, h2, g2) = mems
+            notes.append(f"Memory, {Path(video).name}: {n1} frames: host peak {h1 / 2**20:,.0f} MiB, GPU peak "
+                         f"{g1 / 2**20:,.0f} MiB; x{a.long} ({n2} frames): host {h2 / 2**20:,.0f} MiB "
+                         f"({h2 / h1 - 1:+.1%}), GPU {g2 / 2**20:,.0f} MiB ({g2 / max(g1, 1) - 1:+.1%}).")
+    header = ["input", "size", "frames", "(a) decode-only fps", "(b) model-only img/s", "(c) end-to-end fps",
+              "(c)/min(a,b)", "candidates/frame", "detections/frame"]
+    cfg_note = (f"Config: device {det.device}, {cfg.precision}, batch {det.batch_size}, decoder {cfg.decoder}, "
+                f"decoders {cfg.decoders or 'auto'}, compile {det.compiled}, channels_last {det.channels_last}, "
+                f"overlap {cfg.overlap}, weights {cfg.weights or 'NVIDIA COCO'}; median of {a.repeats} (± spread).")
+    _emit(a, "vidpipe bench: pipeline", _table(header, rows), [cfg_note, *notes], det.device)
+
+
+def synthetic_outputs(n: int, per_image: int, device: torch.device, seed: int = 0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model outputs with exactly ``per_image`` candidates (score > 0.05) per image, spread evenly
+    over the 80 classes (16,000 = every class full at 200)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    locs = torch.randn(n, 4, 8732, generator=g) * 0.5
+    scores = torch.full((n, 81, 8732), -30.0)
+    scores[:, 0] = 0.0
+    for c in range(80):
+        k = per_image // 80 + (1 if c < per_image % 80 else 0)
+        for i in range(n):
+            idx = torch.randperm(8732, generator=g)[:k]
+            scores[i, c + 1, idx] = 2.0 + torch.rand(k, generator=g)
+    return locs.to(device), scores.to(device)
+
+
+def bench_postprocess(a: argparse.Namespace, cfg: Config) -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n = cfg.batch_size
+    rows = []
+    for per_image in (0, 100, 1000, 5000, 16000):
+        locs, scores = synthetic_outputs(n, per_image, device)
+        cand = float((torch.softmax(scores.float(), 1)[:, 1:] > 0.05).sum()) / n
+        fast = lambda: ssd_decode_padded(locs, scores)  # noqa: E731
+        if device.type == "cuda":
+            t_fast = gpu_ms(fast, repeats=a.repeats)
+            t_torch = gpu_ms(lambda: ssd_decode_padded(locs, scores, nms="torch"), iters=5, repeats=a.repeats)
+        else:
+            t_fast = [s * 1e3 for s in time_repeats(fast, device, repeats=a.repeats)]
+            t_torch = t_fast
+        # The per-class loop is slow: time it on a few images and scale to the batch.
+        m = n if per_image <= 100 else max(1, min(n, 400 // max(per_image // 100, 1)))
+        t_loop = time_repeats(lambda: ssd_decode_loop(locs[:m], scores[:m], host_copy=True), device,
+                              repeats=1, warmup=0)[0] * 1e3 * n / m
+        rows.append([f"{per_image:,}", f"{cand:,.0f}", f"{median(t_fast):.3f} (±{spread(t_fast):.0%})",
+                     f"{median(t_torch):.3f}", f"{t_loop:,.1f}" + ("" if m == n else f" (measured on {m})"),
+                     f"{t_loop / median(t_fast):,.0f}x"])
+    header = ["candidates/image (target)", "measured", f"ssd_decode ms / batch {n}", "torch-NMS variant ms",
+              "per-class loop with host reads ms", "speed-up"]
+    _emit(a, f"vidpipe bench: post-processing, batch {n}", _table(header, rows),
+          ["Median of repeats; CUDA-event timing for the GPU paths, wall time for the loop."], device)
+
+
+def bench_model(a: argparse.Namespace, cfg: Config) -> None:
+    from .weights import calibrated_random_ssd300
+
+    device = torch.device("cuda" if torch.cuda.is_available() else cfg.device if cfg.device != "auto" else "cpu")
+    model = calibrated_random_ssd300()
+    variants = [("eager fp32", "fp32", False, "off"), ("eager fp16 NCHW", "fp16", False, "off"),
+                ("eager fp16 channels_last", "fp16", True, "off"),
+                ("compiled fp16 channels_last", "fp16", True, "on")]
+    sizes = (1, 8, 32, 128)
+    rows = []
+    for name, prec, cl, comp in variants:
+        row = [name]
+        for bs in sizes:
+            if comp == "on" and bs < 32:  # compile time is not worth it for tiny batches
+                row.append("–")
+                continue
+            c = cfg.replace(device=str(device), precision=prec, channels_last=cl, compile=comp, batch_size=bs)
+            det = Detector(c, model=model)
+            row.append(f"{median(model_only(det, a.repeats)):,.0f}")
+        rows.append(row)
+    _emit(a, "vidpipe bench: model only (images/s, 300x300, random weights)",
+          _table(["variant"] + [f"bs {s}" for s in sizes], rows), [], device)
+
+
+def main(a: argparse.Namespace) -> int:
+    from .cli import config_from_args
+
+    cfg = config_from_args(a, max_frames=a.max_frames)
+    {"pipeline": bench_pipeline, "postprocess": bench_postprocess, "model": bench_model}[a.suite](a, cfg)
+    return 0

@@ -91,7 +91,7 @@ class Detector:
         self.compiled = config.compile == "on" or (config.compile == "auto" and not cpu)
         if self.compiled:
             _setup_compile_cache()
-            self.forward = torch.compile(model)
+            self.forward = torch.compile(model, dynamic=False)
         else:
             self.forward = model
         self.batch_size = config.batch_size

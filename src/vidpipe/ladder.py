@@ -1,2 +1,201 @@
-"""placeholder"""
-def add_ladder_parser(sub): sub.add_parser("ladder")
+"""``vidpipe ladder``: the write-up's optimisation steps as configurations of the one pipeline.
+
+Each rung changes one or a few switches of :class:`~vidpipe.config.Config` and runs the same
+engine; only rungs 0-1 use the slow per-class loop (``postprocess="loop_*"``). The table gives
+frames/s, speed-ups, the measured candidate load, detections per frame and agreement with rung 2.
+Slow rungs are timed on the first ``--slow-frames`` frames (noted in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .detector import Detector
+from .engine import run
+from .profiling import GilLoad, machine_facts, sync
+from .sinks import JsonlSink
+from .sources import nvdec_available, probe
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    change: str
+    config: dict
+    needs: str = ""  # "cuda", "nvdec" or "multi-gpu"
+    slow: bool = False
+
+
+RUNGS = [
+    Rung("0 baseline", "frame at a time, fp32, CPU decode, per-box loop reading GPU tensors",
+         dict(batch_size=1, precision="fp32", channels_last=False, compile="off", decoder="pyav",
+              overlap=False, postprocess="loop_device"), slow=True),
+    Rung("1 host copy", "the loop on outputs copied to the host once", dict(postprocess="loop_host"), slow=True),
+    Rung("2 GPU post-processing", "batched decode + NMS on the GPU (ssd_decode)", dict(postprocess="gpu")),
+    Rung("3 batch 4", "batches of 4 frames", dict(batch_size=4)),
+    Rung("4 fp16, batch 8", "half precision on tensor cores, batches of 8", dict(precision="fp16", batch_size=8),
+         needs="cuda"),
+    Rung("5 NVDEC", "hardware decode straight into GPU tensors", dict(decoder="nvdec"), needs="nvdec"),
+    Rung("6 overlap", "decode threads, compute stream, async copies, writer thread", dict(overlap=True),
+         needs="cuda"),
+    Rung("7 beyond", "torch.compile, channels_last, batch 64, parallel decoders",
+         dict(compile="on", channels_last=True, batch_size=64, decoders=0), needs="cuda"),
+    Rung("8 all GPUs", "one worker process per GPU", dict(), needs="multi-gpu"),
+]
+
+
+def add_ladder_parser(sub) -> None:
+    p = sub.add_parser("ladder", help="run the optimisation ladder and print the table",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("video", nargs="?", default=None, help="input (default: shared/media/in.mp4 or a generated clip)")
+    p.add_argument("--weights", default="random")
+    p.add_argument("--random-candidates", type=int, default=2000, metavar="N")
+    p.add_argument("--slow-frames", type=int, default=32, metavar="N",
+                   help="frames timed for the slow rungs 0-1")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="frames timed for the other rungs")
+    p.add_argument("--compare-frames", type=int, default=32, metavar="N",
+                   help="leading frames whose detections are compared with rung 2")
+    p.add_argument("--gil", action="store_true", help="measure GIL load per rung")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="write a PyTorch profiler trace (Chrome/Perfetto JSON) of the last rung's first batches")
+    p.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json and PREFIX.md")
+
+
+class _Collect(JsonlSink):
+    """A JSON Lines sink that also keeps the first ``keep`` frames' detections for comparison."""
+
+    def __init__(self, path, video, width, height, keep: int, store: list) -> None:
+        super().__init__(path, video, width, height)
+        self.keep, self.store = keep, store
+
+    def write(self, indices, times, boxes, labels, scores, counts) -> None:
+        for i, c in enumerate(counts.tolist()):
+            if len(self.store) < self.keep:
+                self.store.append((boxes[i, :c].copy(), labels[i, :c].copy(), scores[i, :c].copy()))
+        super().write(indices, times, boxes, labels, scores, counts)
+
+
+def agreement(a: list, b: list, iou: float = 0.9) -> float:
+    """Share of detections of ``b`` matched in ``a`` (same label, box IoU >= ``iou``)."""
+    matched = total = 0
+    for (ba, la, _), (bb, lb, _) in zip(a, b):
+        total += max(len(la), len(lb))
+        used = np.zeros(len(la), bool)
+        for box, lab in zip(bb, lb):
+            for j in np.flatnonzero((la == lab) & ~used):
+                x1, y1 = np.maximum(ba[j, :2], box[:2])
+                x2, y2 = np.minimum(ba[j, 2:], box[2:])
+                inter = max(0, x2 - x1) * max(0, y2 - y1)
+                union = np.prod(ba[j, 2:] - ba[j, :2]) + np.prod(box[2:] - box[:2]) - inter
+                if union > 0 and inter / union >= iou:
+                    used[j] = True
+                    matched += 1
+                    break
+    return matched / total if total else 1.0
+
+
+def skip_reason(rung: Rung) -> str | None:
+    if rung.needs in ("cuda", "nvdec", "multi-gpu") and not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if rung.needs == "nvdec" and not nvdec_available():
+        return "PyNvVideoCodec/NVDEC unavailable"
+    if rung.needs == "multi-gpu":
+        return (f"{torch.cuda.device_count()} GPU visible" if torch.cuda.device_count() < 2
+                else "multi-GPU workers not implemented yet")
+    return None
+
+
+def main(a: argparse.Namespace) -> int:
+    from .synth import make_clip
+
+    tmp = Path(tempfile.mkdtemp(prefix="vidpipe-ladder-"))
+    video = a.video
+    if video is None:
+        shared = Path(__file__).resolve().parents[3] / "shared" / "media" / "in.mp4"
+        video = str(shared if shared.is_file() else make_clip(tmp / "clip.mp4", frames=96, width=384, height=288))
+    info = probe(video)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = Config(weights=a.weights, random_candidates=a.random_candidates, device=device)
+    from .bench import load_for_video
+    model = load_for_video(cfg, video)
+    rows, reference, base_fps, prev_fps = [], None, None, None
+    active: dict = {}
+    for rung in RUNGS:
+        reason = skip_reason(rung)
+        active.update(rung.config)
+        if reason:
+            rows.append(dict(rung=rung.name, change=rung.change, skipped=reason))
+            continue
+        frames_limit = a.slow_frames if rung.slow else a.max_frames
+        rc = cfg.replace(**active, max_frames=frames_limit)
+        det = Detector(rc, model=model)
+        if det.compiled:  # compile outside the timed run
+            run(det, [video], lambda i: JsonlSink(tmp / "warm.jsonl", i.path, i.width, i.height))
+        store: list = []
+        sink = lambda i: _Collect(tmp / "out.jsonl", i.path, i.width, i.height, a.compare_frames, store)  # noqa
+        trace = a.trace and rung is RUNGS[7]
+        gil = GilLoad() if a.gil else None
+        sync(det.device)
+        t0 = time.perf_counter()
+        if trace:
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                report = run(det, [video], sink)
+            prof.export_chrome_trace(a.trace)
+        elif gil:
+            with gil:
+                report = run(det, [video], sink)
+        else:
+            report = run(det, [video], sink)
+        sync(det.device)
+        seconds = time.perf_counter() - t0
+        fps = report.frames / seconds
+        if rung.name.startswith("2"):
+            reference = store
+        base_fps = base_fps or fps
+        cands = _candidates(det, video)
+        dets = float(np.mean([len(l) for _, l, _ in store])) if store else 0.0
+        rows.append(dict(rung=rung.name, change=rung.change, frames=report.frames, fps=fps,
+                         vs_prev=fps / prev_fps if prev_fps else 1.0, vs_0=fps / base_fps,
+                         candidates=cands, detections=dets,
+                         agreement=agreement(store, reference) if reference is not None else None,
+                         gil=gil.wait_share if gil else None))
+        prev_fps = fps
+        del det
+    facts = machine_facts(torch.device(device))
+    md = _markdown(rows, video, info, facts)
+    print(md)
+    if a.out:
+        Path(a.out + ".json").write_text(json.dumps(dict(facts=facts, video=video, rows=rows), indent=1))
+        Path(a.out + ".md").write_text(md)
+    return 0
+
+
+def _candidates(det: Detector, video: str) -> float:
+    from .bench import candidates_per_frame
+    return candidates_per_frame(det, video)
+
+
+def _markdown(rows: list[dict], video: str, info, facts: dict) -> str:
+    head = "| rung | what changed | frames timed | frames/s | vs previous | vs rung 0 | candidates/frame | detections/frame | agreement with rung 2 | GIL wait |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['rung']} | {r['change']} | skipped: {r['skipped']} | | | | | | | |")
+            continue
+        agree = "–" if r["agreement"] is None else f"{r['agreement']:.1%}"
+        gil = "–" if r["gil"] is None else f"{r['gil']:.0%}"
+        lines.append(f"| {r['rung']} | {r['change']} | {r['frames']} | {r['fps']:,.1f} | {r['vs_prev']:.2f}x | "
+                     f"{r['vs_0']:,.1f}x | {r['candidates']:,.0f} | {r['detections']:.1f} | {agree} | {gil} |")
+    title = (f"Ladder on {Path(video).name} ({info.width}x{info.height}, {info.num_frames} frames), "
+             + ", ".join(f"{k} {v}" for k, v in facts.items()))
+    return title + "\n\n" + "\n".join(lines) + "\n"

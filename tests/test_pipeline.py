@@ -1,0 +1,197 @@
+"""The pipeline end to end on the CPU (and the GPU when present): detector API, engine modes,
+sinks, and the detect command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vidpipe import Config, Detector
+from vidpipe.engine import FrameProducer, run
+from vidpipe.profiling import PeakMemory
+from vidpipe.sinks import open_sink
+from vidpipe.sources import FrameBatch
+from vidpipe.synth import make_clip, repeat_clip
+
+CLI = [sys.executable, "-m", "vidpipe.cli"]
+
+
+def detector(model, **kw) -> Detector:
+    return Detector(Config(weights="random", device=kw.pop("device", "cpu"), batch_size=kw.pop("batch_size", 4),
+                           **kw), model=model)
+
+
+def collect(det: Detector, path) -> list:
+    return list(det.detect(path))
+
+
+def test_detect_api_yields_every_frame(random_model, tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=6, width=96, height=64)
+    results = collect(detector(random_model), clip)
+    assert [r.frame for r in results] == list(range(6))
+    r = results[0]
+    assert r.width == 96 and r.height == 64 and r.boxes.shape[1:] == (4,)
+    assert np.all(r.scores[:-1] >= r.scores[1:]) and np.all((r.labels >= 1) & (r.labels <= 80))
+    assert len(r.labels) > 0 and r.boxes[:, 2].max() > 1.0  # pixels, not normalised
+
+
+def test_overlap_matches_serial(random_model, tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=7, width=80, height=60)
+    serial = collect(detector(random_model, overlap=False), clip)
+    overlap = collect(detector(random_model, overlap=True, batch_size=3), clip)
+    assert len(serial) == len(overlap) == 7
+    for a, b in zip(serial, overlap):
+        assert np.array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.boxes, b.boxes, rtol=1e-5, atol=1e-4)
+
+
+def test_sinks_write_atomically(random_model, tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=5, width=64, height=48)
+    det = detector(random_model)
+    for fmt, name in (("jsonl", "o.jsonl"), ("coco", "o.json"), ("parquet", "o.parquet")):
+        target = tmp_path / name
+        report = run(det, [str(clip)], lambda i: open_sink(fmt, target, i.path, i.width, i.height))
+        assert report.frames == 5 and not report.failed
+        assert target.is_file() and not (tmp_path / (name + ".partial")).exists()
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(5))
+    assert set(lines[0]) == {"video", "frame", "time", "width", "height", "detections"}
+    d = lines[0]["detections"][0]
+    assert set(d) == {"box", "score", "class_id", "class_name"} and 1 <= d["class_id"] <= 80
+    coco = json.loads((tmp_path / "o.json").read_text())
+    assert coco and {"image_id", "category_id", "bbox", "score"} == set(coco[0])
+    import pyarrow.parquet as pq
+    table = pq.read_table(tmp_path / "o.parquet")
+    assert table.num_rows == sum(len(x["detections"]) for x in lines)
+    assert sorted(set(table.column("frame").to_pylist())) == [x["frame"] for x in lines if x["detections"]]
+
+
+def test_interrupted_sink_stays_partial(tmp_path):
+    sink = open_sink("jsonl", tmp_path / "x.jsonl", "v", 10, 10)
+    sink.write([0], [0.0], np.zeros((1, 1, 4), np.float32), np.ones((1, 1), np.int64),
+               np.ones((1, 1), np.float32), np.array([1]))
+    sink.close(complete=False)
+    assert not (tmp_path / "x.jsonl").exists() and (tmp_path / "x.jsonl.partial").exists()
+
+
+def test_decode_memory_stays_flat_on_long_input(tmp_path):
+    """Bounded queues: decoding a 20x longer clip must not grow host memory by more than 25 MiB."""
+    clip = make_clip(tmp_path / "c.mp4", frames=60, width=320, height=240, gop=30)
+    long = repeat_clip(clip, tmp_path / "long.mp4", 20)
+    peaks = []
+    for path in (clip, long):
+        with PeakMemory(torch.device("cpu")) as mem:
+            n = sum(len(i) for i in FrameProducer([str(path)], "pyav", torch.device("cpu"), 16, workers=2)
+                    if isinstance(i, FrameBatch))
+        peaks.append((n, mem.host_peak))
+    assert peaks[1][0] == 20 * peaks[0][0]
+    assert peaks[1][1] - peaks[0][1] < 25 * 2**20
+
+
+def cli(*args, **kw):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_cli_version_and_help():
+    assert cli("--version").stdout.startswith("vidpipe ")
+    out = cli("detect", "--help").stdout
+    for flag in ("--weights", "--decoder", "--batch-size", "--max-frames", "--iou-threshold", "--format"):
+        assert flag in out
+
+
+def test_cli_detect_jsonl(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=6, width=64, height=48)
+    out = tmp_path / "out.jsonl"
+    r = cli("detect", clip, "-o", out, "--weights", "random", "--device", "cpu", "--batch-size", "4",
+            "--max-frames", "5")
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 5 and "frames/s end to end" in r.stderr.splitlines()[-1]
+
+
+def test_cli_corpus_bad_file_and_resume(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "a.mp4", frames=3)
+    make_clip(src / "c.mp4", frames=2)
+    (src / "b.mp4").write_bytes(b"\x00" * 100)
+    outdir = tmp_path / "out"
+    args = ["detect", src, "-o", outdir, "--weights", "random", "--device", "cpu", "--batch-size", "2"]
+    r = cli(*args)
+    assert r.returncode == 1
+    assert "b.mp4" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in outdir.iterdir()) == ["a.jsonl", "c.jsonl"]
+    assert len((outdir / "c.jsonl").read_text().splitlines()) == 2
+    assert cli(*args, "--allow-failures").returncode == 0
+    mtime = (outdir / "a.jsonl").stat().st_mtime_ns
+    (src / "b.mp4").unlink()
+    r = cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert (outdir / "a.jsonl").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/nonexistent.mp4"], "no such file"),
+    (["--weights", "/nonexistent.pt", "CLIP"], "weights file not found"),
+    (["--device", "cuda:7", "CLIP"], "CUDA"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    clip = make_clip(tmp_path / "c.mp4", frames=2)
+    args = [str(clip) if a == "CLIP" else a for a in args]
+    if "--weights" not in args:
+        args += ["--weights", "random"]
+    r = cli("detect", *args, "-o", tmp_path / "o.jsonl", "--device", "cpu") if "--device" not in args else \
+        cli("detect", *args, "-o", tmp_path / "o.jsonl")
+    assert r.returncode in (1, 2)
+    errors = [x for x in r.stderr.splitlines() if "error" in x]
+    assert errors and message in errors[0] and "Traceback" not in r.stderr
+
+
+def test_cli_sigint_keeps_partial(tmp_path):
+    clip = repeat_clip(make_clip(tmp_path / "c.mp4", frames=30, width=64, height=48), tmp_path / "l.mp4", 20)
+    out = tmp_path / "o.jsonl"
+    p = subprocess.Popen([*CLI, "detect", str(clip), "-o", str(out), "--weights", "random", "--device", "cpu",
+                          "--batch-size", "2"], stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "o.jsonl.partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (partial.exists() and partial.stat().st_size > 0):
+        time.sleep(0.2)
+    t0 = time.time()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert time.time() - t0 < 5
+    assert p.returncode == 130, err
+    assert partial.exists() and not out.exists()
+    lines = partial.read_text().splitlines()
+    assert all(json.loads(x)["frame"] == i for i, x in enumerate(lines))
+
+
+@pytest.mark.cuda
+def test_gpu_pipeline_matches_cpu(random_model, tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=8, width=128, height=96)
+    cpu = collect(detector(random_model), clip)
+    gpu = collect(Detector(Config(weights="random", device="cuda", precision="fp32", compile="off",
+                                  decoder="pyav", batch_size=4), model=random_model), clip)
+    random_model.cpu().float()
+    agree = np.mean([np.array_equal(a.labels, b.labels) for a, b in zip(cpu, gpu)])
+    assert len(gpu) == 8 and agree >= 0.75
+
+
+@pytest.mark.nvdec
+def test_gpu_engine_identical_to_straightforward(shared_clip, random_model):
+    base = dict(weights="random", device="cuda", precision="fp16", compile="off", batch_size=32, max_frames=600)
+    simple = collect(Detector(Config(**base, overlap=False, decoder="nvdec"), model=random_model), shared_clip)
+    engine = collect(Detector(Config(**base, overlap=True, decoder="nvdec", decoders=4), model=random_model),
+                     shared_clip)
+    random_model.cpu().float()
+    assert [r.frame for r in engine] == list(range(600))
+    for a, b in zip(simple, engine):
+        assert np.array_equal(a.labels, b.labels) and np.allclose(a.boxes, b.boxes, atol=1e-3)
