@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 
 from vidpipe.synth import make_clip
 
-SHARED_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "in.mp4"
+SHARED_CLIP = Path(os.environ.get("VIDPIPE_SHARED_CLIP",
+                                  Path(__file__).resolve().parents[1].parent / "shared" / "media" / "in.mp4"))
 
 
 def pytest_collection_modifyitems(config, items):

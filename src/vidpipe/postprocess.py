@@ -236,9 +236,10 @@ def ssd_decode_loop(locs: torch.Tensor, scores: torch.Tensor, *, host_copy: bool
                     candidate_threshold: float = 0.05, iou_threshold: float = 0.5,
                     max_detections: int = 20, per_class_candidates: int = 200,
                     score_threshold: float = 0.3) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The article's first rungs: the same semantics written as NVIDIA's per-class, per-box loop.
+    """The article's first rungs: the same semantics as NVIDIA's per-image, per-class loop, which
+    reads one element at a time (the picked index, each kept score) back to Python.
 
-    With ``host_copy=False`` the loop reads device tensors element by element (rung 0); with
+    With ``host_copy=False`` the loop runs on the model's (GPU) tensors (rung 0); with
     ``host_copy=True`` the two outputs are copied to the host once first (rung 1). Results are on
     the CPU. Kept for the ladder; use :func:`ssd_decode` for real work.
     """
@@ -254,14 +255,14 @@ def ssd_decode_loop(locs: torch.Tensor, scores: torch.Tensor, *, host_copy: bool
             idx = (score > candidate_threshold).nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
-            order = sorted(idx.tolist(), key=lambda i: (-score[i].item(), i))[:per_class_candidates]
-            while order:
-                best = order.pop(0)
+            cand = idx[score[idx].sort(descending=True, stable=True).indices[:per_class_candidates]]
+            while cand.numel() > 0:
+                best = cand[0].item()
                 det_boxes.append(boxes[best])
                 det_labels.append(label)
                 det_scores.append(score[best].item())
-                order = [i for i in order
-                         if not _iou_not_below(boxes[best][None], boxes[i][None], iou_threshold).item()]
+                rest = cand[1:]
+                cand = rest[~_iou_not_below(boxes[rest], boxes[best][None], iou_threshold)[:, 0]]
         ranked = sorted(range(len(det_scores)), key=lambda j: -det_scores[j])[:max_detections]
         ranked = [j for j in ranked if det_scores[j] > score_threshold]
         out.append((
