@@ -4,7 +4,6 @@ sinks, and the detect command."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidpipe.engine import FrameProducer, keyframe_indices, _Rebatcher
+from vidpipe.engine import FrameProducer, _Rebatcher
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import FrameBatch, NvdecSource, PyAVSource, probe
+from vidpipe.sources import FrameBatch, NvdecSource, PyAVSource, probe, scan_packets
 from vidpipe.synth import make_clip, repeat_clip
 
 CLIPS = {
     "h264-bframes": dict(frames=30, width=64, height=48),
     "h264-odd-size": dict(frames=10, width=322, height=242),
     "single-frame": dict(frames=1, width=64, height=48),
-    "hevc": dict(frames=12, width=64, height=48, codec="libx265"),
+    "hevc": dict(frames=12, width=192, height=144, codec="libx265"),  # NVDEC's HEVC minimum is 144
     "vfr": dict(frames=20, width=64, height=48, vfr=True),
     "no-bframes": dict(frames=15, width=48, height=32, bframes=False),
 }
@@ -58,7 +58,7 @@ def test_keyframes_and_repeat(tmp_path):
     path = make_clip(tmp_path / "a.mp4", frames=36, gop=12)
     with av.open(str(path)) as c:
         decoded_keys = [i for i, f in enumerate(c.decode(video=0)) if f.key_frame]
-    assert keyframe_indices(str(path)) == decoded_keys and len(decoded_keys) >= 3
+    assert list(scan_packets(str(path)).keyframes) == decoded_keys and len(decoded_keys) >= 3
     long = repeat_clip(path, tmp_path / "long.mp4", 3)
     _, indices, times = decode_all(PyAVSource(long), batch_size=16)
     assert indices == list(range(108)) and all(a < b for a, b in zip(times, times[1:]))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,20 +20,10 @@ from .config import Config, resolve_device
 from .model import SSD300
 from .postprocess import Detections, ssd_decode_loop, ssd_decode_padded
 from .preprocess import INPUT_SIZE, preprocess
+from .profiling import nvtx_range
 from .weights import load_model
 
 log = logging.getLogger(__name__)
-
-try:
-    from torch.cuda import nvtx as _nvtx
-except ImportError:  # pragma: no cover
-    _nvtx = None
-
-
-def nvtx_range(name: str):
-    """An NVTX range on CUDA builds (visible in Nsight Systems), free when no profiler listens."""
-    return _nvtx.range(name) if _nvtx is not None and torch.cuda.is_available() else nullcontext()
-
 
 @dataclass
 class FrameResult:

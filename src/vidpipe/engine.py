@@ -24,14 +24,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import av
-import numpy as np
 import torch
 
-from .detector import Detector, FrameResult, nvtx_range
+from .detector import Detector, FrameResult
 from .errors import VidpipeError
 from .postprocess import Detections
-from .sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, is_stream_url, probe, resolve_decoder
+from .profiling import nvtx_range
+from .sources import (FrameBatch, NvdecSource, PyAVSource, VideoInfo, is_stream_url, open_source, probe,
+                      resolve_decoder, scan_packets)
 from .sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -108,15 +108,6 @@ class _UnitEnd:
     error: str | None
 
 
-def keyframe_indices(path: str) -> list[int]:
-    """Presentation-order indices of the keyframes, read by demuxing only (no decoding)."""
-    with av.open(path) as c:
-        stream = c.streams.video[0]
-        pts = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.pts is not None]
-    pts.sort()
-    return [i for i, (_, key) in enumerate(pts) if key]
-
-
 def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device) -> int:
     """Decode workers for a GPU: small frames decode fast, so a few NVDEC sessions cover the
     model; 1080p and larger need many (see docs/results.md for the measured curve)."""
@@ -134,6 +125,7 @@ class FrameProducer:
                  segment_min: int = 256) -> None:
         self.inputs = inputs
         self.decoder = resolve_decoder(decoder, device)
+        self.fallback = decoder == "auto"
         self.device = device
         self.batch_size = batch_size
         self.workers = workers
@@ -156,7 +148,7 @@ class FrameProducer:
         segments = max(1, self.workers)
         if self.decoder != "nvdec" or is_stream_url(path) or n < 2 * self.segment_min or segments == 1:
             return [_Unit(info, path, 0, self.max_frames)]
-        keys = [k for k in keyframe_indices(path) if 0 < k < n]
+        keys = [k for k in scan_packets(path).keyframes if 0 < k < n]
         want = min(segments, n // self.segment_min)
         cuts = sorted({min(keys, key=lambda k: abs(k - n * j / want)) for j in range(1, want)} if keys else set())
         bounds = [0, *cuts, n]
@@ -178,16 +170,19 @@ class FrameProducer:
 
     # decoding ----------------------------------------------------------------------------------
     def _source(self, unit: _Unit) -> PyAVSource | NvdecSource:
-        if self.decoder == "nvdec" and not is_stream_url(unit.path):
-            return NvdecSource(unit.path, self.device, max_frames=self.max_frames, info=unit.info)
-        return PyAVSource(unit.path, self.device, max_frames=self.max_frames)
+        return open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
+                           fallback=self.fallback)
 
     def _decode(self, unit: _Unit, put: Callable[[object], bool]) -> None:
         decoded, corrupt, error = 0, 0, None
         try:
             src = self._source(unit)
-            batches = (src.batches(self.batch_size, unit.start, unit.stop) if isinstance(src, NvdecSource)
-                       else src.batches(self.batch_size))
+            if isinstance(src, NvdecSource):
+                batches = src.batches(self.batch_size, unit.start, unit.stop)
+            elif unit.start == 0:
+                batches = src.batches(self.batch_size)
+            else:  # a later segment NVDEC refused: the first segment's FFmpeg fallback decodes it all
+                batches = iter(())
             for batch in batches:
                 if self.device.type == "cuda":
                     # The batch must be complete before the decoder reuses its surfaces.

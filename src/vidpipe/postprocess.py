@@ -13,9 +13,11 @@ the ``max_detections`` best over all classes and drop those with score <= ``scor
 Ties, which NVIDIA's code leaves to its sort, are broken by the lower default-box index inside a
 class and by the lower label across classes.
 
-The fast path issues no host synchronisation: candidates are chosen with ``topk`` over
-(score, index) keys, NMS runs one Triton program per (image, class) on CUDA (a vectorised torch
-loop elsewhere), and the result stays padded on the device until :meth:`Detections.split`.
+The fast path issues no host synchronisation. On CUDA two Triton kernels do the work, one program
+per (image, class): candidate selection (count, compact, sort at most K keys; a bit-wise binary
+search for the K-th score only when a class has more than K candidates) and greedy NMS in
+registers. Elsewhere ``topk`` over (score, index) keys and a vectorised torch NMS loop compute the
+same. The result stays padded on the device until :meth:`Detections.split`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from typing import Literal
 import torch
 
 from .boxes import NUM_BOXES, SCALE_WH, SCALE_XY, default_boxes
-from .errors import VidpipeError
 
 try:
     import triton
@@ -150,6 +151,88 @@ if triton is not None:
         tl.store(keep_ptr + row * K + offs, keep.to(tl.int8), mask=offs < K)
 
 
+    @triton.jit
+    def _candidates_kernel(logits_ptr, lse_ptr, idx_ptr, score_ptr, A, thr_bits,
+                           C: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BLOCK: tl.constexpr):
+        # One program per (image, class) row: the row's K best scores above the threshold, best
+        # first, ties to the lower box index -- exactly what topk over (score, index) keys gives,
+        # without sorting the row. Usually all candidates fit (one counting pass, one compaction
+        # pass); otherwise a binary search over the float bits finds the K-th best score first.
+        row = tl.program_id(0)
+        n = row // (C - 1)
+        logit_row = logits_ptr + (n * C + row % (C - 1) + 1).to(tl.int64) * A
+        lse_row = lse_ptr + n.to(tl.int64) * A
+        offs = tl.arange(0, BLOCK)
+        count = 0
+        for start in range(0, A, BLOCK):
+            m = start + offs < A
+            z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
+            p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
+            count += tl.sum((m & (p.to(tl.int32, bitcast=True) > thr_bits)).to(tl.int32))
+        lo = thr_bits + 1  # selected: bits > lo, plus the lowest-index (quota) entries with bits == lo
+        if count > K:
+            hi = 0x3F800001  # just above 1.0f
+            for _ in range(31):
+                mid = lo + (hi - lo) // 2
+                above = 0
+                for start in range(0, A, BLOCK):
+                    m = start + offs < A
+                    z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
+                    p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
+                    above += tl.sum((m & (p.to(tl.int32, bitcast=True) >= mid)).to(tl.int32))
+                if above >= K:
+                    lo = mid
+                else:
+                    hi = mid
+        greater = 0
+        for start in range(0, A, BLOCK):
+            m = start + offs < A
+            z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
+            p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
+            greater += tl.sum((m & (p.to(tl.int32, bitcast=True) > lo)).to(tl.int32))
+        quota = K - greater
+        out_row = row.to(tl.int64) * KB
+        written = 0
+        ties = 0
+        for start in range(0, A, BLOCK):
+            m = start + offs < A
+            z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
+            p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
+            bits = p.to(tl.int32, bitcast=True)
+            tie = m & (bits == lo)
+            tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0)
+            sel = (m & (bits > lo)) | (tie & (tie_rank <= quota))
+            pos = written + tl.cumsum(sel.to(tl.int32), 0) - 1
+            key = (bits.to(tl.int64) << 32) | (A - 1 - start - offs).to(tl.int64)
+            tl.store(idx_ptr + out_row + pos, key, mask=sel)
+            written += tl.sum(sel.to(tl.int32))
+            ties += tl.sum(tie.to(tl.int32))
+        tl.debug_barrier()
+        slots = tl.arange(0, KB)
+        keys = tl.load(idx_ptr + out_row + slots, mask=slots < written, other=-1)
+        keys = tl.sort(keys, descending=True)
+        valid = keys >= 0
+        tl.store(idx_ptr + out_row + slots, tl.where(valid, (A - 1) - (keys & 0xFFFFFFFF), -1))
+        tl.store(score_ptr + out_row + slots,
+                 tl.where(valid, (keys >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0))
+
+
+def _candidates_triton(scores: torch.Tensor, k: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores Tensor[N, C, A]`` logits -> (indices ``[N, C-1, K]`` int64, -1 padded; their
+    softmax scores ``[N, C-1, K]`` float32), best first, for the labels 1..C-1."""
+    n, c, a = scores.shape
+    k = min(k, a)
+    kb = max(16, triton.next_power_of_2(k))
+    logits = scores.contiguous()
+    lse = torch.logsumexp(logits.float(), dim=1).contiguous()
+    idx = torch.empty(n * (c - 1), kb, dtype=torch.int64, device=scores.device)
+    val = torch.empty(n * (c - 1), kb, dtype=torch.float32, device=scores.device)
+    thr_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
+    _candidates_kernel[(n * (c - 1),)](logits, lse, idx, val, a, thr_bits, C=c, K=k, KB=kb,
+                                       BLOCK=2048, num_warps=8)
+    return idx[:, :k].reshape(n, c - 1, k), val[:, :k].reshape(n, c - 1, k)
+
+
 def _nms_triton(boxes: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Tensor:
     r, k = valid.shape
     keep = torch.empty(r, k, dtype=torch.int8, device=boxes.device)
@@ -187,12 +270,15 @@ def ssd_decode_padded(locs: torch.Tensor, scores: torch.Tensor, *, candidate_thr
         raise ValueError("nms='triton' needs Triton and CUDA tensors")
     n, c = scores.shape[:2]
     boxes = decode_boxes(locs, default_boxes(locs.device))  # [N, A, 4]
-    # Softmax along a contiguous label axis, as NVIDIA's code does, so values match it exactly.
-    probs = torch.softmax(scores.float().transpose(1, 2), dim=-1).transpose(1, 2)[:, 1:]  # [N, C-1, A]
-    cand = _topk_keys(probs, per_class_candidates, probs > candidate_threshold)  # [N, C-1, K]
+    if use_triton:
+        cand, cand_scores = _candidates_triton(scores, per_class_candidates, candidate_threshold)
+    else:
+        # Softmax along a contiguous label axis, as NVIDIA's code does, so values match it exactly.
+        probs = torch.softmax(scores.float().transpose(1, 2), dim=-1).transpose(1, 2)[:, 1:]
+        cand = _topk_keys(probs, per_class_candidates, probs > candidate_threshold)  # [N, C-1, K]
+        cand_scores = probs.gather(2, cand.clamp(min=0))
     valid = cand >= 0
     safe = cand.clamp(min=0)
-    cand_scores = probs.gather(2, safe)
     cand_boxes = boxes.gather(1, safe.reshape(n, -1, 1).expand(-1, -1, 4)).reshape(*safe.shape, 4)
     k = safe.shape[-1]
     flat_boxes, flat_valid = cand_boxes.reshape(-1, k, 4), valid.reshape(-1, k)

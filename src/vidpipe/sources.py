@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Literal
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import VidpipeError
+from .profiling import nvtx_range
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,30 @@ def _ffmpeg_reason(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e).splitlines()[0]
 
 
+@dataclass(frozen=True)
+class PacketIndex:
+    """Per-frame facts read by demuxing only: presentation times (s since the first frame) and the
+    presentation-order indices of keyframes."""
+
+    times: tuple[float, ...]
+    keyframes: tuple[int, ...]
+
+
+@lru_cache(maxsize=64)
+def scan_packets(path: str) -> PacketIndex:
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        packets = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.size]
+        tb, fps = stream.time_base, float(stream.average_rate or 30)
+    if any(pts is None for pts, _ in packets):  # raw elementary streams carry no timestamps
+        return PacketIndex(tuple(i / fps for i in range(len(packets))),
+                           tuple(i for i, (_, key) in enumerate(packets) if key))
+    packets.sort()
+    first = packets[0][0] if packets else 0
+    return PacketIndex(tuple(float((pts - first) * tb) for pts, _ in packets),
+                       tuple(i for i, (_, key) in enumerate(packets) if key))
+
+
 class PyAVSource:
     """FFmpeg (CPU) decode of one video; see the module docstring."""
 
@@ -137,12 +163,15 @@ class PyAVSource:
             times: list[float] = []
             first_pts: int | None = None
             limit = self.max_frames if self.max_frames is not None else -1
+            fps = info.fps or 30.0
             for frame in self._frames(c, stream):
                 if first_pts is None:
-                    first_pts = frame.pts if frame.pts is not None else 0
-                pts = frame.pts if frame.pts is not None else first_pts
+                    first_pts = frame.pts
                 buf.append(frame.to_ndarray(format="rgb24"))
-                times.append(float((pts - first_pts) * stream.time_base))
+                if frame.pts is None or first_pts is None:  # raw streams: no timestamps
+                    times.append((self.decoded + len(buf) - 1) / fps)
+                else:
+                    times.append(float((frame.pts - first_pts) * stream.time_base))
                 if len(buf) == batch_size:
                     yield self._batch(buf, times, pin)
                     buf, times = [], []
@@ -193,34 +222,29 @@ class NvdecSource:
                                           output_color_type=nvc.OutputColorType.RGBP)
         except Exception as e:
             raise VidpipeError(f"{self.info.path}: NVDEC cannot decode this stream ({e})") from None
-        self.num_frames = len(self._dec)
+        # Frame times come from the container: NVDEC's own timestamps are decode-ordered for
+        # variable frame rate streams.
+        self.times = scan_packets(self.info.path).times
+        self.num_frames = min(len(self._dec), len(self.times))
         if max_frames is not None:
             self.num_frames = min(self.num_frames, max_frames)
         self.decoded = 0
-        self._first_pts: int | None = None
-
-    def first_pts(self) -> int:
-        if self._first_pts is None:
-            self._dec.seek_to_index(0)
-            self._first_pts = self._dec.get_batch_frames(1)[0].getPTS()
-        return self._first_pts
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[FrameBatch]:
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
-        tb = self.info.time_base
-        first = self.first_pts()
-        self._dec.seek_to_index(start)
+        if start:
+            self._dec.seek_to_index(start)
         pos = start
         while pos < stop:
-            frames = self._dec.get_batch_frames(min(batch_size, stop - pos))
-            if not frames:
-                break
-            # The stack copies out of the decoder's surface pool, which the next call reuses.
-            batch = torch.stack([torch.from_dlpack(f) for f in frames])
-            times = [float((f.getPTS() - first) * tb) for f in frames]
+            with nvtx_range("decode"):
+                frames = self._dec.get_batch_frames(min(batch_size, stop - pos))
+                if not frames:
+                    break
+                # The stack copies out of the decoder's surface pool, which the next call reuses.
+                batch = torch.stack([torch.from_dlpack(f) for f in frames])
             n = len(frames)
             self.decoded += n
-            yield FrameBatch(self.info.path, batch, list(range(pos, pos + n)), times)
+            yield FrameBatch(self.info.path, batch, list(range(pos, pos + n)), list(self.times[pos:pos + n]))
             pos += n
 
 
@@ -247,8 +271,16 @@ def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", 
     return decoder
 
 
-def open_source(path: str | os.PathLike, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
-                max_frames: int | None = None) -> PyAVSource | NvdecSource:
-    if decoder == "nvdec" and not is_stream_url(str(path)):
-        return NvdecSource(path, device, max_frames=max_frames)
+def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
+                max_frames: int | None = None, info: VideoInfo | None = None,
+                fallback: bool = False) -> PyAVSource | NvdecSource:
+    """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
+    FFmpeg instead, with a warning."""
+    if decoder == "nvdec" and not is_stream_url(path):
+        try:
+            return NvdecSource(path, device, max_frames=max_frames, info=info)
+        except VidpipeError as e:
+            if not fallback:
+                raise
+            log.warning("%s; decoding it with FFmpeg on the CPU instead", e)
     return PyAVSource(path, device, max_frames=max_frames)
