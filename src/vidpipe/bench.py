@@ -30,7 +30,7 @@ from .detector import Detector
 from .engine import FrameProducer, run
 from .postprocess import ssd_decode_loop, ssd_decode_padded
 from .preprocess import preprocess
-from .profiling import PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
+from .profiling import GilLoad, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
 from .sinks import JsonlSink
 from .model import SSD300
 from .sources import FrameBatch, PyAVSource, probe
@@ -156,12 +156,14 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
 
         e2e_times = time_repeats(once, det.device, repeats=a.repeats)
         e2e = [n / t for n, t in zip(e2e_frames[1:], e2e_times)]
+        with GilLoad() as gil:
+            end_to_end(det, video, tmp)
         cands = candidates_per_frame(det, video)
         ceiling = min(median(dec), median(b))
         rows.append([Path(video).name, f"{info.width}x{info.height}", str(frames),
                      f"{median(dec):,.0f} (±{spread(dec):.0%})", f"{median(b):,.0f} (±{spread(b):.0%})",
                      f"{median(e2e):,.0f} (±{spread(e2e):.0%})", f"{median(e2e) / ceiling:.2f}",
-                     f"{cands:,.0f}", f"{median(dets_pf):.1f}"])
+                     f"{cands:,.0f}", f"{median(dets_pf):.1f}", f"{gil.wait_share:.0%}"])
         if a.long:
             long_path = tmp / f"long-{Path(video).stem}.mp4"
             repeat_clip(video, long_path, a.long)
@@ -175,7 +177,7 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
                          f"{g1 / 2**20:,.0f} MiB; x{a.long} ({n2} frames): host {h2 / 2**20:,.0f} MiB "
                          f"({h2 / h1 - 1:+.1%}), GPU {g2 / 2**20:,.0f} MiB ({g2 / max(g1, 1) - 1:+.1%}).")
     header = ["input", "size", "frames", "(a) decode-only fps", "(b) model-only img/s", "(c) end-to-end fps",
-              "(c)/min(a,b)", "candidates/frame", "detections/frame"]
+              "(c)/min(a,b)", "candidates/frame", "detections/frame", "GIL wait (e2e)"]
     cfg_note = (f"Config: device {det.device}, {cfg.precision}, batch {det.batch_size}, decoder {cfg.decoder}, "
                 f"decoders {cfg.decoders or 'auto'}, compile {det.compiled}, channels_last {det.channels_last}, "
                 f"overlap {cfg.overlap}, weights {cfg.weights or 'NVIDIA COCO'}; median of {a.repeats} (± spread).")

@@ -36,6 +36,7 @@ from .sinks import Sink
 
 log = logging.getLogger(__name__)
 _DONE = object()
+SEGMENT_BYTES = 3 << 30  # decoded frames that parallel NVDEC segments may hold ahead, all together
 
 
 @dataclass
@@ -122,7 +123,7 @@ class FrameProducer:
 
     def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
-                 segment_min: int = 256) -> None:
+                 segment_min: int = 32) -> None:
         self.inputs = inputs
         self.decoder = resolve_decoder(decoder, device)
         self.fallback = decoder == "auto"
@@ -136,23 +137,32 @@ class FrameProducer:
         self._units: queue.Queue = queue.Queue()
         self._order: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self._local = threading.local()
 
     # planning ----------------------------------------------------------------------------------
     def _plan(self, path: str) -> list[_Unit]:
+        """Cut a file NVDEC decodes into keyframe-aligned segments for parallel decode: about
+        two per worker, at least ``segment_min`` frames, and, so decoded frames held ahead stay
+        under ``SEGMENT_BYTES``, each unit's queue holds at most that many frames."""
         try:
             info = probe(path)
         except VidpipeError as e:
             return [_Unit(None, path, error=str(e))]
-        n = info.num_frames if self.max_frames is None else min(info.num_frames or self.max_frames,
-                                                                self.max_frames)
-        segments = max(1, self.workers)
-        if self.decoder != "nvdec" or is_stream_url(path) or n < 2 * self.segment_min or segments == 1:
+        if self.decoder != "nvdec" or is_stream_url(path) or self.workers == 1:
             return [_Unit(info, path, 0, self.max_frames)]
-        keys = [k for k in scan_packets(path).keyframes if 0 < k < n]
-        want = min(segments, n // self.segment_min)
-        cuts = sorted({min(keys, key=lambda k: abs(k - n * j / want)) for j in range(1, want)} if keys else set())
-        bounds = [0, *cuts, n]
-        return [_Unit(info, path, a, b, first=i == 0, last=i == len(bounds) - 2)
+        scan = scan_packets(path)
+        n = len(scan.times) if self.max_frames is None else min(len(scan.times), self.max_frames)
+        held = max(self.segment_min, SEGMENT_BYTES // (self.workers * 3 * info.width * info.height))
+        target = max(self.segment_min, min(held, -(-n // (2 * self.workers))))
+        bounds = [0]
+        for k in scan.keyframes:
+            if k >= n:
+                break
+            if k - bounds[-1] >= target:
+                bounds.append(k)
+        bounds.append(n)
+        depth = -(-held // self.batch_size) + 1
+        return [_Unit(info, path, a, b, first=i == 0, last=i == len(bounds) - 2, out=queue.Queue(depth))
                 for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
 
     def _planner(self) -> None:
@@ -165,13 +175,18 @@ class FrameProducer:
                     self._units.put(unit)
         finally:
             self._order.put(_DONE)
-            for _ in range(self._nworkers):
+            for _ in range(self.workers):
                 self._units.put(_DONE)
 
     # decoding ----------------------------------------------------------------------------------
     def _source(self, unit: _Unit) -> PyAVSource | NvdecSource:
-        return open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
-                           fallback=self.fallback)
+        cached = getattr(self._local, "source", None)
+        if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
+            return cached  # one NVDEC session per worker and file: segments seek instead of reopening
+        src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
+                          fallback=self.fallback)
+        self._local.source = src
+        return src
 
     def _decode(self, unit: _Unit, put: Callable[[object], bool]) -> None:
         decoded, corrupt, error = 0, 0, None
@@ -222,12 +237,10 @@ class FrameProducer:
         if not self.threaded:
             yield from self._serial()
             return
-        first = self._plan_count_hint()
-        self._nworkers = self.workers or default_decoders(first, self.decoder, self.device)
-        self.workers = self._nworkers
+        self.workers = self.workers or default_decoders(self._first_info(), self.decoder, self.device)
         self._threads = [threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True)]
         self._threads += [threading.Thread(target=self._worker, name=f"vidpipe-decode{i}", daemon=True)
-                          for i in range(self._nworkers)]
+                          for i in range(self.workers)]
         for t in self._threads:
             t.start()
         try:
@@ -235,7 +248,7 @@ class FrameProducer:
         finally:
             self.close()
 
-    def _plan_count_hint(self) -> VideoInfo | None:
+    def _first_info(self) -> VideoInfo | None:
         for path in self.inputs[:1]:
             try:
                 return probe(path)

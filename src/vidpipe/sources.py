@@ -229,10 +229,11 @@ class NvdecSource:
         if max_frames is not None:
             self.num_frames = min(self.num_frames, max_frames)
         self.decoded = 0
+        self._next = 0  # the index the decoder delivers next
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[FrameBatch]:
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
-        if start:
+        if start != self._next:
             self._dec.seek_to_index(start)
         pos = start
         while pos < stop:
@@ -244,6 +245,7 @@ class NvdecSource:
                 batch = torch.stack([torch.from_dlpack(f) for f in frames])
             n = len(frames)
             self.decoded += n
+            self._next = pos + n
             yield FrameBatch(self.info.path, batch, list(range(pos, pos + n)), list(self.times[pos:pos + n]))
             pos += n
 
