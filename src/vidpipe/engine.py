@@ -37,6 +37,7 @@ from .sinks import Sink
 log = logging.getLogger(__name__)
 _DONE = object()
 SEGMENT_BYTES = 3 << 30  # decoded frames that parallel NVDEC segments may hold ahead, all together
+SEGMENT_FRAMES = 128  # preferred segment length; cuts fall on the next keyframe
 
 
 @dataclass
@@ -123,7 +124,7 @@ class FrameProducer:
 
     def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
-                 segment_min: int = 32) -> None:
+                 segment_min: int = 16) -> None:
         self.inputs = inputs
         self.decoder = resolve_decoder(decoder, device)
         self.fallback = decoder == "auto"
@@ -152,8 +153,9 @@ class FrameProducer:
             return [_Unit(info, path, 0, self.max_frames)]
         scan = scan_packets(path)
         n = len(scan.times) if self.max_frames is None else min(len(scan.times), self.max_frames)
-        held = max(self.segment_min, SEGMENT_BYTES // (self.workers * 3 * info.width * info.height))
-        target = max(self.segment_min, min(held, -(-n // (2 * self.workers))))
+        held = max(self.segment_min, SEGMENT_BYTES // (2 * self.workers * 3 * info.width * info.height))
+        # The same segment length for a short and a long file keeps memory independent of length.
+        target = max(self.segment_min, min(held, SEGMENT_FRAMES, -(-n // (2 * self.workers))))
         bounds = [0]
         for k in scan.keyframes:
             if k >= n:
@@ -216,10 +218,15 @@ class FrameProducer:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.cuda.stream(stream) if stream is not None else _null():
             while not self.stop.is_set():
+                # At most 2 x workers units decoded ahead of the consumer: bounded memory.
+                while not self._in_flight.acquire(timeout=0.1):
+                    if self.stop.is_set():
+                        return
                 unit = self._units.get()
                 if unit is _DONE:
                     return
                 if unit.error is not None:
+                    self._in_flight.release()  # the consumer releases only units it drains
                     continue
                 self._decode(unit, lambda item, u=unit: self._put(u.out, item))
 
@@ -238,6 +245,7 @@ class FrameProducer:
             yield from self._serial()
             return
         self.workers = self.workers or default_decoders(self._first_info(), self.decoder, self.device)
+        self._in_flight = threading.Semaphore(2 * self.workers)
         self._threads = [threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True)]
         self._threads += [threading.Thread(target=self._worker, name=f"vidpipe-decode{i}", daemon=True)
                           for i in range(self.workers)]
@@ -269,19 +277,19 @@ class FrameProducer:
             if unit.first:
                 yield VideoStart(unit.info)
                 end = VideoEnd(unit.path, expected=self._expected(unit.info))
-            elif end.fatal:  # an earlier segment of this file failed: drop the rest of it
-                while not isinstance(unit.out.get(), _UnitEnd):
-                    pass
-                continue
             while True:
                 item = unit.out.get()
                 if isinstance(item, _UnitEnd):
-                    end.decoded += item.decoded
-                    end.corrupt_packets += item.corrupt
-                    if item.error is not None:
-                        end.error, end.fatal = item.error, True
                     break
-                yield from rebatch.push(item)
+                if not end.fatal:  # after a failed segment, the rest of its file is dropped
+                    yield from rebatch.push(item)
+            self._in_flight.release()
+            if end.fatal:
+                continue
+            end.decoded += item.decoded
+            end.corrupt_packets += item.corrupt
+            if item.error is not None:
+                end.error, end.fatal = item.error, True
             if unit.last or end.fatal:
                 yield from rebatch.flush()
                 end.error = end.error or self._loss_error(end)
