@@ -145,3 +145,22 @@ def test_nvdec_segments_reassemble_exactly(shared_clip):
     assert [t for b in batches for t in b.times] == times
     assert torch.equal(torch.cat([b.frames.cpu() for b in batches]), whole)
     assert all(len(b) == 64 for b in batches[:-1])
+
+
+@pytest.mark.nvdec
+def test_pooled_nvdec_sessions_switch_files(tmp_path):
+    """Decode threads re-point pooled NVDEC sessions at each new file (different sizes too)."""
+    a = make_clip(tmp_path / "a.mp4", frames=40, width=320, height=240, gop=10)
+    b = make_clip(tmp_path / "b.mp4", frames=25, width=256, height=144, gop=10, seed=3)
+    expect = {str(p): decode_all(NvdecSource(p, "cuda"), batch_size=8)[0] for p in (a, b)}
+    for _ in range(2):  # the second round finds the sessions of the first in the pool
+        items = list(FrameProducer([str(a), str(b), str(a)], "nvdec", torch.device("cuda"), 8, workers=2,
+                                   segment_min=8))
+        got: dict[str, list] = {}
+        for item in items:
+            if isinstance(item, FrameBatch):
+                got.setdefault(item.video, []).append(item.frames.cpu())
+        for path, frames in expect.items():
+            seen = torch.cat(got[path])
+            n = len(frames)
+            assert torch.equal(seen[:n], frames)

@@ -186,7 +186,7 @@ class FrameProducer:
         if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
             return cached  # one NVDEC session per worker and file: segments seek instead of reopening
         src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
-                          fallback=self.fallback)
+                          fallback=self.fallback, slot=getattr(self._local, "slot", -1))
         self._local.source = src
         return src
 
@@ -214,7 +214,8 @@ class FrameProducer:
             error = f"{unit.path}: decoding failed after {unit.start + decoded} frames ({type(e).__name__}: {e})"
         put(_UnitEnd(decoded, corrupt, error))
 
-    def _worker(self) -> None:
+    def _worker(self, slot: int) -> None:
+        self._local.slot = slot
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.cuda.stream(stream) if stream is not None else _null():
             while not self.stop.is_set():
@@ -247,8 +248,8 @@ class FrameProducer:
         self.workers = self.workers or default_decoders(self._first_info(), self.decoder, self.device)
         self._in_flight = threading.Semaphore(2 * self.workers)
         self._threads = [threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True)]
-        self._threads += [threading.Thread(target=self._worker, name=f"vidpipe-decode{i}", daemon=True)
-                          for i in range(self.workers)]
+        self._threads += [threading.Thread(target=self._worker, args=(i,), name=f"vidpipe-decode{i}",
+                                           daemon=True) for i in range(self.workers)]
         for t in self._threads:
             t.start()
         try:

@@ -12,6 +12,7 @@ import argparse
 import json
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,22 +143,15 @@ def main(a: argparse.Namespace) -> int:
             run(det, [video], lambda i: JsonlSink(tmp / "warm.jsonl", i.path, i.width, i.height))
         store: list = []
         sink = lambda i: _Collect(tmp / "out.jsonl", i.path, i.width, i.height, a.compare_frames, store)  # noqa
-        trace = a.trace and rung is RUNGS[7]
         gil = GilLoad() if a.gil else None
         sync(det.device)
         t0 = time.perf_counter()
-        if trace:
-            from torch.profiler import ProfilerActivity, profile
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                report = run(det, [video], sink)
-            prof.export_chrome_trace(a.trace)
-        elif gil:
-            with gil:
-                report = run(det, [video], sink)
-        else:
+        with gil or nullcontext():
             report = run(det, [video], sink)
         sync(det.device)
         seconds = time.perf_counter() - t0
+        if a.trace and rung is RUNGS[7]:
+            write_trace(Detector(rc.replace(max_frames=4 * rc.batch_size), model=model), video, a.trace, tmp)
         fps = report.frames / seconds
         if rung.name.startswith("2"):
             reference = store
@@ -178,6 +172,18 @@ def main(a: argparse.Namespace) -> int:
         Path(a.out + ".json").write_text(json.dumps(dict(facts=facts, video=video, rows=rows), indent=1))
         Path(a.out + ".md").write_text(md)
     return 0
+
+
+def write_trace(det: Detector, video: str, path: str, tmp: Path) -> None:
+    """A PyTorch profiler trace (Chrome/Perfetto JSON) of the first four batches; NVTX ranges
+    name the stages."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if det.device.type == "cuda" else [])
+    run(det, [video], lambda i: JsonlSink(tmp / "warm.jsonl", i.path, i.width, i.height))
+    with profile(activities=activities) as prof:
+        run(det, [video], lambda i: JsonlSink(tmp / "trace.jsonl", i.path, i.width, i.height))
+    prof.export_chrome_trace(path)
 
 
 def _candidates(det: Detector, video: str) -> float:

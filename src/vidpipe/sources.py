@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
@@ -203,23 +204,53 @@ class PyAVSource:
         return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
 
 
+_DECODERS: dict[tuple[int, int], object] = {}
+_DECODERS_LOCK = threading.Lock()
+
+
+def _nvdec_session(path: str, gpu: int, slot: int | None):
+    """A SimpleDecoder for ``path``. With a ``slot``, sessions are kept per (GPU, slot) for the
+    process and re-pointed at new files (``reconfigure_decoder``, a few ms) instead of created
+    anew: a new session costs ~100 ms and creations do not run in parallel."""
+    import PyNvVideoCodec as nvc
+
+    def create():
+        return nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True,
+                                 output_color_type=nvc.OutputColorType.RGBP)
+
+    if slot is None:
+        return create()
+    with _DECODERS_LOCK:
+        dec = _DECODERS.pop((gpu, slot), None)
+    try:
+        if dec is not None:
+            dec.reconfigure_decoder(path)
+            if len(dec) == 0:
+                raise RuntimeError("empty stream after reconfigure")
+        else:
+            dec = create()
+    except Exception:
+        dec = create()
+    with _DECODERS_LOCK:
+        _DECODERS[(gpu, slot)] = dec
+    return dec
+
+
 class NvdecSource:
-    """PyNvVideoCodec hardware decode of one video (or of frames ``[start, stop)`` of it)."""
+    """PyNvVideoCodec hardware decode of one video (or of frames ``[start, stop)`` of it).
+    ``slot`` names a reusable decoder session (one per decode thread); None opens a private one."""
 
     name = "nvdec"
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *,
-                 max_frames: int | None = None, info: VideoInfo | None = None) -> None:
-        import PyNvVideoCodec as nvc
-
+                 max_frames: int | None = None, info: VideoInfo | None = None, slot: int | None = None) -> None:
         self.info = info or probe(path)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise VidpipeError("the nvdec decoder needs a CUDA device")
         gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
         try:
-            self._dec = nvc.SimpleDecoder(self.info.path, gpu_id=gpu, use_device_memory=True,
-                                          output_color_type=nvc.OutputColorType.RGBP)
+            self._dec = _nvdec_session(self.info.path, gpu, slot)
         except Exception as e:
             raise VidpipeError(f"{self.info.path}: NVDEC cannot decode this stream ({e})") from None
         # Frame times come from the container: NVDEC's own timestamps are decode-ordered for
@@ -275,12 +306,12 @@ def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", 
 
 def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
                 max_frames: int | None = None, info: VideoInfo | None = None,
-                fallback: bool = False) -> PyAVSource | NvdecSource:
+                fallback: bool = False, slot: int | None = None) -> PyAVSource | NvdecSource:
     """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
     FFmpeg instead, with a warning."""
     if decoder == "nvdec" and not is_stream_url(path):
         try:
-            return NvdecSource(path, device, max_frames=max_frames, info=info)
+            return NvdecSource(path, device, max_frames=max_frames, info=info, slot=slot)
         except VidpipeError as e:
             if not fallback:
                 raise
