@@ -44,5 +44,11 @@ def _default_boxes_cpu() -> torch.Tensor:
 
 
 def default_boxes(device: torch.device | str = "cpu") -> torch.Tensor:
-    """The 8732 default boxes as ``Tensor[8732, 4]`` (cx, cy, w, h), float32, on ``device``."""
+    """The 8732 default boxes as ``Tensor[8732, 4]`` (cx, cy, w, h), float32, on ``device``
+    (cached: a host-to-device copy per batch would stall the GPU pipeline)."""
+    return _default_boxes_on(str(torch.device(device)))
+
+
+@lru_cache(maxsize=None)
+def _default_boxes_on(device: str) -> torch.Tensor:
     return _default_boxes_cpu().to(device)

@@ -120,8 +120,8 @@ class Detector:
             locs, scores = locs[:n], scores[:n]
         with nvtx_range("postprocess"):
             det = self.postprocess(locs, scores)
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=det.boxes.device)
-            det.boxes = det.boxes * scale
+            det.boxes[..., 0::2] *= w  # scalars: a scale tensor would be a synchronising copy
+            det.boxes[..., 1::2] *= h
         return det
 
     def postprocess(self, locs: torch.Tensor, scores: torch.Tensor) -> Detections:

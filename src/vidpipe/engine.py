@@ -36,7 +36,7 @@ from .sinks import Sink
 
 log = logging.getLogger(__name__)
 _DONE = object()
-SEGMENT_BYTES = 3 << 30  # decoded frames that parallel NVDEC segments may hold ahead, all together
+SEGMENT_BYTES = 8 << 30  # decoded frames that parallel NVDEC segments may hold ahead, all together
 SEGMENT_FRAMES = 128  # preferred segment length; cuts fall on the next keyframe
 
 
@@ -153,7 +153,7 @@ class FrameProducer:
             return [_Unit(info, path, 0, self.max_frames)]
         scan = scan_packets(path)
         n = len(scan.times) if self.max_frames is None else min(len(scan.times), self.max_frames)
-        held = max(self.segment_min, SEGMENT_BYTES // (2 * self.workers * 3 * info.width * info.height))
+        held = max(self.segment_min, SEGMENT_BYTES // ((self.workers + 1) * 3 * info.width * info.height))
         # The same segment length for a short and a long file keeps memory independent of length.
         target = max(self.segment_min, min(held, SEGMENT_FRAMES, -(-n // (2 * self.workers))))
         bounds = [0]
@@ -219,7 +219,7 @@ class FrameProducer:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.cuda.stream(stream) if stream is not None else _null():
             while not self.stop.is_set():
-                # At most 2 x workers units decoded ahead of the consumer: bounded memory.
+                # At most workers + 1 units decoded ahead of the consumer: bounded memory.
                 while not self._in_flight.acquire(timeout=0.1):
                     if self.stop.is_set():
                         return
@@ -246,7 +246,7 @@ class FrameProducer:
             yield from self._serial()
             return
         self.workers = self.workers or default_decoders(self._first_info(), self.decoder, self.device)
-        self._in_flight = threading.Semaphore(2 * self.workers)
+        self._in_flight = threading.Semaphore(self.workers + 1)
         self._threads = [threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True)]
         self._threads += [threading.Thread(target=self._worker, args=(i,), name=f"vidpipe-decode{i}",
                                            daemon=True) for i in range(self.workers)]

@@ -8,6 +8,7 @@ channels_last. ``normalize="imagenet"`` is NVIDIA's evaluation transform (mean/s
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -19,6 +20,14 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
+@lru_cache(maxsize=None)
+def _imagenet(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached per device: building them per batch would be a synchronising host-to-device copy.
+    mean = torch.tensor(_MEAN).view(1, 3, 1, 1) * 255
+    inv_std = 1.0 / (torch.tensor(_STD).view(1, 3, 1, 1) * 255)
+    return mean.to(device), inv_std.to(device)
+
+
 def preprocess(frames: torch.Tensor, *, dtype: torch.dtype = torch.float32,
                normalize: Normalize = "imagenet", channels_last: bool = False) -> torch.Tensor:
     if frames.dim() != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
@@ -28,8 +37,7 @@ def preprocess(frames: torch.Tensor, *, dtype: torch.dtype = torch.float32,
     if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
         x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
     if normalize == "imagenet":
-        mean = torch.tensor(_MEAN, device=x.device).view(1, 3, 1, 1) * 255
-        inv_std = 1.0 / (torch.tensor(_STD, device=x.device).view(1, 3, 1, 1) * 255)
+        mean, inv_std = _imagenet(str(x.device))
         x = (x - mean) * inv_std
     elif normalize == "symmetric":
         x = x * (2.0 / 255) - 1.0
