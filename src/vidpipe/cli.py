@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="skip inputs whose output is already complete")
     d.add_argument("--allow-failures", action="store_true",
                    help="exit 0 even when some inputs failed (they are still listed)")
+    g = d.add_argument_group("scale-out")
+    g.add_argument("--devices", default=None, metavar="all|0,1,...",
+                   help="one worker process per listed GPU, inputs handed out dynamically")
+    g.add_argument("--procs-per-device", type=int, default=1, metavar="N",
+                   help="worker processes per device (with --devices)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (ADDRESS, or a local one when omitted); -o must be shared storage")
     g = d.add_argument_group("post-processing")
     g.add_argument("--candidate-threshold", type=float, default=0.05)
     g.add_argument("--iou-threshold", type=float, default=0.5)
@@ -144,10 +151,6 @@ def cmd_detect(a: argparse.Namespace) -> int:
         if done:
             log.info("--resume: %d of %d inputs already complete", len(done), len(inputs))
         inputs = [i for i in inputs if i not in done]
-    detector = Detector(cfg)
-    log.info("device %s, %s, batch %d, compile %s", detector.device, detector.dtype,
-             detector.batch_size, detector.compiled)
-
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -159,9 +162,22 @@ def cmd_detect(a: argparse.Namespace) -> int:
             (bar.write(msg, file=sys.stderr) if bar else print(msg, file=sys.stderr))
 
     t0 = time.perf_counter()
-    report = run(detector, inputs, lambda info: open_sink(a.format, targets[info.path], info.path,
-                                                          info.width, info.height),
-                 on_frames=bar.update if bar else None, on_video=on_video)
+    todo = {i: targets[i] for i in inputs}
+    if a.ray is not None:
+        from .scale import run_ray
+        report = run_ray(cfg, todo, a.format, a.ray or None, on_video=on_video)
+    elif a.devices or a.procs_per_device > 1:
+        from .scale import parse_devices, run_processes
+        devices = parse_devices(a.devices or cfg.device)
+        report = run_processes(cfg, todo, a.format, devices, a.procs_per_device,
+                               on_frames=bar.update if bar else None, on_video=on_video)
+    else:
+        detector = Detector(cfg)
+        log.info("device %s, %s, batch %d, compile %s", detector.device, detector.dtype,
+                 detector.batch_size, detector.compiled)
+        report = run(detector, inputs, lambda info: open_sink(a.format, todo[info.path], info.path,
+                                                              info.width, info.height),
+                     on_frames=bar.update if bar else None, on_video=on_video)
     seconds = time.perf_counter() - t0
     if bar:
         bar.close()

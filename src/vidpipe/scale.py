@@ -1,0 +1,176 @@
+"""Scale-out: one worker process per GPU (or several per GPU) on one host, and Ray clusters.
+
+Whole inputs are handed out dynamically from one queue (a worker asks for the next when done), so
+fast and slow workers stay busy; every input is processed by the same engine as a single-GPU
+run, so outputs are identical. Workers are processes, not threads: no GIL is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import Config
+from .engine import RunReport, VideoEnd
+
+log = logging.getLogger(__name__)
+
+
+def parse_devices(spec: str) -> list[str]:
+    """``all`` -> every CUDA device (or ``cpu`` without one); ``0,1`` -> ``cuda:0, cuda:1``."""
+    if spec == "all":
+        n = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        out.append(f"cuda:{part}" if part.isdigit() else part)
+    return out
+
+
+def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int], None] | None = None
+                 ) -> list[VideoEnd]:
+    from .engine import run
+    from .sinks import open_sink
+
+    report = run(det, [path], lambda i: open_sink(fmt, target, i.path, i.width, i.height), on_frames=on_frames)
+    return report.videos
+
+
+def _worker(device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Queue) -> None:
+    from .detector import Detector
+
+    logging.basicConfig(level=logging.WARNING, format="vidpipe: %(message)s")
+    try:
+        det = Detector(Config(**{**config, "device": device}))
+    except Exception as e:  # a worker that cannot start gives its inputs back to the others
+        results.put(("dead", device, f"{type(e).__name__}: {e}"))
+        return
+    while True:
+        task = tasks.get()
+        if task is None:
+            results.put(("done", device, None))
+            return
+        path, target = task
+        try:
+            ends = _detect_file(det, path, target, fmt, on_frames=lambda n: results.put(("frames", device, n)))
+        except Exception as e:
+            ends = [VideoEnd(path, error=f"{path}: worker on {device} failed ({type(e).__name__}: {e})", fatal=True)]
+        for end in ends:
+            results.put(("video", device, asdict(end)))
+
+
+def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: list[str], per_device: int = 1,
+                  on_frames: Callable[[int], None] | None = None,
+                  on_video: Callable[[VideoEnd], None] | None = None) -> RunReport:
+    """Detect every input of ``targets`` with ``per_device`` worker processes on each device."""
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for path, target in targets.items():
+        tasks.put((path, str(target)))
+    workers = [d for d in devices for _ in range(per_device)]
+    for _ in workers:
+        tasks.put(None)
+    cfg = {k: v for k, v in config.asdict().items() if k != "device"}
+    procs = [ctx.Process(target=_worker, args=(d, cfg, fmt, tasks, results), daemon=True) for d in workers]
+    for p in procs:
+        p.start()
+    report, running = RunReport(), len(procs)
+    try:
+        while running:
+            try:
+                kind, device, payload = results.get(timeout=1.0)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if kind == "frames":
+                report.frames += payload
+                if on_frames:
+                    on_frames(payload)
+            elif kind == "video":
+                end = VideoEnd(**payload)
+                report.videos.append(end)
+                if on_video:
+                    on_video(end)
+            else:
+                running -= 1
+                if kind == "dead":
+                    log.error("worker on %s could not start: %s", device, payload)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+    done = {v.path for v in report.videos}
+    for path in targets:
+        if path not in done:
+            end = VideoEnd(path, error=f"{path}: no worker processed it (all workers failed)", fatal=True)
+            report.videos.append(end)
+            if on_video:
+                on_video(end)
+    return report
+
+
+def run_ray(config: Config, targets: dict[str, Path], fmt: str, address: str | None = None,
+            on_video: Callable[[VideoEnd], None] | None = None) -> RunReport:
+    """Detect every input on a Ray cluster: one actor per GPU (per CPU slot without GPUs), inputs
+    handed to idle actors; Ray restarts failed actors and retries their tasks. Outputs are
+    written by the actors, so OUTDIR must be storage every node sees."""
+    import ray
+    from ray.util import ActorPool
+
+    if not ray.is_initialized():
+        ray.init(address=address or None, log_to_driver=False, include_dashboard=False)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+
+    @ray.remote(max_restarts=2, max_task_retries=2)
+    class DetectActor:
+        def __init__(self, cfg: dict) -> None:
+            from .detector import Detector
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.det = Detector(Config(**{**cfg, "device": device}))
+
+        def detect(self, path: str, target: str) -> list[dict]:
+            return [asdict(e) for e in _detect_file(self.det, path, target, fmt)]
+
+    cfg = {k: v for k, v in config.asdict().items() if k != "device"}
+    if gpus:
+        actors = [DetectActor.options(num_gpus=1).remote(cfg) for _ in range(gpus)]
+    else:
+        slots = max(1, min(len(targets), int(ray.cluster_resources().get("CPU", 1)) // 2))
+        actors = [DetectActor.options(num_cpus=1).remote(cfg) for _ in range(slots)]
+    pool = ActorPool(actors)
+    report = RunReport()
+    items = list(targets.items())
+    outcomes = pool.map_unordered(lambda a, item: a.detect.remote(item[0], str(item[1])), items)
+    seen = set()
+    while True:
+        try:
+            ends = next(outcomes)
+        except StopIteration:
+            break
+        except Exception as e:  # retries exhausted: report, keep the others
+            log.error("a Ray task failed after retries: %s", str(e).splitlines()[0])
+            continue
+        for payload in ends:
+            end = VideoEnd(**payload)
+            seen.add(end.path)
+            report.videos.append(end)
+            report.frames += end.decoded
+            if on_video:
+                on_video(end)
+    for path, _ in items:
+        if path not in seen:
+            end = VideoEnd(path, error=f"{path}: failed on the Ray cluster after retries", fatal=True)
+            report.videos.append(end)
+            if on_video:
+                on_video(end)
+    return report
