@@ -194,3 +194,14 @@ def test_gpu_engine_identical_to_straightforward(shared_clip, random_model):
     assert [r.frame for r in engine] == list(range(600))
     for a, b in zip(simple, engine):
         assert np.array_equal(a.labels, b.labels) and np.allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+@pytest.mark.nvdec
+def test_cuda_graphs_match_eager(shared_clip, random_model):
+    base = dict(weights="random", device="cuda", precision="fp16", batch_size=64, max_frames=300)
+    eager = collect(Detector(Config(**base, compile="off"), model=random_model), shared_clip)
+    graphs = collect(Detector(Config(**base, compile="on", cuda_graphs=True), model=random_model), shared_clip)
+    random_model.cpu().float()
+    assert [r.frame for r in graphs] == list(range(300))
+    agree = np.mean([np.array_equal(a.labels, b.labels) for a, b in zip(eager, graphs)])
+    assert agree >= 0.9

@@ -111,6 +111,8 @@ def model_only(det: Detector, repeats: int) -> list[float]:
 
     @torch.inference_mode()
     def step():
+        if det.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         det.forward(x)
 
     if det.device.type == "cuda":
@@ -179,7 +181,8 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
     header = ["input", "size", "frames", "(a) decode-only fps", "(b) model-only img/s", "(c) end-to-end fps",
               "(c)/min(a,b)", "candidates/frame", "detections/frame", "GIL wait (e2e)"]
     cfg_note = (f"Config: device {det.device}, {cfg.precision}, batch {det.batch_size}, decoder {cfg.decoder}, "
-                f"decoders {cfg.decoders or 'auto'}, compile {det.compiled}, channels_last {det.channels_last}, "
+                f"decoders {cfg.decoders or 'auto'}, compile {det.compiled}, CUDA graphs {det.cuda_graphs}, "
+                f"channels_last {det.channels_last}, "
                 f"overlap {cfg.overlap}, weights {cfg.weights or 'NVIDIA COCO'}; median of {a.repeats} (± spread).")
     _emit(a, "vidpipe bench: pipeline", _table(header, rows), [cfg_note, *notes], det.device)
 

@@ -78,9 +78,11 @@ class Detector:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.compiled = config.compile == "on" or (config.compile == "auto" and not cpu)
+        self.cuda_graphs = self.compiled and config.cuda_graphs and not cpu
         if self.compiled:
             _setup_compile_cache()
-            self.forward = torch.compile(model, dynamic=False)
+            self.forward = torch.compile(model, dynamic=False,
+                                         mode="reduce-overhead" if self.cuda_graphs else None)
         else:
             self.forward = model
         self.batch_size = config.batch_size
@@ -116,6 +118,8 @@ class Detector:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
         with nvtx_range("inference"):
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous batch's outputs are consumed
             locs, scores = self.forward(x)
             locs, scores = locs[:n], scores[:n]
         with nvtx_range("postprocess"):

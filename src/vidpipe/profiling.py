@@ -7,16 +7,22 @@ import platform
 import statistics
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Callable
 
 import torch
 
 
+@contextmanager
 def nvtx_range(name: str):
-    """An NVTX range on CUDA machines (visible in Nsight Systems), free when no profiler listens."""
-    return torch.cuda.nvtx.range(name) if torch.cuda.is_available() else nullcontext()
+    """An NVTX range (Nsight Systems) and a profiler label (``--trace``) around a stage."""
+    with torch.profiler.record_function(name):
+        if torch.cuda.is_available():
+            with torch.cuda.nvtx.range(name):
+                yield
+        else:
+            yield
 
 
 def sync(device: torch.device) -> None:
