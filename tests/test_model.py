@@ -141,6 +141,7 @@ def test_preprocess_shapes_and_normalisation():
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert torch.all(x == 1)
     y = preprocess(frames)
-    torch.testing.assert_close(y[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(y[0, :, 0, 0], (1 - mean) / std)
     with pytest.raises(ValueError):
         preprocess(frames.float())

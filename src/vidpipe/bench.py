@@ -180,7 +180,8 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
                          f"({h2 / h1 - 1:+.1%}), GPU {g2 / 2**20:,.0f} MiB ({g2 / max(g1, 1) - 1:+.1%}).")
     header = ["input", "size", "frames", "(a) decode-only fps", "(b) model-only img/s", "(c) end-to-end fps",
               "(c)/min(a,b)", "candidates/frame", "detections/frame", "GIL wait (e2e)"]
-    cfg_note = (f"Config: device {det.device}, {cfg.precision}, batch {det.batch_size}, decoder {cfg.decoder}, "
+    dtype = str(det.dtype).removeprefix("torch.")
+    cfg_note = (f"Config: device {det.device}, {dtype}, batch {det.batch_size}, decoder {cfg.decoder}, "
                 f"decoders {cfg.decoders or 'auto'}, compile {det.compiled}, CUDA graphs {det.cuda_graphs}, "
                 f"channels_last {det.channels_last}, "
                 f"overlap {cfg.overlap}, weights {cfg.weights or 'NVIDIA COCO'}; median of {a.repeats} (± spread).")

@@ -105,7 +105,8 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             found = sorted(str(p) for p in Path(item).rglob("*")
                            if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
             if not found:
-                raise VidpipeError(f"{item}: directory contains no videos ({', '.join(sorted(VIDEO_EXTENSIONS)[:5])}, ...)")
+                kinds = ", ".join(sorted(VIDEO_EXTENSIONS)[:5])
+                raise VidpipeError(f"{item}: directory contains no videos ({kinds}, ...)")
             out += found
         elif any(ch in item for ch in "*?[") and not os.path.exists(item):
             found = sorted(glob.glob(item, recursive=True))

@@ -303,6 +303,9 @@ class FrameProducer:
             except VidpipeError as e:
                 yield VideoEnd(path, error=str(e), fatal=True)
                 continue
+            except Exception as e:
+                yield VideoEnd(path, error=f"{path}: cannot open ({type(e).__name__}: {e})", fatal=True)
+                continue
             yield VideoStart(src.info)
             end = VideoEnd(path, expected=self._expected(src.info))
             try:

@@ -192,7 +192,8 @@ def _candidates(det: Detector, video: str) -> float:
 
 
 def _markdown(rows: list[dict], video: str, info, facts: dict) -> str:
-    head = "| rung | what changed | frames timed | frames/s | vs previous | vs rung 0 | candidates/frame | detections/frame | agreement with rung 2 | GIL wait |"
+    head = ("| rung | what changed | frames timed | frames/s | vs previous | vs rung 0 | candidates/frame "
+            "| detections/frame | agreement with rung 2 | GIL wait |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "skipped" in r:

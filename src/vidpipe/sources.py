@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
@@ -98,6 +99,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 raise VidpipeError(f"{path}: no video stream (has {', '.join(kinds)})")
             s = c.streams.video[0]
             cc = s.codec_context
+            if cc is None:
+                raise VidpipeError(f"{path}: unsupported codec ({s.codec_tag or 'unknown'})")
             width, height = cc.width, cc.height
             info = VideoInfo(path, width, height, int(s.frames or 0), float(s.average_rate or 0),
                              cc.name, s.time_base or Fraction(1, 1000000))
@@ -105,8 +108,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         raise
     except av.error.FFmpegError as e:
         raise VidpipeError(f"{path}: not a readable video ({_ffmpeg_reason(e)})") from None
-    except av.codec.codec.UnknownCodecError as e:  # pragma: no cover - depends on the FFmpeg build
-        raise VidpipeError(f"{path}: unsupported codec ({e})") from None
+    except Exception as e:  # a damaged header can trip PyAV itself: still the file's fault, one line
+        raise VidpipeError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
         raise VidpipeError(f"{path}: unsupported frame size {width}x{height} (max {MAX_SIDE} per side)")
     return info
@@ -141,55 +144,93 @@ def scan_packets(path: str) -> PacketIndex:
 
 
 class PyAVSource:
-    """FFmpeg (CPU) decode of one video; see the module docstring."""
+    """FFmpeg (CPU) decode of one video or stream URL; see the module docstring.
+
+    For URLs (rtsp, http, ...) reads time out after ``timeout`` seconds and a lost connection is
+    reopened up to ``reconnects`` times with doubling back-off; frames delivered before the drop
+    (by timestamp) are skipped when the server replays them, so none is delivered twice.
+    """
 
     name = "pyav"
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", *,
-                 threads: int = 0, max_frames: int | None = None) -> None:
+                 threads: int = 0, max_frames: int | None = None, reconnects: int = 5,
+                 timeout: float = 10.0) -> None:
         self.info = probe(path)
         self.device = torch.device(device)
         self.threads = threads
         self.max_frames = max_frames
+        self.reconnects = reconnects
+        self.timeout = timeout
         self.decoded = 0
         self.corrupt_packets = 0
+        self.reconnections = 0
 
     def batches(self, batch_size: int) -> Iterator[FrameBatch]:
-        info, pin = self.info, self.device.type == "cuda"
-        with av.open(info.path, timeout=(10.0, 10.0) if is_stream_url(info.path) else None) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
-            stream.thread_count = self.threads
-            buf: list[np.ndarray] = []
-            times: list[float] = []
-            first_pts: int | None = None
-            limit = self.max_frames if self.max_frames is not None else -1
-            fps = info.fps or 30.0
-            for frame in self._frames(c, stream):
-                if first_pts is None:
-                    first_pts = frame.pts
-                buf.append(frame.to_ndarray(format="rgb24"))
-                if frame.pts is None or first_pts is None:  # raw streams: no timestamps
-                    times.append((self.decoded + len(buf) - 1) / fps)
-                else:
-                    times.append(float((frame.pts - first_pts) * stream.time_base))
-                if len(buf) == batch_size:
-                    yield self._batch(buf, times, pin)
-                    buf, times = [], []
-                if self.decoded + len(buf) == limit:
-                    break
-            if buf:
+        pin = self.device.type == "cuda"
+        buf: list[np.ndarray] = []
+        times: list[float] = []
+        limit = self.max_frames if self.max_frames is not None else -1
+        for frame, t in self._timed_frames():
+            buf.append(frame.to_ndarray(format="rgb24"))
+            times.append(t)
+            if len(buf) == batch_size:
                 yield self._batch(buf, times, pin)
+                buf, times = [], []
+            if self.decoded + len(buf) == limit:
+                break
+        if buf:
+            yield self._batch(buf, times, pin)
 
-    def _frames(self, c: av.container.InputContainer, stream) -> Iterator[av.VideoFrame]:
+    def _timed_frames(self) -> Iterator[tuple[av.VideoFrame, float]]:
+        """Frames with their time in seconds since the first one (index / fps for raw streams)."""
+        first_pts, fps, n = None, self.info.fps or 30.0, 0
+        for frame in self._frames():
+            if first_pts is None:
+                first_pts = frame.pts
+            yield frame, (n / fps if frame.pts is None or first_pts is None
+                          else float((frame.pts - first_pts) * frame.time_base))
+            n += 1
+
+    def _frames(self) -> Iterator[av.VideoFrame]:
+        url = is_stream_url(self.info.path)
+        last_pts, delivered, attempt = None, 0, 0
+        while True:
+            try:
+                with av.open(self.info.path, timeout=(self.timeout, self.timeout) if url else None) as c:
+                    stream = c.streams.video[0]
+                    stream.thread_type = "AUTO"
+                    stream.thread_count = self.threads
+                    for frame in self._decode(c, stream):
+                        if last_pts is not None and frame.pts is not None and frame.pts <= last_pts:
+                            continue  # replayed by the server after a reconnect
+                        last_pts = frame.pts if frame.pts is not None else last_pts
+                        delivered += 1
+                        attempt = 0
+                        yield frame
+                if not url or not self.info.num_frames or delivered >= self.info.num_frames:
+                    return
+                reason = "stream ended early"
+            except (av.error.FFmpegError, OSError) as e:
+                if not url:
+                    raise
+                reason = _ffmpeg_reason(e)
+            if attempt >= self.reconnects:
+                raise VidpipeError(f"{self.info.path}: connection lost ({reason}); gave up after "
+                                   f"{self.reconnects} reconnects")
+            delay = 0.5 * 2 ** attempt
+            attempt += 1
+            self.reconnections += 1
+            log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.info.path, reason, delay)
+            time.sleep(delay)
+
+    def _decode(self, c: av.container.InputContainer, stream) -> Iterator[av.VideoFrame]:
         for packet in c.demux(stream):
             try:
                 yield from packet.decode()
-            except av.error.InvalidDataError:
-                self.corrupt_packets += 1
-            except av.error.FFmpegError as e:
-                if isinstance(e, (av.error.EOFError,)):
-                    return
+            except av.error.EOFError:
+                return
+            except av.error.FFmpegError:  # a corrupt packet costs its frames, not the file
                 self.corrupt_packets += 1
 
     def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool) -> FrameBatch:

@@ -17,14 +17,15 @@ import numpy as np
 
 def make_clip(path: str | os.PathLike, *, frames: int = 24, width: int = 64, height: int = 48,
               codec: str = "libx264", fps: int = 30, bframes: bool = True, vfr: bool = False,
-              crf: int = 23, gop: int = 12, seed: int = 0) -> Path:
+              crf: int = 23, gop: int = 12, faststart: bool = False, seed: int = 0) -> Path:
     path = Path(path)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([xx * 255 // max(1, width - 1), yy * 255 // max(1, height - 1),
                      (xx + yy) * 127 // max(1, width + height - 2)], -1).astype(np.uint8)
     noise = rng.integers(0, 64, size=(height, width, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as out:
+    options = {"movflags": "faststart"} if faststart else {}  # index first: streamable, cut-tolerant
+    with av.open(str(path), "w", options=options) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, 90000)
