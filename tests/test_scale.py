@@ -58,3 +58,26 @@ def test_ray_local_cluster_matches_local(corpus, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert_close(detections(tmp_path), expected)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "coco", "parquet"])
+def test_long_file_is_split_across_workers_and_joined(tmp_path, fmt):
+    clip = make_clip(tmp_path / "long.mp4", frames=24, width=64, height=48, gop=6)
+    ext = {"jsonl": ".jsonl", "coco": ".json", "parquet": ".parquet"}[fmt]
+    local, split = tmp_path / f"local{ext}", tmp_path / f"split{ext}"
+    base = [*CLI, str(clip), *COMMON, "--format", fmt]
+    r = subprocess.run([*base, "-o", str(local)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*base, "-o", str(split), "--devices", "cpu", "--procs-per-device", "2", "--split-frames", "8"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "24 frames from 1 of 1 inputs" in r.stderr
+    assert not list(tmp_path.glob("split*.part*"))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        a, b = pq.read_table(local).to_pylist(), pq.read_table(split).to_pylist()
+        assert [(x["frame"], x["class_id"], x["x1"]) for x in a] == [(x["frame"], x["class_id"], x["x1"]) for x in b]
+    elif fmt == "coco":
+        assert json.loads(local.read_text()) == json.loads(split.read_text())
+    else:
+        assert local.read_text() == split.read_text()

@@ -19,7 +19,7 @@ from . import __version__
 from .config import Config
 from .errors import VidpipeError
 from .sinks import EXTENSIONS, open_sink
-from .sources import is_stream_url
+from .sources import is_stream_url, probe
 
 log = logging.getLogger("vidpipe")
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts", ".flv", ".wmv",
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one worker process per listed GPU, inputs handed out dynamically")
     g.add_argument("--procs-per-device", type=int, default=1, metavar="N",
                    help="worker processes per device (with --devices)")
+    g.add_argument("--split-frames", type=int, default=4096, metavar="N",
+                   help="with several workers, share out files of at least 2N frames in parts of >= N frames")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (ADDRESS, or a local one when omitted); -o must be shared storage")
     g = d.add_argument_group("post-processing")
@@ -136,6 +138,18 @@ def output_paths(inputs: list[str], output: str, fmt: str) -> dict[str, Path]:
     return paths
 
 
+def _expected_frames(inputs: list[str], max_frames: int | None) -> int:
+    """Frames the headers promise (for the progress bar's ETA); unknown counts add nothing."""
+    total = 0
+    for item in inputs:
+        try:
+            n = probe(item).num_frames if not is_stream_url(item) else 0
+        except VidpipeError:
+            continue
+        total += min(n, max_frames) if max_frames else n
+    return total
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -157,7 +171,8 @@ def cmd_detect(a: argparse.Namespace) -> int:
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
-        bar = tqdm(unit="frame", dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(total=_expected_frames(inputs, a.max_frames) or None, unit="frame", dynamic_ncols=True,
+                   smoothing=0.1)
 
     def on_video(end) -> None:
         if end.error:
@@ -173,7 +188,8 @@ def cmd_detect(a: argparse.Namespace) -> int:
         from .scale import parse_devices, run_processes
         devices = parse_devices(a.devices or cfg.device)
         report = run_processes(cfg, todo, a.format, devices, a.procs_per_device,
-                               on_frames=bar.update if bar else None, on_video=on_video)
+                               on_frames=bar.update if bar else None, on_video=on_video,
+                               split_frames=a.split_frames)
     else:
         detector = Detector(cfg)
         log.info("device %s, %s, batch %d, compile %s", detector.device, detector.dtype,

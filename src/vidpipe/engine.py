@@ -124,7 +124,7 @@ class FrameProducer:
 
     def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
-                 segment_min: int = 16) -> None:
+                 segment_min: int = 16, frames: tuple[int, int] | None = None) -> None:
         self.inputs = inputs
         self.decoder = resolve_decoder(decoder, device)
         self.fallback = decoder == "auto"
@@ -134,6 +134,7 @@ class FrameProducer:
         self.threaded = threaded
         self.max_frames = max_frames
         self.segment_min = segment_min
+        self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
         self.stop = threading.Event()
         self._units: queue.Queue = queue.Queue()
         self._order: queue.Queue = queue.Queue()
@@ -150,13 +151,14 @@ class FrameProducer:
         except VidpipeError as e:
             return [_Unit(None, path, error=str(e))]
         if self.decoder != "nvdec" or is_stream_url(path) or self.workers == 1:
-            return [_Unit(info, path, 0, self.max_frames)]
+            return [_Unit(info, path, *(self.frames or (0, None)))]
         scan = scan_packets(path)
-        n = len(scan.times) if self.max_frames is None else min(len(scan.times), self.max_frames)
+        lo, n = self.frames or (0, len(scan.times))
+        n = min(n, len(scan.times), self.max_frames or n)
         held = max(self.segment_min, SEGMENT_BYTES // ((self.workers + 1) * 3 * info.width * info.height))
         # The same segment length for a short and a long file keeps memory independent of length.
-        target = max(self.segment_min, min(held, SEGMENT_FRAMES, -(-n // (2 * self.workers))))
-        bounds = [0]
+        target = max(self.segment_min, min(held, SEGMENT_FRAMES, -(-(n - lo) // (2 * self.workers))))
+        bounds = [lo]
         for k in scan.keyframes:
             if k >= n:
                 break
@@ -194,13 +196,7 @@ class FrameProducer:
         decoded, corrupt, error = 0, 0, None
         try:
             src = self._source(unit)
-            if isinstance(src, NvdecSource):
-                batches = src.batches(self.batch_size, unit.start, unit.stop)
-            elif unit.start == 0:
-                batches = src.batches(self.batch_size)
-            else:  # a later segment NVDEC refused: the first segment's FFmpeg fallback decodes it all
-                batches = iter(())
-            for batch in batches:
+            for batch in src.batches(self.batch_size, unit.start, unit.stop):
                 if self.device.type == "cuda":
                     # The batch must be complete before the decoder reuses its surfaces.
                     torch.cuda.current_stream(self.device).synchronize()
@@ -309,7 +305,7 @@ class FrameProducer:
             yield VideoStart(src.info)
             end = VideoEnd(path, expected=self._expected(src.info))
             try:
-                for batch in src.batches(self.batch_size):
+                for batch in src.batches(self.batch_size, *(self.frames or (0, None))):
                     end.decoded += len(batch)
                     yield batch
                 end.corrupt_packets = getattr(src, "corrupt_packets", 0)
@@ -320,7 +316,8 @@ class FrameProducer:
             yield end
 
     def _expected(self, info: VideoInfo) -> int:
-        return info.num_frames if self.max_frames is None else min(info.num_frames, self.max_frames)
+        n = info.num_frames if self.max_frames is None else min(info.num_frames, self.max_frames)
+        return n if self.frames is None else max(0, min(n, self.frames[1]) - self.frames[0])
 
     @staticmethod
     def _loss_error(end: VideoEnd) -> str | None:
@@ -375,12 +372,14 @@ class _null:
         return False
 
 
-def process(detector: Detector, inputs: list[str]) -> Iterator[VideoStart | BatchResult | VideoEnd]:
-    """Decode and detect ``inputs``; see the module docstring. The caller waits on each result."""
+def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | None = None
+            ) -> Iterator[VideoStart | BatchResult | VideoEnd]:
+    """Decode and detect ``inputs`` (only frames ``[a, b)`` of each with ``frames``); see the
+    module docstring. The caller waits on each result."""
     cfg = detector.config
     cuda = detector.device.type == "cuda"
     producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
-                             workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames)
+                             workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames, frames=frames)
     compute = torch.cuda.Stream(detector.device) if cuda and cfg.overlap else None
     info: VideoInfo | None = None
     try:
@@ -523,13 +522,13 @@ class _Writer:
 
 def run(detector: Detector, inputs: list[str], sink_for: SinkFactory, *,
         on_frames: Callable[[int], None] | None = None,
-        on_video: Callable[[VideoEnd], None] | None = None) -> RunReport:
+        on_video: Callable[[VideoEnd], None] | None = None, frames: tuple[int, int] | None = None) -> RunReport:
     """Detect every input into its sink; one bad input is reported and never stops the others.
     On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
     writer = _Writer(sink_for, detector.config.overlap, on_frames, on_video)
     ok = False
     try:
-        for item in process(detector, inputs):
+        for item in process(detector, inputs, frames):
             writer.put(item)
         ok = True
     finally:

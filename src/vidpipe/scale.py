@@ -1,8 +1,9 @@
 """Scale-out: one worker process per GPU (or several per GPU) on one host, and Ray clusters.
 
-Whole inputs are handed out dynamically from one queue (a worker asks for the next when done), so
-fast and slow workers stay busy; every input is processed by the same engine as a single-GPU
-run, so outputs are identical. Workers are processes, not threads: no GIL is shared.
+Inputs, and keyframe-aligned parts of long files, are handed out dynamically from one queue (a
+worker takes the next task when done), so fast and slow workers stay busy; parts are written to
+part files and joined in order once all are complete. Every task runs the same engine as a
+single-GPU run, so outputs are identical. Workers are processes, not threads: no GIL is shared.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 
 from .config import Config
 from .engine import RunReport, VideoEnd
+from .sinks import concat_outputs
+from .sources import is_stream_url, scan_packets
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +37,38 @@ def parse_devices(spec: str) -> list[str]:
     return out
 
 
-def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int], None] | None = None
-                 ) -> list[VideoEnd]:
+def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int], None] | None = None,
+                 frames: tuple[int, int] | None = None) -> list[VideoEnd]:
     from .engine import run
     from .sinks import open_sink
 
-    report = run(det, [path], lambda i: open_sink(fmt, target, i.path, i.width, i.height), on_frames=on_frames)
+    report = run(det, [path], lambda i: open_sink(fmt, target, i.path, i.width, i.height), on_frames=on_frames,
+                 frames=frames)
     return report.videos
+
+
+def plan_tasks(targets: dict[str, Path], workers: int, split_frames: int) -> list[tuple]:
+    """``(path, part_target, frames, part, parts)`` tasks: a file of at least 2 x ``split_frames``
+    frames is cut at keyframes into up to ``workers`` parts, each written to its own part file."""
+    tasks = []
+    for path, target in targets.items():
+        parts = 1
+        if workers > 1 and not is_stream_url(path):
+            try:
+                index = scan_packets(path)
+            except Exception:  # unreadable: one task, whose worker reports the error
+                index = None
+            n = len(index.times) if index and index.pts else 0
+            parts = max(1, min(workers, n // split_frames)) if n >= 2 * split_frames else 1
+        if parts == 1:
+            tasks.append((path, str(target), None, 0, 1))
+            continue
+        keys = [k for k in index.keyframes if 0 < k < n]
+        cuts = sorted({min(keys, key=lambda k: abs(k - n * j / parts)) for j in range(1, parts)}) if keys else []
+        bounds = [0, *cuts, n]
+        for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            tasks.append((path, f"{target}.part{j}", (a, b), j, len(bounds) - 1))
+    return tasks
 
 
 def _worker(device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Queue) -> None:
@@ -57,24 +85,40 @@ def _worker(device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Qu
         if task is None:
             results.put(("done", device, None))
             return
-        path, target = task
+        path, target, frames, part, parts = task
         try:
-            ends = _detect_file(det, path, target, fmt, on_frames=lambda n: results.put(("frames", device, n)))
+            ends = _detect_file(det, path, target, fmt, frames=frames,
+                                on_frames=lambda n: results.put(("frames", device, n)))
         except Exception as e:
             ends = [VideoEnd(path, error=f"{path}: worker on {device} failed ({type(e).__name__}: {e})", fatal=True)]
         for end in ends:
-            results.put(("video", device, asdict(end)))
+            results.put(("video", device, (asdict(end), target, part, parts)))
+
+
+def _merge_parts(fmt: str, target: Path, parts: list[tuple[VideoEnd, str]]) -> VideoEnd:
+    """One VideoEnd for a split file; its part outputs joined into ``target`` when all are whole."""
+    ends = [e for e, _ in parts]
+    end = VideoEnd(ends[0].path, decoded=sum(e.decoded for e in ends), expected=sum(e.expected for e in ends),
+                   corrupt_packets=sum(e.corrupt_packets for e in ends),
+                   error=next((e.error for e in ends if e.error), None), fatal=any(e.fatal for e in ends))
+    files = [Path(p) for _, p in parts]
+    if not end.fatal:
+        concat_outputs(fmt, files, target)
+    for f in files:
+        f.unlink(missing_ok=True)
+    return end
 
 
 def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: list[str], per_device: int = 1,
                   on_frames: Callable[[int], None] | None = None,
-                  on_video: Callable[[VideoEnd], None] | None = None) -> RunReport:
-    """Detect every input of ``targets`` with ``per_device`` worker processes on each device."""
+                  on_video: Callable[[VideoEnd], None] | None = None, split_frames: int = 4096) -> RunReport:
+    """Detect every input of ``targets`` with ``per_device`` worker processes on each device;
+    files of at least 2 x ``split_frames`` frames are shared out in parts and joined back."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     tasks, results = ctx.Queue(), ctx.Queue()
-    for path, target in targets.items():
-        tasks.put((path, str(target)))
     workers = [d for d in devices for _ in range(per_device)]
+    for task in plan_tasks(targets, len(workers), split_frames):
+        tasks.put(task)
     for _ in workers:
         tasks.put(None)
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
@@ -82,6 +126,7 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     for p in procs:
         p.start()
     report, running = RunReport(), len(procs)
+    pending: dict[str, list[tuple[int, VideoEnd, str]]] = {}
     try:
         while running:
             try:
@@ -95,7 +140,14 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
                 if on_frames:
                     on_frames(payload)
             elif kind == "video":
-                end = VideoEnd(**payload)
+                fields, part_target, part, parts = payload
+                end = VideoEnd(**fields)
+                if parts > 1:
+                    done = pending.setdefault(end.path, [])
+                    done.append((part, end, part_target))
+                    if len(done) < parts:
+                        continue
+                    end = _merge_parts(fmt, targets[end.path], [(e, t) for _, e, t in sorted(done, key=lambda x: x[0])])
                 report.videos.append(end)
                 if on_video:
                     on_video(end)

@@ -187,6 +187,32 @@ class NullSink:
 SINKS = {"jsonl": JsonlSink, "coco": CocoSink, "parquet": ParquetSink}
 
 
+def concat_outputs(fmt: Format, parts: list[Path], target: Path) -> None:
+    """Join the complete outputs of consecutive parts of one video into ``target``, atomically
+    (the parts of a file split across worker processes)."""
+    out = _AtomicFile(target, binary=True)
+    try:
+        if fmt == "jsonl":
+            for part in parts:
+                out.file.write(part.read_bytes())
+        elif fmt == "coco":
+            bodies = [part.read_text().strip()[1:-1].strip() for part in parts]
+            out.file.write(("[" + ",\n".join(b for b in bodies if b) + "]\n").encode())
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            tables = [pq.read_table(part) for part in parts]
+            with pq.ParquetWriter(out.file, tables[0].schema) as writer:
+                for table in tables:
+                    writer.write_table(table)
+        else:
+            raise ValueError(f"format must be one of {sorted(SINKS)}, got {fmt!r}")
+    except BaseException:
+        out.close(complete=False)
+        raise
+    out.close(complete=True)
+
+
 def open_sink(fmt: Format, path: str | os.PathLike, video: str, width: int, height: int) -> Sink:
     if fmt not in SINKS:
         raise ValueError(f"format must be one of {sorted(SINKS)}, got {fmt!r}")

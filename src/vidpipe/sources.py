@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
@@ -126,6 +127,7 @@ class PacketIndex:
 
     times: tuple[float, ...]
     keyframes: tuple[int, ...]
+    pts: tuple[int, ...] = ()  # sorted presentation timestamps (empty for raw streams)
 
 
 @lru_cache(maxsize=64)
@@ -140,7 +142,8 @@ def scan_packets(path: str) -> PacketIndex:
     packets.sort()
     first = packets[0][0] if packets else 0
     return PacketIndex(tuple(float((pts - first) * tb) for pts, _ in packets),
-                       tuple(i for i, (_, key) in enumerate(packets) if key))
+                       tuple(i for i, (_, key) in enumerate(packets) if key),
+                       tuple(pts for pts, _ in packets))
 
 
 class PyAVSource:
@@ -166,12 +169,16 @@ class PyAVSource:
         self.corrupt_packets = 0
         self.reconnections = 0
 
-    def batches(self, batch_size: int) -> Iterator[FrameBatch]:
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[FrameBatch]:
+        """Frames ``[start, stop)`` (default: all) in batches; a range seeks to the keyframe at or
+        before ``start`` and numbers frames by their timestamp's rank in the container."""
         pin = self.device.type == "cuda"
         buf: list[np.ndarray] = []
         times: list[float] = []
         limit = self.max_frames if self.max_frames is not None else -1
-        for frame, t in self._timed_frames():
+        self.decoded = start
+        frames = self._timed_frames() if start == 0 and stop is None else self._range(start, stop)
+        for frame, t in frames:
             buf.append(frame.to_ndarray(format="rgb24"))
             times.append(t)
             if len(buf) == batch_size:
@@ -181,6 +188,24 @@ class PyAVSource:
                 break
         if buf:
             yield self._batch(buf, times, pin)
+
+    def _range(self, start: int, stop: int | None) -> Iterator[tuple[av.VideoFrame, float]]:
+        index = scan_packets(self.info.path)
+        if not index.pts:
+            raise VidpipeError(f"{self.info.path}: no timestamps, so frame ranges cannot be decoded")
+        stop = len(index.pts) if stop is None else min(stop, len(index.pts))
+        key = max((k for k in index.keyframes if k <= start), default=0)
+        with av.open(self.info.path) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            c.seek(index.pts[key], stream=stream, backward=True)
+            for frame in self._decode(c, stream):
+                i = bisect_left(index.pts, frame.pts) if frame.pts is not None else -1
+                if i < start:
+                    continue
+                if i >= stop:
+                    return
+                yield frame, index.times[i]
 
     def _timed_frames(self) -> Iterator[tuple[av.VideoFrame, float]]:
         """Frames with their time in seconds since the first one (index / fps for raw streams)."""
