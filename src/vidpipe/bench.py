@@ -122,13 +122,11 @@ def model_only(det: Detector, repeats: int) -> list[float]:
 
 def end_to_end(det: Detector, video: str, outdir: Path) -> tuple[int, float]:
     """(frames, mean detections per frame) of one ``run`` writing JSON Lines."""
-    info = probe(video)
     report = run(det, [video], lambda i: JsonlSink(outdir / "out.jsonl", i.path, i.width, i.height))
     if report.failed:
         raise RuntimeError(report.failed[0].error)
     with open(outdir / "out.jsonl") as f:
         dets = sum(line.count('"box"') for line in f)
-    del info
     return report.frames, dets / max(report.frames, 1)
 
 

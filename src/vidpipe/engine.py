@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -213,7 +214,7 @@ class FrameProducer:
     def _worker(self, slot: int) -> None:
         self._local.slot = slot
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        with torch.cuda.stream(stream) if stream is not None else _null():
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
             while not self.stop.is_set():
                 # At most workers + 1 units decoded ahead of the consumer: bounded memory.
                 while not self._in_flight.acquire(timeout=0.1):
@@ -364,14 +365,6 @@ class _Rebatcher:
         return FrameBatch(video, frames[:n], indices[:n], times[:n])
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | None = None
             ) -> Iterator[VideoStart | BatchResult | VideoEnd]:
     """Decode and detect ``inputs`` (only frames ``[a, b)`` of each with ``frames``); see the
@@ -383,7 +376,7 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
     compute = torch.cuda.Stream(detector.device) if cuda and cfg.overlap else None
     info: VideoInfo | None = None
     try:
-        with torch.cuda.stream(compute) if compute is not None else _null():
+        with torch.cuda.stream(compute) if compute is not None else nullcontext():
             for item in producer:
                 if isinstance(item, FrameBatch):
                     with nvtx_range("batch"):

@@ -152,6 +152,14 @@ if triton is not None:
 
 
     @triton.jit
+    def _score_bits(logit_row, lse_row, start, offs, A):
+        # Softmax scores of one chunk of a row as float32 bit patterns (ordered like the values).
+        m = start + offs < A
+        z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
+        p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
+        return m, p.to(tl.int32, bitcast=True)
+
+    @triton.jit
     def _candidates_kernel(logits_ptr, lse_ptr, idx_ptr, score_ptr, A, thr_bits,
                            C: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BLOCK: tl.constexpr):
         # One program per (image, class) row: the row's K best scores above the threshold, best
@@ -165,10 +173,8 @@ if triton is not None:
         offs = tl.arange(0, BLOCK)
         count = 0
         for start in range(0, A, BLOCK):
-            m = start + offs < A
-            z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
-            p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
-            count += tl.sum((m & (p.to(tl.int32, bitcast=True) > thr_bits)).to(tl.int32))
+            m, bits = _score_bits(logit_row, lse_row, start, offs, A)
+            count += tl.sum((m & (bits > thr_bits)).to(tl.int32))
         lo = thr_bits + 1  # selected: bits > lo, plus the lowest-index (quota) entries with bits == lo
         if count > K:
             hi = 0x3F800001  # just above 1.0f
@@ -176,29 +182,22 @@ if triton is not None:
                 mid = lo + (hi - lo) // 2
                 above = 0
                 for start in range(0, A, BLOCK):
-                    m = start + offs < A
-                    z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
-                    p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
-                    above += tl.sum((m & (p.to(tl.int32, bitcast=True) >= mid)).to(tl.int32))
+                    m, bits = _score_bits(logit_row, lse_row, start, offs, A)
+                    above += tl.sum((m & (bits >= mid)).to(tl.int32))
                 if above >= K:
                     lo = mid
                 else:
                     hi = mid
         greater = 0
         for start in range(0, A, BLOCK):
-            m = start + offs < A
-            z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
-            p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
-            greater += tl.sum((m & (p.to(tl.int32, bitcast=True) > lo)).to(tl.int32))
+            m, bits = _score_bits(logit_row, lse_row, start, offs, A)
+            greater += tl.sum((m & (bits > lo)).to(tl.int32))
         quota = K - greater
         out_row = row.to(tl.int64) * KB
         written = 0
         ties = 0
         for start in range(0, A, BLOCK):
-            m = start + offs < A
-            z = tl.load(logit_row + start + offs, mask=m, other=0.0).to(tl.float32)
-            p = tl.exp(z - tl.load(lse_row + start + offs, mask=m, other=0.0))
-            bits = p.to(tl.int32, bitcast=True)
+            m, bits = _score_bits(logit_row, lse_row, start, offs, A)
             tie = m & (bits == lo)
             tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0)
             sel = (m & (bits > lo)) | (tie & (tie_rank <= quota))

@@ -160,14 +160,19 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
+    _report_missing(report, targets, "no worker processed it (all workers failed)", on_video)
+    return report
+
+
+def _report_missing(report: RunReport, paths, reason: str, on_video: Callable[[VideoEnd], None] | None) -> None:
+    """Every input gets an outcome: those no worker reported on are listed as failed."""
     done = {v.path for v in report.videos}
-    for path in targets:
+    for path in paths:
         if path not in done:
-            end = VideoEnd(path, error=f"{path}: no worker processed it (all workers failed)", fatal=True)
+            end = VideoEnd(path, error=f"{path}: {reason}", fatal=True)
             report.videos.append(end)
             if on_video:
                 on_video(end)
-    return report
 
 
 def run_ray(config: Config, targets: dict[str, Path], fmt: str, address: str | None = None,
@@ -203,7 +208,6 @@ def run_ray(config: Config, targets: dict[str, Path], fmt: str, address: str | N
     report = RunReport()
     items = list(targets.items())
     outcomes = pool.map_unordered(lambda a, item: a.detect.remote(item[0], str(item[1])), items)
-    seen = set()
     while True:
         try:
             ends = next(outcomes)
@@ -214,15 +218,9 @@ def run_ray(config: Config, targets: dict[str, Path], fmt: str, address: str | N
             continue
         for payload in ends:
             end = VideoEnd(**payload)
-            seen.add(end.path)
             report.videos.append(end)
             report.frames += end.decoded
             if on_video:
                 on_video(end)
-    for path, _ in items:
-        if path not in seen:
-            end = VideoEnd(path, error=f"{path}: failed on the Ray cluster after retries", fatal=True)
-            report.videos.append(end)
-            if on_video:
-                on_video(end)
+    _report_missing(report, targets, "failed on the Ray cluster after retries", on_video)
     return report
