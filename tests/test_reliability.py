@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidpipe.engine import FrameProducer, VideoEnd
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import FrameBatch, PyAVSource, probe
+from vidpipe.sources import PyAVSource, probe
 from vidpipe.synth import make_clip
 
 CLI = [sys.executable, "-m", "vidpipe.cli", "detect"]
@@ -151,6 +150,7 @@ class _ClipServer(BaseHTTPRequestHandler):
 
     data: bytes = b""
     drop_after: int | None = None
+    gone_after_drop = False  # after hanging up once, hang up on every later request too
     requests = 0
 
     def log_message(self, *args):
@@ -165,6 +165,9 @@ class _ClipServer(BaseHTTPRequestHandler):
     def _respond(self, body: bool):
         cls = type(self)
         cls.requests += 1
+        if cls.gone_after_drop and cls.drop_after is None:
+            self.connection.shutdown(2)
+            return
         start, end = 0, len(self.data) - 1
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
@@ -192,7 +195,8 @@ class _ClipServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def http_clip(tmp_path):
     clip = make_clip(tmp_path / "c.mp4", frames=60, width=128, height=96, faststart=True)
-    handler = type("H", (_ClipServer,), {"data": clip.read_bytes(), "drop_after": None, "requests": 0})
+    handler = type("H", (_ClipServer,), {"data": clip.read_bytes(), "drop_after": None, "requests": 0,
+                                         "gone_after_drop": False})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -223,17 +227,14 @@ def test_http_stream_reconnects_after_a_drop(http_clip):
     assert source.reconnections >= 1 or source.corrupt_packets == 0
 
 
-def test_http_server_gone_mid_stream(http_clip, tmp_path):
-    _, handler, server, url = http_clip
-    handler.drop_after = len(handler.data) // 2
-    items = []
-    producer = FrameProducer([url], "pyav", torch.device("cpu"), 8, threaded=False)
-    for item in producer:
-        items.append(item)
-        if isinstance(item, FrameBatch) and len(items) == 2:
-            server.shutdown()
-            server.server_close()
-    end = items[-1]
-    assert isinstance(end, VideoEnd) and not end.ok and "\n" not in end.error
-    n = sum(len(b) for b in items if isinstance(b, FrameBatch))
-    assert 0 < n < 60 or end.decoded == 60
+def test_http_server_gone_mid_stream(http_clip):
+    _, handler, _, url = http_clip
+    source = PyAVSource(url, reconnects=2)
+    handler.drop_after, handler.gone_after_drop = len(handler.data) // 2, True
+    indices = []
+    with pytest.raises(VidpipeError) as e:
+        for batch in source.batches(8):
+            indices += batch.indices
+    assert "gave up after 2 reconnects" in str(e.value) and "\n" not in str(e.value)
+    assert indices == list(range(len(indices))) and len(indices) < 60
+    assert source.reconnections == 2
