@@ -205,3 +205,19 @@ def test_cuda_graphs_match_eager(shared_clip, random_model):
     assert [r.frame for r in graphs] == list(range(300))
     agree = np.mean([np.array_equal(a.labels, b.labels) for a, b in zip(eager, graphs)])
     assert agree >= 0.9
+
+
+def test_ladder_runs_every_rung_it_can(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=8, width=96, height=64)
+    prefix = tmp_path / "ladder"
+    r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "ladder", str(clip), "--slow-frames", "2",
+                        "--compare-frames", "2", "--out", str(prefix)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "ladder.json").read_text())["rows"]
+    assert [row["rung"][0] for row in rows] == [str(i) for i in range(9)]
+    ran = [row for row in rows if "skipped" not in row]
+    assert [row["frames"] for row in ran[:2]] == [2, 2] and all(row["fps"] > 0 for row in ran)
+    assert all(row["agreement"] == 1.0 for row in ran[2:])  # fp32 rungs: identical detections
+    if not torch.cuda.is_available():
+        assert all(row["skipped"] == "no CUDA GPU" for row in rows[4:])
+    assert (tmp_path / "ladder.md").read_text().count("\n| ") == 10

@@ -3,10 +3,11 @@
 Inputs go in as paths; out come, in input order, ``VideoStart``, :class:`BatchResult` (host
 detections of consecutive frames, ready once their event fires) and ``VideoEnd`` for each input.
 
-* Decoding runs in worker threads (PyNvVideoCodec and FFmpeg release the GIL). A long file is cut
-  at keyframes into segments decoded in parallel; every unit has its own bounded queue and the
-  consumer drains units in order, so frames come out exactly once, in order, with memory bounded
-  by workers x queue depth however long the input.
+* Decoding runs in worker threads (PyNvVideoCodec and FFmpeg release the GIL). A file NVDEC
+  decodes is cut at keyframes into segments decoded in parallel; every unit has its own queue and
+  the consumer drains units in order, so frames come out exactly once, in order. At most
+  workers + 1 units are decoded ahead, each holding at most ``SEGMENT_BYTES / (workers + 1)``,
+  so memory is bounded however long the input.
 * The consumer only issues work: preprocess, model and post-processing are queued on one compute
   stream, results go to pinned host memory with ``non_blocking`` copies and an event; nothing on
   this path waits for the GPU.
@@ -112,8 +113,9 @@ class _UnitEnd:
 
 
 def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device) -> int:
-    """Decode workers for a GPU: small frames decode fast, so a few NVDEC sessions cover the
-    model; 1080p and larger need many (see docs/results.md for the measured curve)."""
+    """Decode workers: small frames decode fast, so four NVDEC sessions cover the model (~7,900
+    frames/s at 384x288 on an H100); 1080p needs 8-12 (~1,600-1,900 frames/s), see
+    shared/reference-h100.md. FFmpeg decode threads internally, so two workers overlap files."""
     if decoder != "nvdec":
         return 2
     pixels = info.width * info.height if info else 1920 * 1080

@@ -109,10 +109,34 @@ def skip_reason(rung: Rung) -> str | None:
         return "no CUDA GPU"
     if rung.needs == "nvdec" and not nvdec_available():
         return "PyNvVideoCodec/NVDEC unavailable"
-    if rung.needs == "multi-gpu":
-        return (f"{torch.cuda.device_count()} GPU visible" if torch.cuda.device_count() < 2
-                else "multi-GPU workers not implemented yet")
+    if rung.needs == "multi-gpu" and torch.cuda.device_count() < 2:
+        return f"{torch.cuda.device_count()} GPU visible"
     return None
+
+
+def all_gpus(cfg: Config, model, video: str, tmp: Path, keep: int) -> tuple[int, float, list]:
+    """Rung 8: one worker process per GPU, the file shared out in keyframe-aligned parts. Wall
+    time includes starting the processes and compiling in each. Returns (frames, seconds, the
+    first ``keep`` frames' detections)."""
+    from .scale import parse_devices, run_processes
+    from .weights import save_checkpoint
+
+    weights = tmp / "ladder-weights.pt"  # the workers load this very model
+    save_checkpoint(model, weights)
+    devices = parse_devices("all")
+    n = probe(video).num_frames
+    t0 = time.perf_counter()
+    report = run_processes(cfg.replace(weights=str(weights)), {video: tmp / "all.jsonl"}, "jsonl", devices,
+                           split_frames=max(64, n // (2 * len(devices))))
+    seconds = time.perf_counter() - t0
+    store = []
+    with open(tmp / "all.jsonl") as f:
+        for line, _ in zip(f, range(keep)):
+            dets = json.loads(line)["detections"]
+            store.append((np.array([d["box"] for d in dets], np.float32).reshape(-1, 4),
+                          np.array([d["class_id"] for d in dets], np.int64),
+                          np.array([d["score"] for d in dets], np.float32)))
+    return report.frames, seconds, store
 
 
 def main(a: argparse.Namespace) -> int:
@@ -128,7 +152,7 @@ def main(a: argparse.Namespace) -> int:
     cfg = Config(weights=a.weights, random_candidates=a.random_candidates, device=device)
     from .bench import load_for_video
     model = load_for_video(cfg, video)
-    rows, reference, base_fps, prev_fps = [], None, None, None
+    rows, reference, base_fps, prev_fps, cands = [], None, None, None, 0.0
     active: dict = {}
     for rung in RUNGS:
         reason = skip_reason(rung)
@@ -138,12 +162,17 @@ def main(a: argparse.Namespace) -> int:
             continue
         frames_limit = a.slow_frames if rung.slow else a.max_frames
         rc = cfg.replace(**active, max_frames=frames_limit)
+        gil = GilLoad() if a.gil else None
+        if rung.needs == "multi-gpu":
+            with gil or nullcontext():
+                frames, seconds, store = all_gpus(rc, model, video, tmp, a.compare_frames)
+            rows.append(_row(rung, frames, frames / seconds, prev_fps, base_fps, cands, store, reference, gil))
+            continue
         det = Detector(rc, model=model)
         if det.compiled:  # compile outside the timed run
             run(det, [video], lambda i: JsonlSink(tmp / "warm.jsonl", i.path, i.width, i.height))
         store: list = []
         sink = lambda i: _Collect(tmp / "out.jsonl", i.path, i.width, i.height, a.compare_frames, store)  # noqa
-        gil = GilLoad() if a.gil else None
         sync(det.device)
         t0 = time.perf_counter()
         with gil or nullcontext():
@@ -157,12 +186,7 @@ def main(a: argparse.Namespace) -> int:
             reference = store
         base_fps = base_fps or fps
         cands = _candidates(det, video)
-        dets = float(np.mean([len(l) for _, l, _ in store])) if store else 0.0
-        rows.append(dict(rung=rung.name, change=rung.change, frames=report.frames, fps=fps,
-                         vs_prev=fps / prev_fps if prev_fps else 1.0, vs_0=fps / base_fps,
-                         candidates=cands, detections=dets,
-                         agreement=agreement(store, reference) if reference is not None else None,
-                         gil=gil.wait_share if gil else None))
+        rows.append(_row(rung, report.frames, fps, prev_fps, base_fps, cands, store, reference, gil))
         prev_fps = fps
         del det
     facts = machine_facts(torch.device(device))
@@ -172,6 +196,15 @@ def main(a: argparse.Namespace) -> int:
         Path(a.out + ".json").write_text(json.dumps(dict(facts=facts, video=video, rows=rows), indent=1))
         Path(a.out + ".md").write_text(md)
     return 0
+
+
+def _row(rung: Rung, frames: int, fps: float, prev_fps: float | None, base_fps: float, cands: float,
+         store: list, reference: list | None, gil: GilLoad | None) -> dict:
+    return dict(rung=rung.name, change=rung.change, frames=frames, fps=fps,
+                vs_prev=fps / prev_fps if prev_fps else 1.0, vs_0=fps / base_fps, candidates=cands,
+                detections=float(np.mean([len(l) for _, l, _ in store])) if store else 0.0,
+                agreement=agreement(store, reference) if reference is not None else None,
+                gil=gil.wait_share if gil else None)
 
 
 def write_trace(det: Detector, video: str, path: str, tmp: Path) -> None:

@@ -4,10 +4,13 @@ Out: :class:`FrameBatch` with ``frames Tensor[N, 3, H, W]`` uint8 RGB on the req
 frame indices (0-based, presentation order) and times (seconds since the first frame).
 
 * ``nvdec``: PyNvVideoCodec hardware decode into GPU memory, handed to torch through DLPack;
-  frames never touch host memory. Can start at any frame (keyframe-accurate seek), which the
-  engine uses to decode segments of one file in parallel.
+  frames never touch host memory. Sessions are pooled per decode thread.
 * ``pyav``: FFmpeg decode on the CPU with FFmpeg's threads; on a GPU the batch is staged in pinned
-  host memory and copied asynchronously. Corrupt packets are skipped and counted, not fatal.
+  host memory and copied asynchronously. Corrupt packets are skipped and counted, not fatal;
+  network streams reconnect.
+
+Both can decode a frame range ``[start, stop)`` (seek to the keyframe before, then frame-exact),
+which the engine uses to decode segments of one file in parallel.
 
 Both deliver every decodable frame exactly once, in presentation order, with the same indices and
 times for the same file. Frames are delivered as stored (rotation metadata is not applied).
