@@ -221,3 +221,23 @@ def test_ladder_runs_every_rung_it_can(tmp_path):
     if not torch.cuda.is_available():
         assert all(row["skipped"] == "no CUDA GPU" for row in rows[4:])
     assert (tmp_path / "ladder.md").read_text().count("\n| ") == 10
+
+
+def test_out_of_memory_retries_with_half_the_batch(random_model, caplog, monkeypatch):
+    """A CUDA OOM cannot happen on a CPU, so the allocator's error is raised for batches over 2."""
+    det = detector(random_model, batch_size=8)
+    frames = (torch.rand(8, 3, 48, 64) * 255).to(torch.uint8)
+    expected = det.infer(frames)
+    real = det._infer
+
+    def tight_memory(batch):
+        if batch.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(batch)
+
+    monkeypatch.setattr(det, "_infer", tight_memory)
+    with caplog.at_level("WARNING"):
+        got = det.infer(frames)
+    assert det.batch_size == 2 and "retrying with batch size" in caplog.text
+    for a, b in zip(expected.astuple(), got.astuple()):
+        torch.testing.assert_close(a, b)
