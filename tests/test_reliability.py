@@ -238,3 +238,80 @@ def test_http_server_gone_mid_stream(http_clip):
     assert "gave up after 2 reconnects" in str(e.value) and "\n" not in str(e.value)
     assert indices == list(range(len(indices))) and len(indices) < 60
     assert source.reconnections == 2
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SERVER = Path(__file__).parent / "servers" / "rtsp_server.py"
+
+
+def _have_rtsp_server() -> bool:
+    probe_gi = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    try:
+        return subprocess.run([SYSTEM_PYTHON, "-c", probe_gi], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class RtspServer:
+    """GStreamer's RTSP server on loopback in a child process; ``kill`` and ``start`` again at will."""
+
+    def __init__(self, clip: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.clip, self.proc = clip, None
+        self.url = f"rtsp://127.0.0.1:{self.port}/clip"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(RTSP_SERVER), str(self.clip), str(self.port)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def rtsp(tmp_path):
+    if not _have_rtsp_server():
+        pytest.skip("GStreamer's RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) is not installed")
+    server = RtspServer(make_clip(tmp_path / "live.mp4", frames=90, width=128, height=96, bframes=False, gop=15))
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_rtsp_stream(rtsp):
+    source = PyAVSource(rtsp.url, max_frames=60)
+    batches = list(source.batches(16))
+    times = [t for b in batches for t in b.times]
+    assert [i for b in batches for i in b.indices] == list(range(60))
+    assert times[0] == 0.0 and all(a < b for a, b in zip(times, times[1:]))
+
+
+def test_rtsp_server_restarts_mid_stream(rtsp):
+    source = PyAVSource(rtsp.url, max_frames=80, timeout=3)
+    indices, times = [], []
+    for batch in source.batches(8):
+        indices += batch.indices
+        times += batch.times
+        if len(indices) == 24:  # the camera goes away for a moment
+            rtsp.kill()
+            threading.Timer(1.0, rtsp.start).start()
+    assert indices == list(range(80)) and all(a < b for a, b in zip(times, times[1:]))
+    assert source.reconnections >= 1
+
+
+def test_rtsp_server_gone(rtsp):
+    source = PyAVSource(rtsp.url, reconnects=2, timeout=2)
+    indices = []
+    with pytest.raises(VidpipeError, match="gave up after 2 reconnects") as e:
+        for batch in source.batches(8):
+            indices += batch.indices
+            if len(indices) == 16:
+                rtsp.kill()
+    assert "\n" not in str(e.value) and indices == list(range(len(indices)))

@@ -84,6 +84,14 @@ def is_stream_url(path: str) -> bool:
     return str(path).lower().startswith(STREAM_PREFIXES)
 
 
+def _open(path: str, timeout: float = 10.0) -> av.container.InputContainer:
+    """Open a file, or a URL with connect/read timeouts (RTSP over TCP: no lost packets)."""
+    if not is_stream_url(path):
+        return av.open(path)
+    options = {"rtsp_transport": "tcp"} if path.lower().startswith("rtsp://") else {}
+    return av.open(path, timeout=(timeout, timeout), options=options)
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Read a video's stream header with FFmpeg; raise :class:`VidpipeError` for anything that is
     not a decodable video (missing, empty, audio-only, absurd dimensions, unsupported codec)."""
@@ -97,7 +105,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if p.stat().st_size == 0:
             raise VidpipeError(f"{path}: empty file (0 bytes)")
     try:
-        with av.open(path, timeout=(10.0, 10.0) if is_stream_url(path) else None) as c:
+        with _open(path) as c:
             if not c.streams.video:
                 kinds = sorted({s.type for s in c.streams}) or ["no streams"]
                 raise VidpipeError(f"{path}: no video stream (has {', '.join(kinds)})")
@@ -153,8 +161,10 @@ class PyAVSource:
     """FFmpeg (CPU) decode of one video or stream URL; see the module docstring.
 
     For URLs (rtsp, http, ...) reads time out after ``timeout`` seconds and a lost connection is
-    reopened up to ``reconnects`` times with doubling back-off; frames delivered before the drop
-    (by timestamp) are skipped when the server replays them, so none is delivered twice.
+    reopened up to ``reconnects`` times in a row with doubling back-off. For a file served over
+    the network, frames the server replays after a reconnect (by timestamp) are skipped, so none
+    is delivered twice. A live feed (no frame count) is reopened whenever it ends and its clock
+    continues; bound it with ``max_frames`` or stop it.
     """
 
     name = "pyav"
@@ -211,34 +221,45 @@ class PyAVSource:
                 yield frame, index.times[i]
 
     def _timed_frames(self) -> Iterator[tuple[av.VideoFrame, float]]:
-        """Frames with their time in seconds since the first one (index / fps for raw streams)."""
-        first_pts, fps, n = None, self.info.fps or 30.0, 0
+        """Frames with their time in seconds since the first one. Frames without a timestamp
+        (raw streams, an RTSP stream's first frame) sit one frame period after the previous; when a
+        live stream restarts its clock after a reconnect, the clock continues instead."""
+        period = 1.0 / (self.info.fps or 30.0)
+        base, offset, last = None, 0.0, -period
         for frame in self._frames():
-            if first_pts is None:
-                first_pts = frame.pts
-            yield frame, (n / fps if frame.pts is None or first_pts is None
-                          else float((frame.pts - first_pts) * frame.time_base))
-            n += 1
+            if frame.pts is None:
+                t = last + period
+            else:
+                if base is None:
+                    base, offset = frame.pts, last + period
+                t = offset + float((frame.pts - base) * frame.time_base)
+                if t <= last:
+                    base, offset = frame.pts, last + period
+                    t = offset
+            last = t
+            yield frame, t
 
     def _frames(self) -> Iterator[av.VideoFrame]:
         url = is_stream_url(self.info.path)
+        replays = url and self.info.num_frames > 0  # a file served over the network, not a live feed
         last_pts, delivered, attempt = None, 0, 0
         while True:
             try:
-                with av.open(self.info.path, timeout=(self.timeout, self.timeout) if url else None) as c:
+                with _open(self.info.path, self.timeout) as c:
                     stream = c.streams.video[0]
                     stream.thread_type = "AUTO"
                     stream.thread_count = self.threads
                     for frame in self._decode(c, stream):
-                        if last_pts is not None and frame.pts is not None and frame.pts <= last_pts:
+                        if replays and last_pts is not None and frame.pts is not None and frame.pts <= last_pts:
                             continue  # replayed by the server after a reconnect
                         last_pts = frame.pts if frame.pts is not None else last_pts
                         delivered += 1
                         attempt = 0
                         yield frame
-                if not url or not self.info.num_frames or delivered >= self.info.num_frames:
+                if not url or (replays and delivered >= self.info.num_frames):
                     return
-                reason = "stream ended early"
+                # A live feed has no natural end (and a killed server looks like one): reconnect.
+                reason = "stream ended early" if replays else "stream ended"
             except (av.error.FFmpegError, OSError) as e:
                 if not url:
                     raise
