@@ -17,6 +17,7 @@ CLIPS = {
     "hevc": dict(frames=12, width=192, height=144, codec="libx265"),  # NVDEC's HEVC minimum is 144
     "vfr": dict(frames=20, width=64, height=48, vfr=True),
     "no-bframes": dict(frames=15, width=48, height=32, bframes=False),
+    "rotated": dict(frames=10, width=64, height=48, rotation=90),
 }
 
 
@@ -38,6 +39,16 @@ def test_pyav_every_frame_once_in_order(tmp_path, name):
     assert indices == list(range(spec["frames"]))
     assert frames.shape == (spec["frames"], 3, spec["height"], spec["width"])
     assert times[0] == 0.0 and all(a < b for a, b in zip(times, times[1:]))
+
+
+def test_rotation_metadata_is_reported_not_applied(tmp_path):
+    import av
+
+    path = make_clip(tmp_path / "r.mp4", frames=4, width=64, height=48, rotation=90)
+    with av.open(str(path)) as c:
+        assert next(c.decode(video=0)).rotation == 90
+    frames, _, _ = decode_all(PyAVSource(path))
+    assert frames.shape == (4, 3, 48, 64)  # as stored
 
 
 def test_pyav_max_frames(clip):

@@ -1,7 +1,7 @@
 """Synthetic clips for tests and benchmarks, made with PyAV (FFmpeg's encoders).
 
 ``make_clip`` encodes moving noise over a gradient (H.264 or HEVC, optional B-frames, variable
-frame rate); ``repeat_clip`` remuxes a file N times end to end without
+frame rate, rotation metadata); ``repeat_clip`` remuxes a file N times end to end without
 re-encoding (a long input with the same content).
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 
 def make_clip(path: str | os.PathLike, *, frames: int = 24, width: int = 64, height: int = 48,
               codec: str = "libx264", fps: int = 30, bframes: bool = True, vfr: bool = False,
-              crf: int = 23, gop: int = 12, faststart: bool = False, seed: int = 0) -> Path:
+              crf: int = 23, gop: int = 12, faststart: bool = False, rotation: int | None = None,
+              seed: int = 0) -> Path:
     path = Path(path)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -31,6 +32,8 @@ def make_clip(path: str | os.PathLike, *, frames: int = 24, width: int = 64, hei
         stream.time_base = Fraction(1, 90000)
         stream.codec_context.time_base = Fraction(1, 90000)  # exact variable frame times
         stream.gop_size = gop
+        if rotation is not None:
+            stream.set_display_rotation(rotation)  # display-matrix metadata, as phones write it
         if codec == "libx264":
             stream.options = {"bf": "2" if bframes else "0", "crf": str(crf), "preset": "veryfast"}
         elif codec == "libx265":
