@@ -387,7 +387,10 @@ def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", 
         raise VidpipeError(f"unknown decoder {decoder!r}; choose auto, nvdec or pyav")
     if decoder == "auto":
         chosen = "nvdec" if device.type == "cuda" and nvdec_available() else "pyav"
-        log.info("decoder auto: using %s", chosen)
+        if device.type == "cuda" and chosen == "pyav":  # a GPU run on the CPU decoder: say so
+            log.warning("decoder auto: PyNvVideoCodec unavailable, decoding with FFmpeg on the CPU")
+        else:
+            log.info("decoder auto: using %s", chosen)
         return chosen
     if decoder == "nvdec" and not (device.type == "cuda" and nvdec_available()):
         raise VidpipeError("--decoder nvdec needs a CUDA device and PyNvVideoCodec (pip install vidpipe[nvdec])")
