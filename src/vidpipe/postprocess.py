@@ -76,6 +76,12 @@ def decode_boxes(locs: torch.Tensor, dboxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([xy - 0.5 * wh, xy + 0.5 * wh], dim=-1)
 
 
+def class_probs(scores: torch.Tensor) -> torch.Tensor:
+    """``scores Tensor[N, C, A]`` logits -> softmax over the C labels, float32, same layout;
+    computed along a contiguous label axis, as NVIDIA's code does, so values match it exactly."""
+    return torch.softmax(scores.float().transpose(1, 2), dim=-1).transpose(1, 2)
+
+
 def _topk_keys(scores: torch.Tensor, k: int, valid: torch.Tensor) -> torch.Tensor:
     """Indices of the ``k`` best entries along the last axis, best first, ties to the lower index.
 
@@ -259,8 +265,11 @@ def ssd_decode_padded(locs: torch.Tensor, scores: torch.Tensor, *, candidate_thr
                       iou_threshold: float = 0.5, max_detections: int = 20,
                       per_class_candidates: int = 200, score_threshold: float = 0.3,
                       nms: NmsImpl = "auto") -> Detections:
-    """:func:`ssd_decode` without the final split: results stay padded on the input's device, and
-    on CUDA with the Triton NMS nothing waits for the GPU."""
+    """:func:`ssd_decode` without the final split: results stay padded on the input's device.
+
+    ``nms``: ``"triton"`` runs candidate selection and NMS as Triton kernels (CUDA; nothing waits
+    for the GPU), ``"torch"`` uses ``topk`` and a vectorised loop that reads counts on the host,
+    ``"auto"`` picks Triton for CUDA tensors when it is installed."""
     _check_args(locs, scores, candidate_threshold, iou_threshold, max_detections, per_class_candidates)
     if nms not in ("auto", "triton", "torch"):
         raise ValueError(f"nms must be 'auto', 'triton' or 'torch', got {nms!r}")
@@ -272,8 +281,7 @@ def ssd_decode_padded(locs: torch.Tensor, scores: torch.Tensor, *, candidate_thr
     if use_triton:
         cand, cand_scores = _candidates_triton(scores, per_class_candidates, candidate_threshold)
     else:
-        # Softmax along a contiguous label axis, as NVIDIA's code does, so values match it exactly.
-        probs = torch.softmax(scores.float().transpose(1, 2), dim=-1).transpose(1, 2)[:, 1:]
+        probs = class_probs(scores)[:, 1:]
         cand = _topk_keys(probs, per_class_candidates, probs > candidate_threshold)  # [N, C-1, K]
         cand_scores = probs.gather(2, cand.clamp(min=0))
     valid = cand >= 0
@@ -331,7 +339,7 @@ def ssd_decode_loop(locs: torch.Tensor, scores: torch.Tensor, *, host_copy: bool
     if host_copy:
         locs, scores = locs.cpu(), scores.cpu()
     boxes_all = decode_boxes(locs, default_boxes(locs.device))
-    probs_all = torch.softmax(scores.float().transpose(1, 2), dim=-1).transpose(1, 2)
+    probs_all = class_probs(scores)
     out = []
     for boxes, probs in zip(boxes_all, probs_all):
         det_boxes, det_labels, det_scores = [], [], []
