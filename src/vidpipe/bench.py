@@ -28,7 +28,7 @@ import torch
 from .config import Config
 from .detector import Detector
 from .engine import FrameProducer, run
-from .postprocess import ssd_decode_loop, ssd_decode_padded
+from .postprocess import class_probs, ssd_decode_loop, ssd_decode_padded
 from .preprocess import preprocess
 from .profiling import GilLoad, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
 from .sinks import JsonlSink
@@ -64,8 +64,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _emit(a: argparse.Namespace, title: str, table: str, notes: list[str], device: torch.device) -> None:
     facts = machine_facts(device)
     text = (f"\n## {title}\n\n" + ", ".join(f"{k} {v}" for k, v in facts.items()) + "\n\n"
-            f"Command: `vidpipe {' '.join(shlex.quote(x) for x in sys.argv[2:]) if sys.argv[1:2] == ['bench'] else ''}`"
-            .replace("`vidpipe ", "`vidpipe bench ") + "\n\n" + table + "\n" + "".join(f"\n{n}" for n in notes) + "\n")
+            f"Command: `vidpipe {shlex.join(sys.argv[1:])}`\n\n{table}\n" + "".join(f"\n{n}" for n in notes) + "\n")
     print(text)
     if a.results:
         with open(a.results, "a") as f:
@@ -99,8 +98,7 @@ def candidates_per_frame(det: Detector, video: str) -> float:
     with torch.inference_mode():
         x = preprocess(item.frames, dtype=det.dtype, channels_last=det.channels_last)
         _, scores = det.model(x)
-        probs = torch.softmax(scores.float(), dim=1)[:, 1:]
-        return float((probs > det.config.candidate_threshold).sum()) / len(item)
+        return float((class_probs(scores)[:, 1:] > det.config.candidate_threshold).sum()) / len(item)
 
 
 def model_only(det: Detector, repeats: int) -> list[float]:
@@ -143,9 +141,11 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
         info = probe(video)
         det = Detector(cfg, model=load_for_video(cfg, video))
         b = model_only(det, a.repeats)
-        dec_times = time_repeats(lambda: decode_only([video], cfg, det.device), det.device, repeats=a.repeats)
-        frames = decode_only([video], cfg, det.device)
-        dec = [frames / t for t in dec_times]
+        counts: list[int] = []  # the first call is the warm-up
+        dec_times = time_repeats(lambda: counts.append(decode_only([video], cfg, det.device)), det.device,
+                                 repeats=a.repeats)
+        frames = counts[-1]
+        dec = [n / t for n, t in zip(counts[1:], dec_times)]
         e2e_frames: list[int] = []
         dets_pf: list[float] = []
 
@@ -208,7 +208,7 @@ def bench_postprocess(a: argparse.Namespace, cfg: Config) -> None:
     rows = []
     for per_image in (0, 100, 1000, 5000, 16000):
         locs, scores = synthetic_outputs(n, per_image, device)
-        cand = float((torch.softmax(scores.float(), 1)[:, 1:] > 0.05).sum()) / n
+        cand = float((class_probs(scores)[:, 1:] > 0.05).sum()) / n
         fast = lambda: ssd_decode_padded(locs, scores)  # noqa: E731
         if device.type == "cuda":
             t_fast = gpu_ms(fast, repeats=a.repeats)
