@@ -26,6 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from .detector import Detector, FrameResult
@@ -79,13 +80,14 @@ class BatchResult:
     det: Detections
     event: torch.cuda.Event | None
 
-    def wait(self) -> Detections:
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """boxes, labels, scores, counts as NumPy views, once the copy has landed."""
         if self.event is not None:
             self.event.synchronize()
-        return self.det
+        return tuple(t.numpy() for t in self.det.astuple())
 
     def frames(self) -> Iterator[FrameResult]:
-        b, l, s, c = (t.numpy() for t in self.wait().astuple())
+        b, l, s, c = self.arrays()
         for i, (frame, t) in enumerate(zip(self.indices, self.times)):
             yield FrameResult(self.info.path, frame, t, self.info.width, self.info.height,
                               b[i, :c[i]], l[i, :c[i]], s[i, :c[i]])
@@ -385,7 +387,7 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
                         if compute is not None:
                             item.frames.record_stream(compute)
                         det = detector.infer(item.frames)
-                        if cuda and cfg.overlap:
+                        if compute is not None:
                             host = det.to("cpu", non_blocking=True)
                             event = torch.cuda.Event()
                             event.record()
@@ -469,7 +471,7 @@ class _Writer:
             self.sink = self.sink_for(item.info)
         elif isinstance(item, BatchResult):
             with nvtx_range("write"):
-                b, l, s, c = (t.numpy() for t in item.wait().astuple())
+                b, l, s, c = item.arrays()
                 self.sink.write(item.indices, item.times, b, l, s, c)
             self.report.frames += len(item.indices)
             if self.on_frames:

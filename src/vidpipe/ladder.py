@@ -150,7 +150,7 @@ def main(a: argparse.Namespace) -> int:
     info = probe(video)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = Config(weights=a.weights, random_candidates=a.random_candidates, device=device)
-    from .bench import load_for_video
+    from .bench import candidates_per_frame, load_for_video
     model = load_for_video(cfg, video)
     rows, reference, base_fps, prev_fps, cands = [], None, None, None, 0.0
     active: dict = {}
@@ -185,7 +185,7 @@ def main(a: argparse.Namespace) -> int:
         if rung.name.startswith("2"):
             reference = store
         base_fps = base_fps or fps
-        cands = _candidates(det, video)
+        cands = candidates_per_frame(det, video)
         rows.append(_row(rung, report.frames, fps, prev_fps, base_fps, cands, store, reference, gil))
         prev_fps = fps
         del det
@@ -217,11 +217,6 @@ def write_trace(det: Detector, video: str, path: str, tmp: Path) -> None:
     with profile(activities=activities) as prof:
         run(det, [video], lambda i: JsonlSink(tmp / "trace.jsonl", i.path, i.width, i.height))
     prof.export_chrome_trace(path)
-
-
-def _candidates(det: Detector, video: str) -> float:
-    from .bench import candidates_per_frame
-    return candidates_per_frame(det, video)
 
 
 def _markdown(rows: list[dict], video: str, info, facts: dict) -> str:

@@ -208,9 +208,8 @@ class PyAVSource:
             raise VidpipeError(f"{self.info.path}: no timestamps, so frame ranges cannot be decoded")
         stop = len(index.pts) if stop is None else min(stop, len(index.pts))
         key = max((k for k in index.keyframes if k <= start), default=0)
-        with av.open(self.info.path) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
+        with _open(self.info.path, self.timeout) as c:
+            stream = self._video_stream(c)
             c.seek(index.pts[key], stream=stream, backward=True)
             for frame in self._decode(c, stream):
                 i = bisect_left(index.pts, frame.pts) if frame.pts is not None else -1
@@ -246,9 +245,7 @@ class PyAVSource:
         while True:
             try:
                 with _open(self.info.path, self.timeout) as c:
-                    stream = c.streams.video[0]
-                    stream.thread_type = "AUTO"
-                    stream.thread_count = self.threads
+                    stream = self._video_stream(c)
                     for frame in self._decode(c, stream):
                         if replays and last_pts is not None and frame.pts is not None and frame.pts <= last_pts:
                             continue  # replayed by the server after a reconnect
@@ -272,6 +269,12 @@ class PyAVSource:
             self.reconnections += 1
             log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.info.path, reason, delay)
             time.sleep(delay)
+
+    def _video_stream(self, c: av.container.InputContainer) -> av.video.stream.VideoStream:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads
+        stream.thread_count = self.threads
+        return stream
 
     def _decode(self, c: av.container.InputContainer, stream) -> Iterator[av.VideoFrame]:
         for packet in c.demux(stream):
