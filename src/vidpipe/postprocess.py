@@ -13,11 +13,12 @@ the ``max_detections`` best over all classes and drop those with score <= ``scor
 Ties, which NVIDIA's code leaves to its sort, are broken by the lower default-box index inside a
 class and by the lower label across classes.
 
-The fast path issues no host synchronisation. On CUDA two Triton kernels do the work, one program
-per (image, class): candidate selection (count, compact, sort at most K keys; a bit-wise binary
-search for the K-th score only when a class has more than K candidates) and greedy NMS in
-registers. Elsewhere ``topk`` over (score, index) keys and a vectorised torch NMS loop compute the
-same. The result stays padded on the device until :meth:`Detections.split`.
+The fast path issues no host synchronisation. On CUDA three Triton kernels do the work: the
+log-sum-exp over labels per box, then one program per (image, class) for candidate selection
+(count, compact, sort at most K keys; a bit-wise binary search for the K-th score only when a
+class has more than K candidates) and for greedy NMS in registers. Elsewhere ``topk`` over
+(score, index) keys and a vectorised torch NMS loop compute the same. The result stays padded
+on the device until :meth:`Detections.split`.
 """
 
 from __future__ import annotations
@@ -158,6 +159,20 @@ if triton is not None:
 
 
     @triton.jit
+    def _lse_kernel(logits_ptr, lse_ptr, A, C: tl.constexpr, CB: tl.constexpr, BLOCK: tl.constexpr):
+        # One program per (image, block of boxes): log-sum-exp over the C labels in float32, one
+        # read of the logits (torch's logsumexp first materialises a float32 copy).
+        n = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        labels = tl.arange(0, CB)
+        m = (labels[:, None] < C) & (offs[None, :] < A)
+        z = tl.load(logits_ptr + n.to(tl.int64) * C * A + labels[:, None] * A + offs[None, :], mask=m,
+                    other=float("-inf")).to(tl.float32)
+        top = tl.max(z, 0)
+        total = tl.sum(tl.exp(z - top[None, :]), 0)
+        tl.store(lse_ptr + n.to(tl.int64) * A + offs, top + tl.log(total), mask=offs < A)
+
+    @triton.jit
     def _score_bits(logit_row, lse_row, start, offs, A):
         # Softmax scores of one chunk of a row as float32 bit patterns (ordered like the values).
         m = start + offs < A
@@ -182,6 +197,7 @@ if triton is not None:
             m, bits = _score_bits(logit_row, lse_row, start, offs, A)
             count += tl.sum((m & (bits > thr_bits)).to(tl.int32))
         lo = thr_bits + 1  # selected: bits > lo, plus the lowest-index (quota) entries with bits == lo
+        greater = 0  # when all candidates fit, every tie is selected too
         if count > K:
             hi = 0x3F800001  # just above 1.0f
             for _ in range(31):
@@ -194,10 +210,9 @@ if triton is not None:
                     lo = mid
                 else:
                     hi = mid
-        greater = 0
-        for start in range(0, A, BLOCK):
-            m, bits = _score_bits(logit_row, lse_row, start, offs, A)
-            greater += tl.sum((m & (bits > lo)).to(tl.int32))
+            for start in range(0, A, BLOCK):
+                m, bits = _score_bits(logit_row, lse_row, start, offs, A)
+                greater += tl.sum((m & (bits > lo)).to(tl.int32))
         quota = K - greater
         out_row = row.to(tl.int64) * KB
         written = 0
@@ -229,7 +244,8 @@ def _candidates_triton(scores: torch.Tensor, k: int, threshold: float) -> tuple[
     k = min(k, a)
     kb = max(16, triton.next_power_of_2(k))
     logits = scores.contiguous()
-    lse = torch.logsumexp(logits.float(), dim=1).contiguous()
+    lse = torch.empty(n, a, dtype=torch.float32, device=scores.device)
+    _lse_kernel[(n, triton.cdiv(a, 64))](logits, lse, a, C=c, CB=triton.next_power_of_2(c), BLOCK=64, num_warps=4)
     idx = torch.empty(n * (c - 1), kb, dtype=torch.int64, device=scores.device)
     val = torch.empty(n * (c - 1), kb, dtype=torch.float32, device=scores.device)
     thr_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
