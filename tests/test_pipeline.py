@@ -14,10 +14,9 @@ import pytest
 import torch
 
 from vidpipe import Config, Detector
-from vidpipe.engine import FrameProducer, run
+from vidpipe.engine import Chunk, FrameProducer, run
 from vidpipe.profiling import PeakMemory
 from vidpipe.sinks import open_sink
-from vidpipe.sources import FrameBatch
 from vidpipe.synth import make_clip, repeat_clip
 
 CLI = [sys.executable, "-m", "vidpipe.cli"]
@@ -88,8 +87,8 @@ def test_decode_memory_stays_flat_on_long_input(tmp_path):
     peaks = []
     for path in (clip, long):
         with PeakMemory(torch.device("cpu")) as mem:
-            n = sum(len(i) for i in FrameProducer([str(path)], "pyav", torch.device("cpu"), 16, workers=2)
-                    if isinstance(i, FrameBatch))
+            n = sum(len(i.batch) for i in FrameProducer([str(path)], "pyav", torch.device("cpu"), 16, workers=2)
+                    if isinstance(i, Chunk))
         peaks.append((n, mem.host_peak))
     assert peaks[1][0] == 20 * peaks[0][0]
     assert peaks[1][1] - peaks[0][1] < 25 * 2**20
@@ -187,7 +186,8 @@ def test_gpu_pipeline_matches_cpu(random_model, tmp_path):
 @pytest.mark.nvdec
 def test_gpu_engine_identical_to_straightforward(shared_clip, random_model):
     base = dict(weights="random", device="cuda", precision="fp16", compile="off", batch_size=32, max_frames=600)
-    simple = collect(Detector(Config(**base, overlap=False, decoder="nvdec"), model=random_model), shared_clip)
+    simple = collect(Detector(Config(**base, overlap=False, decoder="nvdec", cuda_graphs=False), model=random_model),
+                     shared_clip)
     engine = collect(Detector(Config(**base, overlap=True, decoder="nvdec", decoders=4), model=random_model),
                      shared_clip)
     random_model.cpu().float()
@@ -197,9 +197,27 @@ def test_gpu_engine_identical_to_straightforward(shared_clip, random_model):
 
 
 @pytest.mark.nvdec
+def test_gpu_engine_mixes_files_and_sizes_in_batches(tmp_path, random_model):
+    """Batches span segments and files (two frame sizes, one file twice); results come back per
+    file, in order, the same as the one-file-at-a-time loop without graphs."""
+    from vidpipe.engine import iter_results
+
+    a = make_clip(tmp_path / "a.mp4", frames=40, width=320, height=240, gop=10)
+    b = make_clip(tmp_path / "b.mp4", frames=25, width=256, height=144, gop=10, seed=3)
+    base = dict(weights="random", device="cuda", precision="fp16", compile="off", batch_size=16, decoder="nvdec")
+    simple = Detector(Config(**base, overlap=False, cuda_graphs=False), model=random_model)
+    expect = [r for p in (a, b, a) for r in collect(simple, p)]
+    got = list(iter_results(Detector(Config(**base, decoders=3), model=random_model), [str(a), str(b), str(a)]))
+    random_model.cpu().float()
+    assert [(r.video, r.frame) for r in got] == [(r.video, r.frame) for r in expect]
+    for x, y in zip(expect, got):
+        assert np.array_equal(x.labels, y.labels) and np.allclose(x.boxes, y.boxes, atol=1e-3)
+
+
+@pytest.mark.nvdec
 def test_cuda_graphs_match_eager(shared_clip, random_model):
     base = dict(weights="random", device="cuda", precision="fp16", batch_size=64, max_frames=300)
-    eager = collect(Detector(Config(**base, compile="off"), model=random_model), shared_clip)
+    eager = collect(Detector(Config(**base, compile="off", cuda_graphs=False), model=random_model), shared_clip)
     graphs = collect(Detector(Config(**base, compile="on", cuda_graphs=True), model=random_model), shared_clip)
     random_model.cpu().float()
     assert [r.frame for r in graphs] == list(range(300))

@@ -89,6 +89,8 @@ import json, random, signal, sys, torch
 from pathlib import Path
 from vidpipe.engine import FrameProducer, VideoEnd
 from vidpipe.sources import FrameBatch
+sys.path.insert(0, sys.argv[5])
+from ordering import in_order
 src, work, cases, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 data = src.read_bytes()
 rng = random.Random(seed)
@@ -105,7 +107,7 @@ for i in range(cases):
     path.write_bytes(bytes(buf))
     (work / "current").write_text(str(i))
     signal.alarm(20)
-    items = list(FrameProducer([str(path)], "pyav", torch.device("cpu"), 8, threaded=False))
+    items = list(in_order(FrameProducer([str(path)], "pyav", torch.device("cpu"), 8, threaded=False)))
     signal.alarm(0)
     end = items[-1]
     assert isinstance(end, VideoEnd) and (end.ok or "\n" not in end.error), end
@@ -122,7 +124,8 @@ print(json.dumps(stats))
 
 def test_fuzzed_clips_never_crash_or_hang(tmp_path):
     clip = make_clip(tmp_path / "seed.mp4", frames=16, width=64, height=48, faststart=True)
-    r = subprocess.run([sys.executable, "-c", FUZZ, str(clip), str(tmp_path), "300", "1234"],
+    r = subprocess.run([sys.executable, "-c", FUZZ, str(clip), str(tmp_path), "300", "1234",
+                        str(Path(__file__).parent)],
                        capture_output=True, text=True, timeout=900)
     current = (tmp_path / "current").read_text() if (tmp_path / "current").exists() else "?"
     assert r.returncode == 0, f"case {current} crashed (rc {r.returncode}): {r.stderr[-1500:]}"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidpipe.engine import FrameProducer, _Rebatcher
+from ordering import in_order
+from vidpipe.engine import BatchResult, Chunk, FrameProducer, Unit, UnitEnd, VideoEnd, VideoStart, _Batcher, _Orderer
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import FrameBatch, NvdecSource, PyAVSource, probe, scan_packets
+from vidpipe.sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, probe, scan_packets
 from vidpipe.synth import make_clip, repeat_clip
 
 CLIPS = {
@@ -75,19 +76,63 @@ def test_keyframes_and_repeat(tmp_path):
     assert indices == list(range(108)) and all(a < b for a, b in zip(times, times[1:]))
 
 
-def test_rebatcher_regroups_exactly():
-    rb = _Rebatcher(8)
+@pytest.mark.parametrize("seed", range(5))
+def test_batches_mix_units_and_results_come_back_in_order(seed):
+    """Chunks of several files' segments arrive interleaved at random (each segment's own in
+    order); they are packed into full batches across segments, and the results come out in input
+    order, one VideoStart/VideoEnd per file, every frame once."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda n: int(torch.randint(n, (1,), generator=g))  # noqa: E731
+    units, seq = [], 0
+    for f in range(3):
+        n_seg, length = 1 + rand(4), 5 + rand(20)
+        info = VideoInfo(f"v{f}", 8, 8, n_seg * length, 30.0, "h264", None)
+        for s in range(n_seg):
+            units.append(Unit(seq, info, info.path, s * length, (s + 1) * length, first=s == 0, last=s == n_seg - 1))
+            seq += 1
+    streams = []
+    for u in units:  # each unit: chunks of 1-6 frames, then its end
+        items, i = [], u.start
+        while i < u.stop:
+            n = min(1 + rand(6), u.stop - i)
+            items.append(Chunk(u, FrameBatch(u.path, torch.full((n, 3, 1, 1), u.seq, dtype=torch.uint8),
+                                             list(range(i, i + n)), [i / 30 for i in range(i, i + n)])))
+            i += n
+        streams.append(items + [UnitEnd(u, u.stop - u.start)])
+    released = []
+    batcher, order = _Batcher(8), _Orderer(lambda: released.append(1), lambda info: info.num_frames)
     out = []
-    start = 0
-    for n in (3, 5, 8, 2, 9, 1):
-        chunk = FrameBatch("v", torch.arange(start, start + n).view(n, 1, 1, 1).expand(n, 3, 1, 1).to(torch.uint8),
-                           list(range(start, start + n)), [float(i) for i in range(start, start + n)])
-        out += list(rb.push(chunk))
-        start += n
-    out += list(rb.flush())
-    assert [len(b) for b in out] == [8, 8, 8, 4]
-    assert [i for b in out for i in b.indices] == list(range(28))
-    assert torch.equal(torch.cat([b.frames[:, 0, 0, 0] for b in out]), torch.arange(28, dtype=torch.uint8))
+
+    def launch(pieces):
+        assert sum(len(p.batch) for p in pieces) <= 8
+        row = 0
+        for p in pieces:
+            order.add(p.unit, BatchResult(p.unit.info, p.batch.indices, p.batch.times, None, None, row))
+            row += len(p.batch)
+
+    while any(streams):
+        live = [s for s in streams if s]
+        item = live[rand(len(live))].pop(0)
+        if isinstance(item, Chunk):
+            for pieces in batcher.add(item):
+                launch(pieces)
+        else:
+            order.end(item)
+        if rand(4) == 0:  # the GPU went idle now and then: short batches
+            for pieces in batcher.partial():
+                launch(pieces)
+        out += list(order.ready())
+    for pieces in batcher.partial():
+        launch(pieces)
+    out += list(order.ready())
+    assert len(released) == len(units)
+    for f in range(3):
+        items = [o for o in out if (o.info.path if not isinstance(o, VideoEnd) else o.path) == f"v{f}"]
+        assert isinstance(items[0], VideoStart) and isinstance(items[-1], VideoEnd) and items[-1].ok
+        frames = [i for r in items[1:-1] for i in r.indices]
+        assert frames == list(range(items[0].info.num_frames)) and items[-1].decoded == len(frames)
+    starts = [o.info.path for o in out if isinstance(o, VideoStart)]
+    assert starts == ["v0", "v1", "v2"]
 
 
 @pytest.mark.parametrize("threaded", [False, True])
@@ -96,13 +141,15 @@ def test_producer_orders_several_inputs_and_reports_bad_ones(tmp_path, threaded)
     b = make_clip(tmp_path / "b.mp4", frames=5, width=32, height=32)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 10)
-    items = list(FrameProducer([str(a), str(bad), str(b)], "pyav", torch.device("cpu"), 4,
-                               threaded=threaded, workers=2))
+    items = list(in_order(FrameProducer([str(a), str(bad), str(b)], "pyav", torch.device("cpu"), 8,
+                                        threaded=threaded, workers=2)))
     kinds = [type(i).__name__ for i in items]
-    assert kinds == ["VideoStart", "FrameBatch", "FrameBatch", "FrameBatch", "VideoEnd", "VideoEnd",
-                     "VideoStart", "FrameBatch", "FrameBatch", "VideoEnd"]
-    assert items[5].error and "not a readable video" in items[5].error and items[5].fatal
-    assert items[4].ok and items[4].decoded == 9 and items[9].decoded == 5
+    runs = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1] or k != "FrameBatch"]
+    assert runs == ["VideoStart", "FrameBatch", "VideoEnd", "VideoEnd", "VideoStart", "FrameBatch", "VideoEnd"]
+    ends = [i for i in items if isinstance(i, VideoEnd)]
+    assert ends[1].error and "not a readable video" in ends[1].error and ends[1].fatal
+    assert ends[0].ok and ends[0].decoded == 9 and ends[2].decoded == 5
+    assert [j for i in items if isinstance(i, FrameBatch) for j in i.indices] == list(range(9)) + list(range(5))
 
 
 @pytest.mark.parametrize("case,message", [
@@ -150,12 +197,11 @@ def test_nvdec_matches_pyav(tmp_path, name):
 @pytest.mark.nvdec
 def test_nvdec_segments_reassemble_exactly(shared_clip):
     whole, idx, times = decode_all(NvdecSource(shared_clip, "cuda"), batch_size=64)
-    items = list(FrameProducer([str(shared_clip)], "nvdec", torch.device("cuda"), 64, workers=4))
+    items = list(in_order(FrameProducer([str(shared_clip)], "nvdec", torch.device("cuda"), 64, workers=4)))
     batches = [i for i in items if isinstance(i, FrameBatch)]
     assert [i for b in batches for i in b.indices] == idx
     assert [t for b in batches for t in b.times] == times
     assert torch.equal(torch.cat([b.frames.cpu() for b in batches]), whole)
-    assert all(len(b) == 64 for b in batches[:-1])
 
 
 @pytest.mark.nvdec
@@ -165,8 +211,8 @@ def test_pooled_nvdec_sessions_switch_files(tmp_path):
     b = make_clip(tmp_path / "b.mp4", frames=25, width=256, height=144, gop=10, seed=3)
     expect = {str(p): decode_all(NvdecSource(p, "cuda"), batch_size=8)[0] for p in (a, b)}
     for _ in range(2):  # the second round finds the sessions of the first in the pool
-        items = list(FrameProducer([str(a), str(b), str(a)], "nvdec", torch.device("cuda"), 8, workers=2,
-                                   segment_min=8))
+        items = list(in_order(FrameProducer([str(a), str(b), str(a)], "nvdec", torch.device("cuda"), 8,
+                                            workers=2, segment_min=8)))
         got: dict[str, list] = {}
         for item in items:
             if isinstance(item, FrameBatch):

@@ -10,6 +10,7 @@ Suites (``--suite``):
 * ``postprocess``: ``ssd_decode`` on a batch at 0 .. 16,000 candidates per image, beside the
   torch NMS and the article's per-class loop with host reads.
 * ``model``: model-only images/s over precisions, memory formats, compile and batch sizes.
+* ``scale``: ``vidpipe detect --devices`` on a corpus of copies of each input, one GPU vs all.
 
 Each figure is the median of ``--repeats`` runs (spread printed). ``--results FILE`` appends the
 tables, with device, versions, command and date, to a Markdown file.
@@ -21,19 +22,20 @@ import argparse
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from .config import Config
 from .detector import Detector
-from .engine import FrameProducer, run
+from .engine import Chunk, FrameProducer, run
 from .postprocess import class_probs, ssd_decode_loop, ssd_decode_padded
 from .preprocess import preprocess
 from .profiling import GilLoad, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
 from .sinks import JsonlSink
 from .model import SSD300
-from .sources import FrameBatch, PyAVSource, probe
+from .sources import PyAVSource, probe
 from .synth import make_clip, repeat_clip
 from .weights import calibrate_candidates, load_model
 
@@ -44,12 +46,15 @@ def add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="measure decode and model ceilings and end-to-end throughput",
                        description=__doc__.split("\n\n")[0])
     b.add_argument("inputs", nargs="*", metavar="VIDEO")
-    b.add_argument("--suite", choices=["pipeline", "postprocess", "model"], default="pipeline")
+    b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale"], default="pipeline")
     b.add_argument("--synthetic-1080p", type=int, default=0, metavar="FRAMES",
-                   help="also bench a generated 1920x1080 H.264 clip of FRAMES frames")
+                   help="also bench a generated 1920x1080 H.264 clip of about FRAMES frames (240 encoded, "
+                        "then repeated without re-encoding)")
     b.add_argument("--long", type=int, default=0, metavar="N",
                    help="also report peak memory for each input repeated N times")
     b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--scale-frames", type=int, default=16000, metavar="N",
+                   help="--suite scale: frames in each corpus (copies of the input)")
     b.add_argument("--max-frames", type=int, default=None, metavar="N")
     b.add_argument("--results", default=None, metavar="FILE", help="append the tables to this Markdown file")
     add_model_args(b)
@@ -85,20 +90,19 @@ def decode_only(inputs: list[str], cfg: Config, device: torch.device) -> int:
     frames = 0
     for item in FrameProducer(inputs, cfg.decoder, device, cfg.batch_size, workers=cfg.decoders,
                               threaded=cfg.overlap, max_frames=cfg.max_frames):
-        if isinstance(item, FrameBatch):
-            frames += len(item)
+        if isinstance(item, Chunk):
+            frames += len(item.batch)
     sync(device)
     return frames
 
 
 def candidates_per_frame(det: Detector, video: str) -> float:
-    """Mean number of (box, class) scores above the candidate threshold on the video's first batch."""
-    item = next(i for i in FrameProducer([video], det.config.decoder, det.device, det.batch_size,
-                                         threaded=False) if isinstance(i, FrameBatch))
+    """Mean number of (box, class) scores above the candidate threshold on the video's first frames."""
+    frames = next(PyAVSource(video, det.device, max_frames=det.batch_size).batches(det.batch_size)).frames
     with torch.inference_mode():
-        x = preprocess(item.frames, dtype=det.dtype, channels_last=det.channels_last)
+        x = preprocess(frames, dtype=det.dtype, channels_last=det.channels_last)
         _, scores = det.model(x)
-        return float((class_probs(scores)[:, 1:] > det.config.candidate_threshold).sum()) / len(item)
+        return float((class_probs(scores)[:, 1:] > det.config.candidate_threshold).sum()) / len(frames)
 
 
 def model_only(det: Detector, repeats: int) -> list[float]:
@@ -109,8 +113,6 @@ def model_only(det: Detector, repeats: int) -> list[float]:
 
     @torch.inference_mode()
     def step():
-        if det.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
         det.forward(x)
 
     if det.device.type == "cuda":
@@ -128,14 +130,22 @@ def end_to_end(det: Detector, video: str, outdir: Path) -> tuple[int, float]:
     return report.frames, dets / max(report.frames, 1)
 
 
-def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
+def bench_inputs(a: argparse.Namespace, tmp: Path) -> list[str]:
     inputs = list(a.inputs)
-    tmp = Path(tempfile.mkdtemp(prefix="vidpipe-bench-"))
     if a.synthetic_1080p:
-        inputs.append(str(make_clip(tmp / "synthetic-1080p.mp4", frames=a.synthetic_1080p, width=1920,
-                                    height=1080, gop=30, seed=1)))
+        clip = make_clip(tmp / "synthetic-1080p-240.mp4", frames=min(240, a.synthetic_1080p), width=1920,
+                         height=1080, gop=30, seed=1)
+        if a.synthetic_1080p > 240:
+            clip = repeat_clip(clip, tmp / "synthetic-1080p.mp4", -(-a.synthetic_1080p // 240))
+        inputs.append(str(clip))
     if not inputs:
         raise SystemExit("vidpipe bench: give a VIDEO or --synthetic-1080p FRAMES")
+    return inputs
+
+
+def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="vidpipe-bench-"))
+    inputs = bench_inputs(a, tmp)
     rows, notes = [], []
     for video in inputs:
         info = probe(video)
@@ -184,6 +194,49 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
                 f"channels_last {det.channels_last}, "
                 f"overlap {cfg.overlap}, weights {cfg.weights or 'NVIDIA COCO'}; median of {a.repeats} (± spread).")
     _emit(a, "vidpipe bench: pipeline", _table(header, rows), [cfg_note, *notes], det.device)
+
+
+def bench_scale(a: argparse.Namespace, cfg: Config) -> None:
+    """``vidpipe detect --devices`` on a corpus of copies of each input (about ``--scale-frames``
+    frames), with one GPU and with every GPU; one worker process per GPU."""
+    from .scale import BusyWindow, parse_devices, run_processes
+    from .weights import save_checkpoint
+
+    tmp = Path(tempfile.mkdtemp(prefix="vidpipe-bench-"))
+    devices = parse_devices("all")
+    rows = []
+    for video in bench_inputs(a, tmp):
+        info = probe(video)
+        weights = tmp / f"weights-{Path(video).stem}.pt"  # the workers load this very model
+        save_checkpoint(load_for_video(cfg, video), weights)
+        corpus = tmp / f"corpus-{Path(video).stem}"
+        corpus.mkdir()
+        targets = {}
+        for i in range(max(2 * len(devices), -(-a.scale_frames // max(info.num_frames, 1)))):
+            (corpus / f"{i}.mp4").symlink_to(Path(video).resolve())
+            targets[str(corpus / f"{i}.mp4")] = corpus / f"{i}.jsonl"
+        base = None
+        for devs in [devices[:1]] + ([devices] if len(devices) > 1 else []):
+            fps, walls = [], []
+            for _ in range(a.repeats):
+                window = BusyWindow(len(devs))
+                t0 = time.perf_counter()
+                report = run_processes(cfg.replace(weights=str(weights)), targets, "jsonl", devs, on_message=window)
+                walls.append(time.perf_counter() - t0)
+                if report.failed:
+                    raise RuntimeError(report.failed[0].error)
+                fps.append(window.fps)
+            base = base or median(fps)
+            rows.append([Path(video).name, f"{info.width}x{info.height}", str(len(devs)), f"{report.frames:,}",
+                         f"{median(walls):.1f}", f"{report.frames / median(walls):,.0f}",
+                         f"{median(fps):,.0f} (±{spread(fps):.0%})", f"{median(fps) / base:.2f}x"])
+    header = ["input", "size", "GPUs", "frames", "wall s (with start-up)", "frames/s over the wall time",
+              "frames/s, all GPUs busy", "speed-up"]
+    _emit(a, "vidpipe bench: one GPU vs all GPUs (worker processes)", _table(header, rows),
+          ["Each run: `vidpipe detect --devices ...` on the corpus, JSON Lines written, one worker process per "
+           f"GPU, median of {a.repeats}. 'All GPUs busy' counts frames from the moment every worker has "
+           "delivered frames (process start, model build and compile excluded) to the moment the first runs "
+           "out of work; the speed-up is taken on it."], torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def synthetic_outputs(n: int, per_image: int, device: torch.device, seed: int = 0
@@ -257,5 +310,6 @@ def main(a: argparse.Namespace) -> int:
     from .cli import config_from_args
 
     cfg = config_from_args(a, max_frames=a.max_frames)
-    {"pipeline": bench_pipeline, "postprocess": bench_postprocess, "model": bench_model}[a.suite](a, cfg)
+    suites = {"pipeline": bench_pipeline, "postprocess": bench_postprocess, "model": bench_model, "scale": bench_scale}
+    suites[a.suite](a, cfg)
     return 0

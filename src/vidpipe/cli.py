@@ -39,8 +39,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the model (auto = on for CUDA)")
-    g.add_argument("--cuda-graphs", action="store_true",
-                   help="with --compile: replay the model as CUDA graphs (fewer launches, less GIL)")
+    g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="launch every kernel from Python instead of replaying one captured graph per batch")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     g.add_argument("--decoder", choices=["auto", "nvdec", "pyav"], default="auto")
     g.add_argument("--decoders", type=int, default=0, metavar="N",

@@ -24,7 +24,7 @@ class Config:
     precision: Precision = "fp16"
     channels_last: bool = True
     compile: Literal["auto", "on", "off"] = "auto"
-    cuda_graphs: bool = False  # with compile: replay the model as CUDA graphs (no per-kernel launches)
+    cuda_graphs: bool = True  # CUDA: replay preprocess + model + post-processing as one captured graph
     normalize: Literal["imagenet", "symmetric"] = "imagenet"
     # data path
     device: str = "auto"

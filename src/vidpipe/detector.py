@@ -3,12 +3,18 @@
 In:  ``Tensor[N, 3, H, W]`` uint8 RGB frames on the detector's device.
 Out: :class:`~vidpipe.postprocess.Detections` on the same device, boxes in pixels of the
 original frame (x1, y1, x2, y2), issued asynchronously (nothing waits for the GPU).
+
+On CUDA the whole chain is captured once per frame size as a CUDA graph with static input and
+output buffers, so a batch costs one copy in, one replay and one copy out on the host: the
+issuing thread holds the GIL for well under a millisecond instead of the ~8 ms of launching a
+few hundred kernels one by one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -20,6 +26,7 @@ from .config import Config, resolve_device
 from .model import SSD300
 from .postprocess import Detections, ssd_decode_loop, ssd_decode_padded
 from .preprocess import INPUT_SIZE, preprocess
+from .sources import DEVICE_SETUP_LOCK
 from .profiling import nvtx_range
 from .weights import load_model
 
@@ -78,20 +85,20 @@ class Detector:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.compiled = config.compile == "on" or (config.compile == "auto" and not cpu)
-        self.cuda_graphs = self.compiled and config.cuda_graphs and not cpu
+        self.cuda_graphs = config.cuda_graphs and not cpu
         if self.compiled:
             _setup_compile_cache()
-            self.forward = torch.compile(model, dynamic=False,
-                                         mode="reduce-overhead" if self.cuda_graphs else None)
+            self.forward = torch.compile(model, dynamic=False)
         else:
             self.forward = model
         self.batch_size = config.batch_size
+        self._graphs: OrderedDict[tuple[int, int, int], _Graph] = OrderedDict()
 
     @torch.inference_mode()
     def infer(self, frames: torch.Tensor) -> Detections:
         """Detections for ``frames`` (uint8 ``[N, 3, H, W]`` on this device), boxes in pixels.
 
-        Compiled models see a fixed batch shape: a short batch is padded and the padding dropped.
+        On GPUs a short batch is padded to the batch size and the padding dropped.
         A CUDA out-of-memory error retries the batch in halves, and later batches stay smaller.
         """
         n = frames.shape[0]
@@ -99,27 +106,59 @@ class Detector:
             parts = [self.infer(f) for f in frames.split(self.batch_size)]
             return Detections(*(torch.cat(ts) for ts in zip(*(p.astuple() for p in parts))))
         try:
+            if self.cuda_graphs:
+                return self._replay(frames)
             return self._infer(frames)
         except torch.cuda.OutOfMemoryError:
             if n == 1:
                 raise
+            self._graphs.clear()
             torch.cuda.empty_cache()
             self.batch_size = max(1, n // 2)
             log.warning("CUDA out of memory at batch %d; retrying with batch size %d", n, self.batch_size)
             return self.infer(frames)
+
+    def _replay(self, frames: torch.Tensor) -> Detections:
+        n, _, h, w = frames.shape
+        key = (self.batch_size, h, w)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = self._capture(h, w)
+            while len(self._graphs) > MAX_GRAPHS:  # each holds its activations; keep the recent sizes
+                self._graphs.popitem(last=False)
+        if graph is EAGER:
+            return self._infer(frames)
+        self._graphs.move_to_end(key)
+        with nvtx_range("replay"):
+            graph.frames[:n].copy_(frames)
+            graph.graph.replay()
+        # Copies: the static outputs are overwritten by the next replay.
+        return Detections(*(t[:n].clone() for t in graph.out.astuple()))
+
+    def _capture(self, h: int, w: int) -> _Graph | object:
+        frames = torch.zeros(self.batch_size, 3, h, w, dtype=torch.uint8, device=self.device)
+        for attempt in range(3):
+            try:
+                return _Graph(self, frames)
+            except RuntimeError as e:  # e.g. a capture invalidated by another thread's CUDA call
+                error = e
+        log.warning("CUDA graph capture failed at %dx%d (%s); launching kernels one by one instead",
+                    w, h, str(error).splitlines()[0])
+        return EAGER
 
     def _infer(self, frames: torch.Tensor) -> Detections:
         n, _, h, w = frames.shape
         with nvtx_range("preprocess"):
             x = preprocess(frames, dtype=self.dtype, normalize=self.config.normalize,
                            channels_last=self.channels_last)
-            if self.compiled and n < self.batch_size:
+            # On GPUs every batch runs at the full size: compiled code and captured graphs need fixed
+            # shapes, and a frame's detections must not depend on how many frames share its batch
+            # (cuDNN picks kernels by batch size, and fp16 rounding follows).
+            if self.device.type != "cpu" and n < self.batch_size:
                 x = torch.cat([x, x.new_zeros(self.batch_size - n, 3, INPUT_SIZE, INPUT_SIZE)])
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
         with nvtx_range("inference"):
-            if self.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # the previous batch's outputs are consumed
             locs, scores = self.forward(x)
             locs, scores = locs[:n], scores[:n]
         with nvtx_range("postprocess"):
@@ -140,6 +179,30 @@ class Detector:
         from .engine import iter_results
 
         yield from iter_results(self, [str(path)])
+
+
+MAX_GRAPHS = 4  # frame sizes whose captured graph is kept
+EAGER = object()  # a frame size whose capture failed
+
+
+class _Graph:
+    """The detector's whole chain for one (batch, height, width), captured as a CUDA graph: fill
+    ``frames`` (the first rows; stale rows only cost compute), replay, read ``out``."""
+
+    def __init__(self, det: Detector, frames: torch.Tensor) -> None:
+        self.frames = frames
+        side = torch.cuda.Stream(det.device)
+        side.wait_stream(torch.cuda.current_stream(det.device))
+        with torch.cuda.stream(side):  # warm-up outside the capture: compilation, Triton, cuDNN
+            for _ in range(2):
+                det._infer(frames)
+        torch.cuda.current_stream(det.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # Decode threads keep running, but not through calls that would synchronise the device.
+        with DEVICE_SETUP_LOCK, torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.out = det._infer(frames)
+        log.info("captured the detector as a CUDA graph for batch %d at %dx%d", *frames.shape[:1],
+                 frames.shape[3], frames.shape[2])
 
 
 def pad_results(results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], d: int) -> Detections:

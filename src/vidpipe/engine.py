@@ -1,17 +1,21 @@
-"""Scheduling: decode ahead in threads, compute on a dedicated CUDA stream, write in a thread.
+"""Scheduling: decode ahead in threads, batch whatever is decoded, restore order on the results.
 
 Inputs go in as paths; out come, in input order, ``VideoStart``, :class:`BatchResult` (host
-detections of consecutive frames, ready once their event fires) and ``VideoEnd`` for each input.
+detections of consecutive frames of one input, ready once their event fires) and ``VideoEnd``.
 
 * Decoding runs in worker threads (PyNvVideoCodec and FFmpeg release the GIL). A file NVDEC
-  decodes is cut at keyframes into segments decoded in parallel; every unit has its own queue and
-  the consumer drains units in order, so frames come out exactly once, in order. At most
-  workers + 1 units are decoded ahead, each holding at most ``SEGMENT_BYTES / (workers + 1)``,
-  so memory is bounded however long the input.
-* The consumer only issues work: preprocess, model and post-processing are queued on one compute
-  stream, results go to pinned host memory with ``non_blocking`` copies and an event; nothing on
-  this path waits for the GPU.
-* The writer thread waits for each batch's event and serialises it.
+  decodes is cut at keyframes into units decoded in parallel, and several files are decoded at
+  once. Workers hand over chunks of at most ``CHUNK_BYTES`` of frames as they come.
+* The compute thread fills batches from whichever chunks are ready (a batch may span units and
+  files of one frame size), so the GPU never waits for the one worker holding the next frames in
+  order, and only a batch issued while the GPU would otherwise idle is short.
+* Order is restored on the results, which are small: detections of a unit are held until every
+  earlier unit has been emitted. At most ``4 x workers`` units are open, the chunk queue is
+  bounded and at most ``IN_FLIGHT`` batches are queued on the GPU, so host and GPU memory do not
+  grow with the length of the input.
+* The compute thread only issues work on its own CUDA stream (on CUDA one graph replay per batch,
+  see :class:`~vidpipe.detector.Detector`); results go to pinned host memory with ``non_blocking``
+  copies and an event. The writer thread waits for each batch's event and serialises it.
 
 With ``Config.overlap=False`` the same loop runs serially in the calling thread (the article's
 starting point): decode, infer, copy back and write one batch after another.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -38,9 +43,11 @@ from .sources import (FrameBatch, NvdecSource, PyAVSource, VideoInfo, is_stream_
 from .sinks import Sink
 
 log = logging.getLogger(__name__)
-_DONE = object()
-SEGMENT_BYTES = 8 << 30  # decoded frames that parallel NVDEC segments may hold ahead, all together
-SEGMENT_FRAMES = 128  # preferred segment length; cuts fall on the next keyframe
+DONE = object()  # FrameProducer.get: every input is decoded
+_STOP = object()
+CHUNK_BYTES = 32 << 20  # decoded frames handed over at once by a worker, at most
+IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it busy, bounds memory
+SEGMENT_FRAMES = 1024  # longest part of one file a worker decodes alone; cuts fall on keyframes
 
 
 @dataclass
@@ -71,20 +78,22 @@ class VideoEnd:
 
 @dataclass
 class BatchResult:
-    """Detections of ``len(indices)`` consecutive frames of ``info.path`` in host memory; valid
-    once ``event`` (if any) has completed."""
+    """Detections of ``len(indices)`` consecutive frames of ``info.path``: rows ``row ..`` of
+    ``det`` (a whole batch) in host memory; valid once ``event`` (if any) has completed."""
 
     info: VideoInfo
     indices: list[int]
     times: list[float]
     det: Detections
     event: torch.cuda.Event | None
+    row: int = 0
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """boxes, labels, scores, counts as NumPy views, once the copy has landed."""
+        """boxes, labels, scores, counts of these frames as NumPy views, once the copy has landed."""
         if self.event is not None:
             self.event.synchronize()
-        return tuple(t.numpy() for t in self.det.astuple())
+        rows = slice(self.row, self.row + len(self.indices))
+        return tuple(t[rows].numpy() for t in self.det.astuple())
 
     def frames(self) -> Iterator[FrameResult]:
         b, l, s, c = self.arrays()
@@ -93,10 +102,12 @@ class BatchResult:
                               b[i, :c[i]], l[i, :c[i]], s[i, :c[i]])
 
 
-@dataclass
-class _Unit:
-    """Frames ``[start, stop)`` of one input (``stop`` None = to the end), or a probe failure."""
+@dataclass(eq=False)
+class Unit:
+    """Frames ``[start, stop)`` (``stop`` None = to the end) of one input, the ``seq``-th unit in
+    input order; ``error`` when the input could not even be probed."""
 
+    seq: int
     info: VideoInfo | None
     path: str
     start: int = 0
@@ -104,14 +115,37 @@ class _Unit:
     first: bool = True
     last: bool = True
     error: str | None = None
-    out: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=4))
 
 
 @dataclass
-class _UnitEnd:
-    decoded: int
-    corrupt: int
-    error: str | None
+class Chunk:
+    """Consecutive frames of ``unit``; a unit's chunks come in frame order."""
+
+    unit: Unit
+    batch: FrameBatch
+
+
+@dataclass
+class UnitEnd:
+    """The end of ``unit``, after all its chunks: frames decoded, corrupt packets, error."""
+
+    unit: Unit
+    decoded: int = 0
+    corrupt: int = 0
+    error: str | None = None
+
+
+_STREAMS: dict[tuple[torch.device, object], torch.cuda.Stream] = {}
+
+
+def _stream(device: torch.device, role: object) -> torch.cuda.Stream:
+    """One stream per (device, role) for the process. The caching allocator keeps freed blocks per
+    stream, so a new stream per input (torch hands out 32 in turn) would cache a batch's worth of
+    frames on each of them: GB of reserved memory over a corpus."""
+    key = (device, role)
+    if key not in _STREAMS:
+        _STREAMS[key] = torch.cuda.Stream(device)
+    return _STREAMS[key]
 
 
 def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device) -> int:
@@ -121,11 +155,14 @@ def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device)
     if decoder != "nvdec":
         return 2
     pixels = info.width * info.height if info else 1920 * 1080
-    return 4 if pixels <= 640 * 480 else 8 if pixels <= 1920 * 1088 else 12
+    return 4 if pixels <= 640 * 480 else 12
 
 
 class FrameProducer:
-    """Decodes ``inputs`` in order; iterate for VideoStart / FrameBatch / VideoEnd items."""
+    """Decodes ``inputs``. :meth:`get` returns :class:`Chunk` and :class:`UnitEnd` items as the
+    decoders deliver them (in input order when not ``threaded``), then :data:`DONE`; every unit
+    ends with one UnitEnd after its chunks. A consumer calls :meth:`release` once it is done with
+    a unit; iterating releases each unit at its end (decode-only use)."""
 
     def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
@@ -142,27 +179,25 @@ class FrameProducer:
         self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
         self.stop = threading.Event()
         self._units: queue.Queue = queue.Queue()
-        self._order: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._local = threading.local()
+        self._started = False
+        self._serial_items: Iterator | None = None
 
     # planning ----------------------------------------------------------------------------------
-    def _plan(self, path: str) -> list[_Unit]:
-        """Cut a file NVDEC decodes into keyframe-aligned segments for parallel decode: about
-        two per worker, at least ``segment_min`` frames, and, so decoded frames held ahead stay
-        under ``SEGMENT_BYTES``, each unit's queue holds at most that many frames."""
+    def _plan(self, path: str) -> list[Unit]:
+        """Cut a file NVDEC decodes into keyframe-aligned units for parallel decode: about two per
+        worker, at least ``segment_min`` and at most about ``SEGMENT_FRAMES`` frames each."""
         try:
             info = probe(path)
         except VidpipeError as e:
-            return [_Unit(None, path, error=str(e))]
+            return [Unit(-1, None, path, error=str(e))]
         if self.decoder != "nvdec" or is_stream_url(path) or self.workers == 1:
-            return [_Unit(info, path, *(self.frames or (0, None)))]
+            return [Unit(-1, info, path, *(self.frames or (0, None)))]
         scan = scan_packets(path)
         lo, n = self.frames or (0, len(scan.times))
         n = min(n, len(scan.times), self.max_frames or n)
-        held = max(self.segment_min, SEGMENT_BYTES // ((self.workers + 1) * 3 * info.width * info.height))
-        # The same segment length for a short and a long file keeps memory independent of length.
-        target = max(self.segment_min, min(held, SEGMENT_FRAMES, -(-(n - lo) // (2 * self.workers))))
+        target = max(self.segment_min, min(SEGMENT_FRAMES, -(-(n - lo) // (2 * self.workers))))
         bounds = [lo]
         for k in scan.keyframes:
             if k >= n:
@@ -170,25 +205,29 @@ class FrameProducer:
             if k - bounds[-1] >= target:
                 bounds.append(k)
         bounds.append(n)
-        depth = -(-held // self.batch_size) + 1
-        return [_Unit(info, path, a, b, first=i == 0, last=i == len(bounds) - 2, out=queue.Queue(depth))
+        return [Unit(-1, info, path, a, b, first=i == 0, last=i == len(bounds) - 2)
                 for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
 
     def _planner(self) -> None:
+        seq = 0
         try:
             for path in self.inputs:
                 for unit in self._plan(path):
-                    if self.stop.is_set():
-                        return
-                    self._order.put(unit)
-                    self._units.put(unit)
+                    # At most `window` units open: what is held for ordering stays bounded.
+                    while not self._window.acquire(timeout=0.1):
+                        if self.stop.is_set():
+                            return
+                    unit.seq, seq = seq, seq + 1
+                    if unit.error is not None:
+                        self._put(UnitEnd(unit, error=unit.error))
+                    else:
+                        self._units.put(unit)
         finally:
-            self._order.put(_DONE)
             for _ in range(self.workers):
-                self._units.put(_DONE)
+                self._units.put(_STOP)
 
     # decoding ----------------------------------------------------------------------------------
-    def _source(self, unit: _Unit) -> PyAVSource | NvdecSource:
+    def _source(self, unit: Unit) -> PyAVSource | NvdecSource:
         cached = getattr(self._local, "source", None)
         if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
             return cached  # one NVDEC session per worker and file: segments seek instead of reopening
@@ -197,64 +236,101 @@ class FrameProducer:
         self._local.source = src
         return src
 
-    def _decode(self, unit: _Unit, put: Callable[[object], bool]) -> None:
+    def _chunk_frames(self, info: VideoInfo) -> int:
+        # Small enough to bound memory at 4K, several per batch so the first batch fills early.
+        return max(1, min(self.batch_size // 4, CHUNK_BYTES // (3 * info.width * info.height)))
+
+    def _decode(self, unit: Unit) -> Iterator[Chunk | UnitEnd]:
         decoded, corrupt, error = 0, 0, None
         try:
             src = self._source(unit)
-            for batch in src.batches(self.batch_size, unit.start, unit.stop):
+            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop):
                 if self.device.type == "cuda":
-                    # The batch must be complete before the decoder reuses its surfaces.
+                    # The chunk must be complete before the decoder reuses its surfaces.
                     torch.cuda.current_stream(self.device).synchronize()
                 decoded += len(batch)
-                if not put(batch):
-                    return
+                yield Chunk(unit, batch)
             corrupt = getattr(src, "corrupt_packets", 0)
         except VidpipeError as e:
             error = str(e)
         except Exception as e:  # a decoder failing mid-file must not take the other inputs down
             error = f"{unit.path}: decoding failed after {unit.start + decoded} frames ({type(e).__name__}: {e})"
-        put(_UnitEnd(decoded, corrupt, error))
+        yield UnitEnd(unit, decoded, corrupt, error)
 
     def _worker(self, slot: int) -> None:
         self._local.slot = slot
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            while not self.stop.is_set():
-                # At most workers + 1 units decoded ahead of the consumer: bounded memory.
-                while not self._in_flight.acquire(timeout=0.1):
-                    if self.stop.is_set():
-                        return
-                unit = self._units.get()
-                if unit is _DONE:
-                    return
-                if unit.error is not None:
-                    self._in_flight.release()  # the consumer releases only units it drains
-                    continue
-                self._decode(unit, lambda item, u=unit: self._put(u.out, item))
+        stream = _stream(self.device, ("decode", slot)) if self.device.type == "cuda" else None
+        try:
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                while (unit := self._units.get()) is not _STOP:
+                    for item in self._decode(unit):
+                        if not self._put(item):
+                            return
+        finally:
+            self._put(_STOP)
 
-    def _put(self, q: queue.Queue, item: object) -> bool:
+    def _put(self, item: object) -> bool:
         while not self.stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._ready.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
+    def _serial(self) -> Iterator[Chunk | UnitEnd]:
+        for seq, path in enumerate(self.inputs):
+            try:
+                unit = Unit(seq, probe(path), path, *(self.frames or (0, None)))
+            except VidpipeError as e:
+                yield UnitEnd(Unit(seq, None, path, error=str(e)), error=str(e))
+                continue
+            yield from self._decode(unit)
+
     # consuming ---------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[VideoStart | FrameBatch | VideoEnd]:
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
         if not self.threaded:
-            yield from self._serial()
+            self._serial_items = self._serial()
             return
         self.workers = self.workers or default_decoders(self._first_info(), self.decoder, self.device)
-        self._in_flight = threading.Semaphore(self.workers + 1)
+        self._window = threading.Semaphore(4 * self.workers)
+        self._ready = queue.Queue(maxsize=self.workers + 2)
+        self._live = self.workers
         self._threads = [threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True)]
         self._threads += [threading.Thread(target=self._worker, args=(i,), name=f"vidpipe-decode{i}",
                                            daemon=True) for i in range(self.workers)]
         for t in self._threads:
             t.start()
+
+    def get(self, timeout: float | None = None) -> Chunk | UnitEnd | object | None:
+        """The next decoded item, :data:`DONE` after the last, None if nothing came in ``timeout`` s."""
+        self.start()
+        if self._serial_items is not None:
+            return next(self._serial_items, DONE)
+        while self._live:
+            try:
+                item = self._ready.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            if item is not _STOP:
+                return item
+            self._live -= 1
+        return DONE
+
+    def release(self) -> None:
+        """The consumer is done with one unit: another may be opened."""
+        if self.threaded:
+            self._window.release()
+
+    def __iter__(self) -> Iterator[Chunk | UnitEnd]:
         try:
-            yield from self._ordered()
+            while (item := self.get()) is not DONE:
+                if isinstance(item, UnitEnd):
+                    self.release()
+                yield item
         finally:
             self.close()
 
@@ -266,107 +342,100 @@ class FrameProducer:
                 return None
         return None
 
-    def _ordered(self) -> Iterator[VideoStart | FrameBatch | VideoEnd]:
-        end = VideoEnd("")
-        rebatch = _Rebatcher(self.batch_size)
-        while True:
-            unit = self._order.get()
-            if unit is _DONE:
-                return
-            if unit.error is not None:
-                yield VideoEnd(unit.path, error=unit.error, fatal=True)
-                continue
-            if unit.first:
-                yield VideoStart(unit.info)
-                end = VideoEnd(unit.path, expected=self._expected(unit.info))
-            while True:
-                item = unit.out.get()
-                if isinstance(item, _UnitEnd):
-                    break
-                if not end.fatal:  # after a failed segment, the rest of its file is dropped
-                    yield from rebatch.push(item)
-            self._in_flight.release()
-            if end.fatal:
-                continue
-            end.decoded += item.decoded
-            end.corrupt_packets += item.corrupt
-            if item.error is not None:
-                end.error, end.fatal = item.error, True
-            if unit.last or end.fatal:
-                yield from rebatch.flush()
-                end.error = end.error or self._loss_error(end)
-                yield end
-
-    def _serial(self) -> Iterator[VideoStart | FrameBatch | VideoEnd]:
-        for path in self.inputs:
-            try:
-                src = self._source(_Unit(probe(path), path))
-            except VidpipeError as e:
-                yield VideoEnd(path, error=str(e), fatal=True)
-                continue
-            except Exception as e:
-                yield VideoEnd(path, error=f"{path}: cannot open ({type(e).__name__}: {e})", fatal=True)
-                continue
-            yield VideoStart(src.info)
-            end = VideoEnd(path, expected=self._expected(src.info))
-            try:
-                for batch in src.batches(self.batch_size, *(self.frames or (0, None))):
-                    end.decoded += len(batch)
-                    yield batch
-                end.corrupt_packets = getattr(src, "corrupt_packets", 0)
-                end.error = self._loss_error(end)
-            except Exception as e:
-                end.error = f"{path}: decoding failed after {end.decoded} frames ({type(e).__name__}: {e})"
-                end.fatal = True
-            yield end
-
-    def _expected(self, info: VideoInfo) -> int:
-        n = info.num_frames if self.max_frames is None else min(info.num_frames, self.max_frames)
-        return n if self.frames is None else max(0, min(n, self.frames[1]) - self.frames[0])
-
-    @staticmethod
-    def _loss_error(end: VideoEnd) -> str | None:
-        if end.lost or end.corrupt_packets:
-            return (f"{end.path}: damaged: decoded {end.decoded} of {end.expected} frames "
-                    f"({end.lost} lost, {end.corrupt_packets} corrupt packets skipped)")
-        return None
-
     def close(self) -> None:
         self.stop.set()
         for t in self._threads:
             t.join(timeout=5)
 
 
-class _Rebatcher:
-    """Regroups decoded chunks of one file into batches of exactly ``size`` frames (the last may
-    be short), so segment borders cost no padding."""
+@dataclass
+class _Piece:
+    unit: Unit
+    batch: FrameBatch
+
+
+class _Batcher:
+    """Packs chunks into batches of ``size`` frames of one frame size, remembering which rows
+    belong to which unit."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.parts: list[FrameBatch] = []
-        self.count = 0
+        self.open: dict[tuple[int, int], list[_Piece]] = {}
 
-    def push(self, chunk: FrameBatch) -> Iterator[FrameBatch]:
-        if not self.parts and len(chunk) == self.size:
-            yield chunk
+    def add(self, chunk: Chunk) -> Iterator[list[_Piece]]:
+        """Full batches completed by ``chunk``."""
+        key = tuple(chunk.batch.frames.shape[-2:])
+        rest = chunk.batch
+        while len(rest):
+            pieces = self.open.setdefault(key, [])
+            room = self.size - sum(len(p.batch) for p in pieces)
+            head, rest = rest.split(room)
+            pieces.append(_Piece(chunk.unit, head))
+            if len(head) == room:
+                yield self.open.pop(key)
+
+    def partial(self) -> list[list[_Piece]]:
+        """Every batch not yet full, taken out."""
+        batches, self.open = list(self.open.values()), {}
+        return batches
+
+
+class _Orderer:
+    """Restores input order: results and ends of units arrive in any order (a unit's own results
+    in frame order); a unit's are emitted once every earlier unit's are, and ``release`` is called
+    per emitted unit. Segments of one file make one VideoStart ... VideoEnd."""
+
+    def __init__(self, release: Callable[[], None], expected: Callable[[VideoInfo], int]) -> None:
+        self.release, self.expected = release, expected
+        self.units: dict[int, dict] = {}
+        self.head = 0
+        self.file = VideoEnd("")
+        self.dropping = False  # the rest of a file whose decoding broke off
+
+    def _state(self, unit: Unit) -> dict:
+        return self.units.setdefault(unit.seq, dict(unit=unit, results=[], received=0, end=None, started=False))
+
+    def add(self, unit: Unit, result: BatchResult) -> None:
+        st = self._state(unit)
+        st["results"].append(result)
+        st["received"] += len(result.indices)
+
+    def end(self, item: UnitEnd) -> None:
+        self._state(item.unit)["end"] = item
+
+    def ready(self) -> Iterator[VideoStart | BatchResult | VideoEnd]:
+        while (st := self.units.get(self.head)) is not None:
+            unit, end = st["unit"], st["end"]
+            if unit.info is not None and unit.first and not st["started"]:
+                st["started"], self.dropping = True, False
+                self.file = VideoEnd(unit.path, expected=self.expected(unit.info))
+                yield VideoStart(unit.info)
+            results, st["results"] = st["results"], []
+            if not self.dropping:
+                yield from results
+            if end is None or st["received"] < end.decoded:
+                return
+            del self.units[self.head]
+            self.head += 1
+            self.release()
+            yield from self._close(end)
+
+    def _close(self, end: UnitEnd) -> Iterator[VideoEnd]:
+        if end.unit.info is None:
+            yield VideoEnd(end.unit.path, error=end.error, fatal=True)
             return
-        self.parts.append(chunk)
-        self.count += len(chunk)
-        while self.count >= self.size:
-            yield self._take(self.size)
-
-    def flush(self) -> Iterator[FrameBatch]:
-        if self.count:
-            yield self._take(self.count)
-
-    def _take(self, n: int) -> FrameBatch:
-        frames = torch.cat([p.frames for p in self.parts])
-        indices = [i for p in self.parts for i in p.indices]
-        times = [t for p in self.parts for t in p.times]
-        video = self.parts[0].video
-        rest = FrameBatch(video, frames[n:], indices[n:], times[n:])
-        self.parts, self.count = ([rest], len(rest)) if len(rest) else ([], 0)
-        return FrameBatch(video, frames[:n], indices[:n], times[:n])
+        if self.dropping:
+            return
+        f = self.file
+        f.decoded += end.decoded
+        f.corrupt_packets += end.corrupt
+        if end.error is not None:
+            f.error, f.fatal, self.dropping = end.error, True, True
+        if end.unit.last or f.fatal:
+            if f.error is None and (f.lost or f.corrupt_packets):
+                f.error = (f"{f.path}: damaged: decoded {f.decoded} of {f.expected} frames "
+                           f"({f.lost} lost, {f.corrupt_packets} corrupt packets skipped)")
+            yield f
 
 
 def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | None = None
@@ -377,27 +446,62 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
     cuda = detector.device.type == "cuda"
     producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
                              workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames, frames=frames)
-    compute = torch.cuda.Stream(detector.device) if cuda and cfg.overlap else None
-    info: VideoInfo | None = None
+
+    def expected(info: VideoInfo) -> int:
+        n = info.num_frames if cfg.max_frames is None else min(info.num_frames, cfg.max_frames)
+        return n if frames is None else max(0, min(n, frames[1]) - frames[0])
+
+    order = _Orderer(producer.release, expected)
+    batcher = _Batcher(detector.batch_size)
+    compute = _stream(detector.device, "compute") if cuda and cfg.overlap else None
+    issued: deque[torch.cuda.Event] = deque()  # batches on the GPU, oldest first
+
+    def launch(pieces: list[_Piece]) -> None:
+        event = None
+        with nvtx_range("batch"):
+            if len(issued) == IN_FLIGHT:  # the GPU is far enough ahead; frames wait in the queues
+                issued.popleft().synchronize()
+            parts = [p.batch.frames for p in pieces]
+            if compute is not None:
+                for t in parts:
+                    t.record_stream(compute)
+            det = detector.infer(parts[0] if len(parts) == 1 else torch.cat(parts))
+            if compute is not None:
+                host = det.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                issued.append(event)
+            else:
+                host = det.to("cpu")
+        row = 0
+        for p in pieces:
+            order.add(p.unit, BatchResult(p.unit.info, p.batch.indices, p.batch.times, host, event, row))
+            row += len(p.batch)
+
     try:
         with torch.cuda.stream(compute) if compute is not None else nullcontext():
-            for item in producer:
-                if isinstance(item, FrameBatch):
-                    with nvtx_range("batch"):
-                        if compute is not None:
-                            item.frames.record_stream(compute)
-                        det = detector.infer(item.frames)
-                        if compute is not None:
-                            host = det.to("cpu", non_blocking=True)
-                            event = torch.cuda.Event()
-                            event.record()
-                        else:
-                            host, event = det.to("cpu"), None
-                    yield BatchResult(info, item.indices, item.times, host, event)
+            while True:
+                waiting = any(batcher.open.values())
+                item = producer.get(timeout=0.001 if waiting else None)
+                if item is None:
+                    # Nothing decoded for a moment: a short batch is better than an idle GPU.
+                    if not issued or issued[-1].query():
+                        for pieces in batcher.partial():
+                            launch(pieces)
+                elif item is DONE:
+                    break
+                elif isinstance(item, Chunk):
+                    for pieces in batcher.add(item):
+                        launch(pieces)
                 else:
-                    if isinstance(item, VideoStart):
-                        info = item.info
-                    yield item
+                    if not cfg.overlap:  # the serial loop finishes each input before the next
+                        for pieces in batcher.partial():
+                            launch(pieces)
+                    order.end(item)
+                yield from order.ready()
+            for pieces in batcher.partial():
+                launch(pieces)
+            yield from order.ready()
     finally:
         producer.close()
 
@@ -457,7 +561,7 @@ class _Writer:
     def _loop(self) -> None:
         while True:
             item = self.q.get()
-            if item is _DONE:
+            if item is _STOP:
                 return
             try:
                 self._handle(item)
@@ -493,7 +597,7 @@ class _Writer:
     def finish(self, ok: bool) -> RunReport:
         if self.q is not None:
             if ok:
-                self.q.put(_DONE)
+                self.q.put(_STOP)
                 self.thread.join()
             else:
                 self._drain()
@@ -507,7 +611,7 @@ class _Writer:
         # Interrupted: stop after whatever is queued, never block on a full queue.
         while self.thread.is_alive():
             try:
-                self.q.put(_DONE, timeout=0.1)
+                self.q.put(_STOP, timeout=0.1)
                 break
             except queue.Full:
                 try:

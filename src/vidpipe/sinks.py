@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -59,20 +61,28 @@ class JsonlSink(_AtomicFile):
 
     def __init__(self, path: str | os.PathLike, video: str, width: int, height: int) -> None:
         super().__init__(path)
-        self.head = f'{{"video": {json.dumps(video)}, "frame": '
-        self.size = f', "width": {width}, "height": {height}, "detections": ['
+        name = json.dumps(video).replace("%", "%%")  # the line is a "%" template
+        self.head = (f'{{"video": {name}, "frame": %d, "time": %.6f, "width": {width}, "height": {height}, '
+                     '"detections": [')
 
     def write(self, indices, times, boxes, labels, scores, counts) -> None:
-        lines = []
-        for i, (frame, t, c) in enumerate(zip(indices, times, counts.tolist())):
-            dets = ", ".join(
-                f'{{"box": [{b[0]:.2f}, {b[1]:.2f}, {b[2]:.2f}, {b[3]:.2f}], "score": {s:.5f}, '
-                f'"class_id": {lab}, "class_name": {_NAMES_JSON[lab]}}}'
-                for b, lab, s in zip(boxes[i, :c].tolist(), labels[i, :c].tolist(), scores[i, :c].tolist())
-            )
-            lines.append(f'{self.head}{frame}, "time": {t:.6f}{self.size}{dets}]}}\n')
-        self.file.write("".join(lines))
+        # One C-level format call for the whole batch: the writer thread holds the GIL briefly.
+        counts = counts.tolist()
+        valid = np.arange(boxes.shape[1]) < np.asarray(counts)[:, None]
+        b, s, lab = boxes[valid], scores[valid], labels[valid].tolist()
+        dets = zip(*b.T.tolist(), s.tolist(), lab, [_NAMES_JSON[x] for x in lab])
+        values: list = []
+        for frame, t, c in zip(indices, times, counts):
+            values += (frame, t)
+            values += chain.from_iterable(next(dets) for _ in range(c))
+        self.file.write("".join(self.head + _dets_template(c) for c in counts) % tuple(values))
         self.frames += len(indices)
+
+
+@lru_cache(maxsize=None)
+def _dets_template(c: int) -> str:
+    det = '{"box": [%.2f, %.2f, %.2f, %.2f], "score": %.5f, "class_id": %d, "class_name": %s}'
+    return ", ".join([det] * c) + "]}\n"
 
 
 class CocoSink(_AtomicFile):

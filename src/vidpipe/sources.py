@@ -75,6 +75,11 @@ class FrameBatch:
     def __len__(self) -> int:
         return self.frames.shape[0]
 
+    def split(self, n: int) -> tuple[FrameBatch, FrameBatch]:
+        """The first ``n`` frames and the rest (views, no copy)."""
+        return (FrameBatch(self.video, self.frames[:n], self.indices[:n], self.times[:n]),
+                FrameBatch(self.video, self.frames[n:], self.indices[n:], self.times[n:]))
+
     def __repr__(self) -> str:
         return (f"FrameBatch(video={self.video!r}, frames={tuple(self.frames.shape)} {self.frames.device}, "
                 f"indices={self.indices[:1]}..{self.indices[-1:]})")
@@ -297,36 +302,45 @@ class PyAVSource:
         return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
 
 
-_DECODERS: dict[tuple[int, int], object] = {}
+_DECODERS: dict[tuple[int, int], tuple[object, torch.cuda.Stream]] = {}
 _DECODERS_LOCK = threading.Lock()
+# Held around NVDEC calls that may synchronise the whole device (creating, re-pointing, seeking a
+# session) and by the detector while it captures a CUDA graph, which such a call would invalidate.
+DEVICE_SETUP_LOCK = threading.Lock()
 
 
 def _nvdec_session(path: str, gpu: int, slot: int | None):
-    """A SimpleDecoder for ``path``. With a ``slot``, sessions are kept per (GPU, slot) for the
-    process and re-pointed at new files (``reconfigure_decoder``, a few ms) instead of created
-    anew: a new session costs ~100 ms and creations do not run in parallel."""
+    """A SimpleDecoder for ``path`` and the stream its conversion kernels run on. With a ``slot``,
+    sessions are kept per (GPU, slot) for the process and re-pointed at new files
+    (``reconfigure_decoder``, a few ms) instead of created anew: a new session costs ~100 ms and
+    creations do not run in parallel. The stream has high priority: its small per-frame kernels
+    then run between the model's instead of queueing behind them."""
     import PyNvVideoCodec as nvc
 
-    def create():
-        return nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True,
-                                 output_color_type=nvc.OutputColorType.RGBP)
+    def create(stream: torch.cuda.Stream):
+        with DEVICE_SETUP_LOCK:
+            return nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True, cuda_stream=stream.cuda_stream,
+                                     output_color_type=nvc.OutputColorType.RGBP)
 
     if slot is None:
-        return create()
+        stream = torch.cuda.Stream(gpu, priority=-1)
+        return create(stream), stream
     with _DECODERS_LOCK:
-        dec = _DECODERS.pop((gpu, slot), None)
+        dec, stream = _DECODERS.pop((gpu, slot), (None, None))
+    stream = stream or torch.cuda.Stream(gpu, priority=-1)
     try:
         if dec is not None:
-            dec.reconfigure_decoder(path)
+            with DEVICE_SETUP_LOCK:
+                dec.reconfigure_decoder(path)
             if len(dec) == 0:
                 raise RuntimeError("empty stream after reconfigure")
         else:
-            dec = create()
+            dec = create(stream)
     except Exception:
-        dec = create()
+        dec = create(stream)
     with _DECODERS_LOCK:
-        _DECODERS[(gpu, slot)] = dec
-    return dec
+        _DECODERS[(gpu, slot)] = dec, stream
+    return dec, stream
 
 
 class NvdecSource:
@@ -343,7 +357,7 @@ class NvdecSource:
             raise VidpipeError("the nvdec decoder needs a CUDA device")
         gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
         try:
-            self._dec = _nvdec_session(self.info.path, gpu, slot)
+            self._dec, self.stream = _nvdec_session(self.info.path, gpu, slot)
         except Exception as e:
             raise VidpipeError(f"{self.info.path}: NVDEC cannot decode this stream ({e})") from None
         # Frame times come from the container: NVDEC's own timestamps are decode-ordered for
@@ -358,15 +372,19 @@ class NvdecSource:
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[FrameBatch]:
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
         if start != self._next:
-            self._dec.seek_to_index(start)
+            with DEVICE_SETUP_LOCK:
+                self._dec.seek_to_index(start)
         pos = start
         while pos < stop:
-            with nvtx_range("decode"):
+            with nvtx_range("decode"), torch.cuda.stream(self.stream):
                 frames = self._dec.get_batch_frames(min(batch_size, stop - pos))
                 if not frames:
                     break
                 # The stack copies out of the decoder's surface pool, which the next call reuses.
-                batch = torch.stack([torch.from_dlpack(f) for f in frames])
+                # Capsules are asked for directly: torch.from_dlpack(frame) first tries keyword
+                # arguments this producer rejects, and each TypeError costs the GIL, per frame.
+                batch = torch.stack([torch.from_dlpack(f.__dlpack__(stream=self.stream.cuda_stream)) for f in frames])
+                self.stream.synchronize()
             n = len(frames)
             self.decoded += n
             self._next = pos + n
