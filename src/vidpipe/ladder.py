@@ -39,7 +39,7 @@ class Rung:
 RUNGS = [
     Rung("0 baseline", "frame at a time, fp32, CPU decode, per-box loop reading GPU tensors",
          dict(batch_size=1, precision="fp32", channels_last=False, compile="off", decoder="pyav",
-              overlap=False, postprocess="loop_device"), slow=True),
+              overlap=False, postprocess="loop_device", cuda_graphs=False), slow=True),
     Rung("1 host copy", "the loop on outputs copied to the host once", dict(postprocess="loop_host"), slow=True),
     Rung("2 GPU post-processing", "batched decode + NMS on the GPU (ssd_decode)", dict(postprocess="gpu")),
     Rung("3 batch 4", "batches of 4 frames", dict(batch_size=4)),
@@ -48,9 +48,10 @@ RUNGS = [
     Rung("5 NVDEC", "hardware decode straight into GPU tensors", dict(decoder="nvdec"), needs="nvdec"),
     Rung("6 overlap", "decode threads, compute stream, async copies, writer thread", dict(overlap=True),
          needs="cuda"),
-    Rung("7 beyond", "torch.compile, channels_last, batch 64, parallel decoders",
-         dict(compile="on", channels_last=True, batch_size=64, decoders=0), needs="cuda"),
-    Rung("8 all GPUs", "one worker process per GPU", dict(), needs="multi-gpu"),
+    Rung("7 beyond", "torch.compile, channels_last, batch 64, parallel decoders, one CUDA graph per batch",
+         dict(compile="on", channels_last=True, batch_size=64, decoders=0, cuda_graphs=True), needs="cuda"),
+    Rung("8 all GPUs", "one worker process per GPU on the input repeated (frames/s while all are busy)", dict(),
+         needs="multi-gpu"),
 ]
 
 
@@ -65,6 +66,8 @@ def add_ladder_parser(sub) -> None:
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="frames timed for the other rungs")
     p.add_argument("--compare-frames", type=int, default=32, metavar="N",
                    help="leading frames whose detections are compared with rung 2")
+    p.add_argument("--scale-repeat", type=int, default=10, metavar="N",
+                   help="rung 8 runs on the input repeated N times, so every GPU gets a real share")
     p.add_argument("--gil", action="store_true", help="measure GIL load per rung")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write a PyTorch profiler trace (Chrome/Perfetto JSON) of the last rung's first batches")
@@ -114,21 +117,22 @@ def skip_reason(rung: Rung) -> str | None:
     return None
 
 
-def all_gpus(cfg: Config, model, video: str, tmp: Path, keep: int) -> tuple[int, float, list]:
-    """Rung 8: one worker process per GPU, the file shared out in keyframe-aligned parts. Wall
-    time includes starting the processes and compiling in each. Returns (frames, seconds, the
-    first ``keep`` frames' detections)."""
-    from .scale import parse_devices, run_processes
+def all_gpus(cfg: Config, model, video: str, tmp: Path, keep: int, repeat: int) -> tuple[int, float, list]:
+    """Rung 8: one worker process per GPU on the input remuxed ``repeat`` times, shared out in
+    keyframe-aligned parts. Returns (frames, frames/s while every GPU is busy -- process start and
+    compile excluded, see :class:`~vidpipe.scale.BusyWindow` --, the first ``keep`` frames' detections)."""
+    from .scale import BusyWindow, parse_devices, run_processes
+    from .synth import repeat_clip
     from .weights import save_checkpoint
 
     weights = tmp / "ladder-weights.pt"  # the workers load this very model
     save_checkpoint(model, weights)
     devices = parse_devices("all")
-    n = probe(video).num_frames
-    t0 = time.perf_counter()
-    report = run_processes(cfg.replace(weights=str(weights)), {video: tmp / "all.jsonl"}, "jsonl", devices,
-                           split_frames=max(64, n // (2 * len(devices))))
-    seconds = time.perf_counter() - t0
+    long = str(repeat_clip(video, tmp / "rung8.mp4", repeat)) if repeat > 1 else video
+    n = probe(long).num_frames
+    window = BusyWindow(len(devices))
+    report = run_processes(cfg.replace(weights=str(weights)), {long: tmp / "all.jsonl"}, "jsonl", devices,
+                           split_frames=max(64, n // (2 * len(devices))), on_message=window)
     store = []
     with open(tmp / "all.jsonl") as f:
         for line, _ in zip(f, range(keep)):
@@ -136,7 +140,7 @@ def all_gpus(cfg: Config, model, video: str, tmp: Path, keep: int) -> tuple[int,
             store.append((np.array([d["box"] for d in dets], np.float32).reshape(-1, 4),
                           np.array([d["class_id"] for d in dets], np.int64),
                           np.array([d["score"] for d in dets], np.float32)))
-    return report.frames, seconds, store
+    return report.frames, window.fps, store
 
 
 def main(a: argparse.Namespace) -> int:
@@ -165,8 +169,8 @@ def main(a: argparse.Namespace) -> int:
         gil = GilLoad() if a.gil else None
         if rung.needs == "multi-gpu":
             with gil or nullcontext():
-                frames, seconds, store = all_gpus(rc, model, video, tmp, a.compare_frames)
-            rows.append(_row(rung, frames, frames / seconds, prev_fps, base_fps, cands, store, reference, gil))
+                frames, fps, store = all_gpus(rc, model, video, tmp, a.compare_frames, a.scale_repeat)
+            rows.append(_row(rung, frames, fps, prev_fps, base_fps, cands, store, reference, gil))
             continue
         det = Detector(rc, model=model)
         if det.compiled:  # compile outside the timed run

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -71,28 +73,40 @@ def plan_tasks(targets: dict[str, Path], workers: int, split_frames: int) -> lis
     return tasks
 
 
-def _worker(device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Queue) -> None:
+def _only_gpu(device: str) -> str:
+    """Make ``cuda:N`` the only GPU this (not yet CUDA-initialised) process sees and return its new
+    name, ``cuda:0``: nothing in the worker -- a library defaulting to the current device, a
+    stray context -- can then land on another worker's GPU and time-slice with it."""
+    if not device.startswith("cuda:"):
+        return device
+    index = int(device.split(":")[1])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    return "cuda:0"
+
+
+def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Queue) -> None:
     from .detector import Detector
 
     logging.basicConfig(level=logging.WARNING, format="vidpipe: %(message)s")
     try:
-        det = Detector(Config(**{**config, "device": device}))
+        det = Detector(Config(**{**config, "device": _only_gpu(device)}))
     except Exception as e:  # a worker that cannot start gives its inputs back to the others
-        results.put(("dead", device, f"{type(e).__name__}: {e}"))
+        results.put(("dead", worker, f"{type(e).__name__}: {e}"))
         return
     while True:
         task = tasks.get()
         if task is None:
-            results.put(("done", device, None))
+            results.put(("done", worker, None))
             return
         path, target, frames, part, parts = task
         try:
             ends = _detect_file(det, path, target, fmt, frames=frames,
-                                on_frames=lambda n: results.put(("frames", device, n)))
+                                on_frames=lambda n: results.put(("frames", worker, n)))
         except Exception as e:
             ends = [VideoEnd(path, error=f"{path}: worker on {device} failed ({type(e).__name__}: {e})", fatal=True)]
         for end in ends:
-            results.put(("video", device, (asdict(end), target, part, parts)))
+            results.put(("video", worker, (asdict(end), target, part, parts)))
 
 
 def _merge_parts(fmt: str, target: Path, parts: list[tuple[VideoEnd, str]]) -> VideoEnd:
@@ -109,11 +123,45 @@ def _merge_parts(fmt: str, target: Path, parts: list[tuple[VideoEnd, str]]) -> V
     return end
 
 
+class BusyWindow:
+    """Frames/s while every worker is busy, from the worker processes' messages: from the moment
+    each has delivered frames (process start, model build and compile excluded) to the moment the
+    first one runs out of work (the tail, where some GPUs idle, excluded)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.started: set[int] = set()
+        self.t0: float | None = None
+        self.t1: float | None = None
+        self.frames = 0
+
+    def __call__(self, kind: str, worker: int, payload: object) -> None:
+        now = time.perf_counter()
+        if kind == "frames" and self.t0 is None:
+            self.started.add(worker)
+            if len(self.started) == self.workers:
+                self.t0 = now
+        elif kind == "frames" and self.t1 is None:
+            self.frames += payload
+        elif kind in ("done", "dead") and self.t0 is not None and self.t1 is None:
+            self.t1 = now
+
+    @property
+    def fps(self) -> float:
+        return self.frames / (self.t1 - self.t0) if self.t0 is not None and self.t1 and self.t1 > self.t0 else 0.0
+
+    @property
+    def seconds(self) -> float:
+        return (self.t1 or 0.0) - (self.t0 or 0.0)
+
+
 def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: list[str], per_device: int = 1,
                   on_frames: Callable[[int], None] | None = None,
-                  on_video: Callable[[VideoEnd], None] | None = None, split_frames: int = 4096) -> RunReport:
+                  on_video: Callable[[VideoEnd], None] | None = None, split_frames: int = 4096,
+                  on_message: Callable[[str, int, object], None] | None = None) -> RunReport:
     """Detect every input of ``targets`` with ``per_device`` worker processes on each device;
-    files of at least 2 x ``split_frames`` frames are shared out in parts and joined back."""
+    files of at least 2 x ``split_frames`` frames are shared out in parts and joined back.
+    ``on_message(kind, worker, payload)`` sees every worker message (e.g. a :class:`BusyWindow`)."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     tasks, results = ctx.Queue(), ctx.Queue()
     workers = [d for d in devices for _ in range(per_device)]
@@ -122,7 +170,8 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     for _ in workers:
         tasks.put(None)
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
-    procs = [ctx.Process(target=_worker, args=(d, cfg, fmt, tasks, results), daemon=True) for d in workers]
+    procs = [ctx.Process(target=_worker, args=(i, d, cfg, fmt, tasks, results), daemon=True)
+             for i, d in enumerate(workers)]
     for p in procs:
         p.start()
     report, running = RunReport(), len(procs)
@@ -130,11 +179,13 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     try:
         while running:
             try:
-                kind, device, payload = results.get(timeout=1.0)
+                kind, worker, payload = results.get(timeout=1.0)
             except queue.Empty:
                 if not any(p.is_alive() for p in procs):
                     break
                 continue
+            if on_message:
+                on_message(kind, worker, payload)
             if kind == "frames":
                 report.frames += payload
                 if on_frames:
@@ -154,7 +205,7 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
             else:
                 running -= 1
                 if kind == "dead":
-                    log.error("worker on %s could not start: %s", device, payload)
+                    log.error("worker on %s could not start: %s", workers[worker], payload)
     finally:
         for p in procs:
             p.join(timeout=5)
