@@ -137,7 +137,7 @@ class Detector:
 
     def _capture(self, h: int, w: int) -> _Graph | object:
         frames = torch.zeros(self.batch_size, 3, h, w, dtype=torch.uint8, device=self.device)
-        for attempt in range(3):
+        for _ in range(3):
             try:
                 return _Graph(self, frames)
             except RuntimeError as e:  # e.g. a capture invalidated by another thread's CUDA call

@@ -380,6 +380,17 @@ class _Batcher:
         return batches
 
 
+@dataclass
+class _Held:
+    """What the orderer holds of one unit: results not yet emitted, frames received, its end."""
+
+    unit: Unit
+    results: list[BatchResult] = field(default_factory=list)
+    received: int = 0
+    end: UnitEnd | None = None
+    started: bool = False
+
+
 class _Orderer:
     """Restores input order: results and ends of units arrive in any order (a unit's own results
     in frame order); a unit's are emitted once every earlier unit's are, and ``release`` is called
@@ -387,33 +398,33 @@ class _Orderer:
 
     def __init__(self, release: Callable[[], None], expected: Callable[[VideoInfo], int]) -> None:
         self.release, self.expected = release, expected
-        self.units: dict[int, dict] = {}
+        self.units: dict[int, _Held] = {}
         self.head = 0
         self.file = VideoEnd("")
         self.dropping = False  # the rest of a file whose decoding broke off
 
-    def _state(self, unit: Unit) -> dict:
-        return self.units.setdefault(unit.seq, dict(unit=unit, results=[], received=0, end=None, started=False))
+    def _held(self, unit: Unit) -> _Held:
+        return self.units.setdefault(unit.seq, _Held(unit))
 
     def add(self, unit: Unit, result: BatchResult) -> None:
-        st = self._state(unit)
-        st["results"].append(result)
-        st["received"] += len(result.indices)
+        held = self._held(unit)
+        held.results.append(result)
+        held.received += len(result.indices)
 
     def end(self, item: UnitEnd) -> None:
-        self._state(item.unit)["end"] = item
+        self._held(item.unit).end = item
 
     def ready(self) -> Iterator[VideoStart | BatchResult | VideoEnd]:
-        while (st := self.units.get(self.head)) is not None:
-            unit, end = st["unit"], st["end"]
-            if unit.info is not None and unit.first and not st["started"]:
-                st["started"], self.dropping = True, False
+        while (held := self.units.get(self.head)) is not None:
+            unit, end = held.unit, held.end
+            if unit.info is not None and unit.first and not held.started:
+                held.started, self.dropping = True, False
                 self.file = VideoEnd(unit.path, expected=self.expected(unit.info))
                 yield VideoStart(unit.info)
-            results, st["results"] = st["results"], []
+            results, held.results = held.results, []
             if not self.dropping:
                 yield from results
-            if end is None or st["received"] < end.decoded:
+            if end is None or held.received < end.decoded:
                 return
             del self.units[self.head]
             self.head += 1
