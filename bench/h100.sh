@@ -10,13 +10,17 @@ V="python3 -m vidpipe.cli"
 nvidia-smi --query-gpu=name,driver_version,utilization.gpu,memory.used --format=csv > "$OUT/gpu.txt"
 
 timeout ${TESTS_S:-120} python3 -m pytest -q -ra -m "cuda or nvdec" tests -p no:cacheprovider \
-  -k "${TESTS_K:-nvdec or segments or pooled or engine or full_class}" > "$OUT/pytest_gpu.log" 2>&1
+  -k "${TESTS_K:-nvdec or segments or pooled or engine or graphs or triton or full_class or fused}" \
+  > "$OUT/pytest_gpu.log" 2>&1
 tail -3 "$OUT/pytest_gpu.log"
 
 timeout 100 $V bench --suite postprocess --batch-size 64 --repeats 5 --results "$OUT/results.md" | tail -8
-timeout 240 $V bench "$CLIP" --synthetic-1080p 240 --weights random --repeats 3 --long 10 \
+timeout 240 $V bench "$CLIP" --synthetic-1080p 1200 --weights random --repeats 3 --long 10 \
   --results "$OUT/results.md" | tail -7
-timeout 200 $V ladder "$CLIP" --gil --trace "$OUT/trace.json" --out "$OUT/ladder" | tail -12
+timeout 200 $V ladder "$CLIP" --slow-frames 8 --gil --out "$OUT/ladder" | tail -12
+# One GPU vs every GPU of the machine (a two- or four-GPU kind): corpora of copies of each input.
+timeout 300 $V bench --suite scale "$CLIP" --synthetic-1080p 1200 --weights random --repeats 1 \
+  --results "$OUT/results.md" | tail -8
 
 # Worker processes on one GPU: a corpus of 16 copies of the clip, 1 vs 2 processes (eager model,
 # so no compile time sits inside the wall time).
