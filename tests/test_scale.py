@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -81,3 +82,31 @@ def test_long_file_is_split_across_workers_and_joined(tmp_path, fmt):
         assert json.loads(local.read_text()) == json.loads(split.read_text())
     else:
         assert local.read_text() == split.read_text()
+
+
+def test_busy_window_counts_only_while_every_worker_is_busy(monkeypatch):
+    from vidpipe import scale
+
+    clock = iter([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    monkeypatch.setattr(scale.time, "perf_counter", lambda: next(clock))
+    w = scale.BusyWindow(2)
+    for message in [("frames", 0, 64),  # t=0: worker 1 still starting
+                    ("frames", 1, 64),  # t=1: both busy, the window opens
+                    ("frames", 0, 64), ("frames", 1, 64),  # t=2, 3: counted
+                    ("done", 0, None),  # t=4: worker 0 out of work, the window closes
+                    ("frames", 1, 64), ("done", 1, None)]:  # the tail: not counted
+        w(*message)
+    assert w.frames == 128 and w.seconds == 3.0 and w.fps == pytest.approx(128 / 3)
+
+
+@pytest.mark.parametrize("visible,device,expect", [(None, "cuda:1", "1"), ("4,6", "cuda:1", "6"),
+                                                   (None, "cpu", None)])
+def test_each_worker_sees_only_its_gpu(monkeypatch, visible, device, expect):
+    from vidpipe.scale import _only_gpu
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert _only_gpu(device) == ("cpu" if expect is None else "cuda:0")
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == (visible if expect is None else expect)
