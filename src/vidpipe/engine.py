@@ -246,7 +246,8 @@ class FrameProducer:
             src = self._source(unit)
             for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop):
                 if self.device.type == "cuda":
-                    # The chunk must be complete before the decoder reuses its surfaces.
+                    # The compute stream reads the chunk without waiting on this worker's stream
+                    # (PyAV's upload runs here; NVDEC sessions synchronise their own stream).
                     torch.cuda.current_stream(self.device).synchronize()
                 decoded += len(batch)
                 yield Chunk(unit, batch)
@@ -492,8 +493,7 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
     try:
         with torch.cuda.stream(compute) if compute is not None else nullcontext():
             while True:
-                waiting = any(batcher.open.values())
-                item = producer.get(timeout=0.001 if waiting else None)
+                item = producer.get(timeout=0.001 if batcher.open else None)
                 if item is None:
                     # Nothing decoded for a moment: a short batch is better than an idle GPU.
                     if not issued or issued[-1].query():

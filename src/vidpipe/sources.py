@@ -291,11 +291,9 @@ class PyAVSource:
                 self.corrupt_packets += 1
 
     def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool) -> FrameBatch:
-        host = torch.from_numpy(np.stack(frames))
-        if pin:
-            staged = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
-            staged.copy_(host)
-            host = staged
+        # Stacked straight into (pinned, for a GPU) memory: one host copy, then an async upload.
+        host = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=pin)
+        np.stack(frames, out=host.numpy())
         dev = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         start = self.decoded
         self.decoded += len(frames)
