@@ -154,16 +154,18 @@ def test_cuda_full_class_and_large_batch():
 
 
 def test_candidate_kernel_logic_in_triton_interpreter():
-    """The CUDA candidate-selection kernel, run by Triton's CPU interpreter, picks exactly what
-    topk over (score, index) keys picks: all-fit rows, the binary-search path, and ties."""
+    """The CUDA candidate-selection kernels, run by Triton's CPU interpreter, pick exactly what
+    topk over (score, index) keys picks: all-fit rows, rows past the key buffer (binary-search
+    path), ties, several images (the NMS kernel's libdevice calls need a GPU)."""
     pytest.importorskip("triton")
     script = r"""
 import sys, torch
 sys.path.insert(0, sys.argv[1])
 from vidpipe import postprocess as pp
 from test_postprocess import random_batch
-for seed, k, bias, ties in [(0, 200, 6.0, False), (1, 5, -1.0, False), (2, 30, 1.0, True)]:
-    _, scores = random_batch(1, seed, classes=4, bias=bias)
+for seed, k, bias, ties, n in [(0, 200, 6.0, False, 1), (1, 5, -1.0, False, 1), (2, 30, 1.0, True, 1),
+                               (3, 23, 8.5, False, 2)]:
+    _, scores = random_batch(n, seed, classes=4, bias=bias)
     if ties:
         scores[:] = scores[:, :, :1]
     idx, val = pp._candidates_triton(scores, k, 0.05)

@@ -220,3 +220,35 @@ def test_pooled_nvdec_sessions_switch_files(tmp_path):
         for path, frames in expect.items():
             repeats = 2 if path == str(a) else 1
             assert torch.equal(torch.cat(got[path]), torch.cat([frames] * repeats))
+
+
+def test_capture_gate_lets_setups_overlap_and_captures_wait_for_them():
+    import threading
+
+    from vidpipe.sources import CaptureGate
+
+    gate, events = CaptureGate(), []
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def setup(i):
+        with gate.setup():
+            inside.wait(timeout=5)  # both setups are inside at once
+            release.wait(timeout=5)
+            events.append(f"setup{i}")
+
+    def capture():
+        with gate.capture():
+            events.append("capture")
+
+    threads = [threading.Thread(target=setup, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait(timeout=5)
+    cap = threading.Thread(target=capture)
+    cap.start()
+    cap.join(timeout=0.2)
+    assert cap.is_alive() and events == []  # the capture waits for the running setups
+    release.set()
+    for t in threads + [cap]:
+        t.join(timeout=5)
+    assert sorted(events[:2]) == ["setup0", "setup1"] and events[2] == "capture"

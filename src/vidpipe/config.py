@@ -24,7 +24,7 @@ class Config:
     precision: Precision = "fp16"
     channels_last: bool = True
     compile: Literal["auto", "on", "off"] = "auto"
-    cuda_graphs: bool = True  # CUDA: replay preprocess + model + post-processing as one captured graph
+    cuda_graphs: bool = True  # CUDA: replay preprocess + model and post-processing as captured graphs
     normalize: Literal["imagenet", "symmetric"] = "imagenet"
     # data path
     device: str = "auto"

@@ -4,10 +4,10 @@ In:  ``Tensor[N, 3, H, W]`` uint8 RGB frames on the detector's device.
 Out: :class:`~vidpipe.postprocess.Detections` on the same device, boxes in pixels of the
 original frame (x1, y1, x2, y2), issued asynchronously (nothing waits for the GPU).
 
-On CUDA the whole chain is captured once per frame size as a CUDA graph with static input and
-output buffers, so a batch costs one copy in, one replay and one copy out on the host: the
-issuing thread holds the GIL for well under a millisecond instead of the ~8 ms of launching a
-few hundred kernels one by one.
+On CUDA the chain is captured once per frame size as two CUDA graphs with static buffers
+(preprocess + model; post-processing on a second stream, overlapping the next batch's model), so
+a batch costs a few copies and two replays on the host: the issuing thread holds the GIL for well
+under a millisecond instead of the ~8 ms of launching a few hundred kernels one by one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .config import Config, resolve_device
 from .model import SSD300
 from .postprocess import Detections, ssd_decode_loop, ssd_decode_padded
 from .preprocess import INPUT_SIZE, preprocess
-from .sources import DEVICE_SETUP_LOCK
+from .sources import CAPTURE_GATE
 from .profiling import nvtx_range
 from .weights import load_model
 
@@ -92,23 +92,38 @@ class Detector:
         else:
             self.forward = model
         self.batch_size = config.batch_size
+        self.post_stream = torch.cuda.Stream(self.device, priority=-1) if self.cuda_graphs else None
         self._graphs: OrderedDict[tuple[int, int, int], _Graph] = OrderedDict()
 
     @torch.inference_mode()
     def infer(self, frames: torch.Tensor) -> Detections:
-        """Detections for ``frames`` (uint8 ``[N, 3, H, W]`` on this device), boxes in pixels.
+        """Detections for ``frames`` (uint8 ``[N, 3, H, W]`` on this device), boxes in pixels,
+        ready in the order of the current stream.
 
         On GPUs a short batch is padded to the batch size and the padding dropped.
         A CUDA out-of-memory error retries the batch in halves, and later batches stay smaller.
         """
-        n = frames.shape[0]
+        return self._run([frames], host=False)[0]
+
+    @torch.inference_mode()
+    def submit(self, parts: list[torch.Tensor]) -> tuple[Detections, torch.cuda.Event | None]:
+        """:meth:`infer` on the frames of ``parts`` (one frame size) as one batch, with the
+        detections copied to (pinned) host memory: valid once the returned event has completed
+        (None: already valid). With CUDA graphs the parts are copied straight into the graph's
+        input, and the copy to the host is issued where post-processing runs, so the current
+        stream never waits for it and the next batch's model overlaps this batch's post-processing."""
+        return self._run(parts, host=True)
+
+    def _run(self, parts: list[torch.Tensor], host: bool) -> tuple[Detections, torch.cuda.Event | None]:
+        n = sum(p.shape[0] for p in parts)
         if n > self.batch_size:
-            parts = [self.infer(f) for f in frames.split(self.batch_size)]
-            return Detections(*(torch.cat(ts) for ts in zip(*(p.astuple() for p in parts))))
+            results = [self.infer(f) for f in torch.cat(parts).split(self.batch_size)]
+            return self._finish(Detections(*(torch.cat(ts) for ts in zip(*(r.astuple() for r in results)))), host)
         try:
-            if self.cuda_graphs:
-                return self._replay(frames)
-            return self._infer(frames)
+            graph = self._graph(parts[0]) if self.cuda_graphs else EAGER
+            if graph is not EAGER:
+                return graph.run(parts, host)
+            return self._finish(self._infer(parts[0] if len(parts) == 1 else torch.cat(parts)), host)
         except torch.cuda.OutOfMemoryError:
             if n == 1:
                 raise
@@ -116,24 +131,28 @@ class Detector:
             torch.cuda.empty_cache()
             self.batch_size = max(1, n // 2)
             log.warning("CUDA out of memory at batch %d; retrying with batch size %d", n, self.batch_size)
-            return self.infer(frames)
+            return self._run(parts, host)
 
-    def _replay(self, frames: torch.Tensor) -> Detections:
-        n, _, h, w = frames.shape
+    def _finish(self, det: Detections, host: bool) -> tuple[Detections, torch.cuda.Event | None]:
+        if not host:
+            return det, None
+        if self.device.type != "cuda":
+            return det.to("cpu"), None
+        det = det.to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return det, event
+
+    def _graph(self, frames: torch.Tensor) -> _Graph | object:
+        _, _, h, w = frames.shape
         key = (self.batch_size, h, w)
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._graphs[key] = self._capture(h, w)
             while len(self._graphs) > MAX_GRAPHS:  # each holds its activations; keep the recent sizes
                 self._graphs.popitem(last=False)
-        if graph is EAGER:
-            return self._infer(frames)
         self._graphs.move_to_end(key)
-        with nvtx_range("replay"):
-            graph.frames[:n].copy_(frames)
-            graph.graph.replay()
-        # Copies: the static outputs are overwritten by the next replay.
-        return Detections(*(t[:n].clone() for t in graph.out.astuple()))
+        return graph
 
     def _capture(self, h: int, w: int) -> _Graph | object:
         frames = torch.zeros(self.batch_size, 3, h, w, dtype=torch.uint8, device=self.device)
@@ -147,7 +166,11 @@ class Detector:
         return EAGER
 
     def _infer(self, frames: torch.Tensor) -> Detections:
-        n, _, h, w = frames.shape
+        _, _, h, w = frames.shape
+        return self._post(*self._model(frames), h, w)
+
+    def _model(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = frames.shape[0]
         with nvtx_range("preprocess"):
             x = preprocess(frames, dtype=self.dtype, normalize=self.config.normalize,
                            channels_last=self.channels_last)
@@ -160,7 +183,9 @@ class Detector:
                     x = x.contiguous(memory_format=torch.channels_last)
         with nvtx_range("inference"):
             locs, scores = self.forward(x)
-            locs, scores = locs[:n], scores[:n]
+        return locs[:n], scores[:n]
+
+    def _post(self, locs: torch.Tensor, scores: torch.Tensor, h: int, w: int) -> Detections:
         with nvtx_range("postprocess"):
             det = self.postprocess(locs, scores)
             det.boxes[..., 0::2] *= w  # scalars: a scale tensor would be a synchronising copy
@@ -186,23 +211,57 @@ EAGER = object()  # a frame size whose capture failed
 
 
 class _Graph:
-    """The detector's whole chain for one (batch, height, width), captured as a CUDA graph: fill
-    ``frames`` (the first rows; stale rows only cost compute), replay, read ``out``."""
+    """The detector's chain for one (batch, height, width) as two CUDA graphs: preprocess + model
+    on the caller's stream, post-processing on the detector's own high-priority stream, so batch
+    i's post-processing runs beside batch i+1's model. Between the two, the model's outputs are
+    copied to the post graph's inputs (~0.1 ms), after which the next model replay may overwrite
+    them. Rows of ``frames`` past a short batch hold stale frames: they only cost compute."""
 
     def __init__(self, det: Detector, frames: torch.Tensor) -> None:
         self.frames = frames
+        self.post = det.post_stream
+        current = torch.cuda.current_stream(det.device)
         side = torch.cuda.Stream(det.device)
-        side.wait_stream(torch.cuda.current_stream(det.device))
+        side.wait_stream(current)
         with torch.cuda.stream(side):  # warm-up outside the capture: compilation, Triton, cuDNN
             for _ in range(2):
                 det._infer(frames)
-        torch.cuda.current_stream(det.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
+        current.wait_stream(side)
+        _, _, h, w = frames.shape
+        self.model, self.postprocess = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         # Decode threads keep running, but not through calls that would synchronise the device.
-        with DEVICE_SETUP_LOCK, torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.out = det._infer(frames)
-        log.info("captured the detector as a CUDA graph for batch %d at %dx%d", *frames.shape[:1],
-                 frames.shape[3], frames.shape[2])
+        with CAPTURE_GATE.capture():
+            with torch.cuda.graph(self.model, capture_error_mode="thread_local"):
+                self.locs, self.scores = det._model(frames)
+            self.locs_in, self.scores_in = self.locs.clone(), self.scores.clone()
+            with torch.cuda.graph(self.postprocess, capture_error_mode="thread_local"):
+                self.out = det._post(self.locs_in, self.scores_in, h, w)
+        log.info("captured the detector as CUDA graphs for batch %d at %dx%d", frames.shape[0], w, h)
+
+    def run(self, parts: list[torch.Tensor], host: bool) -> tuple[Detections, torch.cuda.Event | None]:
+        current = torch.cuda.current_stream(self.frames.device)
+        with nvtx_range("replay"):
+            n = 0
+            for p in parts:
+                self.frames[n:n + p.shape[0]].copy_(p)
+                n += p.shape[0]
+            self.model.replay()
+            self.post.wait_stream(current)
+            with torch.cuda.stream(self.post):
+                self.locs_in.copy_(self.locs)
+                self.scores_in.copy_(self.scores)
+                current.wait_stream(self.post)  # the next model replay overwrites locs and scores
+                self.postprocess.replay()
+                # Copies: the static outputs are overwritten by the next replay.
+                out = [t[:n].to("cpu", non_blocking=True) if host else t[:n].clone() for t in self.out.astuple()]
+                done = torch.cuda.Event()
+                done.record()
+        if host:
+            return Detections(*out), done
+        current.wait_event(done)
+        for t in out:
+            t.record_stream(current)
+        return Detections(*out), None
 
 
 def pad_results(results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], d: int) -> Detections:

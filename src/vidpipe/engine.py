@@ -5,17 +5,20 @@ detections of consecutive frames of one input, ready once their event fires) and
 
 * Decoding runs in worker threads (PyNvVideoCodec and FFmpeg release the GIL). A file NVDEC
   decodes is cut at keyframes into units decoded in parallel, and several files are decoded at
-  once. Workers hand over chunks of at most ``CHUNK_BYTES`` of frames as they come.
+  once. Workers hand over chunks of at most ``CHUNK_BYTES`` of frames; of those ready, the
+  earliest unit's go first.
 * The compute thread fills batches from whichever chunks are ready (a batch may span units and
   files of one frame size), so the GPU never waits for the one worker holding the next frames in
   order, and only a batch issued while the GPU would otherwise idle is short.
 * Order is restored on the results, which are small: detections of a unit are held until every
   earlier unit has been emitted. At most ``4 x workers`` units are open, the chunk queue is
-  bounded and at most ``IN_FLIGHT`` batches are queued on the GPU, so host and GPU memory do not
-  grow with the length of the input.
-* The compute thread only issues work on its own CUDA stream (on CUDA one graph replay per batch,
-  see :class:`~vidpipe.detector.Detector`); results go to pinned host memory with ``non_blocking``
-  copies and an event. The writer thread waits for each batch's event and serialises it.
+  bounded (``workers + 2`` chunks, fewer when that passes ``READY_BYTES``) and at most
+  ``IN_FLIGHT`` batches are queued on the GPU, so host and GPU memory do not grow with the
+  length of the input.
+* The compute thread only issues work: on CUDA two graph replays per batch (model on its own
+  stream, post-processing beside the next batch's model, see :class:`~vidpipe.detector.Detector`);
+  results go to pinned host memory with ``non_blocking`` copies and an event. The writer thread
+  waits for each batch's event and serialises it.
 
 With ``Config.overlap=False`` the same loop runs serially in the calling thread (the article's
 starting point): decode, infer, copy back and write one batch after another.
@@ -24,6 +27,7 @@ starting point): decode, infer, copy back and write one batch after another.
 from __future__ import annotations
 
 import logging
+import itertools
 import queue
 import threading
 from collections import deque
@@ -46,8 +50,13 @@ log = logging.getLogger(__name__)
 DONE = object()  # FrameProducer.get: every input is decoded
 _STOP = object()
 CHUNK_BYTES = 32 << 20  # decoded frames handed over at once by a worker, at most
+READY_BYTES = 128 << 20  # decoded frames waiting for the compute thread, about at most
 IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it busy, bounds memory
 SEGMENT_FRAMES = 1024  # longest part of one file a worker decodes alone; cuts fall on keyframes
+# Results waiting for the writer, at most (a few kB each). Generous on purpose: the writer waits for
+# each batch's copy, so with a short queue a burst of results released by the orderer blocked the
+# compute thread until the GPU had drained (measured: 26 ms of GPU idle on in.mp4's 0.3 s).
+WRITE_QUEUE = 256
 
 
 @dataclass
@@ -183,13 +192,14 @@ class FrameProducer:
         self._local = threading.local()
         self._started = False
         self._serial_items: Iterator | None = None
+        self._probed: dict[str, VideoInfo] = {}  # the first input, probed to choose the worker count
 
     # planning ----------------------------------------------------------------------------------
     def _plan(self, path: str) -> list[Unit]:
         """Cut a file NVDEC decodes into keyframe-aligned units for parallel decode: about two per
         worker, at least ``segment_min`` and at most about ``SEGMENT_FRAMES`` frames each."""
         try:
-            info = probe(path)
+            info = self._probed.pop(path, None) or probe(path)
         except VidpipeError as e:
             return [Unit(-1, None, path, error=str(e))]
         if self.decoder != "nvdec" or is_stream_url(path) or self.workers == 1:
@@ -271,9 +281,12 @@ class FrameProducer:
             self._put(_STOP)
 
     def _put(self, item: object) -> bool:
+        # Earliest unit first: its results are the ones the orderer can emit, so little is held
+        # back (at the end of a run, formatting held results would be a tail after the GPU is done).
+        key = (item.unit.seq if isinstance(item, (Chunk, UnitEnd)) else float("inf"), next(self._puts))
         while not self.stop.is_set():
             try:
-                self._ready.put(item, timeout=0.1)
+                self._ready.put((*key, item), timeout=0.1)
                 return True
             except queue.Full:
                 continue
@@ -296,9 +309,14 @@ class FrameProducer:
         if not self.threaded:
             self._serial_items = self._serial()
             return
-        self.workers = self.workers or default_decoders(self._first_info(), self.decoder, self.device)
+        info = self._first_info()
+        self.workers = self.workers or default_decoders(info, self.decoder, self.device)
         self._window = threading.Semaphore(4 * self.workers)
-        self._ready = queue.Queue(maxsize=self.workers + 2)
+        slots = self.workers + 2
+        if info is not None:  # large frames: fewer chunks wait, so GPU memory stays near its floor
+            slots = max(2, min(slots, READY_BYTES // (self._chunk_frames(info) * 3 * info.width * info.height)))
+        self._ready = queue.PriorityQueue(maxsize=slots)
+        self._puts = itertools.count()  # keeps a unit's items in order, and entries comparable
         self._live = self.workers
         self._threads = [threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True)]
         self._threads += [threading.Thread(target=self._worker, args=(i,), name=f"vidpipe-decode{i}",
@@ -313,7 +331,7 @@ class FrameProducer:
             return next(self._serial_items, DONE)
         while self._live:
             try:
-                item = self._ready.get(timeout=timeout)
+                *_, item = self._ready.get(timeout=timeout)
             except queue.Empty:
                 return None
             if item is not _STOP:
@@ -338,7 +356,8 @@ class FrameProducer:
     def _first_info(self) -> VideoInfo | None:
         for path in self.inputs[:1]:
             try:
-                return probe(path)
+                self._probed[path] = probe(path)
+                return self._probed[path]
             except VidpipeError:
                 return None
         return None
@@ -469,7 +488,6 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
     issued: deque[torch.cuda.Event] = deque()  # batches on the GPU, oldest first
 
     def launch(pieces: list[_Piece]) -> None:
-        event = None
         with nvtx_range("batch"):
             if len(issued) == IN_FLIGHT:  # the GPU is far enough ahead; frames wait in the queues
                 issued.popleft().synchronize()
@@ -477,14 +495,11 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
             if compute is not None:
                 for t in parts:
                     t.record_stream(compute)
-            det = detector.infer(parts[0] if len(parts) == 1 else torch.cat(parts))
-            if compute is not None:
-                host = det.to("cpu", non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
+            host, event = detector.submit(parts)
+            if event is not None:
+                if compute is None:  # the serial loop: wait for every batch
+                    event.synchronize()
                 issued.append(event)
-            else:
-                host = det.to("cpu")
         row = 0
         for p in pieces:
             order.add(p.unit, BatchResult(p.unit.info, p.batch.indices, p.batch.times, host, event, row))
@@ -556,7 +571,7 @@ class _Writer:
         self.sink: Sink | None = None
         self.report = RunReport()
         self.error: BaseException | None = None
-        self.q: queue.Queue | None = queue.Queue(maxsize=8) if threaded else None
+        self.q: queue.Queue | None = queue.Queue(maxsize=WRITE_QUEUE) if threaded else None
         self.thread = threading.Thread(target=self._loop, name="vidpipe-write", daemon=True) if threaded else None
         if self.thread:
             self.thread.start()

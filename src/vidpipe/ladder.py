@@ -48,7 +48,7 @@ RUNGS = [
     Rung("5 NVDEC", "hardware decode straight into GPU tensors", dict(decoder="nvdec"), needs="nvdec"),
     Rung("6 overlap", "decode threads, compute stream, async copies, writer thread", dict(overlap=True),
          needs="cuda"),
-    Rung("7 beyond", "torch.compile, channels_last, batch 64, parallel decoders, one CUDA graph per batch",
+    Rung("7 beyond", "torch.compile, channels_last, batch 64, parallel decoders, CUDA graphs per batch",
          dict(compile="on", channels_last=True, batch_size=64, decoders=0, cuda_graphs=True), needs="cuda"),
     Rung("8 all GPUs", "one worker process per GPU on the input repeated (frames/s while all are busy)", dict(),
          needs="multi-gpu"),

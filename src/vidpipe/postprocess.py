@@ -129,8 +129,8 @@ if triton is not None:
     @triton.jit
     def _nms_kernel(boxes_ptr, count_ptr, keep_ptr, thr, K: tl.constexpr, BLOCK: tl.constexpr):
         # One program per (image, class) row; the row's candidates live in registers and the greedy
-        # scan visits them best first. The _rn intrinsics stop fused multiply-adds and approximate
-        # division so IoU rounds exactly like the float32 reference.
+        # scan visits the kept ones best first, jumping over suppressed ones. The _rn intrinsics stop
+        # fused multiply-adds and approximate division so IoU rounds exactly like the float32 reference.
         row = tl.program_id(0)
         n = tl.load(count_ptr + row)
         offs = tl.arange(0, BLOCK)
@@ -142,35 +142,52 @@ if triton is not None:
         y2 = tl.load(base + 3, mask=inb, other=0.0)
         area = libdevice.mul_rn(x2 - x1, y2 - y1)
         keep = inb
-        for i in range(0, n):
-            if tl.sum(tl.where((offs == i) & keep, 1, 0)) > 0:
-                bx1 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 0)
-                by1 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 1)
-                bx2 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 2)
-                by2 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 3)
-                barea = libdevice.mul_rn(bx2 - bx1, by2 - by1)
-                w = tl.maximum(tl.minimum(x2, bx2) - tl.maximum(x1, bx1), 0.0)
-                h = tl.maximum(tl.minimum(y2, by2) - tl.maximum(y1, by1), 0.0)
-                inter = libdevice.mul_rn(w, h)
-                union = libdevice.sub_rn(libdevice.add_rn(area, barea), inter)
-                iou = libdevice.div_rn(inter, union)
-                keep = keep & ~((offs > i) & ~(iou < thr))
+        i = tl.min(tl.where(keep, offs, BLOCK))
+        while i < n:
+            bx1 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 0)
+            by1 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 1)
+            bx2 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 2)
+            by2 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 3)
+            barea = libdevice.mul_rn(bx2 - bx1, by2 - by1)
+            w = tl.maximum(tl.minimum(x2, bx2) - tl.maximum(x1, bx1), 0.0)
+            h = tl.maximum(tl.minimum(y2, by2) - tl.maximum(y1, by1), 0.0)
+            inter = libdevice.mul_rn(w, h)
+            union = libdevice.sub_rn(libdevice.add_rn(area, barea), inter)
+            iou = libdevice.div_rn(inter, union)
+            keep = keep & ~((offs > i) & ~(iou < thr))
+            i = tl.min(tl.where(keep & (offs > i), offs, BLOCK))
         tl.store(keep_ptr + row * K + offs, keep.to(tl.int8), mask=offs < K)
 
 
     @triton.jit
-    def _lse_kernel(logits_ptr, lse_ptr, A, C: tl.constexpr, CB: tl.constexpr, BLOCK: tl.constexpr):
-        # One program per (image, block of boxes): log-sum-exp over the C labels in float32, one
-        # read of the logits (torch's logsumexp first materialises a float32 copy).
+    def _select_kernel(logits_ptr, lse_ptr, count_ptr, key_ptr, A, thr_bits, C: tl.constexpr, CB: tl.constexpr,
+                       LB: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+        # One program per (image, block of boxes), one read of the logits: the log-sum-exp over the
+        # C labels in float32 (torch's logsumexp first materialises a float32 copy), then every
+        # score of labels 1.. above the threshold appended to its (image, label) row as a
+        # (score bits, reversed box index) key. Append order is arbitrary; the keys are unique and
+        # sorted later. Past CAP keys in a row only its count is used.
         n = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inb = offs < A
         labels = tl.arange(0, CB)
-        m = (labels[:, None] < C) & (offs[None, :] < A)
-        z = tl.load(logits_ptr + n.to(tl.int64) * C * A + labels[:, None] * A + offs[None, :], mask=m,
+        plane = logits_ptr + n.to(tl.int64) * C * A
+        z = tl.load(plane + labels[:, None] * A + offs[None, :], mask=(labels[:, None] < C) & inb[None, :],
                     other=float("-inf")).to(tl.float32)
         top = tl.max(z, 0)
-        total = tl.sum(tl.exp(z - top[None, :]), 0)
-        tl.store(lse_ptr + n.to(tl.int64) * A + offs, top + tl.log(total), mask=offs < A)
+        lse = top + tl.log(tl.sum(tl.exp(z - top[None, :]), 0))
+        tl.store(lse_ptr + n.to(tl.int64) * A + offs, lse, mask=inb)
+        rev = (A - 1 - offs).to(tl.int64)
+        for c0 in range(1, C, LB):  # labels in slices: the block's logits are in cache by now
+            lab = c0 + tl.arange(0, LB)
+            m = (lab[:, None] < C) & inb[None, :]
+            zc = tl.load(plane + lab[:, None] * A + offs[None, :], mask=m, other=0.0).to(tl.float32)
+            bits = tl.exp(zc - lse[None, :]).to(tl.int32, bitcast=True)
+            sel = m & (bits > thr_bits)
+            row = n * (C - 1) + lab[:, None] - 1 + offs[None, :] * 0
+            pos = tl.atomic_add(count_ptr + row, 1, mask=sel)
+            tl.store(key_ptr + row.to(tl.int64) * CAP + pos, (bits.to(tl.int64) << 32) | rev[None, :],
+                     mask=sel & (pos < CAP))
 
     @triton.jit
     def _score_bits(logit_row, lse_row, start, offs, A):
@@ -181,24 +198,44 @@ if triton is not None:
         return m, p.to(tl.int32, bitcast=True)
 
     @triton.jit
-    def _candidates_kernel(logits_ptr, lse_ptr, idx_ptr, score_ptr, A, thr_bits,
-                           C: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, BLOCK: tl.constexpr):
+    def _sort_store(keys, slots, idx_ptr, score_ptr, out_row, A, K):
+        # Keys sorted best first -> the first K (box index, score) pairs of the output row.
+        keys = tl.sort(keys, descending=True)
+        valid = keys >= 0
+        tl.store(idx_ptr + out_row + slots, tl.where(valid, (A - 1) - (keys & 0xFFFFFFFF), -1), mask=slots < K)
+        tl.store(score_ptr + out_row + slots,
+                 tl.where(valid, (keys >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0), mask=slots < K)
+
+    @triton.jit
+    def _candidates_kernel(logits_ptr, lse_ptr, count_ptr, key_ptr, idx_ptr, score_ptr, A, thr_bits,
+                           C: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, CAP: tl.constexpr,
+                           BLOCK: tl.constexpr):
         # One program per (image, class) row: the row's K best scores above the threshold, best
-        # first, ties to the lower box index -- exactly what topk over (score, index) keys gives,
-        # without sorting the row. Usually all candidates fit (one counting pass, one compaction
-        # pass); otherwise a binary search over the float bits finds the K-th best score first.
+        # first, ties to the lower box index -- exactly what topk over (score, index) keys gives.
+        # Up to CAP candidates, _select_kernel has left all their keys in the row: sort them.
+        # Beyond, a binary search over the float bits finds the K-th best score and one pass over
+        # the row's scores writes the K selected keys.
         row = tl.program_id(0)
-        n = row // (C - 1)
-        logit_row = logits_ptr + (n * C + row % (C - 1) + 1).to(tl.int64) * A
-        lse_row = lse_ptr + n.to(tl.int64) * A
-        offs = tl.arange(0, BLOCK)
-        count = 0
-        for start in range(0, A, BLOCK):
-            m, bits = _score_bits(logit_row, lse_row, start, offs, A)
-            count += tl.sum((m & (bits > thr_bits)).to(tl.int32))
-        lo = thr_bits + 1  # selected: bits > lo, plus the lowest-index (quota) entries with bits == lo
-        greater = 0  # when all candidates fit, every tie is selected too
-        if count > K:
+        out_row = row.to(tl.int64) * KB
+        key_row = key_ptr + row.to(tl.int64) * CAP
+        count = tl.load(count_ptr + row)
+        slots = tl.arange(0, KB)
+        if count == 0:  # an empty class: nothing to sort
+            tl.store(idx_ptr + out_row + slots, tl.full([KB], -1, tl.int64), mask=slots < K)
+            tl.store(score_ptr + out_row + slots, tl.zeros([KB], tl.float32), mask=slots < K)
+        elif count <= KB:
+            few = tl.load(key_row + slots, mask=slots < count, other=-1)
+            _sort_store(few, slots, idx_ptr, score_ptr, out_row, A, K)
+        elif count <= CAP:
+            wide = tl.arange(0, CAP)
+            many = tl.load(key_row + wide, mask=wide < count, other=-1)
+            _sort_store(many, wide, idx_ptr, score_ptr, out_row, A, K)
+        else:
+            n = row // (C - 1)
+            logit_row = logits_ptr + (n * C + row % (C - 1) + 1).to(tl.int64) * A
+            lse_row = lse_ptr + n.to(tl.int64) * A
+            offs = tl.arange(0, BLOCK)
+            lo = thr_bits + 1  # selected: bits > lo, plus the lowest-index (quota) entries with bits == lo
             hi = 0x3F800001  # just above 1.0f
             for _ in range(31):
                 mid = lo + (hi - lo) // 2
@@ -210,31 +247,26 @@ if triton is not None:
                     lo = mid
                 else:
                     hi = mid
+            greater = 0
             for start in range(0, A, BLOCK):
                 m, bits = _score_bits(logit_row, lse_row, start, offs, A)
                 greater += tl.sum((m & (bits > lo)).to(tl.int32))
-        quota = K - greater
-        out_row = row.to(tl.int64) * KB
-        written = 0
-        ties = 0
-        for start in range(0, A, BLOCK):
-            m, bits = _score_bits(logit_row, lse_row, start, offs, A)
-            tie = m & (bits == lo)
-            tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0)
-            sel = (m & (bits > lo)) | (tie & (tie_rank <= quota))
-            pos = written + tl.cumsum(sel.to(tl.int32), 0) - 1
-            key = (bits.to(tl.int64) << 32) | (A - 1 - start - offs).to(tl.int64)
-            tl.store(idx_ptr + out_row + pos, key, mask=sel)
-            written += tl.sum(sel.to(tl.int32))
-            ties += tl.sum(tie.to(tl.int32))
-        tl.debug_barrier()
-        slots = tl.arange(0, KB)
-        keys = tl.load(idx_ptr + out_row + slots, mask=slots < written, other=-1)
-        keys = tl.sort(keys, descending=True)
-        valid = keys >= 0
-        tl.store(idx_ptr + out_row + slots, tl.where(valid, (A - 1) - (keys & 0xFFFFFFFF), -1))
-        tl.store(score_ptr + out_row + slots,
-                 tl.where(valid, (keys >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0))
+            quota = K - greater
+            written = 0
+            ties = 0
+            for start in range(0, A, BLOCK):
+                m, bits = _score_bits(logit_row, lse_row, start, offs, A)
+                tie = m & (bits == lo)
+                tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0)
+                sel = (m & (bits > lo)) | (tie & (tie_rank <= quota))
+                pos = written + tl.cumsum(sel.to(tl.int32), 0) - 1
+                key = (bits.to(tl.int64) << 32) | (A - 1 - start - offs).to(tl.int64)
+                tl.store(key_row + pos, key, mask=sel)
+                written += tl.sum(sel.to(tl.int32))
+                ties += tl.sum(tie.to(tl.int32))
+            tl.debug_barrier()
+            best = tl.load(key_row + slots, mask=slots < K, other=-1)
+            _sort_store(best, slots, idx_ptr, score_ptr, out_row, A, K)
 
 
 def _candidates_triton(scores: torch.Tensor, k: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,14 +275,19 @@ def _candidates_triton(scores: torch.Tensor, k: int, threshold: float) -> tuple[
     n, c, a = scores.shape
     k = min(k, a)
     kb = max(16, triton.next_power_of_2(k))
+    cap = 4 * kb  # candidates per row kept by the first pass; more take the binary search
+    rows = n * (c - 1)
     logits = scores.contiguous()
     lse = torch.empty(n, a, dtype=torch.float32, device=scores.device)
-    _lse_kernel[(n, triton.cdiv(a, 64))](logits, lse, a, C=c, CB=triton.next_power_of_2(c), BLOCK=64, num_warps=4)
-    idx = torch.empty(n * (c - 1), kb, dtype=torch.int64, device=scores.device)
-    val = torch.empty(n * (c - 1), kb, dtype=torch.float32, device=scores.device)
+    counts = torch.zeros(rows, dtype=torch.int32, device=scores.device)
+    keys = torch.empty(rows, cap, dtype=torch.int64, device=scores.device)
+    idx = torch.empty(rows, kb, dtype=torch.int64, device=scores.device)
+    val = torch.empty(rows, kb, dtype=torch.float32, device=scores.device)
     thr_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
-    _candidates_kernel[(n * (c - 1),)](logits, lse, idx, val, a, thr_bits, C=c, K=k, KB=kb,
-                                       BLOCK=2048, num_warps=8)
+    _select_kernel[(n, triton.cdiv(a, 64))](logits, lse, counts, keys, a, thr_bits, C=c, CB=triton.next_power_of_2(c),
+                                            LB=16, CAP=cap, BLOCK=64, num_warps=4)
+    _candidates_kernel[(rows,)](logits, lse, counts, keys, idx, val, a, thr_bits, C=c, K=k, KB=kb, CAP=cap,
+                                BLOCK=2048, num_warps=8)
     return idx[:, :k].reshape(n, c - 1, k), val[:, :k].reshape(n, c - 1, k)
 
 

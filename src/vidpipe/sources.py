@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
@@ -300,35 +301,82 @@ class PyAVSource:
         return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
 
 
-_DECODERS: dict[tuple[int, int], tuple[object, torch.cuda.Stream]] = {}
+_DECODERS: dict[tuple[int, int], tuple[object, torch.cuda.Stream, tuple]] = {}
 _DECODERS_LOCK = threading.Lock()
-# Held around NVDEC calls that may synchronise the whole device (creating, re-pointing, seeking a
-# session) and by the detector while it captures a CUDA graph, which such a call would invalidate.
-DEVICE_SETUP_LOCK = threading.Lock()
+_CREATE_LOCK = threading.Lock()  # session creation and re-pointing, one at a time
+
+
+class CaptureGate:
+    """NVDEC calls that may synchronise the whole device (creating, re-pointing, seeking a session)
+    would invalidate a CUDA graph being captured. They run inside :meth:`setup`, concurrently with
+    each other (four sessions seeking at once start a run faster than one after another); the
+    detector captures inside :meth:`capture`, which waits for running setups and holds new ones."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._setups = 0
+        self._captures = 0  # waiting or running
+
+    @contextmanager
+    def setup(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._captures == 0)
+            self._setups += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._setups -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        with self._cond:
+            self._captures += 1
+            self._cond.wait_for(lambda: self._setups == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._captures -= 1
+                self._cond.notify_all()
+
+
+CAPTURE_GATE = CaptureGate()
+
+
+def _file_key(path: str) -> tuple:
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
 
 
 def _nvdec_session(path: str, gpu: int, slot: int | None):
-    """A SimpleDecoder for ``path`` and the stream its conversion kernels run on. With a ``slot``,
-    sessions are kept per (GPU, slot) for the process and re-pointed at new files
-    (``reconfigure_decoder``, a few ms) instead of created anew: a new session costs ~100 ms and
-    creations do not run in parallel. The stream has high priority: its small per-frame kernels
-    then run between the model's instead of queueing behind them."""
+    """``(SimpleDecoder for path, the stream its conversion kernels run on, fresh)``; ``fresh``:
+    the session is at the file's first frame. With a ``slot``, sessions are kept per (GPU, slot)
+    for the process: one already on this very file is reused as is (a seek away from any frame),
+    another is re-pointed (``reconfigure_decoder``, a few ms) instead of created anew: a new
+    session costs ~100 ms and creations do not run in parallel. The stream has high priority: its
+    small per-frame kernels then run between the model's instead of queueing behind them."""
     import PyNvVideoCodec as nvc
 
     def create(stream: torch.cuda.Stream):
-        with DEVICE_SETUP_LOCK:
+        with CAPTURE_GATE.setup(), _CREATE_LOCK:
             return nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True, cuda_stream=stream.cuda_stream,
                                      output_color_type=nvc.OutputColorType.RGBP)
 
     if slot is None:
         stream = torch.cuda.Stream(gpu, priority=-1)
-        return create(stream), stream
+        return create(stream), stream, True
+    key = _file_key(path)
     with _DECODERS_LOCK:
-        dec, stream = _DECODERS.pop((gpu, slot), (None, None))
+        dec, stream, held = _DECODERS.pop((gpu, slot), (None, None, None))
     stream = stream or torch.cuda.Stream(gpu, priority=-1)
+    fresh = True
     try:
-        if dec is not None:
-            with DEVICE_SETUP_LOCK:
+        if dec is not None and held == key:
+            fresh = False
+        elif dec is not None:
+            with CAPTURE_GATE.setup(), _CREATE_LOCK:
                 dec.reconfigure_decoder(path)
             if len(dec) == 0:
                 raise RuntimeError("empty stream after reconfigure")
@@ -337,8 +385,8 @@ def _nvdec_session(path: str, gpu: int, slot: int | None):
     except Exception:
         dec = create(stream)
     with _DECODERS_LOCK:
-        _DECODERS[(gpu, slot)] = dec, stream
-    return dec, stream
+        _DECODERS[(gpu, slot)] = dec, stream, key
+    return dec, stream, fresh
 
 
 class NvdecSource:
@@ -355,7 +403,7 @@ class NvdecSource:
             raise VidpipeError("the nvdec decoder needs a CUDA device")
         gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
         try:
-            self._dec, self.stream = _nvdec_session(self.info.path, gpu, slot)
+            self._dec, self.stream, fresh = _nvdec_session(self.info.path, gpu, slot)
         except Exception as e:
             raise VidpipeError(f"{self.info.path}: NVDEC cannot decode this stream ({e})") from None
         # Frame times come from the container: NVDEC's own timestamps are decode-ordered for
@@ -365,12 +413,12 @@ class NvdecSource:
         if max_frames is not None:
             self.num_frames = min(self.num_frames, max_frames)
         self.decoded = 0
-        self._next = 0  # the index the decoder delivers next
+        self._next = 0 if fresh else -1  # the index the decoder delivers next (-1: unknown, seek)
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[FrameBatch]:
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
         if start != self._next:
-            with DEVICE_SETUP_LOCK:
+            with CAPTURE_GATE.setup():
                 self._dec.seek_to_index(start)
         pos = start
         while pos < stop:
