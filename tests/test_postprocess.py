@@ -183,3 +183,26 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_triton_kernels_compile_for_hopper():
+    """The interpreter does not type-check like the compiler (e.g. a variable whose shape differs
+    between branches): compile every post-processing kernel for sm_90, no GPU needed."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vidpipe import postprocess as pp
+
+    kernels = [
+        (pp._select_kernel, dict(logits_ptr="*fp16", lse_ptr="*fp32", count_ptr="*i32", key_ptr="*i64", A="i32",
+                                 thr_bits="i32"), dict(C=81, CB=128, LB=16, CAP=1024, BLOCK=64), 4),
+        (pp._candidates_kernel, dict(logits_ptr="*fp16", lse_ptr="*fp32", count_ptr="*i32", key_ptr="*i64",
+                                     idx_ptr="*i64", score_ptr="*fp32", A="i32", thr_bits="i32"),
+         dict(C=81, K=200, KB=256, CAP=1024, BLOCK=2048), 8),
+        (pp._nms_kernel, dict(boxes_ptr="*fp32", count_ptr="*i32", keep_ptr="*i8", thr="fp32"),
+         dict(K=200, BLOCK=256), 4),
+    ]
+    for fn, args, consts, warps in kernels:
+        src = ASTSource(fn=fn, signature={**args, **{k: "constexpr" for k in consts}}, constexprs=consts)
+        triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))

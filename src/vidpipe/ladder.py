@@ -66,8 +66,9 @@ def add_ladder_parser(sub) -> None:
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="frames timed for the other rungs")
     p.add_argument("--compare-frames", type=int, default=32, metavar="N",
                    help="leading frames whose detections are compared with rung 2")
-    p.add_argument("--scale-repeat", type=int, default=10, metavar="N",
-                   help="rung 8 runs on the input repeated N times, so every GPU gets a real share")
+    p.add_argument("--scale-repeat", type=int, default=40, metavar="N",
+                   help="rung 8 runs on the input repeated N times, so every GPU gets a real share (a few "
+                        "seconds: worker start-up, seconds apart, must not eat the window in which all are busy)")
     p.add_argument("--gil", action="store_true", help="measure GIL load per rung")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write a PyTorch profiler trace (Chrome/Perfetto JSON) of the last rung's first batches")
