@@ -26,8 +26,8 @@ starting point): decode, infer, copy back and write one batch after another.
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import queue
 import threading
 from collections import deque

@@ -13,10 +13,11 @@ the ``max_detections`` best over all classes and drop those with score <= ``scor
 Ties, which NVIDIA's code leaves to its sort, are broken by the lower default-box index inside a
 class and by the lower label across classes.
 
-The fast path issues no host synchronisation. On CUDA three Triton kernels do the work: the
-log-sum-exp over labels per box, then one program per (image, class) for candidate selection
-(count, compact, sort at most K keys; a bit-wise binary search for the K-th score only when a
-class has more than K candidates) and for greedy NMS in registers. Elsewhere ``topk`` over
+The fast path issues no host synchronisation. On CUDA three Triton kernels do the work: one
+read of the logits per block of boxes for the log-sum-exp over labels, which also appends every
+candidate's (score, box) key to its (image, class) row; then one program per (image, class) that
+sorts the row's keys (a bit-wise binary search for the K-th score only past 4 x K candidates, K
+rounded up to a power of two), and one for greedy NMS in registers. Elsewhere ``topk`` over
 (score, index) keys and a vectorised torch NMS loop compute the same. The result stays padded
 on the device until :meth:`Detections.split`.
 """
