@@ -40,7 +40,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the model (auto = on for CUDA)")
     g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                   help="launch every kernel from Python instead of replaying one captured graph per batch")
+                   help="launch every kernel from Python instead of replaying captured CUDA graphs")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     g.add_argument("--decoder", choices=["auto", "nvdec", "pyav"], default="auto")
     g.add_argument("--decoders", type=int, default=0, metavar="N",

@@ -206,7 +206,7 @@ class Detector:
         yield from iter_results(self, [str(path)])
 
 
-MAX_GRAPHS = 4  # frame sizes whose captured graph is kept
+MAX_GRAPHS = 4  # frame sizes whose captured graphs are kept
 EAGER = object()  # a frame size whose capture failed
 
 

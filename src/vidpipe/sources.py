@@ -147,8 +147,21 @@ class PacketIndex:
     pts: tuple[int, ...] = ()  # sorted presentation timestamps (empty for raw streams)
 
 
-@lru_cache(maxsize=64)
+def _file_key(path: str) -> tuple:
+    """A file's identity for caches: its path and version (a file replaced under the same name is
+    another file)."""
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
+
+
 def scan_packets(path: str) -> PacketIndex:
+    """The file's :class:`PacketIndex`, read once per version of the file: the planner and every
+    source decoding a part of it share one scan."""
+    return _scan_packets(*_file_key(path))
+
+
+@lru_cache(maxsize=64)
+def _scan_packets(path: str, mtime_ns: int, size: int) -> PacketIndex:
     with av.open(path) as c:
         stream = c.streams.video[0]
         packets = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.size]
@@ -343,11 +356,6 @@ class CaptureGate:
 
 
 CAPTURE_GATE = CaptureGate()
-
-
-def _file_key(path: str) -> tuple:
-    st = os.stat(path)
-    return path, st.st_mtime_ns, st.st_size
 
 
 def _nvdec_session(path: str, gpu: int, slot: int | None):
