@@ -120,14 +120,19 @@ def model_only(det: Detector, repeats: int) -> list[float]:
     return [det.batch_size / s for s in time_repeats(step, det.device, repeats=repeats)]
 
 
-def end_to_end(det: Detector, video: str, outdir: Path) -> tuple[int, float]:
-    """(frames, mean detections per frame) of one ``run`` writing JSON Lines."""
-    report = run(det, [video], lambda i: JsonlSink(outdir / "out.jsonl", i.path, i.width, i.height))
+def end_to_end(det: Detector, video: str, out: Path) -> int:
+    """Frames of one ``run`` writing JSON Lines to ``out``."""
+    report = run(det, [video], lambda i: JsonlSink(out, i.path, i.width, i.height))
     if report.failed:
         raise RuntimeError(report.failed[0].error)
-    with open(outdir / "out.jsonl") as f:
-        dets = sum(line.count('"box"') for line in f)
-    return report.frames, dets / max(report.frames, 1)
+    return report.frames
+
+
+def detections_per_frame(jsonl: Path) -> float:
+    """Mean detections per line of a JSON Lines output."""
+    with open(jsonl) as f:
+        lines = f.readlines()
+    return sum(line.count('"box"') for line in lines) / max(len(lines), 1)
 
 
 def bench_inputs(a: argparse.Namespace, tmp: Path) -> list[str]:
@@ -156,31 +161,27 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
                                  repeats=a.repeats)
         frames = counts[-1]
         dec = [n / t for n, t in zip(counts[1:], dec_times)]
+        out = tmp / "out.jsonl"
         e2e_frames: list[int] = []
-        dets_pf: list[float] = []
-
-        def once():
-            n, d = end_to_end(det, video, tmp)
-            e2e_frames.append(n)
-            dets_pf.append(d)
-
-        e2e_times = time_repeats(once, det.device, repeats=a.repeats)
+        e2e_times = time_repeats(lambda: e2e_frames.append(end_to_end(det, video, out)), det.device,
+                                 repeats=a.repeats)
         e2e = [n / t for n, t in zip(e2e_frames[1:], e2e_times)]
+        dets_pf = detections_per_frame(out)
         with GilLoad() as gil:
-            end_to_end(det, video, tmp)
+            end_to_end(det, video, out)
         cands = candidates_per_frame(det, video)
         ceiling = min(median(dec), median(b))
         rows.append([Path(video).name, f"{info.width}x{info.height}", str(frames),
                      f"{median(dec):,.0f} (±{spread(dec):.0%})", f"{median(b):,.0f} (±{spread(b):.0%})",
                      f"{median(e2e):,.0f} (±{spread(e2e):.0%})", f"{median(e2e) / ceiling:.2f}",
-                     f"{cands:,.0f}", f"{median(dets_pf):.1f}", f"{gil.wait_share:.0%}"])
+                     f"{cands:,.0f}", f"{dets_pf:.1f}", f"{gil.wait_share:.0%}"])
         if a.long:
             long_path = tmp / f"long-{Path(video).stem}.mp4"
             repeat_clip(video, long_path, a.long)
             mems = []
             for path in (video, str(long_path)):
                 with PeakMemory(det.device) as mem:
-                    n, _ = end_to_end(det, path, tmp)
+                    n = end_to_end(det, path, out)
                 mems.append((n, mem.host_peak, mem.gpu_peak))
             (n1, h1, g1), (n2, h2, g2) = mems
             notes.append(f"Memory, {Path(video).name}: {n1} frames: host peak {h1 / 2**20:,.0f} MiB, GPU peak "

@@ -4,7 +4,7 @@ In:  ``Tensor[N, 3, H, W]`` uint8 RGB frames on the detector's device.
 Out: :class:`~vidpipe.postprocess.Detections` on the same device, boxes in pixels of the
 original frame (x1, y1, x2, y2), issued asynchronously (nothing waits for the GPU).
 
-On CUDA the chain is captured once per frame size as two CUDA graphs with static buffers
+On CUDA the chain is captured once per frame size as CUDA graphs with static buffers
 (preprocess + model; post-processing on a second stream, overlapping the next batch's model), so
 a batch costs a few copies and two replays on the host: the issuing thread holds the GIL for well
 under a millisecond instead of the ~8 ms of launching a few hundred kernels one by one.
@@ -211,11 +211,12 @@ EAGER = object()  # a frame size whose capture failed
 
 
 class _Graph:
-    """The detector's chain for one (batch, height, width) as two CUDA graphs: preprocess + model
-    on the caller's stream, post-processing on the detector's own high-priority stream, so batch
-    i's post-processing runs beside batch i+1's model. Between the two, the model's outputs are
-    copied to the post graph's inputs (~0.1 ms), after which the next model replay may overwrite
-    them. Rows of ``frames`` past a short batch hold stale frames: they only cost compute."""
+    """The detector's chain for one (batch, height, width) as two pairs of CUDA graphs used in turn,
+    each pair preprocess + model on the caller's stream and post-processing on the detector's own
+    high-priority stream, reading the model's outputs in place: batch i's post-processing runs
+    beside batch i+1's model (the other pair), and a pair's model waits only for its own previous
+    post-processing, two batches back. Rows of ``frames`` past a short batch hold stale frames:
+    they only cost compute."""
 
     def __init__(self, det: Detector, frames: torch.Tensor) -> None:
         self.frames = frames
@@ -228,33 +229,38 @@ class _Graph:
                 det._infer(frames)
         current.wait_stream(side)
         _, _, h, w = frames.shape
-        self.model, self.postprocess = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        self.pairs: list[tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph, Detections]] = []
         # Decode threads keep running, but not through calls that would synchronise the device.
         with CAPTURE_GATE.capture():
-            with torch.cuda.graph(self.model, capture_error_mode="thread_local"):
-                self.locs, self.scores = det._model(frames)
-            self.locs_in, self.scores_in = self.locs.clone(), self.scores.clone()
-            with torch.cuda.graph(self.postprocess, capture_error_mode="thread_local"):
-                self.out = det._post(self.locs_in, self.scores_in, h, w)
+            for _ in range(2):  # own memory pools: one pair's activations never overwrite the other's outputs
+                model, post = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+                with torch.cuda.graph(model, capture_error_mode="thread_local"):
+                    locs, scores = det._model(frames)
+                with torch.cuda.graph(post, capture_error_mode="thread_local"):
+                    out = det._post(locs, scores, h, w)
+                self.pairs.append((model, post, out))
+        self.done: list[torch.cuda.Event | None] = [None, None]  # each pair's last post-processing
+        self.turn = 0
         log.info("captured the detector as CUDA graphs for batch %d at %dx%d", frames.shape[0], w, h)
 
     def run(self, parts: list[torch.Tensor], host: bool) -> tuple[Detections, torch.cuda.Event | None]:
         current = torch.cuda.current_stream(self.frames.device)
+        turn, self.turn = self.turn, 1 - self.turn
+        model, post, static = self.pairs[turn]
         with nvtx_range("replay"):
+            if self.done[turn] is not None:  # its post-processing reads this pair's model outputs
+                current.wait_event(self.done[turn])
             n = 0
             for p in parts:
                 self.frames[n:n + p.shape[0]].copy_(p)
                 n += p.shape[0]
-            self.model.replay()
+            model.replay()
             self.post.wait_stream(current)
             with torch.cuda.stream(self.post):
-                self.locs_in.copy_(self.locs)
-                self.scores_in.copy_(self.scores)
-                current.wait_stream(self.post)  # the next model replay overwrites locs and scores
-                self.postprocess.replay()
-                # Copies: the static outputs are overwritten by the next replay.
-                out = [t[:n].to("cpu", non_blocking=True) if host else t[:n].clone() for t in self.out.astuple()]
-                done = torch.cuda.Event()
+                post.replay()
+                # Copies: the static outputs are overwritten by the pair's next replay.
+                out = [t[:n].to("cpu", non_blocking=True) if host else t[:n].clone() for t in static.astuple()]
+                done = self.done[turn] = torch.cuda.Event()
                 done.record()
         if host:
             return Detections(*out), done

@@ -318,9 +318,11 @@ class FrameProducer:
         self._ready = queue.PriorityQueue(maxsize=slots)
         self._puts = itertools.count()  # keeps a unit's items in order, and entries comparable
         self._live = self.workers
-        self._threads = [threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True)]
-        self._threads += [threading.Thread(target=self._worker, args=(i,), name=f"vidpipe-decode{i}",
-                                           daemon=True) for i in range(self.workers)]
+        # Workers first, idle on the unit queue: a worker already seeking would hold up the start
+        # of the next (thread starts wait for the GIL), and units should find every worker ready.
+        self._threads = [threading.Thread(target=self._worker, args=(i,), name=f"vidpipe-decode{i}",
+                                          daemon=True) for i in range(self.workers)]
+        self._threads.append(threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True))
         for t in self._threads:
             t.start()
 

@@ -13,13 +13,15 @@ the ``max_detections`` best over all classes and drop those with score <= ``scor
 Ties, which NVIDIA's code leaves to its sort, are broken by the lower default-box index inside a
 class and by the lower label across classes.
 
-The fast path issues no host synchronisation. On CUDA three Triton kernels do the work: one
-read of the logits per block of boxes for the log-sum-exp over labels, which also appends every
-candidate's (score, box) key to its (image, class) row; then one program per (image, class) that
-sorts the row's keys (a bit-wise binary search for the K-th score only past 4 x K candidates, K
-rounded up to a power of two), and one for greedy NMS in registers. Elsewhere ``topk`` over
-(score, index) keys and a vectorised torch NMS loop compute the same. The result stays padded
-on the device until :meth:`Detections.split`.
+The fast path issues no host synchronisation. On CUDA five Triton kernels do the work: box
+decoding; one read of the logits per block of boxes for the log-sum-exp over labels, which also
+appends every candidate's (score, box) key to its (image, class) row; one program per (image,
+class) that sorts the row's keys (a bit-wise binary search for the K-th score only past 4 x K
+candidates, K rounded up to a power of two) and gathers their boxes; one for greedy NMS in
+registers, which stops once the row has as many kept boxes as an image may keep; and one per
+image that sorts the rows' kept keys and writes the best. Elsewhere ``topk`` over (score, index)
+keys and a vectorised torch NMS loop compute the same. The result stays padded on the device
+until :meth:`Detections.split`.
 """
 
 from __future__ import annotations
@@ -128,27 +130,58 @@ def _nms_torch(boxes: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Te
 
 if triton is not None:
     @triton.jit
-    def _nms_kernel(boxes_ptr, count_ptr, keep_ptr, thr, K: tl.constexpr, BLOCK: tl.constexpr):
+    def _boxes_kernel(locs_ptr, dbox_ptr, out_ptr, A, scale_xy, scale_wh, BLOCK: tl.constexpr):
+        # decode_boxes for a block of one image's boxes, operation for operation: the _rn
+        # intrinsics keep the compiler from fusing multiply-adds, libdevice's exp is CUDA's expf.
+        n = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < A
+        loc = locs_ptr + n.to(tl.int64) * 4 * A + offs
+        lx = tl.load(loc, mask=m, other=0.0).to(tl.float32)
+        ly = tl.load(loc + A, mask=m, other=0.0).to(tl.float32)
+        lw = tl.load(loc + 2 * A, mask=m, other=0.0).to(tl.float32)
+        lh = tl.load(loc + 3 * A, mask=m, other=0.0).to(tl.float32)
+        dx = tl.load(dbox_ptr + offs * 4 + 0, mask=m, other=0.0)
+        dy = tl.load(dbox_ptr + offs * 4 + 1, mask=m, other=0.0)
+        dw = tl.load(dbox_ptr + offs * 4 + 2, mask=m, other=0.0)
+        dh = tl.load(dbox_ptr + offs * 4 + 3, mask=m, other=0.0)
+        cx = libdevice.add_rn(libdevice.mul_rn(libdevice.mul_rn(lx, scale_xy), dw), dx)
+        cy = libdevice.add_rn(libdevice.mul_rn(libdevice.mul_rn(ly, scale_xy), dh), dy)
+        hw = 0.5 * libdevice.mul_rn(libdevice.exp(libdevice.mul_rn(lw, scale_wh)), dw)
+        hh = 0.5 * libdevice.mul_rn(libdevice.exp(libdevice.mul_rn(lh, scale_wh)), dh)
+        out = out_ptr + (n.to(tl.int64) * A + offs) * 4
+        tl.store(out + 0, libdevice.sub_rn(cx, hw), mask=m)
+        tl.store(out + 1, libdevice.sub_rn(cy, hh), mask=m)
+        tl.store(out + 2, libdevice.add_rn(cx, hw), mask=m)
+        tl.store(out + 3, libdevice.add_rn(cy, hh), mask=m)
+
+    @triton.jit
+    def _nms_kernel(boxes_ptr, score_ptr, count_ptr, key_ptr, thr, LABELS: tl.constexpr, K: tl.constexpr,
+                    KB: tl.constexpr, DR: tl.constexpr):
         # One program per (image, class) row; the row's candidates live in registers and the greedy
         # scan visits the kept ones best first, jumping over suppressed ones. The _rn intrinsics stop
         # fused multiply-adds and approximate division so IoU rounds exactly like the float32 reference.
+        # Out: the row's DR best kept boxes as cross-class keys (score bits, reversed label * K + rank),
+        # -1 padded. A box is final once the scan reaches it (only better boxes suppress), and an
+        # image keeps at most DR detections, so the scan stops after DR kept boxes.
         row = tl.program_id(0)
-        n = tl.load(count_ptr + row)
-        offs = tl.arange(0, BLOCK)
+        n = tl.minimum(tl.load(count_ptr + row), K)
+        offs = tl.arange(0, KB)
         inb = offs < n
-        base = boxes_ptr + row * K * 4 + offs * 4
-        x1 = tl.load(base + 0, mask=inb, other=0.0)
-        y1 = tl.load(base + 1, mask=inb, other=0.0)
-        x2 = tl.load(base + 2, mask=inb, other=0.0)
-        y2 = tl.load(base + 3, mask=inb, other=0.0)
+        base = boxes_ptr + row.to(tl.int64) * KB * 4
+        x1 = tl.load(base + offs * 4 + 0, mask=inb, other=0.0)
+        y1 = tl.load(base + offs * 4 + 1, mask=inb, other=0.0)
+        x2 = tl.load(base + offs * 4 + 2, mask=inb, other=0.0)
+        y2 = tl.load(base + offs * 4 + 3, mask=inb, other=0.0)
         area = libdevice.mul_rn(x2 - x1, y2 - y1)
         keep = inb
-        i = tl.min(tl.where(keep, offs, BLOCK))
-        while i < n:
-            bx1 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 0)
-            by1 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 1)
-            bx2 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 2)
-            by2 = tl.load(boxes_ptr + row * K * 4 + i * 4 + 3)
+        i = tl.min(tl.where(keep, offs, KB))
+        visited = 0
+        while (i < n) & (visited < DR):
+            bx1 = tl.load(base + i * 4 + 0)
+            by1 = tl.load(base + i * 4 + 1)
+            bx2 = tl.load(base + i * 4 + 2)
+            by2 = tl.load(base + i * 4 + 3)
             barea = libdevice.mul_rn(bx2 - bx1, by2 - by1)
             w = tl.maximum(tl.minimum(x2, bx2) - tl.maximum(x1, bx1), 0.0)
             h = tl.maximum(tl.minimum(y2, by2) - tl.maximum(y1, by1), 0.0)
@@ -156,9 +189,36 @@ if triton is not None:
             union = libdevice.sub_rn(libdevice.add_rn(area, barea), inter)
             iou = libdevice.div_rn(inter, union)
             keep = keep & ~((offs > i) & ~(iou < thr))
-            i = tl.min(tl.where(keep & (offs > i), offs, BLOCK))
-        tl.store(keep_ptr + row * K + offs, keep.to(tl.int8), mask=offs < K)
+            i = tl.min(tl.where(keep & (offs > i), offs, KB))
+            visited += 1
+        bits = tl.load(score_ptr + row.to(tl.int64) * KB + offs, mask=inb, other=0.0).to(tl.int32, bitcast=True)
+        flat = (row % LABELS) * K + offs
+        key = (bits.to(tl.int64) << 32) | (LABELS * K - 1 - flat).to(tl.int64)
+        pos = tl.cumsum(keep.to(tl.int32), 0) - 1
+        out = key_ptr + row.to(tl.int64) * DR
+        tl.store(out + pos, key, mask=keep & (pos < DR))
+        tl.store(out + offs, tl.full([KB], -1, tl.int64), mask=(offs > tl.max(pos, 0)) & (offs < DR))
 
+    @triton.jit
+    def _best_kernel(key_ptr, cbox_ptr, boxes_ptr, labels_ptr, scores_ptr, counts_ptr, score_thr,
+                     ROW: tl.constexpr, LABELS: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, D: tl.constexpr,
+                     RB: tl.constexpr):
+        # One program per image: the D best of its ROW keys (from _nms_kernel), ties to the lower
+        # (label, rank) as topk over the keys gives; those scoring above score_thr are written out.
+        img = tl.program_id(0)
+        offs = tl.arange(0, RB)
+        keys = tl.load(key_ptr + img.to(tl.int64) * ROW + offs, mask=offs < ROW, other=-1)
+        keys = tl.sort(keys, descending=True)
+        score = (keys >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        ok = (offs < D) & (keys >= 0) & (score > score_thr)
+        flat = LABELS * K - 1 - (keys & 0xFFFFFFFF)
+        slot = (img * LABELS + flat // K) * KB + flat % K
+        out = img.to(tl.int64) * D + offs
+        for j in tl.static_range(4):
+            tl.store(boxes_ptr + out * 4 + j, tl.load(cbox_ptr + slot * 4 + j, mask=ok, other=0.0), mask=offs < D)
+        tl.store(labels_ptr + out, tl.where(ok, flat // K + 1, 0), mask=offs < D)
+        tl.store(scores_ptr + out, tl.where(ok, score, 0.0), mask=offs < D)
+        tl.store(counts_ptr + img, tl.sum(ok.to(tl.int64), 0))
 
     @triton.jit
     def _select_kernel(logits_ptr, lse_ptr, count_ptr, key_ptr, A, thr_bits, C: tl.constexpr, CB: tl.constexpr,
@@ -199,38 +259,41 @@ if triton is not None:
         return m, p.to(tl.int32, bitcast=True)
 
     @triton.jit
-    def _sort_store(keys, slots, idx_ptr, score_ptr, out_row, A, K):
-        # Keys sorted best first -> the first K (box index, score) pairs of the output row.
+    def _sort_store(keys, slots, box_row, cbox_ptr, score_ptr, out_row, A, K):
+        # Keys sorted best first -> the first K candidates' (box, score) in the output row.
         keys = tl.sort(keys, descending=True)
-        valid = keys >= 0
-        tl.store(idx_ptr + out_row + slots, tl.where(valid, (A - 1) - (keys & 0xFFFFFFFF), -1), mask=slots < K)
-        tl.store(score_ptr + out_row + slots,
-                 tl.where(valid, (keys >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0), mask=slots < K)
+        take = (keys >= 0) & (slots < K)
+        idx = (A - 1) - (keys & 0xFFFFFFFF)
+        tl.store(score_ptr + out_row + slots, (keys >> 32).to(tl.int32).to(tl.float32, bitcast=True), mask=take)
+        for j in tl.static_range(4):
+            tl.store(cbox_ptr + (out_row + slots) * 4 + j, tl.load(box_row + idx * 4 + j, mask=take), mask=take)
 
     @triton.jit
-    def _candidates_kernel(logits_ptr, lse_ptr, count_ptr, key_ptr, idx_ptr, score_ptr, A, thr_bits,
+    def _candidates_kernel(logits_ptr, lse_ptr, count_ptr, key_ptr, boxes_ptr, cbox_ptr, score_ptr, A, thr_bits,
                            C: tl.constexpr, K: tl.constexpr, KB: tl.constexpr, CAP: tl.constexpr,
                            BLOCK: tl.constexpr):
         # One program per (image, class) row: the row's K best scores above the threshold, best
-        # first, ties to the lower box index -- exactly what topk over (score, index) keys gives.
+        # first, ties to the lower box index -- exactly what topk over (score, index) keys gives --
+        # with their decoded boxes (slots past the row's count are left unwritten).
         # Up to CAP candidates, _select_kernel has left all their keys in the row: sort them.
         # Beyond, a binary search over the float bits finds the K-th best score and one pass over
         # the row's scores writes the K selected keys.
         row = tl.program_id(0)
+        n = row // (C - 1)
         out_row = row.to(tl.int64) * KB
         key_row = key_ptr + row.to(tl.int64) * CAP
+        box_row = boxes_ptr + n.to(tl.int64) * A * 4
         count = tl.load(count_ptr + row)
         slots = tl.arange(0, KB)
         if count == 0:  # an empty class: nothing to sort
-            tl.store(idx_ptr + out_row + slots, tl.full([KB], -1, tl.int64), mask=slots < K)
-            tl.store(score_ptr + out_row + slots, tl.zeros([KB], tl.float32), mask=slots < K)
+            pass
         elif count <= KB:
             few = tl.load(key_row + slots, mask=slots < count, other=-1)
-            _sort_store(few, slots, idx_ptr, score_ptr, out_row, A, K)
+            _sort_store(few, slots, box_row, cbox_ptr, score_ptr, out_row, A, K)
         elif count <= CAP:
             wide = tl.arange(0, CAP)
             many = tl.load(key_row + wide, mask=wide < count, other=-1)
-            _sort_store(many, wide, idx_ptr, score_ptr, out_row, A, K)
+            _sort_store(many, wide, box_row, cbox_ptr, score_ptr, out_row, A, K)
         else:
             n = row // (C - 1)
             logit_row = logits_ptr + (n * C + row % (C - 1) + 1).to(tl.int64) * A
@@ -267,14 +330,25 @@ if triton is not None:
                 ties += tl.sum(tie.to(tl.int32))
             tl.debug_barrier()
             best = tl.load(key_row + slots, mask=slots < K, other=-1)
-            _sort_store(best, slots, idx_ptr, score_ptr, out_row, A, K)
+            _sort_store(best, slots, box_row, cbox_ptr, score_ptr, out_row, A, K)
 
 
-def _candidates_triton(scores: torch.Tensor, k: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``scores Tensor[N, C, A]`` logits -> (indices ``[N, C-1, K]`` int64, -1 padded; their
-    softmax scores ``[N, C-1, K]`` float32), best first, for the labels 1..C-1."""
+def _boxes_triton(locs: torch.Tensor) -> torch.Tensor:
+    """:func:`decode_boxes` in one kernel (CUDA): ``locs Tensor[N, 4, A]`` -> ``Tensor[N, A, 4]``."""
+    n, _, a = locs.shape
+    out = torch.empty(n, a, 4, dtype=torch.float32, device=locs.device)
+    _boxes_kernel[(n, triton.cdiv(a, 512))](locs.contiguous(), default_boxes(locs.device), out, a, SCALE_XY,
+                                            SCALE_WH, BLOCK=512, num_warps=4)
+    return out
+
+
+def _candidates_triton(scores: torch.Tensor, boxes: torch.Tensor, k: int, threshold: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``scores Tensor[N, C, A]`` logits, ``boxes Tensor[N, A, 4]`` -> for each (image, label 1..C-1)
+    row, best first: the candidates' boxes ``[N * (C-1), KB, 4]`` and softmax scores
+    ``[N * (C-1), KB]`` float32 (KB >= k; slots past the row's count are unset) and the count of
+    scores above ``threshold`` per row ``[N * (C-1)]`` int32 (the row holds min(count, k))."""
     n, c, a = scores.shape
-    k = min(k, a)
     kb = max(16, triton.next_power_of_2(k))
     cap = 4 * kb  # candidates per row kept by the first pass; more take the binary search
     rows = n * (c - 1)
@@ -282,23 +356,39 @@ def _candidates_triton(scores: torch.Tensor, k: int, threshold: float) -> tuple[
     lse = torch.empty(n, a, dtype=torch.float32, device=scores.device)
     counts = torch.zeros(rows, dtype=torch.int32, device=scores.device)
     keys = torch.empty(rows, cap, dtype=torch.int64, device=scores.device)
-    idx = torch.empty(rows, kb, dtype=torch.int64, device=scores.device)
-    val = torch.empty(rows, kb, dtype=torch.float32, device=scores.device)
+    cand_boxes = torch.empty(rows, kb, 4, dtype=torch.float32, device=scores.device)
+    cand_scores = torch.empty(rows, kb, dtype=torch.float32, device=scores.device)
     thr_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
     _select_kernel[(n, triton.cdiv(a, 64))](logits, lse, counts, keys, a, thr_bits, C=c, CB=triton.next_power_of_2(c),
-                                            LB=16, CAP=cap, BLOCK=64, num_warps=4)
-    _candidates_kernel[(rows,)](logits, lse, counts, keys, idx, val, a, thr_bits, C=c, K=k, KB=kb, CAP=cap,
-                                BLOCK=2048, num_warps=8)
-    return idx[:, :k].reshape(n, c - 1, k), val[:, :k].reshape(n, c - 1, k)
+                                            LB=8, CAP=cap, BLOCK=64, num_warps=4)
+    _candidates_kernel[(rows,)](logits, lse, counts, keys, boxes.contiguous(), cand_boxes, cand_scores, a, thr_bits,
+                                C=c, K=k, KB=kb, CAP=cap, BLOCK=2048, num_warps=8)
+    return cand_boxes, cand_scores, counts
 
 
-def _nms_triton(boxes: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Tensor:
-    r, k = valid.shape
-    keep = torch.empty(r, k, dtype=torch.int8, device=boxes.device)
-    counts = valid.sum(1, dtype=torch.int32)
-    _nms_kernel[(r,)](boxes.contiguous(), counts, keep, float(thr), K=k,
-                      BLOCK=max(16, triton.next_power_of_2(k)), num_warps=4)
-    return keep.bool()
+def _decode_triton(boxes: torch.Tensor, scores: torch.Tensor, candidate_threshold: float, iou_threshold: float,
+                   max_detections: int, per_class_candidates: int, score_threshold: float) -> Detections:
+    """:func:`ssd_decode_padded` from decoded boxes, in four kernels: select, candidates, NMS, best."""
+    n, c, a = scores.shape
+    k, labels, d = min(per_class_candidates, a), c - 1, max_detections
+    cand_boxes, cand_scores, counts = _candidates_triton(scores, boxes, k, candidate_threshold)
+    kb, dr = cand_scores.shape[1], min(d, k)
+    keys = torch.empty(n * labels, dr, dtype=torch.int64, device=scores.device)
+    _nms_kernel[(n * labels,)](cand_boxes, cand_scores, counts, keys, float(iou_threshold), LABELS=labels, K=k,
+                               KB=kb, DR=dr, num_warps=8)
+    keys = keys.view(n, labels * dr)
+    if keys.shape[1] > _BEST_KEYS:  # more than one program sorts well: topk keeps the deciding keys
+        keys = keys.topk(min(d, keys.shape[1]), dim=1).values
+    rb = triton.next_power_of_2(max(keys.shape[1], d))
+    dev = scores.device
+    out = Detections(torch.empty(n, d, 4, device=dev), torch.empty(n, d, dtype=torch.int64, device=dev),
+                     torch.empty(n, d, device=dev), torch.empty(n, dtype=torch.int64, device=dev))
+    _best_kernel[(n,)](keys, cand_boxes, *out.astuple(), float(score_threshold), ROW=keys.shape[1], LABELS=labels,
+                       K=k, KB=kb, D=d, RB=rb, num_warps=min(16, max(4, rb // 128)))
+    return out
+
+
+_BEST_KEYS = 16384  # keys per image sorted by one program of _best_kernel, at most
 
 
 def _check_args(locs: torch.Tensor, scores: torch.Tensor, candidate_threshold: float,
@@ -330,38 +420,41 @@ def ssd_decode_padded(locs: torch.Tensor, scores: torch.Tensor, *, candidate_thr
     use_triton = nms == "triton" or (nms == "auto" and locs.is_cuda and triton is not None)
     if use_triton and (triton is None or not locs.is_cuda):
         raise ValueError("nms='triton' needs Triton and CUDA tensors")
+    if use_triton:
+        return _decode_triton(_boxes_triton(locs), scores, candidate_threshold, iou_threshold, max_detections,
+                              per_class_candidates, score_threshold)
     n, c = scores.shape[:2]
     boxes = decode_boxes(locs, default_boxes(locs.device))  # [N, A, 4]
-    if use_triton:
-        cand, cand_scores = _candidates_triton(scores, per_class_candidates, candidate_threshold)
-    else:
-        probs = class_probs(scores)[:, 1:]
-        cand = _topk_keys(probs, per_class_candidates, probs > candidate_threshold)  # [N, C-1, K]
-        cand_scores = probs.gather(2, cand.clamp(min=0))
+    probs = class_probs(scores)[:, 1:]
+    cand = _topk_keys(probs, per_class_candidates, probs > candidate_threshold)  # [N, C-1, K]
+    cand_scores = probs.gather(2, cand.clamp(min=0))
     valid = cand >= 0
     safe = cand.clamp(min=0)
     cand_boxes = boxes.gather(1, safe.reshape(n, -1, 1).expand(-1, -1, 4)).reshape(*safe.shape, 4)
     k = safe.shape[-1]
-    flat_boxes, flat_valid = cand_boxes.reshape(-1, k, 4), valid.reshape(-1, k)
-    nms_fn = _nms_triton if use_triton else _nms_torch
-    kept = nms_fn(flat_boxes, flat_valid, iou_threshold).reshape(n, c - 1, k)
+    kept = _nms_torch(cand_boxes.reshape(-1, k, 4), valid.reshape(-1, k), iou_threshold).reshape(n, c - 1, k)
+    return _best_torch(cand_boxes, cand_scores, kept, max_detections, score_threshold)
 
-    # Across classes: the best max_detections kept boxes; flat order = (label, rank in class).
+
+def _best_torch(cand_boxes: torch.Tensor, cand_scores: torch.Tensor, kept: torch.Tensor, d: int,
+                score_threshold: float) -> Detections:
+    """Across classes: per image the ``d`` best kept candidates scoring above ``score_threshold``,
+    from ``cand_boxes [N, L, K, 4]``, ``cand_scores [N, L, K]``, ``kept [N, L, K]`` bool; ties go
+    to the lower (label, rank in class)."""
+    n, _, k = kept.shape
     flat_scores = cand_scores.reshape(n, -1)
-    best = _topk_keys(flat_scores, max_detections, kept.reshape(n, -1))  # [N, D]
+    best = _topk_keys(flat_scores, d, kept.reshape(n, -1))  # [N, D]
     ok = (best >= 0)
     best = best.clamp(min=0)
     out_scores = flat_scores.gather(1, best)
     ok &= out_scores > score_threshold
-    counts = ok.sum(1)
     out_boxes = cand_boxes.reshape(n, -1, 4).gather(1, best.unsqueeze(-1).expand(-1, -1, 4))
-    out_labels = best // k + 1
-    zero = torch.zeros((), device=locs.device)
+    zero = torch.zeros((), device=kept.device)
     return Detections(
         torch.where(ok.unsqueeze(-1), out_boxes, zero),
-        torch.where(ok, out_labels, 0),
+        torch.where(ok, best // k + 1, 0),
         torch.where(ok, out_scores, zero),
-        counts,
+        ok.sum(1),
     )
 
 
