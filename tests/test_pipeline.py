@@ -80,36 +80,6 @@ def test_interrupted_sink_stays_partial(tmp_path):
     assert not (tmp_path / "x.jsonl").exists() and (tmp_path / "x.jsonl.partial").exists()
 
 
-def test_jsonl_text_is_what_percent_formatting_writes(tmp_path):
-    """The sink's NumPy-built text equals "%.2f" / "%.5f" / "%d" formatting, value for value, on
-    fresh random batches (negative, -0.0, half-way and large values, empty frames)."""
-    from vidpipe.coco import CLASS_NAMES
-
-    rng = np.random.default_rng()
-    for trial in range(40):
-        n, d = int(rng.integers(1, 40)), int(rng.integers(1, 25))
-        boxes = (rng.standard_normal((n, d, 4)) * 10.0 ** (trial % 6)).astype(np.float32)
-        boxes.flat[:3] = [-0.0, -0.004, 0.125]
-        boxes.flat[rng.integers(0, boxes.size, 8)] = rng.integers(-9999, 9999, 8) / 100 + 0.005
-        scores = rng.random((n, d)).astype(np.float32)
-        scores.flat[0] = 1.0
-        labels = rng.integers(1, 81, (n, d))
-        counts = rng.integers(0, d + 1, n) * (rng.random(n) > 0.2)
-        sink = open_sink("jsonl", tmp_path / "t.jsonl", "v \"%d\".mp4", 640, 480)
-        sink.write(list(range(n)), [i / 29.97 for i in range(n)], boxes, labels, scores, counts)
-        sink.close(complete=True)
-        lines = (tmp_path / "t.jsonl").read_text().splitlines()
-        assert len(lines) == n
-        for i, line in enumerate(lines):
-            dets = ", ".join(
-                '{"box": [%.2f, %.2f, %.2f, %.2f], "score": %.5f, "class_id": %d, "class_name": %s}'
-                % (*boxes[i, j].tolist(), scores[i, j], labels[i, j], json.dumps(CLASS_NAMES[labels[i, j]]))
-                for j in range(counts[i]))
-            assert line == ('{"video": "v \\"%%d\\".mp4", "frame": %d, "time": %.6f, "width": 640, '
-                            '"height": 480, "detections": [%s]}' % (i, i / 29.97, dets))
-            json.loads(line)
-
-
 def test_decode_memory_stays_flat_on_long_input(tmp_path):
     """Bounded queues: decoding a 20x longer clip must not grow host memory by more than 25 MiB."""
     clip = make_clip(tmp_path / "c.mp4", frames=60, width=320, height=240, gop=30)

@@ -18,7 +18,8 @@ detections of consecutive frames of one input, ready once their event fires) and
 * The compute thread only issues work: on CUDA two graph replays per batch (model on its own
   stream, post-processing beside the next batch's model, see :class:`~vidpipe.detector.Detector`);
   results go to pinned host memory with ``non_blocking`` copies and an event. The writer thread
-  waits for each batch's event and serialises it.
+  formats each batch's results as soon as they land (before they are back in order: results held
+  for ordering are text by then) and writes them in order.
 
 With ``Config.overlap=False`` the same loop runs serially in the calling thread (the article's
 starting point): decode, infer, copy back and write one batch after another.
@@ -96,6 +97,7 @@ class BatchResult:
     det: Detections
     event: torch.cuda.Event | None
     row: int = 0
+    text: str | None = None  # formatted by the writer before its turn came (see Issued)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """boxes, labels, scores, counts of these frames as NumPy views, once the copy has landed."""
@@ -109,6 +111,15 @@ class BatchResult:
         for i, (frame, t) in enumerate(zip(self.indices, self.times)):
             yield FrameResult(self.info.path, frame, t, self.info.width, self.info.height,
                               b[i, :c[i]], l[i, :c[i]], s[i, :c[i]])
+
+
+@dataclass
+class Issued:
+    """A :class:`BatchResult` as soon as its batch is issued, before results are put back in
+    order: the writer formats it once it lands, so what is held back for ordering (and released
+    when the GPU is done) is text ready to write. The same result comes again in its turn."""
+
+    result: BatchResult
 
 
 @dataclass(eq=False)
@@ -472,7 +483,7 @@ class _Orderer:
 
 
 def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | None = None
-            ) -> Iterator[VideoStart | BatchResult | VideoEnd]:
+            ) -> Iterator[Issued | VideoStart | BatchResult | VideoEnd]:
     """Decode and detect ``inputs`` (only frames ``[a, b)`` of each with ``frames``); see the
     module docstring. The caller waits on each result."""
     cfg = detector.config
@@ -488,6 +499,7 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
     batcher = _Batcher(detector.batch_size)
     compute = _stream(detector.device, "compute") if cuda and cfg.overlap else None
     issued: deque[torch.cuda.Event] = deque()  # batches on the GPU, oldest first
+    fresh: list[Issued] = []  # results of batches just issued, not yet announced
 
     def launch(pieces: list[_Piece]) -> None:
         with nvtx_range("batch"):
@@ -504,8 +516,15 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
                 issued.append(event)
         row = 0
         for p in pieces:
-            order.add(p.unit, BatchResult(p.unit.info, p.batch.indices, p.batch.times, host, event, row))
+            result = BatchResult(p.unit.info, p.batch.indices, p.batch.times, host, event, row)
+            order.add(p.unit, result)
+            fresh.append(Issued(result))
             row += len(p.batch)
+
+    def emit() -> Iterator[Issued | VideoStart | BatchResult | VideoEnd]:
+        yield from fresh
+        fresh.clear()
+        yield from order.ready()
 
     try:
         with torch.cuda.stream(compute) if compute is not None else nullcontext():
@@ -526,10 +545,10 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
                         for pieces in batcher.partial():
                             launch(pieces)
                     order.end(item)
-                yield from order.ready()
+                yield from emit()
             for pieces in batcher.partial():
                 launch(pieces)
-            yield from order.ready()
+            yield from emit()
     finally:
         producer.close()
 
@@ -539,6 +558,8 @@ def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]
     A damaged or unreadable input raises :class:`VidpipeError` after its good frames."""
     pending: BatchResult | None = None
     for item in process(detector, inputs):
+        if isinstance(item, Issued):
+            continue
         if pending is not None and not isinstance(item, VideoStart):
             yield from pending.frames()
             pending = None
@@ -571,6 +592,7 @@ class _Writer:
                  on_video: Callable[[VideoEnd], None] | None) -> None:
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.sink: Sink | None = None
+        self.info: VideoInfo | None = None  # the open sink's video
         self.report = RunReport()
         self.error: BaseException | None = None
         self.q: queue.Queue | None = queue.Queue(maxsize=WRITE_QUEUE) if threaded else None
@@ -599,12 +621,19 @@ class _Writer:
                 return
 
     def _handle(self, item) -> None:
-        if isinstance(item, VideoStart):
-            self.sink = self.sink_for(item.info)
+        if isinstance(item, Issued):
+            r = item.result
+            if r.info is self.info and hasattr(self.sink, "lines"):  # results of later videos wait
+                with nvtx_range("format"):
+                    r.text = self.sink.lines(r.indices, r.times, *r.arrays())
+        elif isinstance(item, VideoStart):
+            self.sink, self.info = self.sink_for(item.info), item.info
         elif isinstance(item, BatchResult):
             with nvtx_range("write"):
-                b, l, s, c = item.arrays()
-                self.sink.write(item.indices, item.times, b, l, s, c)
+                if item.text is not None:
+                    self.sink.write_lines(item.text, len(item.indices))
+                else:
+                    self.sink.write(item.indices, item.times, *item.arrays())
             self.report.frames += len(item.indices)
             if self.on_frames:
                 self.on_frames(len(item.indices))
@@ -612,7 +641,7 @@ class _Writer:
             if self.sink is not None:
                 # A damaged file decoded to its end is a complete output; one that broke off is not.
                 self.sink.close(complete=not item.fatal)
-                self.sink = None
+                self.sink, self.info = None, None
             self.report.videos.append(item)
             if self.on_video:
                 self.on_video(item)
@@ -620,7 +649,7 @@ class _Writer:
     def _abort(self) -> None:
         if self.sink is not None:
             self.sink.close(complete=False)
-            self.sink = None
+            self.sink, self.info = None, None
 
     def finish(self, ok: bool) -> RunReport:
         if self.q is not None:

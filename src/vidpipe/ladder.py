@@ -75,18 +75,16 @@ def add_ladder_parser(sub) -> None:
     p.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json and PREFIX.md")
 
 
-class _Collect(JsonlSink):
-    """A JSON Lines sink that also keeps the first ``keep`` frames' detections for comparison."""
-
-    def __init__(self, path, video, width, height, keep: int, store: list) -> None:
-        super().__init__(path, video, width, height)
-        self.keep, self.store = keep, store
-
-    def write(self, indices, times, boxes, labels, scores, counts) -> None:
-        for i, c in enumerate(counts.tolist()):
-            if len(self.store) < self.keep:
-                self.store.append((boxes[i, :c].copy(), labels[i, :c].copy(), scores[i, :c].copy()))
-        super().write(indices, times, boxes, labels, scores, counts)
+def first_frames(jsonl: Path, keep: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(boxes, labels, scores) of the first ``keep`` frames of a JSON Lines output."""
+    out = []
+    with open(jsonl) as f:
+        for line, _ in zip(f, range(keep)):
+            dets = json.loads(line)["detections"]
+            out.append((np.array([d["box"] for d in dets], np.float32).reshape(-1, 4),
+                        np.array([d["class_id"] for d in dets], np.int64),
+                        np.array([d["score"] for d in dets], np.float32)))
+    return out
 
 
 def agreement(a: list, b: list, iou: float = 0.9) -> float:
@@ -134,14 +132,7 @@ def all_gpus(cfg: Config, model, video: str, tmp: Path, keep: int, repeat: int) 
     window = BusyWindow(len(devices))
     report = run_processes(cfg.replace(weights=str(weights)), {long: tmp / "all.jsonl"}, "jsonl", devices,
                            split_frames=max(64, n // (2 * len(devices))), on_message=window)
-    store = []
-    with open(tmp / "all.jsonl") as f:
-        for line, _ in zip(f, range(keep)):
-            dets = json.loads(line)["detections"]
-            store.append((np.array([d["box"] for d in dets], np.float32).reshape(-1, 4),
-                          np.array([d["class_id"] for d in dets], np.int64),
-                          np.array([d["score"] for d in dets], np.float32)))
-    return report.frames, window.fps, store
+    return report.frames, window.fps, first_frames(tmp / "all.jsonl", keep)
 
 
 def main(a: argparse.Namespace) -> int:
@@ -176,8 +167,7 @@ def main(a: argparse.Namespace) -> int:
         det = Detector(rc, model=model)
         if det.compiled:  # compile outside the timed run
             run(det, [video], lambda i: JsonlSink(tmp / "warm.jsonl", i.path, i.width, i.height))
-        store: list = []
-        sink = lambda i: _Collect(tmp / "out.jsonl", i.path, i.width, i.height, a.compare_frames, store)  # noqa
+        sink = lambda i: JsonlSink(tmp / "out.jsonl", i.path, i.width, i.height)  # noqa: E731
         sync(det.device)
         t0 = time.perf_counter()
         with gil or nullcontext():
@@ -187,6 +177,7 @@ def main(a: argparse.Namespace) -> int:
         if a.trace and rung is RUNGS[7]:
             write_trace(Detector(rc.replace(max_frames=4 * rc.batch_size), model=model), video, a.trace, tmp)
         fps = report.frames / seconds
+        store = first_frames(tmp / "out.jsonl", a.compare_frames)
         if rung.name.startswith("2"):
             reference = store
         base_fps = base_fps or fps

@@ -4,6 +4,8 @@ In: one call per batch with host (CPU) arrays: ``boxes float32[N, D, 4]`` in pix
 frame (x1, y1, x2, y2), ``labels int64[N, D]`` (1..80), ``scores float32[N, D]``, ``counts int64[N]``
 (valid leading entries per frame), plus frame indices and times. Out: a file under its final name
 only once complete; until then, and after a crash or interruption, it is ``<name>.partial``.
+A text sink may also offer ``lines(...) -> str`` and ``write_lines(text, frames)``: the engine then
+formats each batch as soon as its detections land, and only writes the text once it is in order.
 
 Formats: ``jsonl`` (one object per frame), ``coco`` (a COCO results list; image_id = frame index),
 ``parquet`` (one row per detection).
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -23,6 +27,7 @@ from .coco import CLASS_NAMES, COCO_CATEGORY_IDS
 Format = Literal["jsonl", "coco", "parquet"]
 EXTENSIONS: dict[str, str] = {"jsonl": ".jsonl", "coco": ".json", "parquet": ".parquet"}
 PARTIAL = ".partial"
+_NAMES_JSON = [json.dumps(n) for n in CLASS_NAMES]
 
 
 class Sink(Protocol):
@@ -54,80 +59,40 @@ class _AtomicFile:
 
 class JsonlSink(_AtomicFile):
     """``{"video", "frame", "time", "width", "height", "detections": [{"box", "score",
-    "class_id", "class_name"}]}`` per line, frames in order; boxes with 2 decimals, scores with 5."""
+    "class_id", "class_name"}]}`` per line, frames in order."""
 
     def __init__(self, path: str | os.PathLike, video: str, width: int, height: int) -> None:
-        super().__init__(path, binary=True)
-        name = json.dumps(video).replace("%", "%%")  # the header is a "%" template
+        super().__init__(path)
+        name = json.dumps(video).replace("%", "%%")  # the line is a "%" template
         self.head = (f'{{"video": {name}, "frame": %d, "time": %.6f, "width": {width}, "height": {height}, '
-                     '"detections": [').encode()
+                     '"detections": [')
 
     def write(self, indices, times, boxes, labels, scores, counts) -> None:
-        # The detections' text is built by NumPy as one byte matrix (a row per detection, zero
-        # bytes as padding, dropped at the end), not number by number: the writer thread then
-        # holds the GIL for ~0.1 ms per batch instead of ~1 ms of float formatting.
-        counts = np.asarray(counts)
-        valid = np.arange(boxes.shape[1]) < counts[:, None]
-        lab, n = labels[valid], int(counts.sum())
-        text, ends = b"", []
-        if n:
-            box = np.concatenate([_fixed(boxes[valid], 2), _text(b", ", n * 4).reshape(n, 4, 2)], axis=2)
-            rows = np.concatenate([
-                _text(b'{"box": [', n), box.reshape(n, -1)[:, :-2], _text(b'], "score": ', n),
-                _fixed(scores[valid], 5), _text(b', "class_id": ', n), _fixed(lab, 0),
-                _text(b', "class_name": ', n), _NAMES_TEXT[lab], _text(b"}, ", n)], axis=1)
-            used = rows != 0
-            text = rows[used].tobytes()
-            ends = np.cumsum(np.count_nonzero(used, axis=1)).tolist()
-        out, d = [], 0
-        for frame, t, c in zip(indices, times, counts.tolist()):
-            out.append(self.head % (frame, t))
-            if c:
-                out.append(text[ends[d - 1] if d else 0:ends[d + c - 1] - 2])  # without the last ", "
-            out.append(b"]}\n")
-            d += c
-        self.file.write(b"".join(out))
-        self.frames += len(indices)
+        self.write_lines(self.lines(indices, times, boxes, labels, scores, counts), len(indices))
+
+    def lines(self, indices, times, boxes, labels, scores, counts) -> str:
+        """The text of these frames, without writing it (the engine formats results as soon as
+        they land and writes them once they are in order)."""
+        # One C-level format call for the whole batch: the writer thread holds the GIL briefly.
+        counts = counts.tolist()
+        valid = np.arange(boxes.shape[1]) < np.asarray(counts)[:, None]
+        b, s, lab = boxes[valid], scores[valid], labels[valid].tolist()
+        dets = zip(*b.T.tolist(), s.tolist(), lab, [_NAMES_JSON[x] for x in lab])
+        values: list = []
+        for frame, t, c in zip(indices, times, counts):
+            values += (frame, t)
+            values += chain.from_iterable(next(dets) for _ in range(c))
+        return "".join(self.head + _dets_template(c) for c in counts) % tuple(values)
+
+    def write_lines(self, text: str, frames: int) -> None:
+        self.file.write(text)
+        self.frames += frames
 
 
-def _text(s: bytes, n: int) -> np.ndarray:
-    """``s`` as ``n`` rows of a uint8 matrix."""
-    return np.broadcast_to(np.frombuffer(s, np.uint8), (n, len(s)))
-
-
-def _fixed(x: np.ndarray, decimals: int) -> np.ndarray:
-    """``"%.{decimals}f" % v`` of each value as right-aligned uint8 text along a new last axis,
-    zero-padded on the left. float32 times 10**decimals (<= 5) is exact in float64, so rint
-    rounds like "%f" (half to even)."""
-    q = np.abs(np.rint(x.astype(np.float64) * 10.0 ** decimals)).astype(np.int64)
-    digits = max(decimals + 1, len(str(int(q.max())))) if q.size else decimals + 1
-    width = digits + 1 + (decimals > 0)
-    out = np.zeros((*q.shape, width), np.uint8)
-    lead = np.zeros(q.shape, np.int64)  # column of each value's first digit
-    col, rest = width - 1, q
-    for k in range(digits):
-        if k == decimals and decimals:
-            out[..., col] = ord(".")
-            col -= 1
-        rest, digit = np.divmod(rest, 10)
-        shown = (q >= 10 ** k) | (k <= decimals)  # no leading zeros before the units digit
-        out[..., col] = np.where(shown, digit + ord("0"), 0)
-        lead[shown] = col
-        col -= 1
-    neg = np.signbit(x) if x.dtype.kind == "f" else x < 0
-    out[(*np.nonzero(neg), lead[neg] - 1)] = ord("-")
-    return out
-
-
-def _names_text() -> np.ndarray:
-    names = [json.dumps(n).encode() for n in CLASS_NAMES]
-    out = np.zeros((len(names), max(map(len, names))), np.uint8)
-    for i, n in enumerate(names):
-        out[i, :len(n)] = np.frombuffer(n, np.uint8)
-    return out
-
-
-_NAMES_TEXT = _names_text()  # row i: the JSON string of class i's name, zero-padded
+@lru_cache(maxsize=None)
+def _dets_template(c: int) -> str:
+    det = '{"box": [%.2f, %.2f, %.2f, %.2f], "score": %.5f, "class_id": %d, "class_name": %s}'
+    return ", ".join([det] * c) + "]}\n"
 
 
 class CocoSink(_AtomicFile):
