@@ -19,6 +19,7 @@ tables, with device, versions, command and date, to a Markdown file.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import sys
 import tempfile
@@ -161,14 +162,16 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
                                  repeats=a.repeats)
         frames = counts[-1]
         dec = [n / t for n, t in zip(counts[1:], dec_times)]
-        out = tmp / "out.jsonl"
+        # Each run writes a new file, as a run on a new video would (replacing the last run's
+        # output costs the file system up to a few ms).
+        outs = (tmp / f"out-{i}.jsonl" for i in itertools.count())
         e2e_frames: list[int] = []
-        e2e_times = time_repeats(lambda: e2e_frames.append(end_to_end(det, video, out)), det.device,
+        e2e_times = time_repeats(lambda: e2e_frames.append(end_to_end(det, video, next(outs))), det.device,
                                  repeats=a.repeats)
         e2e = [n / t for n, t in zip(e2e_frames[1:], e2e_times)]
-        dets_pf = detections_per_frame(out)
+        dets_pf = detections_per_frame(tmp / "out-0.jsonl")
         with GilLoad() as gil:
-            end_to_end(det, video, out)
+            end_to_end(det, video, next(outs))
         cands = candidates_per_frame(det, video)
         ceiling = min(median(dec), median(b))
         rows.append([Path(video).name, f"{info.width}x{info.height}", str(frames),
@@ -181,12 +184,13 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
             mems = []
             for path in (video, str(long_path)):
                 with PeakMemory(det.device) as mem:
-                    n = end_to_end(det, path, out)
+                    n = end_to_end(det, path, next(outs))
                 mems.append((n, mem.host_peak, mem.gpu_peak))
             (n1, h1, g1), (n2, h2, g2) = mems
-            notes.append(f"Memory, {Path(video).name}: {n1} frames: host peak {h1 / 2**20:,.0f} MiB, GPU peak "
-                         f"{g1 / 2**20:,.0f} MiB; x{a.long} ({n2} frames): host {h2 / 2**20:,.0f} MiB "
-                         f"({h2 / h1 - 1:+.1%}), GPU {g2 / 2**20:,.0f} MiB ({g2 / max(g1, 1) - 1:+.1%}).")
+            gpu = (f", GPU peak {g1 / 2**20:,.0f} MiB", f", GPU {g2 / 2**20:,.0f} MiB ({g2 / max(g1, 1) - 1:+.1%})"
+                   ) if det.device.type == "cuda" else ("", "")
+            notes.append(f"Memory, {Path(video).name}: {n1} frames: host peak {h1 / 2**20:,.0f} MiB{gpu[0]}; "
+                         f"x{a.long} ({n2} frames): host {h2 / 2**20:,.0f} MiB ({h2 / h1 - 1:+.1%}){gpu[1]}.")
     header = ["input", "size", "frames", "(a) decode-only fps", "(b) model-only img/s", "(c) end-to-end fps",
               "(c)/min(a,b)", "candidates/frame", "detections/frame", "GIL wait (e2e)"]
     dtype = str(det.dtype).removeprefix("torch.")
