@@ -72,6 +72,20 @@ def test_sinks_write_atomically(random_model, tmp_path):
     assert sorted(set(table.column("frame").to_pylist())) == [x["frame"] for x in lines if x["detections"]]
 
 
+def test_json_lines_per_video_with_a_file_given_twice(random_model, tmp_path):
+    """The writer formats results as they land, before ordering: each video's output is still
+    its own, in order, identical to a run on that file alone (one file given twice included)."""
+    a = make_clip(tmp_path / "a.mp4", frames=7, width=64, height=48)
+    b = make_clip(tmp_path / "b.mp4", frames=5, width=80, height=48, seed=2)
+    det = detector(random_model, decoders=2)
+    outs = iter(tmp_path / f"out{i}.jsonl" for i in range(3))
+    run(det, [str(a), str(b), str(a)], lambda i: open_sink("jsonl", next(outs), i.path, i.width, i.height))
+    for i, clip in enumerate((a, b, a)):
+        alone = tmp_path / f"alone{i}.jsonl"
+        run(det, [str(clip)], lambda v: open_sink("jsonl", alone, v.path, v.width, v.height))
+        assert (tmp_path / f"out{i}.jsonl").read_text() == alone.read_text()
+
+
 def test_interrupted_sink_stays_partial(tmp_path):
     sink = open_sink("jsonl", tmp_path / "x.jsonl", "v", 10, 10)
     sink.write([0], [0.0], np.zeros((1, 1, 4), np.float32), np.ones((1, 1), np.int64),

@@ -254,8 +254,9 @@ def test_capture_gate_lets_setups_overlap_and_captures_wait_for_them():
     assert sorted(events[:2]) == ["setup0", "setup1"] and events[2] == "capture"
 
 
-def test_packet_scan_follows_a_file_replaced_under_its_name(tmp_path):
-    path = make_clip(tmp_path / "v.mp4", frames=10)
-    assert len(scan_packets(str(path)).times) == 10
-    make_clip(tmp_path / "v.mp4", frames=20, seed=1)
+def test_packet_scan_and_probe_follow_a_file_replaced_under_its_name(tmp_path):
+    path = make_clip(tmp_path / "v.mp4", frames=10, width=64)
+    assert len(scan_packets(str(path)).times) == 10 and probe(path).num_frames == 10
+    make_clip(tmp_path / "v.mp4", frames=20, width=96, seed=1)
     assert len(scan_packets(str(path)).times) == 20
+    assert (probe(path).num_frames, probe(path).width) == (20, 96)

@@ -33,7 +33,7 @@ import queue
 import threading
 from collections import deque
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -210,7 +210,8 @@ class FrameProducer:
         """Cut a file NVDEC decodes into keyframe-aligned units for parallel decode: about two per
         worker, at least ``segment_min`` and at most about ``SEGMENT_FRAMES`` frames each."""
         try:
-            info = self._probed.pop(path, None) or probe(path)
+            # Its own copy (probes are cached per file): the writer tells videos apart by identity.
+            info = replace(self._probed.pop(path, None) or probe(path))
         except VidpipeError as e:
             return [Unit(-1, None, path, error=str(e))]
         if self.decoder != "nvdec" or is_stream_url(path) or self.workers == 1:
@@ -306,7 +307,7 @@ class FrameProducer:
     def _serial(self) -> Iterator[Chunk | UnitEnd]:
         for seq, path in enumerate(self.inputs):
             try:
-                unit = Unit(seq, probe(path), path, *(self.frames or (0, None)))
+                unit = Unit(seq, replace(probe(path)), path, *(self.frames or (0, None)))
             except VidpipeError as e:
                 yield UnitEnd(Unit(seq, None, path, error=str(e)), error=str(e))
                 continue

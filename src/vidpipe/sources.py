@@ -100,16 +100,28 @@ def _open(path: str, timeout: float = 10.0) -> av.container.InputContainer:
 
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Read a video's stream header with FFmpeg; raise :class:`VidpipeError` for anything that is
-    not a decodable video (missing, empty, audio-only, absurd dimensions, unsupported codec)."""
+    not a decodable video (missing, empty, audio-only, absurd dimensions, unsupported codec).
+    A file's header is read once per version of the file (the CLI's progress bar, the engine's
+    planner and every source of one file would each open it: a few ms apiece)."""
     path = str(path)
-    if not is_stream_url(path):
-        p = Path(path)
-        if not p.exists():
-            raise VidpipeError(f"{path}: no such file")
-        if p.is_dir():
-            raise VidpipeError(f"{path}: is a directory")
-        if p.stat().st_size == 0:
-            raise VidpipeError(f"{path}: empty file (0 bytes)")
+    if is_stream_url(path):
+        return _probe(path)
+    p = Path(path)
+    if not p.exists():
+        raise VidpipeError(f"{path}: no such file")
+    if p.is_dir():
+        raise VidpipeError(f"{path}: is a directory")
+    if p.stat().st_size == 0:
+        raise VidpipeError(f"{path}: empty file (0 bytes)")
+    return _probe_file(*_file_key(path))
+
+
+@lru_cache(maxsize=256)
+def _probe_file(path: str, mtime_ns: int, size: int) -> VideoInfo:
+    return _probe(path)
+
+
+def _probe(path: str) -> VideoInfo:
     try:
         with _open(path) as c:
             if not c.streams.video:
