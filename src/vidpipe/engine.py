@@ -1,7 +1,8 @@
 """Scheduling: decode ahead in threads, batch whatever is decoded, restore order on the results.
 
 Inputs go in as paths; out come, in input order, ``VideoStart``, :class:`BatchResult` (host
-detections of consecutive frames of one input, ready once their event fires) and ``VideoEnd``.
+detections of consecutive frames of one input, ready once their event fires) and ``VideoEnd``;
+and each result once more, earlier and out of order, as :class:`Issued` when its batch is issued.
 
 * Decoding runs in worker threads (PyNvVideoCodec and FFmpeg release the GIL). A file NVDEC
   decodes is cut at keyframes into units decoded in parallel, and several files are decoded at
