@@ -239,7 +239,8 @@ print("ok")
 
 def test_triton_kernels_compile_for_hopper():
     """The interpreter does not type-check like the compiler (e.g. a variable whose shape differs
-    between branches): compile every post-processing kernel for sm_90, no GPU needed."""
+    between branches): compile every post-processing kernel for sm_90, no GPU needed, with the
+    block sizes and warps the pipeline launches at batch 64 and the default settings."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -250,12 +251,12 @@ def test_triton_kernels_compile_for_hopper():
         (pp._boxes_kernel, dict(locs_ptr="*fp16", dbox_ptr="*fp32", out_ptr="*fp32", A="i32", scale_xy="fp32",
                                 scale_wh="fp32"), dict(BLOCK=512), 4),
         (pp._select_kernel, dict(logits_ptr="*fp16", lse_ptr="*fp32", count_ptr="*i32", key_ptr="*i64", A="i32",
-                                 thr_bits="i32"), dict(C=81, CB=128, LB=16, CAP=1024, BLOCK=64), 4),
+                                 thr_bits="i32"), dict(C=81, CB=128, LB=8, CAP=1024, BLOCK=64), 4),
         (pp._candidates_kernel, dict(logits_ptr="*fp16", lse_ptr="*fp32", count_ptr="*i32", key_ptr="*i64",
                                      boxes_ptr="*fp32", cbox_ptr="*fp32", score_ptr="*fp32", A="i32", thr_bits="i32"),
          dict(C=81, K=200, KB=256, CAP=1024, BLOCK=2048), 8),
         (pp._nms_kernel, dict(boxes_ptr="*fp32", score_ptr="*fp32", count_ptr="*i32", key_ptr="*i64", thr="fp32"),
-         dict(LABELS=80, K=200, KB=256, DR=20), 4),
+         dict(LABELS=80, K=200, KB=256, DR=20), 8),
         (pp._best_kernel, dict(key_ptr="*i64", cbox_ptr="*fp32", boxes_ptr="*fp32", labels_ptr="*i64",
                                scores_ptr="*fp32", counts_ptr="*i64", score_thr="fp32"),
          dict(ROW=1600, LABELS=80, K=200, KB=256, D=20, RB=2048), 16),

@@ -204,7 +204,9 @@ class FrameProducer:
         self._local = threading.local()
         self._started = False
         self._serial_items: Iterator | None = None
-        self._probed: dict[str, VideoInfo] = {}  # the first input, probed to choose the worker count
+        # The first input, probed to choose the worker count, kept for its planning (files' probes
+        # are cached anyway; a stream URL's are not).
+        self._probed: dict[str, VideoInfo] = {}
 
     # planning ----------------------------------------------------------------------------------
     def _plan(self, path: str) -> list[Unit]:
