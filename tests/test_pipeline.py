@@ -16,7 +16,7 @@ import torch
 from vidpipe import Config, Detector
 from vidpipe.engine import Chunk, FrameProducer, run
 from vidpipe.profiling import PeakMemory
-from vidpipe.sinks import open_sink
+from vidpipe.sinks import JsonlSink, open_sink
 from vidpipe.synth import make_clip, repeat_clip
 
 CLI = [sys.executable, "-m", "vidpipe.cli"]
@@ -79,7 +79,19 @@ def test_json_lines_per_video_with_a_file_given_twice(random_model, tmp_path):
     b = make_clip(tmp_path / "b.mp4", frames=5, width=80, height=48, seed=2)
     det = detector(random_model, decoders=2)
     outs = iter(tmp_path / f"out{i}.jsonl" for i in range(3))
-    run(det, [str(a), str(b), str(a)], lambda i: open_sink("jsonl", next(outs), i.path, i.width, i.height))
+    calls = {"lines": 0, "write": 0}
+
+    class Counted(JsonlSink):  # write() formats in turn; lines() alone, ahead of its turn
+        def lines(self, *args):
+            calls["lines"] += 1
+            return super().lines(*args)
+
+        def write(self, *args):
+            calls["write"] += 1
+            super().write(*args)
+
+    run(det, [str(a), str(b), str(a)], lambda i: Counted(next(outs), i.path, i.width, i.height))
+    assert calls["lines"] > calls["write"]  # some results were formatted before their turn
     for i, clip in enumerate((a, b, a)):
         alone = tmp_path / f"alone{i}.jsonl"
         run(det, [str(clip)], lambda v: open_sink("jsonl", alone, v.path, v.width, v.height))
