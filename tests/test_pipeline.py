@@ -240,6 +240,29 @@ def test_gpu_engine_mixes_files_and_sizes_in_batches(tmp_path, random_model):
         assert np.array_equal(x.labels, y.labels) and np.allclose(x.boxes, y.boxes, atol=1e-3)
 
 
+@pytest.mark.cuda
+def test_infer_while_a_batch_fills_the_graph_input(random_model):
+    """A batch being gathered owns the CUDA graph's input: infer() on frames of the same size in
+    between runs without the graph, and both give what they give alone, to the bit."""
+    det = Detector(Config(weights="random", device="cuda", precision="fp16", compile="off", batch_size=8),
+                   model=random_model)
+    g = torch.Generator().manual_seed(0)
+    a, b = [(torch.rand(8, 3, 96, 128, generator=g) * 255).to(torch.uint8).cuda() for _ in range(2)]
+    alone_a, alone_b = det.infer(a), det.infer(b)
+    batch = det.batch(96, 128)
+    assert batch.graph is not None
+    batch.add(a[:5])
+    between = det.infer(b)
+    batch.add(a[5:])
+    host, event = det.submit(batch)
+    event.synchronize()
+    random_model.cpu().float()
+    for x, y in zip(alone_b.astuple(), between.astuple()):
+        assert torch.equal(x, y)
+    for x, y in zip(alone_a.astuple(), host.astuple()):
+        assert torch.equal(x.cpu(), y)
+
+
 @pytest.mark.nvdec
 def test_cuda_graphs_match_eager(shared_clip, random_model):
     base = dict(weights="random", device="cuda", precision="fp16", batch_size=64, max_frames=300)

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from ordering import in_order
-from vidpipe.engine import BatchResult, Chunk, FrameProducer, Unit, UnitEnd, VideoEnd, VideoStart, _Batcher, _Orderer
+from vidpipe.detector import Batch
+from vidpipe.engine import (BatchResult, Chunk, FrameProducer, Unit, UnitEnd, VideoEnd, VideoStart, _Batcher, _Orderer,
+                            _padding)
 from vidpipe.errors import VidpipeError
 from vidpipe.sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, probe, scan_packets
 from vidpipe.synth import make_clip, repeat_clip
@@ -100,30 +102,33 @@ def test_batches_mix_units_and_results_come_back_in_order(seed):
             i += n
         streams.append(items + [UnitEnd(u, u.stop - u.start)])
     released = []
-    batcher, order = _Batcher(8), _Orderer(lambda: released.append(1), lambda info: info.num_frames)
+    batcher = _Batcher(lambda h, w: Batch(8))
+    order = _Orderer(lambda: released.append(1), lambda info: info.num_frames)
     out = []
 
-    def launch(pieces):
-        assert sum(len(p.batch) for p in pieces) <= 8
+    def launch(batch, pieces):
+        frames = torch.cat(batch.parts)
+        assert len(frames) == batch.n == sum(len(p.indices) for p in pieces) <= 8
         row = 0
-        for p in pieces:
-            order.add(p.unit, BatchResult(p.unit.info, p.batch.indices, p.batch.times, None, None, row))
-            row += len(p.batch)
+        for p in pieces:  # the rows hold the frames of the units the pieces name
+            assert (frames[row:row + len(p.indices)] == p.unit.seq).all()
+            order.add(p.unit, BatchResult(p.unit.info, p.indices, p.times, None, None, row))
+            row += len(p.indices)
 
     while any(streams):
         live = [s for s in streams if s]
         item = live[rand(len(live))].pop(0)
         if isinstance(item, Chunk):
-            for pieces in batcher.add(item):
-                launch(pieces)
+            for batch in batcher.add(item):
+                launch(*batch)
         else:
             order.end(item)
         if rand(4) == 0:  # the GPU went idle now and then: short batches
-            for pieces in batcher.partial():
-                launch(pieces)
+            for batch in batcher.partial():
+                launch(*batch)
         out += list(order.ready())
-    for pieces in batcher.partial():
-        launch(pieces)
+    for batch in batcher.partial():
+        launch(*batch)
     out += list(order.ready())
     assert len(released) == len(units)
     for f in range(3):
@@ -133,6 +138,28 @@ def test_batches_mix_units_and_results_come_back_in_order(seed):
         assert frames == list(range(items[0].info.num_frames)) and items[-1].decoded == len(frames)
     starts = [o.info.path for o in out if isinstance(o, VideoStart)]
     assert starts == ["v0", "v1", "v2"]
+
+
+def test_short_batches_only_within_the_padding_or_when_stale(tmp_path):
+    """A one-file run may send batches out short by the padding its last batch would carry;
+    other batches go out short once their first frames have waited long enough."""
+    clip = make_clip(tmp_path / "c.mp4", frames=21)
+    assert _padding([str(clip)], lambda info: info.num_frames, 8) == 3
+    assert _padding([str(clip)] * 2, lambda info: info.num_frames, 8) == 0  # lengths unknown up front
+    assert _padding([str(tmp_path / "missing.mp4")], lambda info: info.num_frames, 8) == 0
+    info = VideoInfo("v", 8, 8, 30, 30.0, "h264", None)
+    unit = Unit(0, info, "v", 0, 30)
+    batcher = _Batcher(lambda h, w: Batch(8))
+
+    def chunk(start: int, n: int, size: int = 1) -> Chunk:
+        return Chunk(unit, FrameBatch("v", torch.zeros(n, 3, size, size, dtype=torch.uint8),
+                                      list(range(start, start + n)), [0.0] * n))
+
+    assert list(batcher.add(chunk(0, 5))) == [] and list(batcher.add(chunk(5, 6, size=2))) == []
+    assert batcher.partial(short=1) == [] and batcher.stale(wait=60.0) == []  # 3 and 2 frames short
+    [(batch, pieces)] = batcher.partial(short=4)  # not both: 5 short in all
+    assert batch.n == 5 and [p.indices for p in pieces] == [[0, 1, 2, 3, 4]]
+    assert [b.n for b, _ in batcher.stale(wait=0.0)] == [6] and batcher.open == {}
 
 
 @pytest.mark.parametrize("threaded", [False, True])
@@ -150,6 +177,26 @@ def test_producer_orders_several_inputs_and_reports_bad_ones(tmp_path, threaded)
     assert ends[1].error and "not a readable video" in ends[1].error and ends[1].fatal
     assert ends[0].ok and ends[0].decoded == 9 and ends[2].decoded == 5
     assert [j for i in items if isinstance(i, FrameBatch) for j in i.indices] == list(range(9)) + list(range(5))
+
+
+def test_producer_bounds_the_chunks_that_exist(tmp_path):
+    """Workers wait for room before they allocate a chunk: a consumer that frees nothing gets
+    ``workers + 2`` chunks, and each freed chunk lets one more be decoded."""
+    clips = [str(make_clip(tmp_path / f"{i}.mp4", frames=40)) for i in range(2)]
+    producer = FrameProducer(clips, "pyav", torch.device("cpu"), 8, workers=2)
+    try:
+        def chunks_until_quiet() -> int:
+            n = 0
+            while (item := producer.get(timeout=1.0)) is not None:
+                n += isinstance(item, Chunk)
+            return n
+
+        assert chunks_until_quiet() == 4
+        producer.free()
+        producer.free()
+        assert chunks_until_quiet() == 2
+    finally:
+        producer.close()
 
 
 @pytest.mark.parametrize("case,message", [

@@ -106,13 +106,31 @@ class Detector:
         return self._run([frames], host=False)[0]
 
     @torch.inference_mode()
-    def submit(self, parts: list[torch.Tensor]) -> tuple[Detections, torch.cuda.Event | None]:
-        """:meth:`infer` on the frames of ``parts`` (one frame size) as one batch, with the
-        detections copied to (pinned) host memory: valid once the returned event has completed
-        (None: already valid). With CUDA graphs the parts are copied straight into the graph's
-        input, and the copy to the host is issued where post-processing runs, so the current
-        stream never waits for it and the next batch's model overlaps this batch's post-processing."""
-        return self._run(parts, host=True)
+    def batch(self, h: int, w: int) -> Batch:
+        """An empty batch for frames of ``h x w``: :meth:`Batch.add` frames, then :meth:`submit` it.
+        One open batch per frame size at a time (with CUDA graphs it fills the graph's input; a
+        batch left unsubmitted is overwritten by the next)."""
+        graph = EAGER
+        if self.cuda_graphs:
+            try:
+                graph = self._graph(h, w)
+            except torch.cuda.OutOfMemoryError:
+                pass  # submit() meets it again and retries in smaller batches
+        return Batch(self.batch_size, None if graph is EAGER else graph)
+
+    @torch.inference_mode()
+    def submit(self, batch: Batch) -> tuple[Detections, torch.cuda.Event | None]:
+        """:meth:`infer` on ``batch``, with the detections copied to (pinned) host memory: valid once
+        the returned event has completed (None: already valid). On CUDA the copy to the host is
+        issued where post-processing runs, so the current stream never waits for it and the next
+        batch's model overlaps this batch's post-processing."""
+        return self._submit(batch, host=True)
+
+    def _submit(self, batch: Batch, host: bool) -> tuple[Detections, torch.cuda.Event | None]:
+        if batch.graph is None:
+            return self._run(batch.parts, host)
+        batch.graph.filling = None
+        return batch.graph.run(batch.n, host)
 
     def _run(self, parts: list[torch.Tensor], host: bool) -> tuple[Detections, torch.cuda.Event | None]:
         n = sum(p.shape[0] for p in parts)
@@ -120,9 +138,14 @@ class Detector:
             results = [self.infer(f) for f in torch.cat(parts).split(self.batch_size)]
             return self._finish(Detections(*(torch.cat(ts) for ts in zip(*(r.astuple() for r in results)))), host)
         try:
-            graph = self._graph(parts[0]) if self.cuda_graphs else EAGER
-            if graph is not EAGER:
-                return graph.run(parts, host)
+            graph = self._graph(*parts[0].shape[-2:]) if self.cuda_graphs else EAGER
+            # Launched one by one while a batch fills the graph's input (infer() on frames of a
+            # size that a running detect() is batching): the same kernels, so the same results.
+            if graph is not EAGER and graph.filling is None:
+                batch = Batch(self.batch_size, graph)
+                for p in parts:
+                    batch.add(p)
+                return self._submit(batch, host)
             return self._finish(self._infer(parts[0] if len(parts) == 1 else torch.cat(parts)), host)
         except torch.cuda.OutOfMemoryError:
             if n == 1:
@@ -143,8 +166,7 @@ class Detector:
         event.record()
         return det, event
 
-    def _graph(self, frames: torch.Tensor) -> _Graph | object:
-        _, _, h, w = frames.shape
+    def _graph(self, h: int, w: int) -> _Graph | object:
         key = (self.batch_size, h, w)
         graph = self._graphs.get(key)
         if graph is None:
@@ -241,19 +263,17 @@ class _Graph:
                 self.pairs.append((model, post, out))
         self.done: list[torch.cuda.Event | None] = [None, None]  # each pair's last post-processing
         self.turn = 0
+        self.filling: Batch | None = None  # the batch being copied into `frames`, not yet submitted
         log.info("captured the detector as CUDA graphs for batch %d at %dx%d", frames.shape[0], w, h)
 
-    def run(self, parts: list[torch.Tensor], host: bool) -> tuple[Detections, torch.cuda.Event | None]:
+    def run(self, n: int, host: bool) -> tuple[Detections, torch.cuda.Event | None]:
+        """Detections of the first ``n`` rows of ``frames``."""
         current = torch.cuda.current_stream(self.frames.device)
         turn, self.turn = self.turn, 1 - self.turn
         model, post, static = self.pairs[turn]
         with nvtx_range("replay"):
             if self.done[turn] is not None:  # its post-processing reads this pair's model outputs
                 current.wait_event(self.done[turn])
-            n = 0
-            for p in parts:
-                self.frames[n:n + p.shape[0]].copy_(p)
-                n += p.shape[0]
             model.replay()
             self.post.wait_stream(current)
             with torch.cuda.stream(self.post):
@@ -268,6 +288,32 @@ class _Graph:
         for t in out:
             t.record_stream(current)
         return Detections(*out), None
+
+
+class Batch:
+    """Frames of one size gathered for one :meth:`Detector.submit`: ``size`` rows at most, ``n`` so
+    far. With a CUDA graph each part is copied into the graph's input as it is added (in the order
+    of the current stream, so after the graph's previous replay has read it): decoded frames are
+    freed as they arrive instead of waiting for the batch to fill. Without one, parts are kept."""
+
+    def __init__(self, size: int, graph: _Graph | None = None) -> None:
+        self.size, self.graph = size, graph
+        self.parts: list[torch.Tensor] = []
+        self.n = 0
+        if graph is not None:
+            graph.filling = self
+
+    def add(self, frames: torch.Tensor) -> None:
+        """``frames``: uint8 ``[k, 3, H, W]`` on the detector's device, ``n + k <= size``."""
+        k = frames.shape[0]
+        if self.n + k > self.size:
+            raise ValueError(f"{k} frames do not fit a batch of {self.size} holding {self.n}")
+        if self.graph is not None:
+            with torch.inference_mode():  # the graph's input is an inference tensor
+                self.graph.frames[self.n:self.n + k].copy_(frames)
+        else:
+            self.parts.append(frames)
+        self.n += k
 
 
 def pad_results(results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], d: int) -> Detections:

@@ -10,12 +10,16 @@ and each result once more, earlier and out of order, as :class:`Issued` when its
   earliest unit's go first.
 * The compute thread fills batches from whichever chunks are ready (a batch may span units and
   files of one frame size), so the GPU never waits for the one worker holding the next frames in
-  order, and only a batch issued while the GPU would otherwise idle is short.
+  order. A batch goes out short only while the GPU idles, and only when that costs nothing or
+  waiting would cost more: a run of one file knows how much padding its batches will carry and
+  spends it on starting the first batch with the first frames decoded; frames that trickle in
+  (a live stream) wait at most ``MAX_WAIT``. A chunk is copied into the batch (the CUDA graph's
+  input) as it arrives and freed, so frames are not held while a batch fills.
 * Order is restored on the results, which are small: detections of a unit are held until every
-  earlier unit has been emitted. At most ``4 x workers`` units are open, the chunk queue is
-  bounded (``workers + 2`` chunks, fewer when that passes ``READY_BYTES``) and at most
-  ``IN_FLIGHT`` batches are queued on the GPU, so host and GPU memory do not grow with the
-  length of the input.
+  earlier unit has been emitted. At most ``4 x workers`` units are open, at most ``workers + 2``
+  chunks exist at once (fewer when that passes ``READY_BYTES``: a worker waits for room before
+  it allocates one) and at most ``IN_FLIGHT`` batches are queued on the GPU, so host and GPU
+  memory do not grow with the length of the input.
 * The compute thread only issues work: on CUDA two graph replays per batch (model on its own
   stream, post-processing beside the next batch's model, see :class:`~vidpipe.detector.Detector`);
   results go to pinned host memory with ``non_blocking`` copies and an event. The writer thread
@@ -32,6 +36,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -40,7 +45,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .detector import Detector, FrameResult
+from .detector import Batch, Detector, FrameResult
 from .errors import VidpipeError
 from .postprocess import Detections
 from .profiling import nvtx_range
@@ -52,8 +57,11 @@ log = logging.getLogger(__name__)
 DONE = object()  # FrameProducer.get: every input is decoded
 _STOP = object()
 CHUNK_BYTES = 32 << 20  # decoded frames handed over at once by a worker, at most
-READY_BYTES = 128 << 20  # decoded frames waiting for the compute thread, about at most
+READY_BYTES = 128 << 20  # decoded frames not yet taken by the compute thread, about at most
 IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it busy, bounds memory
+# Longest a frame waits for its batch to fill while the GPU idles. A short batch costs a full one
+# on the GPU (padding), so files, which fill a batch in ~10-30 ms, send theirs out full.
+MAX_WAIT = 0.05
 SEGMENT_FRAMES = 1024  # longest part of one file a worker decodes alone; cuts fall on keyframes
 # Results waiting for the writer, at most (a few kB each). Generous on purpose: the writer waits for
 # each batch's copy, so with a short queue a burst of results released by the orderer blocked the
@@ -179,11 +187,16 @@ def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device)
     return 4 if pixels <= 640 * 480 else 12
 
 
+class _Stopped(BaseException):
+    """The producer is closing: a worker waiting for room gives up (not a decoding error)."""
+
+
 class FrameProducer:
     """Decodes ``inputs``. :meth:`get` returns :class:`Chunk` and :class:`UnitEnd` items as the
     decoders deliver them (in input order when not ``threaded``), then :data:`DONE`; every unit
-    ends with one UnitEnd after its chunks. A consumer calls :meth:`release` once it is done with
-    a unit; iterating releases each unit at its end (decode-only use)."""
+    ends with one UnitEnd after its chunks. A consumer calls :meth:`free` once it is done with a
+    chunk's frames and :meth:`release` once it is done with a unit; iterating does both as it goes
+    (decode-only use)."""
 
     def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
@@ -269,13 +282,15 @@ class FrameProducer:
         decoded, corrupt, error = 0, 0, None
         try:
             src = self._source(unit)
-            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop):
+            admit = self._admit if self.threaded else None
+            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit):
                 if self.device.type == "cuda":
                     # The compute stream reads the chunk without waiting on this worker's stream
                     # (PyAV's upload runs here; NVDEC sessions synchronise their own stream).
                     torch.cuda.current_stream(self.device).synchronize()
                 decoded += len(batch)
                 yield Chunk(unit, batch)
+                del batch  # not held while the next chunk decodes (12 workers x 31 MB at 1080p)
             corrupt = getattr(src, "corrupt_packets", 0)
         except VidpipeError as e:
             error = str(e)
@@ -290,22 +305,27 @@ class FrameProducer:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 while (unit := self._units.get()) is not _STOP:
                     for item in self._decode(unit):
-                        if not self._put(item):
-                            return
+                        self._put(item)
+                        del item  # as in _decode
+        except _Stopped:
+            pass
         finally:
             self._put(_STOP)
 
-    def _put(self, item: object) -> bool:
+    def _admit(self) -> None:
+        # Waits for room before a chunk is allocated, not after: a worker blocked on a full queue
+        # would hold a finished chunk (12 workers at 1080p: ~370 MB of GPU memory).
+        while not self.stop.is_set():
+            if self._room.acquire(timeout=0.1):
+                return
+        raise _Stopped
+
+    def _put(self, item: object) -> None:
         # Earliest unit first: its results are the ones the orderer can emit, so little is held
         # back (at the end of a run, formatting held results would be a tail after the GPU is done).
+        # Unbounded: chunks are bounded by _admit, unit ends by the unit window.
         key = (item.unit.seq if isinstance(item, (Chunk, UnitEnd)) else float("inf"), next(self._puts))
-        while not self.stop.is_set():
-            try:
-                self._ready.put((*key, item), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        self._ready.put((*key, item))
 
     def _serial(self) -> Iterator[Chunk | UnitEnd]:
         for seq, path in enumerate(self.inputs):
@@ -330,7 +350,8 @@ class FrameProducer:
         slots = self.workers + 2
         if info is not None:  # large frames: fewer chunks wait, so GPU memory stays near its floor
             slots = max(2, min(slots, READY_BYTES // (self._chunk_frames(info) * 3 * info.width * info.height)))
-        self._ready = queue.PriorityQueue(maxsize=slots)
+        self._room = threading.Semaphore(slots)
+        self._ready = queue.PriorityQueue()
         self._puts = itertools.count()  # keeps a unit's items in order, and entries comparable
         self._live = self.workers
         # Workers first, idle on the unit queue: a worker already seeking would hold up the start
@@ -361,12 +382,19 @@ class FrameProducer:
         if self.threaded:
             self._window.release()
 
+    def free(self) -> None:
+        """The consumer is done with one chunk's frames (copied or dropped): another may be decoded."""
+        if self.threaded:
+            self._room.release()
+
     def __iter__(self) -> Iterator[Chunk | UnitEnd]:
         try:
             while (item := self.get()) is not DONE:
+                yield item
                 if isinstance(item, UnitEnd):
                     self.release()
-                yield item
+                else:
+                    self.free()
         finally:
             self.close()
 
@@ -387,34 +415,54 @@ class FrameProducer:
 
 @dataclass
 class _Piece:
+    """Rows of a batch that hold consecutive frames of ``unit``."""
+
     unit: Unit
-    batch: FrameBatch
+    indices: list[int]
+    times: list[float]
 
 
 class _Batcher:
-    """Packs chunks into batches of ``size`` frames of one frame size, remembering which rows
-    belong to which unit."""
+    """Packs chunks into batches of one frame size (``open(h, w)`` starts one), adding each chunk's
+    frames as it comes and remembering which rows belong to which unit."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.open: dict[tuple[int, int], list[_Piece]] = {}
+    def __init__(self, open: Callable[[int, int], Batch]) -> None:
+        self.open_batch = open
+        self.open: dict[tuple[int, int], tuple[Batch, list[_Piece]]] = {}
+        self.since: dict[tuple[int, int], float] = {}  # when each open batch got its first frames
 
-    def add(self, chunk: Chunk) -> Iterator[list[_Piece]]:
+    def add(self, chunk: Chunk) -> Iterator[tuple[Batch, list[_Piece]]]:
         """Full batches completed by ``chunk``."""
-        key = tuple(chunk.batch.frames.shape[-2:])
+        h, w = chunk.batch.frames.shape[-2:]
         rest = chunk.batch
         while len(rest):
-            pieces = self.open.setdefault(key, [])
-            room = self.size - sum(len(p.batch) for p in pieces)
-            head, rest = rest.split(room)
-            pieces.append(_Piece(chunk.unit, head))
-            if len(head) == room:
-                yield self.open.pop(key)
+            if (h, w) not in self.open:
+                self.open[h, w] = (self.open_batch(h, w), [])
+                self.since[h, w] = time.perf_counter()
+            batch, pieces = self.open[h, w]
+            head, rest = rest.split(batch.size - batch.n)
+            batch.add(head.frames)
+            pieces.append(_Piece(chunk.unit, head.indices, head.times))
+            if batch.n == batch.size:
+                yield self._take((h, w))
 
-    def partial(self) -> list[list[_Piece]]:
-        """Every batch not yet full, taken out."""
-        batches, self.open = list(self.open.values()), {}
+    def partial(self, short: float = float("inf")) -> list[tuple[Batch, list[_Piece]]]:
+        """Batches not yet full, taken out: all, or as many as are ``short`` frames short in all."""
+        batches = []
+        for key, (batch, pieces) in list(self.open.items()):
+            if batch.size - batch.n <= short:
+                short -= batch.size - batch.n
+                batches.append(self._take(key))
         return batches
+
+    def stale(self, wait: float) -> list[tuple[Batch, list[_Piece]]]:
+        """Batches not yet full whose first frames came ``wait`` seconds ago or more, taken out."""
+        now = time.perf_counter()
+        return [self._take(key) for key, t in list(self.since.items()) if now - t >= wait]
+
+    def _take(self, key: tuple[int, int]) -> tuple[Batch, list[_Piece]]:
+        del self.since[key]
+        return self.open.pop(key)
 
 
 @dataclass
@@ -500,30 +548,35 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
         return n if frames is None else max(0, min(n, frames[1]) - frames[0])
 
     order = _Orderer(producer.release, expected)
-    batcher = _Batcher(detector.batch_size)
+    batcher = _Batcher(detector.batch)
     compute = _stream(detector.device, "compute") if cuda and cfg.overlap else None
     issued: deque[torch.cuda.Event] = deque()  # batches on the GPU, oldest first
     fresh: list[Issued] = []  # results of batches just issued, not yet announced
+    # Padding the run's batches will carry anyway (GPUs run every batch full): while the GPU
+    # idles, batches may go out this many frames short in all at no cost. The first batch then
+    # starts with the first frames decoded instead of a full batch's worth.
+    slack = _padding(inputs, expected, detector.batch_size) if compute is not None else 0
 
-    def launch(pieces: list[_Piece]) -> None:
+    def idle() -> bool:
+        return not issued or issued[-1].query()
+
+    def launch(batch: Batch, pieces: list[_Piece]) -> None:
+        nonlocal slack
+        slack -= batch.size - batch.n
         with nvtx_range("batch"):
             if len(issued) == IN_FLIGHT:  # the GPU is far enough ahead; frames wait in the queues
                 issued.popleft().synchronize()
-            parts = [p.batch.frames for p in pieces]
-            if compute is not None:
-                for t in parts:
-                    t.record_stream(compute)
-            host, event = detector.submit(parts)
+            host, event = detector.submit(batch)
             if event is not None:
                 if compute is None:  # the serial loop: wait for every batch
                     event.synchronize()
                 issued.append(event)
         row = 0
         for p in pieces:
-            result = BatchResult(p.unit.info, p.batch.indices, p.batch.times, host, event, row)
+            result = BatchResult(p.unit.info, p.indices, p.times, host, event, row)
             order.add(p.unit, result)
             fresh.append(Issued(result))
-            row += len(p.batch)
+            row += len(p.indices)
 
     def emit() -> Iterator[Issued | VideoStart | BatchResult | VideoEnd]:
         yield from fresh
@@ -534,27 +587,39 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
         with torch.cuda.stream(compute) if compute is not None else nullcontext():
             while True:
                 item = producer.get(timeout=0.001 if batcher.open else None)
-                if item is None:
-                    # Nothing decoded for a moment: a short batch is better than an idle GPU.
-                    if not issued or issued[-1].query():
-                        for pieces in batcher.partial():
-                            launch(pieces)
-                elif item is DONE:
+                if item is DONE:
                     break
-                elif isinstance(item, Chunk):
-                    for pieces in batcher.add(item):
-                        launch(pieces)
-                else:
+                if isinstance(item, Chunk):
+                    if compute is not None:  # decoded on a worker's stream, read on this one
+                        item.batch.frames.record_stream(compute)
+                    for batch in batcher.add(item):
+                        launch(*batch)
+                    del item  # its frames are in the batch now: gone before the room is given back
+                    producer.free()
+                elif isinstance(item, UnitEnd):
                     if not cfg.overlap:  # the serial loop finishes each input before the next
-                        for pieces in batcher.partial():
-                            launch(pieces)
+                        for batch in batcher.partial():
+                            launch(*batch)
                     order.end(item)
+                if cfg.overlap and batcher.open and idle():
+                    for batch in batcher.partial(short=slack) + batcher.stale(MAX_WAIT):
+                        launch(*batch)
                 yield from emit()
-            for pieces in batcher.partial():
-                launch(pieces)
+            for batch in batcher.partial():
+                launch(*batch)
             yield from emit()
     finally:
         producer.close()
+
+
+def _padding(inputs: list[str], expected: Callable[[VideoInfo], int], size: int) -> int:
+    """Frames of padding in the batches of a run of one file: its length is known up front."""
+    if len(inputs) != 1 or is_stream_url(inputs[0]):
+        return 0
+    try:
+        return -expected(probe(inputs[0])) % size
+    except VidpipeError:
+        return 0  # reported in its turn by the producer
 
 
 def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import av
 import numpy as np
@@ -213,9 +213,11 @@ class PyAVSource:
         self.corrupt_packets = 0
         self.reconnections = 0
 
-    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[FrameBatch]:
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                admit: Callable[[], None] | None = None) -> Iterator[FrameBatch]:
         """Frames ``[start, stop)`` (default: all) in batches; a range seeks to the keyframe at or
-        before ``start`` and numbers frames by their timestamp's rank in the container."""
+        before ``start`` and numbers frames by their timestamp's rank in the container. ``admit``
+        is called before each batch is stacked and uploaded (back-pressure: it may block)."""
         pin = self.device.type == "cuda"
         buf: list[np.ndarray] = []
         times: list[float] = []
@@ -226,12 +228,12 @@ class PyAVSource:
             buf.append(frame.to_ndarray(format="rgb24"))
             times.append(t)
             if len(buf) == batch_size:
-                yield self._batch(buf, times, pin)
+                yield self._batch(buf, times, pin, admit)
                 buf, times = [], []
             if self.decoded + len(buf) == limit:
                 break
         if buf:
-            yield self._batch(buf, times, pin)
+            yield self._batch(buf, times, pin, admit)
 
     def _range(self, start: int, stop: int | None) -> Iterator[tuple[av.VideoFrame, float]]:
         index = scan_packets(self.info.path)
@@ -316,7 +318,10 @@ class PyAVSource:
             except av.error.FFmpegError:  # a corrupt packet costs its frames, not the file
                 self.corrupt_packets += 1
 
-    def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool) -> FrameBatch:
+    def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool,
+               admit: Callable[[], None] | None) -> FrameBatch:
+        if admit is not None:
+            admit()
         # Stacked straight into (pinned, for a GPU) memory: one host copy, then an async upload.
         host = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=pin)
         np.stack(frames, out=host.numpy())
@@ -436,7 +441,10 @@ class NvdecSource:
         self.decoded = 0
         self._next = 0 if fresh else -1  # the index the decoder delivers next (-1: unknown, seek)
 
-    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[FrameBatch]:
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                admit: Callable[[], None] | None = None) -> Iterator[FrameBatch]:
+        """Frames ``[start, stop)`` in batches; ``admit`` is called before each batch is stacked
+        out of the decoder's surfaces into new device memory (back-pressure: it may block)."""
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
         if start != self._next:
             with CAPTURE_GATE.setup():
@@ -445,18 +453,26 @@ class NvdecSource:
         while pos < stop:
             with nvtx_range("decode"), torch.cuda.stream(self.stream):
                 frames = self._dec.get_batch_frames(min(batch_size, stop - pos))
-                if not frames:
-                    break
-                # The stack copies out of the decoder's surface pool, which the next call reuses.
-                # Capsules are asked for directly: torch.from_dlpack(frame) first tries keyword
-                # arguments this producer rejects, and each TypeError costs the GIL, per frame.
-                batch = torch.stack([torch.from_dlpack(f.__dlpack__(stream=self.stream.cuda_stream)) for f in frames])
-                self.stream.synchronize()
+            if not frames:
+                break
             n = len(frames)
             self.decoded += n
             self._next = pos + n
-            yield FrameBatch(self.info.path, batch, list(range(pos, pos + n)), list(self.times[pos:pos + n]))
+            # Stacked in the yield: a local would keep the chunk alive while the next one decodes.
+            yield FrameBatch(self.info.path, self._stack(frames, admit), list(range(pos, pos + n)),
+                             list(self.times[pos:pos + n]))
             pos += n
+
+    def _stack(self, frames: list, admit: Callable[[], None] | None) -> torch.Tensor:
+        if admit is not None:
+            admit()
+        with nvtx_range("stack"), torch.cuda.stream(self.stream):
+            # The stack copies out of the decoder's surface pool, which the next call reuses.
+            # Capsules are asked for directly: torch.from_dlpack(frame) first tries keyword
+            # arguments this producer rejects, and each TypeError costs the GIL, per frame.
+            batch = torch.stack([torch.from_dlpack(f.__dlpack__(stream=self.stream.cuda_stream)) for f in frames])
+            self.stream.synchronize()
+        return batch
 
 
 def nvdec_available() -> bool:
