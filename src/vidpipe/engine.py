@@ -442,7 +442,11 @@ class _Batcher:
             batch, pieces = self.open[h, w]
             head, rest = rest.split(batch.size - batch.n)
             batch.add(head.frames)
-            pieces.append(_Piece(chunk.unit, head.indices, head.times))
+            if pieces and pieces[-1].unit is chunk.unit:  # the unit's next frames, on the next rows
+                pieces[-1].indices += head.indices
+                pieces[-1].times += head.times
+            else:
+                pieces.append(_Piece(chunk.unit, head.indices, head.times))
             if batch.n == batch.size:
                 yield self._take((h, w))
 
