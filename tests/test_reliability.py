@@ -47,10 +47,15 @@ def test_truncated_file(tmp_path, cut, faststart):
     r = detect(bad, "-o", out)
     assert r.returncode in (1, 2)
     line = one_line_error(r.stderr, "cut.mp4")
-    if faststart:  # the index survives: what was decodable is kept, in order, and the loss reported
-        got = frames_of(out)
+    if faststart:  # the index survives: what was decodable is set aside, in order, and the loss reported
+        assert not out.exists()  # never the final name: --resume retries the input
+        incomplete = tmp_path / "o.jsonl.incomplete"
+        got = frames_of(incomplete) if incomplete.exists() else []
         assert got == list(range(len(got))) and len(got) < 30
-        assert f"{30 - len(got)} lost" in line
+        if got:
+            assert f"{30 - len(got)} lost" in line and "o.jsonl.incomplete" in line
+        else:
+            assert "no frame could be decoded" in line
     else:  # the index was at the end: nothing is decodable
         assert "not a readable video" in line and not out.exists()
 
@@ -66,7 +71,8 @@ def test_corrupt_packets_in_the_middle(tmp_path):
     out = tmp_path / "o.jsonl"
     r = detect(bad, "-o", out)
     assert r.returncode in (0, 1) and "Traceback" not in r.stderr
-    got = frames_of(out)
+    assert out.exists() == (r.returncode == 0)  # damaged: never the final name
+    got = frames_of(out if r.returncode == 0 else tmp_path / "o.jsonl.incomplete")
     assert got == list(range(len(got))) and len(got) >= 20
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from vidpipe.synth import make_clip
 
@@ -99,14 +99,102 @@ def test_busy_window_counts_only_while_every_worker_is_busy(monkeypatch):
     assert w.frames == 128 and w.seconds == 3.0 and w.fps == pytest.approx(128 / 3)
 
 
-@pytest.mark.parametrize("visible,device,expect", [(None, "cuda:1", "1"), ("4,6", "cuda:1", "6"),
-                                                   (None, "cpu", None)])
-def test_each_worker_sees_only_its_gpu(monkeypatch, visible, device, expect):
-    from vidpipe.scale import _only_gpu
+def test_importing_vidpipe_starts_no_cuda():
+    """Importing the package and every submodule calls no torch.cuda function: a worker learns its
+    GPU from CUDA_VISIBLE_DEVICES, which CUDA reads once, when it starts."""
+    code = """
+import importlib, pkgutil, torch, torch.cuda
+calls = []
+for name in ("is_available", "device_count", "_lazy_init", "init", "current_device", "get_device_properties"):
+    setattr(torch.cuda, name, (lambda n: lambda *a, **k: calls.append(n))(name))
+import vidpipe
+for m in pkgutil.walk_packages(vidpipe.__path__, "vidpipe."):
+    importlib.import_module(m.name)
+print("CALLS", calls)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "CALLS []" in r.stdout, r.stdout
 
-    if visible is None:
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    else:
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    assert _only_gpu(device) == ("cpu" if expect is None else "cuda:0")
-    assert os.environ.get("CUDA_VISIBLE_DEVICES") == (visible if expect is None else expect)
+
+def test_devices_are_named_as_nvidia_smi_names_them(monkeypatch):
+    from vidpipe import scale
+    from vidpipe.errors import VidpipeError
+
+    uuids = ["GPU-aaaa-1", "GPU-bbbb-2", "GPU-cccc-3"]
+    monkeypatch.setattr(scale, "gpu_uuids", lambda: uuids)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert [d.visible for d in scale.parse_devices("all")] == uuids
+    assert [d.visible for d in scale.parse_devices("2,cuda:0")] == ["GPU-cccc-3", "GPU-aaaa-1"]
+    assert {d.device for d in scale.parse_devices("all")} == {"cuda:0"}
+    assert [(d.device, d.visible) for d in scale.parse_devices("cpu")] == [("cpu", "")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-aaaa")  # the process's own restriction holds
+    assert [d.visible for d in scale.parse_devices("all")] == ["GPU-cccc-3", "GPU-aaaa-1"]
+    assert [d.visible for d in scale.parse_devices("1")] == ["GPU-aaaa-1"]
+    with pytest.raises(VidpipeError, match="no GPU 2"):
+        scale.parse_devices("2")
+    with pytest.raises(VidpipeError, match="not all, cpu"):
+        scale.parse_devices("gpu0")
+
+
+def _messages(cfg, clip, out, devices):
+    from vidpipe.scale import run_processes
+
+    messages = []
+    report = run_processes(cfg, {str(clip): out}, "jsonl", devices, on_message=lambda *m: messages.append(m))
+    return report, messages
+
+
+@pytest.mark.cuda
+def test_worker_assigned_a_missing_gpu_sees_no_gpu(tmp_path):
+    """Started the way --devices starts workers, but given a GPU that does not exist: after its
+    imports and the unpickling of its target, CUDA in the worker sees no device at all."""
+    from vidpipe.config import Config
+    from vidpipe.scale import Assignment
+
+    clip = make_clip(tmp_path / "c.mp4", frames=8, width=64, height=48)
+    missing = Assignment("cuda:0", "GPU-00000000-0000-0000-0000-000000000000", "missing")
+    report, messages = _messages(Config(weights="random", batch_size=4), clip, tmp_path / "o.jsonl", [missing])
+    hello = [p for kind, _, p in messages if kind == "hello"]
+    assert hello and hello[0]["cuda_devices"] == 0 and hello[0]["visible"] == missing.visible
+    assert [kind for kind, _, _ in messages if kind == "dead"] and report.failed
+
+
+@pytest.mark.cuda
+def test_worker_computes_on_the_gpu_it_was_given(tmp_path):
+    from vidpipe.config import Config
+    from vidpipe.scale import parse_devices
+
+    clip = make_clip(tmp_path / "c.mp4", frames=8, width=64, height=48)
+    gpu = parse_devices(str(torch.cuda.device_count() - 1))[0]  # the last GPU: not CUDA's default one
+    report, messages = _messages(Config(weights="random", batch_size=4, compile="off"), clip,
+                                 tmp_path / "o.jsonl", [gpu])
+    assert not report.failed and report.frames == 8
+    assert [p for kind, _, p in messages if kind == "hello"][0]["cuda_devices"] == 1
+    assert [p for kind, _, p in messages if kind == "device"] == [gpu.visible]
+
+
+@pytest.mark.cuda
+def test_devices_all_puts_every_gpu_to_work(tmp_path, shared_clip):
+    """Each worker of --devices all computes on a different GPU, and NVML sees every GPU busy."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2+ GPUs")
+    from vidpipe.config import Config
+    from vidpipe.profiling import GpuUtilization
+    from vidpipe.scale import parse_devices, run_processes
+    from vidpipe.synth import repeat_clip
+
+    devices = parse_devices("all")
+    targets = {}
+    for i in range(2 * len(devices)):  # one file each at a time, ~15,000 frames per GPU
+        clip = repeat_clip(shared_clip, tmp_path / f"{i}.mp4", 5)
+        targets[str(clip)] = tmp_path / f"{i}.jsonl"
+    messages = []
+    with GpuUtilization() as util:
+        report = run_processes(Config(weights="random", compile="off"), targets, "jsonl", devices,
+                               split_frames=10**9, on_message=lambda *m: messages.append(m))
+    assert not report.failed
+    uuids = [p for kind, _, p in messages if kind == "device"]
+    assert sorted(uuids) == sorted(d.visible for d in devices)
+    busy = util.busiest()
+    assert set(busy) == set(uuids) and min(busy.values()) >= 50, busy

@@ -301,7 +301,7 @@ def test_pooled_nvdec_sessions_switch_files(tmp_path):
 def test_capture_gate_lets_setups_overlap_and_captures_wait_for_them():
     import threading
 
-    from vidpipe.sources import CaptureGate
+    from vidpipe.runtime import CaptureGate
 
     gate, events = CaptureGate(), []
     inside, release = threading.Barrier(3), threading.Event()

@@ -41,26 +41,6 @@ from .synth import make_clip, repeat_clip
 from .weights import calibrate_candidates, load_model
 
 
-def add_bench_parser(sub) -> None:
-    from .cli import add_model_args
-
-    b = sub.add_parser("bench", help="measure decode and model ceilings and end-to-end throughput",
-                       description=__doc__.split("\n\n")[0])
-    b.add_argument("inputs", nargs="*", metavar="VIDEO")
-    b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale"], default="pipeline")
-    b.add_argument("--synthetic-1080p", type=int, default=0, metavar="FRAMES",
-                   help="also bench a generated 1920x1080 H.264 clip of about FRAMES frames (240 encoded, "
-                        "then repeated without re-encoding)")
-    b.add_argument("--long", type=int, default=0, metavar="N",
-                   help="also report peak memory for each input repeated N times")
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--scale-frames", type=int, default=16000, metavar="N",
-                   help="--suite scale: frames in each corpus (copies of the input)")
-    b.add_argument("--max-frames", type=int, default=None, metavar="N")
-    b.add_argument("--results", default=None, metavar="FILE", help="append the tables to this Markdown file")
-    add_model_args(b)
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -89,7 +69,7 @@ def load_for_video(cfg: Config, video: str) -> SSD300:
 
 def decode_only(inputs: list[str], cfg: Config, device: torch.device) -> int:
     frames = 0
-    for item in FrameProducer(inputs, cfg.decoder, device, cfg.batch_size, workers=cfg.decoders,
+    for item in FrameProducer(inputs, cfg.decoder, device, cfg.batch_for(device), workers=cfg.decoders,
                               threaded=cfg.overlap, max_frames=cfg.max_frames):
         if isinstance(item, Chunk):
             frames += len(item.batch)
@@ -204,6 +184,7 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
 def bench_scale(a: argparse.Namespace, cfg: Config) -> None:
     """``vidpipe detect --devices`` on a corpus of copies of each input (about ``--scale-frames``
     frames), with one GPU and with every GPU; one worker process per GPU."""
+    from .profiling import GpuUtilization
     from .scale import BusyWindow, parse_devices, run_processes
     from .weights import save_checkpoint
 
@@ -226,7 +207,9 @@ def bench_scale(a: argparse.Namespace, cfg: Config) -> None:
             for _ in range(a.repeats):
                 window = BusyWindow(len(devs))
                 t0 = time.perf_counter()
-                report = run_processes(cfg.replace(weights=str(weights)), targets, "jsonl", devs, on_message=window)
+                with GpuUtilization() as util:
+                    report = run_processes(cfg.replace(weights=str(weights)), targets, "jsonl", devs,
+                                           on_message=window)
                 walls.append(time.perf_counter() - t0)
                 if report.failed:
                     raise RuntimeError(report.failed[0].error)
@@ -234,9 +217,11 @@ def bench_scale(a: argparse.Namespace, cfg: Config) -> None:
             base = base or median(fps)
             rows.append([Path(video).name, f"{info.width}x{info.height}", str(len(devs)), f"{report.frames:,}",
                          f"{median(walls):.1f}", f"{report.frames / median(walls):,.0f}",
-                         f"{median(fps):,.0f} (±{spread(fps):.0%})", f"{median(fps) / base:.2f}x"])
+                         f"{median(fps):,.0f} (±{spread(fps):.0%})", f"{median(fps) / base:.2f}x",
+                         util.describe(window.t0 or 0.0, window.t1 or float("inf"))])
     header = ["input", "size", "GPUs", "frames", "wall s (with start-up)", "frames/s over the wall time",
-              "frames/s, all GPUs busy", "speed-up"]
+              "frames/s, all GPUs busy", "speed-up",
+              "GPU utilisation while all are busy, last repeat (NVML, every 0.2 s)"]
     _emit(a, "vidpipe bench: one GPU vs all GPUs (worker processes)", _table(header, rows),
           ["Each run: `vidpipe detect --devices ...` on the corpus, JSON Lines written, one worker process per "
            f"GPU, median of {a.repeats}. 'All GPUs busy' counts frames from the moment every worker has "
@@ -262,7 +247,7 @@ def synthetic_outputs(n: int, per_image: int, device: torch.device, seed: int = 
 
 def bench_postprocess(a: argparse.Namespace, cfg: Config) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    n = cfg.batch_size
+    n = cfg.batch_for(device)
     rows = []
     for per_image in (0, 100, 1000, 5000, 16000):
         locs, scores = synthetic_outputs(n, per_image, device)

@@ -13,6 +13,11 @@ from .errors import VidpipeError
 Precision = Literal["fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Postprocess = Literal["gpu", "loop_device", "loop_host"]
+# Default batches. GPU: the engine's figures in docs/results.md are at 64 (model-only at 128 is only
+# ~6% faster, reference-h200.md, and doubles the padding of short inputs). CPU: throughput hardly
+# depends on the batch there, and a 64-frame batch kept the first result ~80 s away on 2 cores.
+GPU_BATCH = 64
+CPU_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class Config:
     # data path
     device: str = "auto"
     decoder: Literal["auto", "nvdec", "pyav"] = "auto"
-    batch_size: int = 64
+    batch_size: int | None = None  # None: GPU_BATCH on a GPU, CPU_BATCH on a CPU (see batch_for)
     overlap: bool = True  # decode ahead in threads, async copies, writer thread
     decoders: int = 0  # parallel decode workers; 0 = chosen from resolution and device
     max_frames: int | None = None
@@ -44,12 +49,23 @@ class Config:
     def __post_init__(self) -> None:
         if self.precision not in DTYPES:
             raise VidpipeError(f"precision must be one of {sorted(DTYPES)}, got {self.precision!r}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise VidpipeError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.decoder not in ("auto", "nvdec", "pyav"):
+            raise VidpipeError(f"decoder must be auto, nvdec or pyav, got {self.decoder!r}")
+        if self.normalize not in ("imagenet", "symmetric"):
+            raise VidpipeError(f"normalize must be imagenet or symmetric, got {self.normalize!r}")
+        if self.decoders < 0:
+            raise VidpipeError(f"--decoders must be >= 0 (0 = automatic), got {self.decoders}")
+        if self.random_candidates < 0:
+            raise VidpipeError(f"--random-candidates must be >= 0, got {self.random_candidates}")
         if self.compile not in ("auto", "on", "off"):
             raise VidpipeError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.postprocess not in ("gpu", "loop_device", "loop_host"):
             raise VidpipeError(f"unknown postprocess {self.postprocess!r}")
+        # Written so that NaN fails every range check.
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise VidpipeError(f"--score-threshold must be in [0, 1], got {self.score_threshold}")
         if not 0.0 <= self.iou_threshold <= 1.0:
             raise VidpipeError(f"--iou-threshold must be in [0, 1], got {self.iou_threshold}")
         if not 0.0 <= self.candidate_threshold < 1.0:
@@ -58,6 +74,10 @@ class Config:
             raise VidpipeError("--max-detections and --per-class-candidates must be >= 1")
         if self.max_frames is not None and self.max_frames < 1:
             raise VidpipeError(f"--max-frames must be >= 1, got {self.max_frames}")
+
+    def batch_for(self, device: torch.device) -> int:
+        """The batch size on ``device``: the configured one, else GPU_BATCH or CPU_BATCH."""
+        return self.batch_size or (CPU_BATCH if device.type == "cpu" else GPU_BATCH)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -26,8 +26,8 @@ from .config import Config, resolve_device
 from .model import SSD300
 from .postprocess import Detections, ssd_decode_loop, ssd_decode_padded
 from .preprocess import INPUT_SIZE, preprocess
-from .sources import CAPTURE_GATE
 from .profiling import nvtx_range
+from .runtime import DeviceRuntime
 from .weights import load_model
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,6 @@ class FrameResult:
 
     def __repr__(self) -> str:
         return f"FrameResult(video={self.video!r}, frame={self.frame}, detections={len(self.labels)})"
-
-
-def _setup_compile_cache() -> None:
-    # Inductor's caches persist here, so a second run skips most of the compile time.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
-                          os.path.join(os.path.expanduser("~"), ".cache", "vidpipe", "inductor"))
 
 
 class Detector:
@@ -87,11 +81,11 @@ class Detector:
         self.compiled = config.compile == "on" or (config.compile == "auto" and not cpu)
         self.cuda_graphs = config.cuda_graphs and not cpu
         if self.compiled:
-            _setup_compile_cache()
             self.forward = torch.compile(model, dynamic=False)
         else:
             self.forward = model
-        self.batch_size = config.batch_size
+        self.batch_size = config.batch_for(self.device)
+        self.runtime = DeviceRuntime(self.device)  # streams, NVDEC sessions and the capture gate of this device
         self.post_stream = torch.cuda.Stream(self.device, priority=-1) if self.cuda_graphs else None
         self._graphs: OrderedDict[tuple[int, int, int], _Graph] = OrderedDict()
 
@@ -253,7 +247,7 @@ class _Graph:
         _, _, h, w = frames.shape
         self.pairs: list[tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph, Detections]] = []
         # Decode threads keep running, but not through calls that would synchronise the device.
-        with CAPTURE_GATE.capture():
+        with det.runtime.gate.capture():
             for _ in range(2):  # own memory pools: one pair's activations never overwrite the other's outputs
                 model, post = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
                 with torch.cuda.graph(model, capture_error_mode="thread_local"):

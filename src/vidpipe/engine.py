@@ -49,7 +49,9 @@ from .detector import Batch, Detector, FrameResult
 from .errors import VidpipeError
 from .postprocess import Detections
 from .profiling import nvtx_range
-from .sources import (FrameBatch, NvdecSource, PyAVSource, VideoInfo, is_stream_url, open_source, probe,
+from .runtime import DeviceRuntime
+from .inputs import is_stream_url
+from .sources import (FrameBatch, NvdecSource, PyAVSource, VideoInfo, open_source, probe,
                       resolve_decoder, scan_packets)
 from .sinks import Sink
 
@@ -164,19 +166,6 @@ class UnitEnd:
     error: str | None = None
 
 
-_STREAMS: dict[tuple[torch.device, object], torch.cuda.Stream] = {}
-
-
-def _stream(device: torch.device, role: object) -> torch.cuda.Stream:
-    """One stream per (device, role) for the process. The caching allocator keeps freed blocks per
-    stream, so a new stream per input (torch hands out 32 in turn) would cache a batch's worth of
-    frames on each of them: GB of reserved memory over a corpus."""
-    key = (device, role)
-    if key not in _STREAMS:
-        _STREAMS[key] = torch.cuda.Stream(device)
-    return _STREAMS[key]
-
-
 def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device) -> int:
     """Decode workers: small frames decode fast, so four NVDEC sessions cover the model (~7,900
     frames/s at 384x288 on an H100); 1080p needs 8-12 (~1,600-1,900 frames/s), see
@@ -200,7 +189,8 @@ class FrameProducer:
 
     def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
-                 segment_min: int = 16, frames: tuple[int, int] | None = None) -> None:
+                 segment_min: int = 16, frames: tuple[int, int] | None = None,
+                 runtime: DeviceRuntime | None = None) -> None:
         self.inputs = inputs
         self.decoder = resolve_decoder(decoder, device)
         self.fallback = decoder == "auto"
@@ -211,6 +201,7 @@ class FrameProducer:
         self.max_frames = max_frames
         self.segment_min = segment_min
         self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
+        self.runtime = runtime or DeviceRuntime(device)  # the device's streams and NVDEC sessions
         self.stop = threading.Event()
         self._units: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -270,7 +261,7 @@ class FrameProducer:
         if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
             return cached  # one NVDEC session per worker and file: segments seek instead of reopening
         src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
-                          fallback=self.fallback, slot=getattr(self._local, "slot", -1))
+                          fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1))
         self._local.source = src
         return src
 
@@ -300,7 +291,7 @@ class FrameProducer:
 
     def _worker(self, slot: int) -> None:
         self._local.slot = slot
-        stream = _stream(self.device, ("decode", slot)) if self.device.type == "cuda" else None
+        stream = self.runtime.stream(("decode", slot))
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 while (unit := self._units.get()) is not _STOP:
@@ -532,7 +523,9 @@ class _Orderer:
         if end.error is not None:
             f.error, f.fatal, self.dropping = end.error, True, True
         if end.unit.last or f.fatal:
-            if f.error is None and (f.lost or f.corrupt_packets):
+            if f.error is None and f.decoded == 0:  # e.g. a header that promises nothing decodable
+                f.error, f.fatal = f"{f.path}: no frame could be decoded", True
+            elif f.error is None and (f.lost or f.corrupt_packets):
                 f.error = (f"{f.path}: damaged: decoded {f.decoded} of {f.expected} frames "
                            f"({f.lost} lost, {f.corrupt_packets} corrupt packets skipped)")
             yield f
@@ -543,9 +536,9 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
     """Decode and detect ``inputs`` (only frames ``[a, b)`` of each with ``frames``); see the
     module docstring. The caller waits on each result."""
     cfg = detector.config
-    cuda = detector.device.type == "cuda"
     producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
-                             workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames, frames=frames)
+                             workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames, frames=frames,
+                             runtime=detector.runtime)
 
     def expected(info: VideoInfo) -> int:
         n = info.num_frames if cfg.max_frames is None else min(info.num_frames, cfg.max_frames)
@@ -553,7 +546,7 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
 
     order = _Orderer(producer.release, expected)
     batcher = _Batcher(detector.batch)
-    compute = _stream(detector.device, "compute") if cuda and cfg.overlap else None
+    compute = detector.runtime.stream("compute") if cfg.overlap else None
     issued: deque[torch.cuda.Event] = deque()  # batches on the GPU, oldest first
     fresh: list[Issued] = []  # results of batches just issued, not yet announced
     # Padding the run's batches will carry anyway (GPUs run every batch full): while the GPU
@@ -657,15 +650,29 @@ class RunReport:
         return [v for v in self.videos if not v.ok]
 
 
+def _finite(arrays: tuple[np.ndarray, ...]) -> bool:
+    """Whether every valid box and score of a result is finite (a NaN in JSON is invalid JSON)."""
+    boxes, _, scores, counts = arrays
+    valid = np.arange(boxes.shape[1]) < counts[:, None]
+    return bool(np.isfinite(boxes[valid]).all() and np.isfinite(scores[valid]).all())
+
+
+def _reason(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
 class _Writer:
     """Consumes process()'s items: opens a sink per video, writes batches once their copy is done,
-    closes sinks (complete only when the video finished). Runs in a thread when ``threaded``."""
+    closes sinks (final only when the video was decoded and written whole; else what was written
+    is set aside as ``.incomplete``). An output that cannot be written fails its video alone, with
+    a one-line reason. Runs in a thread when ``threaded``."""
 
     def __init__(self, sink_for: SinkFactory, threaded: bool, on_frames: Callable[[int], None] | None,
                  on_video: Callable[[VideoEnd], None] | None) -> None:
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.sink: Sink | None = None
         self.info: VideoInfo | None = None  # the open sink's video
+        self.failure: str | None = None  # why the open video's output failed (its later results are dropped)
         self.report = RunReport()
         self.error: BaseException | None = None
         self.q: queue.Queue | None = queue.Queue(maxsize=WRITE_QUEUE) if threaded else None
@@ -697,27 +704,71 @@ class _Writer:
         if isinstance(item, Issued):
             r = item.result
             if r.info is self.info and hasattr(self.sink, "lines"):  # results of later videos wait
-                with nvtx_range("format"):
-                    r.text = self.sink.lines(r.indices, r.times, *r.arrays())
+                arrays = r.arrays()
+                if _finite(arrays):  # else its turn fails the video
+                    with nvtx_range("format"):
+                        r.text = self.sink.lines(r.indices, r.times, *arrays)
         elif isinstance(item, VideoStart):
-            self.sink, self.info = self.sink_for(item.info), item.info
+            self.info, self.failure = item.info, None
+            try:
+                self.sink = self.sink_for(item.info)
+            except (OSError, UnicodeError) as e:
+                self.sink, self.failure = None, f"{item.info.path}: cannot write its output ({_reason(e)})"
         elif isinstance(item, BatchResult):
-            with nvtx_range("write"):
-                if item.text is not None:
-                    self.sink.write_lines(item.text, len(item.indices))
-                else:
-                    self.sink.write(item.indices, item.times, *item.arrays())
+            self._write(item)
             self.report.frames += len(item.indices)
             if self.on_frames:
                 self.on_frames(len(item.indices))
         elif isinstance(item, VideoEnd):
-            if self.sink is not None:
-                # A damaged file decoded to its end is a complete output; one that broke off is not.
-                self.sink.close(complete=not item.fatal)
-                self.sink, self.info = None, None
+            item = self._close(item)
             self.report.videos.append(item)
             if self.on_video:
                 self.on_video(item)
+
+    def _write(self, r: BatchResult) -> None:
+        """One batch's frames into the open sink; a failure to write fails this video alone."""
+        if self.sink is None:
+            return
+        arrays = r.arrays()
+        if not _finite(arrays):
+            self._fail(f"{r.info.path}: the model's boxes or scores are not finite (NaN or inf) from frame "
+                       f"{r.indices[0]} on; check the weights")
+            return
+        try:
+            with nvtx_range("write"):
+                if r.text is not None:
+                    self.sink.write_lines(r.text, len(r.indices))
+                else:
+                    self.sink.write(r.indices, r.times, *arrays)
+        except (OSError, UnicodeError) as e:
+            self._fail(f"{r.info.path}: cannot write {self.sink.path} ({_reason(e)})")
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        try:
+            kept = self.sink.fail()
+        except (OSError, UnicodeError):  # e.g. the disk is still full
+            kept = None
+        if kept is not None:
+            self.failure += f"; the frames written before are in {kept}"
+        self.sink = None
+
+    def _close(self, end: VideoEnd) -> VideoEnd:
+        """Finish the video's output: its final name only when every frame was decoded and written."""
+        if self.sink is not None:
+            if end.ok:
+                try:
+                    self.sink.close(complete=True)
+                except (OSError, UnicodeError) as e:
+                    self.failure = f"{end.path}: cannot finish {self.sink.path} ({_reason(e)})"
+            else:
+                kept = self.sink.fail()
+                if kept is not None:
+                    end = replace(end, error=f"{end.error}; the frames decoded are in {kept}")
+        if self.failure is not None:
+            end = replace(end, error=self.failure, fatal=True)
+        self.sink, self.info, self.failure = None, None, None
+        return end
 
     def _abort(self) -> None:
         if self.sink is not None:

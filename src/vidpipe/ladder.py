@@ -55,26 +55,6 @@ RUNGS = [
 ]
 
 
-def add_ladder_parser(sub) -> None:
-    p = sub.add_parser("ladder", help="run the optimisation ladder and print the table",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("video", nargs="?", default=None, help="input (default: shared/media/in.mp4 or a generated clip)")
-    p.add_argument("--weights", default="random")
-    p.add_argument("--random-candidates", type=int, default=2000, metavar="N")
-    p.add_argument("--slow-frames", type=int, default=32, metavar="N",
-                   help="frames timed for the slow rungs 0-1")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="frames timed for the other rungs")
-    p.add_argument("--compare-frames", type=int, default=32, metavar="N",
-                   help="leading frames whose detections are compared with rung 2")
-    p.add_argument("--scale-repeat", type=int, default=40, metavar="N",
-                   help="rung 8 runs on the input repeated N times, so every GPU gets a real share (a few "
-                        "seconds: worker start-up, seconds apart, must not eat the window in which all are busy)")
-    p.add_argument("--gil", action="store_true", help="measure GIL load per rung")
-    p.add_argument("--trace", default=None, metavar="FILE",
-                   help="write a PyTorch profiler trace (Chrome/Perfetto JSON) of the last rung's first batches")
-    p.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json and PREFIX.md")
-
-
 def first_frames(jsonl: Path, keep: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(boxes, labels, scores) of the first ``keep`` frames of a JSON Lines output."""
     out = []

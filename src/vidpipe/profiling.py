@@ -20,7 +20,9 @@ def nvtx_range(name: str):
     around a stage. Cheap otherwise: it wraps every chunk, launch and write (~10 us with the label)."""
     label = torch.profiler.record_function(name) if torch.autograd.profiler._is_profiler_enabled else nullcontext()
     with label:
-        if _CUDA:
+        # Asked at each use, not at import: importing vidpipe must not start CUDA (a worker
+        # process is told its GPU through CUDA_VISIBLE_DEVICES, read once when CUDA starts).
+        if torch.cuda.is_initialized():
             torch.cuda.nvtx.range_push(name)
             try:
                 yield
@@ -29,8 +31,6 @@ def nvtx_range(name: str):
         else:
             yield
 
-
-_CUDA = torch.cuda.is_available()
 
 
 def sync(device: torch.device) -> None:
@@ -85,36 +85,54 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class PeakMemory:
-    """Peak host RSS (sampled every 10 ms) and peak CUDA allocator memory inside a ``with``."""
+class _Sampler:
+    """Runs :meth:`_tick` every ``interval`` seconds in a thread inside a ``with``."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.host_peak = 0
-        self.gpu_peak = 0
+    interval = 0.01
+
+    def _tick(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._tick()
+
+    def __enter__(self):
         self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            self.host_peak = max(self.host_peak, _rss_bytes())
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.host_peak = _rss_bytes()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PeakMemory(_Sampler):
+    """Peak host RSS (sampled every 10 ms) and peak CUDA allocator memory inside a ``with``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.host_peak = 0
+        self.gpu_peak = 0
+
+    def _tick(self) -> None:
+        self.host_peak = max(self.host_peak, _rss_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.host_peak = _rss_bytes()
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
         self.host_peak = max(self.host_peak, _rss_bytes())
         if self.device.type == "cuda":
             self.gpu_peak = torch.cuda.max_memory_allocated(self.device)
 
 
-class GilLoad:
+class GilLoad(_Sampler):
     """Estimates how much of the time the GIL is taken: a probe thread asks for it every 5 ms and
     records how long it waited. ``wait_share`` = waited / elapsed (0 = free, ~1 = always held)."""
 
@@ -122,9 +140,8 @@ class GilLoad:
         self.interval = interval
         self.waited = 0.0
         self.elapsed = 0.0
-        self._stop = threading.Event()
 
-    def _probe(self) -> None:
+    def _loop(self) -> None:
         t_start = time.perf_counter()
         while not self._stop.is_set():
             t0 = time.perf_counter()
@@ -133,18 +150,61 @@ class GilLoad:
             self.waited += max(0.0, late)
         self.elapsed = time.perf_counter() - t_start
 
-    def __enter__(self) -> GilLoad:
-        self._thread = threading.Thread(target=self._probe, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
     @property
     def wait_share(self) -> float:
         return self.waited / self.elapsed if self.elapsed else 0.0
+
+
+class GpuUtilization(_Sampler):
+    """Every GPU's utilisation (NVML's ``gpu`` and ``decoder`` percentages, which ``nvidia-smi dmon
+    -s u`` shows) sampled every ``interval`` s inside a ``with``, keyed by GPU UUID, each sample
+    ``(time.perf_counter(), percent)``; read through NVML, so this process starts no CUDA context.
+    Empty where NVML (``nvidia-ml-py``) is missing."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.gpu: dict[str, list[tuple[float, int]]] = {}
+        self.decoder: dict[str, list[tuple[float, int]]] = {}
+        self._handles: dict[str, object] = {}
+
+    def __enter__(self) -> GpuUtilization:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                uuid = pynvml.nvmlDeviceGetUUID(h)
+                self._handles[uuid.decode() if isinstance(uuid, bytes) else uuid] = h
+        except Exception:  # no NVML: nothing to sample
+            self._nvml = None
+        return super().__enter__()
+
+    def _tick(self) -> None:
+        for uuid, h in self._handles.items():
+            now = time.perf_counter()
+            self.gpu.setdefault(uuid, []).append((now, self._nvml.nvmlDeviceGetUtilizationRates(h).gpu))
+            self.decoder.setdefault(uuid, []).append((now, self._nvml.nvmlDeviceGetDecoderUtilization(h)[0]))
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        if self._nvml is not None:
+            self._nvml.nvmlShutdown()
+
+    def busiest(self) -> dict[str, int]:
+        """The highest utilisation sampled on each GPU."""
+        return {uuid: max((v for _, v in xs), default=0) for uuid, xs in self.gpu.items()}
+
+    def describe(self, t0: float = 0.0, t1: float = float("inf")) -> str:
+        """``GPU-1234…: median 97% (min 91%, 12 samples); …``, of the samples taken between
+        ``t0`` and ``t1`` (``perf_counter`` times), for a results table."""
+        parts = []
+        for uuid, xs in self.gpu.items():
+            vs = [v for t, v in xs if t0 <= t <= t1]
+            if vs:
+                parts.append(f"{uuid[:12]}…: median {statistics.median(vs):.0f}% (min {min(vs)}%, {len(vs)} samples)")
+        return "; ".join(parts) or "no NVML samples"
 
 
 def machine_facts(device: torch.device) -> dict[str, str]:

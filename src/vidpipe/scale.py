@@ -12,8 +12,13 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
+import subprocess
+import sys
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Callable
 
@@ -21,22 +26,133 @@ import torch
 
 from .config import Config
 from .engine import RunReport, VideoEnd
-from .sinks import concat_outputs
-from .sources import is_stream_url, scan_packets
+from .errors import VidpipeError
+from .sinks import INCOMPLETE, concat_outputs
+from .inputs import is_stream_url
+from .sources import scan_packets
 
 log = logging.getLogger(__name__)
 
 
-def parse_devices(spec: str) -> list[str]:
-    """``all`` -> every CUDA device (or ``cpu`` without one); ``0,1`` -> ``cuda:0, cuda:1``."""
-    if spec == "all":
-        n = torch.cuda.device_count()
-        return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+@dataclass(frozen=True)
+class Assignment:
+    """Where one worker process runs: ``device`` as the worker names it (``cuda:0`` or ``cpu``),
+    ``visible`` the ``CUDA_VISIBLE_DEVICES`` it is started with (a GPU's UUID; "" hides every GPU),
+    and ``label`` as messages name it."""
+
+    device: str
+    visible: str
+    label: str
+
+
+def gpu_uuids() -> list[str]:
+    """UUIDs of the host's GPUs in ``nvidia-smi``'s order (PCI bus), read through NVML: this
+    process does not start CUDA to learn them."""
+    try:
+        import pynvml
+    except ImportError:
+        pynvml = None
+    if pynvml is not None:
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError:
+            return []  # no driver: no GPU
+        try:
+            uuids = [pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+                     for i in range(pynvml.nvmlDeviceGetCount())]
+            return [u.decode() if isinstance(u, bytes) else u for u in uuids]
+        finally:
+            pynvml.nvmlShutdown()
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def visible_gpus() -> list[str]:
+    """UUIDs of the GPUs this process may use: all of them, or those its own
+    ``CUDA_VISIBLE_DEVICES`` names (indices, UUIDs or their prefixes; CUDA stops at the first
+    entry that names no GPU, and so does this)."""
+    uuids = gpu_uuids()
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return uuids
     out = []
-    for part in spec.split(","):
-        part = part.strip()
-        out.append(f"cuda:{part}" if part.isdigit() else part)
+    for item in (x.strip() for x in env.split(",")):
+        if item.isdigit() and int(item) < len(uuids):
+            out.append(uuids[int(item)])
+        elif item and len(match := [u for u in uuids if u.startswith(item)]) == 1:
+            out.append(match[0])
+        else:
+            break
     return out
+
+
+def parse_devices(spec: str) -> list[Assignment]:
+    """``all`` -> every visible GPU (``cpu`` without one); ``auto`` -> the first GPU (or ``cpu``);
+    ``0,1`` or ``cuda:0,cuda:1`` -> those
+    GPUs, numbered as ``nvidia-smi`` numbers them (within ``CUDA_VISIBLE_DEVICES`` when it is set);
+    ``cpu`` -> a CPU worker. Each GPU worker will see its GPU, by UUID, as its only one."""
+    gpus = visible_gpus()
+    if spec.strip() in ("all", "auto"):
+        chosen = gpus if spec.strip() == "all" else gpus[:1]
+        return [Assignment("cuda:0", u, u) for u in chosen] or [Assignment("cpu", "", "cpu")]
+    out = []
+    for part in (x.strip() for x in spec.split(",")):
+        index = part.removeprefix("cuda:") if part.startswith("cuda:") else part
+        if part == "cpu":
+            out.append(Assignment("cpu", "", "cpu"))
+        elif part == "cuda" or index.isdigit():
+            i = 0 if part == "cuda" else int(index)
+            if i >= len(gpus):
+                raise VidpipeError(f"--devices {spec}: no GPU {i} ({len(gpus)} visible)")
+            out.append(Assignment("cuda:0", gpus[i], f"cuda:{i} ({gpus[i]})"))
+        else:
+            raise VidpipeError(f"--devices {spec}: {part!r} is not all, cpu, cuda, N or cuda:N")
+    return out
+
+
+_SPAWN_ENV = threading.Lock()
+
+
+def start_worker(ctx, assignment: Assignment, target: Callable, args: tuple) -> BaseProcess:
+    """Start ``target(*args)`` in a new process whose environment names only ``assignment``'s GPU
+    from its first instruction, before any import could start CUDA (CUDA reads
+    ``CUDA_VISIBLE_DEVICES`` once, when it starts)."""
+    proc = ctx.Process(target=target, args=args, daemon=True)
+    with _SPAWN_ENV:  # the child copies this process's environment as it starts
+        before = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = assignment.visible
+        try:
+            proc.start()
+        finally:
+            if before is None:
+                del os.environ["CUDA_VISIBLE_DEVICES"]
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
+    return proc
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it dies, even by SIGKILL (no orphan keeps a
+    GPU busy and writes outputs nobody waits for)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int], None] | None = None,
@@ -73,27 +189,30 @@ def plan_tasks(targets: dict[str, Path], workers: int, split_frames: int) -> lis
     return tasks
 
 
-def _only_gpu(device: str) -> str:
-    """Make ``cuda:N`` the only GPU this (not yet CUDA-initialised) process sees and return its new
-    name, ``cuda:0``: nothing in the worker -- a library defaulting to the current device, a
-    stray context -- can then land on another worker's GPU and time-slice with it."""
-    if not device.startswith("cuda:"):
-        return device
-    index = int(device.split(":")[1])
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
-    return "cuda:0"
-
-
-def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Queue) -> None:
+def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Queue,
+            parent: int) -> None:
+    _die_with_parent(parent)
     from .detector import Detector
 
     logging.basicConfig(level=logging.WARNING, format="vidpipe: %(message)s")
+    # What this process was given, read after its imports and its target were unpickled.
+    results.put(("hello", worker, {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                   "cuda_devices": torch.cuda.device_count()}))
     try:
-        det = Detector(Config(**{**config, "device": _only_gpu(device)}))
+        det = Detector(Config(**{**config, "device": device}))
     except Exception as e:  # a worker that cannot start gives its inputs back to the others
         results.put(("dead", worker, f"{type(e).__name__}: {e}"))
         return
+    told = False
+
+    def on_frames(n: int) -> None:
+        nonlocal told
+        if not told:  # the device that computed the first batch, as CUDA names it
+            told = True
+            uuid = f"GPU-{torch.cuda.get_device_properties(det.device).uuid}" if det.device.type == "cuda" else "cpu"
+            results.put(("device", worker, uuid))
+        results.put(("frames", worker, n))
+
     while True:
         task = tasks.get()
         if task is None:
@@ -101,8 +220,7 @@ def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, r
             return
         path, target, frames, part, parts = task
         try:
-            ends = _detect_file(det, path, target, fmt, frames=frames,
-                                on_frames=lambda n: results.put(("frames", worker, n)))
+            ends = _detect_file(det, path, target, fmt, frames=frames, on_frames=on_frames)
         except Exception as e:
             ends = [VideoEnd(path, error=f"{path}: worker on {device} failed ({type(e).__name__}: {e})", fatal=True)]
         for end in ends:
@@ -116,10 +234,14 @@ def _merge_parts(fmt: str, target: Path, parts: list[tuple[VideoEnd, str]]) -> V
                    corrupt_packets=sum(e.corrupt_packets for e in ends),
                    error=next((e.error for e in ends if e.error), None), fatal=any(e.fatal for e in ends))
     files = [Path(p) for _, p in parts]
-    if not end.fatal:
-        concat_outputs(fmt, files, target)
+    if end.ok:  # as for a file run whole: a final output only when every part was complete
+        try:
+            concat_outputs(fmt, files, target)
+        except OSError as e:
+            end.error, end.fatal = f"{end.path}: cannot write {target} ({e.strerror or e})", True
     for f in files:
         f.unlink(missing_ok=True)
+        f.with_name(f.name + INCOMPLETE).unlink(missing_ok=True)
     return end
 
 
@@ -155,13 +277,16 @@ class BusyWindow:
         return (self.t1 or 0.0) - (self.t0 or 0.0)
 
 
-def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: list[str], per_device: int = 1,
+def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: list[Assignment], per_device: int = 1,
                   on_frames: Callable[[int], None] | None = None,
                   on_video: Callable[[VideoEnd], None] | None = None, split_frames: int = 4096,
                   on_message: Callable[[str, int, object], None] | None = None) -> RunReport:
     """Detect every input of ``targets`` with ``per_device`` worker processes on each device;
     files of at least 2 x ``split_frames`` frames are shared out in parts and joined back.
-    ``on_message(kind, worker, payload)`` sees every worker message (e.g. a :class:`BusyWindow`)."""
+    ``on_message(kind, worker, payload)`` sees every worker message (e.g. a :class:`BusyWindow`):
+    ``hello`` (pid, ``CUDA_VISIBLE_DEVICES`` and CUDA's device count as the worker sees them after
+    its imports), ``device`` (the UUID of the GPU that computed its first batch, or ``cpu``),
+    ``frames``, ``video``, ``done`` and ``dead``."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     tasks, results = ctx.Queue(), ctx.Queue()
     workers = [d for d in devices for _ in range(per_device)]
@@ -170,10 +295,8 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     for _ in workers:
         tasks.put(None)
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
-    procs = [ctx.Process(target=_worker, args=(i, d, cfg, fmt, tasks, results), daemon=True)
+    procs = [start_worker(ctx, d, _worker, (i, d.device, cfg, fmt, tasks, results, os.getpid()))
              for i, d in enumerate(workers)]
-    for p in procs:
-        p.start()
     report, running = RunReport(), len(procs)
     pending: dict[str, list[tuple[int, VideoEnd, str]]] = {}
     try:
@@ -186,7 +309,9 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
                 continue
             if on_message:
                 on_message(kind, worker, payload)
-            if kind == "frames":
+            if kind == "device":
+                log.info("worker %d (%s) computes on %s", worker, workers[worker].label, payload)
+            elif kind == "frames":
                 report.frames += payload
                 if on_frames:
                     on_frames(payload)
@@ -202,10 +327,10 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
                 report.videos.append(end)
                 if on_video:
                     on_video(end)
-            else:
+            elif kind in ("done", "dead"):
                 running -= 1
                 if kind == "dead":
-                    log.error("worker on %s could not start: %s", workers[worker], payload)
+                    log.error("worker on %s could not start: %s", workers[worker].label, payload)
     finally:
         for p in procs:
             p.join(timeout=5)

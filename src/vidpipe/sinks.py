@@ -3,7 +3,8 @@
 In: one call per batch with host (CPU) arrays: ``boxes float32[N, D, 4]`` in pixels of the original
 frame (x1, y1, x2, y2), ``labels int64[N, D]`` (1..80), ``scores float32[N, D]``, ``counts int64[N]``
 (valid leading entries per frame), plus frame indices and times. Out: a file under its final name
-only once complete; until then, and after a crash or interruption, it is ``<name>.partial``.
+only once complete; until then, and after a crash or interruption, it is
+``<name>.<pid>.<random>.partial``; what was written for an input that failed is ``<name>.incomplete``.
 A text sink may also offer ``lines(...) -> str`` and ``write_lines(text, frames)``: the engine then
 formats each batch as soon as its detections land, and only writes the text once it is in order.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -25,8 +27,8 @@ import numpy as np
 from .coco import CLASS_NAMES, COCO_CATEGORY_IDS
 
 Format = Literal["jsonl", "coco", "parquet"]
-EXTENSIONS: dict[str, str] = {"jsonl": ".jsonl", "coco": ".json", "parquet": ".parquet"}
-PARTIAL = ".partial"
+PARTIAL = ".partial"  # an output being written, or left by an interrupted run
+INCOMPLETE = ".incomplete"  # what was written for an input that failed
 _NAMES_JSON = [json.dumps(n) for n in CLASS_NAMES]
 
 
@@ -38,23 +40,74 @@ class Sink(Protocol):
 
     def close(self, complete: bool) -> None: ...
 
+    def fail(self) -> Path | None: ...
+
+
+class OutputConflict(OSError):
+    """The final output was written by another run after this one started: this run's result is
+    left in its own partial file instead of replacing the other's."""
+
+
+def _version(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
 
 class _AtomicFile:
-    """Writes to ``<path>.partial`` and renames onto ``path`` only when closed as complete."""
+    """Writes to a partial file of this process's own (``<path>.<pid>.<random>.partial``) and puts
+    it under ``path`` only when closed as complete, and only if ``path`` is still what it was when
+    this run began (absent, or the same finished file): two runs writing one output never destroy
+    each other's result; the later one fails with :class:`OutputConflict` and keeps its partial."""
 
     def __init__(self, path: str | os.PathLike, *, binary: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.partial = self.path.with_name(self.path.name + PARTIAL)
-        self.file = open(self.partial, "wb" if binary else "w", encoding=None if binary else "utf-8")
+        self.before = _version(self.path)
+        self.partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL}")
+        self.file = open(self.partial, "xb" if binary else "x", encoding=None if binary else "utf-8")
         self.frames = 0
 
     def close(self, complete: bool) -> None:
+        """Finish: complete -> the final name; else the partial file stays (an interrupted run)."""
         if self.file.closed:
             return
         self.file.close()
         if complete:
+            self._publish()
+
+    def _publish(self) -> None:
+        if _version(self.path) != self.before:
+            raise OutputConflict(f"{self.path} was written by another run while this one ran; "
+                                 f"this run's result is kept in {self.partial}")
+        if self.before is None:
+            try:  # atomic, and fails if another run has just created the output
+                os.link(self.partial, self.path)
+            except FileExistsError:
+                raise OutputConflict(f"{self.path} was written by another run while this one ran; "
+                                     f"this run's result is kept in {self.partial}") from None
+            except OSError:  # a file system without hard links
+                os.replace(self.partial, self.path)
+                return
+            os.unlink(self.partial)
+        else:
             os.replace(self.partial, self.path)
+
+    def fail(self) -> Path | None:
+        """Close as failed: what was written is set aside as ``<path>.incomplete`` (never the final
+        name, so ``--resume`` retries the input); returns that path, or None if nothing was written."""
+        if not self.file.closed:
+            self.file.close()
+        if not self.partial.exists():
+            return None
+        if self.frames == 0:
+            self.partial.unlink()
+            return None
+        aside = self.path.with_name(self.path.name + INCOMPLETE)
+        os.replace(self.partial, aside)
+        return aside
 
 
 class JsonlSink(_AtomicFile):
@@ -121,6 +174,11 @@ class CocoSink(_AtomicFile):
             self.file.write("]\n")
         super().close(complete)
 
+    def fail(self) -> Path | None:
+        if not self.file.closed:
+            self.file.write("]\n")  # what was written stays valid JSON
+        return super().fail()
+
 
 class ParquetSink(_AtomicFile):
     """One row per detection: video, frame, time, width, height, class_id, class_name, score,
@@ -133,6 +191,8 @@ class ParquetSink(_AtomicFile):
 
         super().__init__(path, binary=True)
         self.pa = pa
+        # Parquet strings are UTF-8: a file name with undecodable bytes keeps them as \xNN escapes.
+        video = video.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         self.video, self.width, self.height = video, width, height
         self.schema = pa.schema([
             ("video", pa.string()), ("frame", pa.int64()), ("time", pa.float64()),
@@ -189,6 +249,12 @@ class ParquetSink(_AtomicFile):
             self.writer.close()
         super().close(complete)
 
+    def fail(self) -> Path | None:
+        if not self.file.closed:
+            self._flush()
+            self.writer.close()
+        return super().fail()
+
 
 class NullSink:
     """Discards results (benchmarks of the compute path alone)."""
@@ -202,6 +268,9 @@ class NullSink:
 
     def close(self, complete: bool) -> None:
         pass
+
+    def fail(self) -> Path | None:
+        return None
 
 
 SINKS = {"jsonl": JsonlSink, "coco": CocoSink, "parquet": ParquetSink}

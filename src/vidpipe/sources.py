@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from bisect import bisect_left
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
-from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import av
@@ -35,13 +32,14 @@ import numpy as np
 import torch
 
 from .errors import VidpipeError
+from .inputs import check_input, is_stream_url
 from .profiling import nvtx_range
+from .runtime import DeviceRuntime
 
 log = logging.getLogger(__name__)
 
 Decoder = Literal["auto", "nvdec", "pyav"]
 MAX_SIDE = 8192  # NVDEC's limit for H.264/HEVC; larger claims are corrupt headers, not video
-STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
 @dataclass(frozen=True)
@@ -86,11 +84,10 @@ class FrameBatch:
                 f"indices={self.indices[:1]}..{self.indices[-1:]})")
 
 
-def is_stream_url(path: str) -> bool:
-    return str(path).lower().startswith(STREAM_PREFIXES)
+NET_TIMEOUT = 10.0  # seconds a network source may stay silent (connect, then each read)
 
 
-def _open(path: str, timeout: float = 10.0) -> av.container.InputContainer:
+def _open(path: str, timeout: float = NET_TIMEOUT) -> av.container.InputContainer:
     """Open a file, or a URL with connect/read timeouts (RTSP over TCP: no lost packets)."""
     if not is_stream_url(path):
         return av.open(path)
@@ -106,13 +103,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     path = str(path)
     if is_stream_url(path):
         return _probe(path)
-    p = Path(path)
-    if not p.exists():
-        raise VidpipeError(f"{path}: no such file")
-    if p.is_dir():
-        raise VidpipeError(f"{path}: is a directory")
-    if p.stat().st_size == 0:
-        raise VidpipeError(f"{path}: empty file (0 bytes)")
+    reason = check_input(path)
+    if reason is not None:
+        raise VidpipeError(reason)
     return _probe_file(*_file_key(path))
 
 
@@ -146,6 +139,8 @@ def _probe(path: str) -> VideoInfo:
 
 
 def _ffmpeg_reason(e: Exception) -> str:
+    if isinstance(e, av.error.ExitError):  # FFmpeg's interrupt callback: the read timed out
+        return f"no answer within {NET_TIMEOUT:g} s"
     return getattr(e, "strerror", None) or str(e).splitlines()[0]
 
 
@@ -202,7 +197,7 @@ class PyAVSource:
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", *,
                  threads: int = 0, max_frames: int | None = None, reconnects: int = 5,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = NET_TIMEOUT) -> None:
         self.info = probe(path)
         self.device = torch.device(device)
         self.threads = threads
@@ -331,62 +326,19 @@ class PyAVSource:
         return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
 
 
-_DECODERS: dict[tuple[int, int], tuple[object, torch.cuda.Stream, tuple]] = {}
-_DECODERS_LOCK = threading.Lock()
-_CREATE_LOCK = threading.Lock()  # session creation and re-pointing, one at a time
-
-
-class CaptureGate:
-    """NVDEC calls that may synchronise the whole device (creating, re-pointing, seeking a session)
-    would invalidate a CUDA graph being captured. They run inside :meth:`setup`, which does not
-    exclude other setups (a lock would add its own queue to the GIL's: ``seek_to_index`` holds the
-    GIL, ~1.5 ms measured); the detector captures inside :meth:`capture`, which waits for running
-    setups and holds new ones."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._setups = 0
-        self._captures = 0  # waiting or running
-
-    @contextmanager
-    def setup(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: self._captures == 0)
-            self._setups += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._setups -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def capture(self) -> Iterator[None]:
-        with self._cond:
-            self._captures += 1
-            self._cond.wait_for(lambda: self._setups == 0)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._captures -= 1
-                self._cond.notify_all()
-
-
-CAPTURE_GATE = CaptureGate()
-
-
-def _nvdec_session(path: str, gpu: int, slot: int | None):
+def _nvdec_session(path: str, runtime: DeviceRuntime, slot: int | None):
     """``(SimpleDecoder for path, the stream its conversion kernels run on, fresh)``; ``fresh``:
-    the session is at the file's first frame. With a ``slot``, sessions are kept per (GPU, slot)
-    for the process: one already on this very file is reused as is (a seek away from any frame),
+    the session is at the file's first frame. With a ``slot``, sessions are kept per slot in the
+    device's runtime: one already on this very file is reused as is (a seek away from any frame),
     another is re-pointed (``reconfigure_decoder``, a few ms) instead of created anew: a new
     session costs ~100 ms and creations do not run in parallel. The stream has high priority: its
     small per-frame kernels then run between the model's instead of queueing behind them."""
     import PyNvVideoCodec as nvc
 
+    gpu = runtime.device.index if runtime.device.index is not None else torch.cuda.current_device()
+
     def create(stream: torch.cuda.Stream):
-        with CAPTURE_GATE.setup(), _CREATE_LOCK:
+        with runtime.gate.setup(), runtime.create_lock:
             return nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True, cuda_stream=stream.cuda_stream,
                                      output_color_type=nvc.OutputColorType.RGBP)
 
@@ -394,15 +346,14 @@ def _nvdec_session(path: str, gpu: int, slot: int | None):
         stream = torch.cuda.Stream(gpu, priority=-1)
         return create(stream), stream, True
     key = _file_key(path)
-    with _DECODERS_LOCK:
-        dec, stream, held = _DECODERS.pop((gpu, slot), (None, None, None))
+    dec, stream, held = runtime.take_session(slot) or (None, None, None)
     stream = stream or torch.cuda.Stream(gpu, priority=-1)
     fresh = True
     try:
         if dec is not None and held == key:
             fresh = False
         elif dec is not None:
-            with CAPTURE_GATE.setup(), _CREATE_LOCK:
+            with runtime.gate.setup(), runtime.create_lock:
                 dec.reconfigure_decoder(path)
             if len(dec) == 0:
                 raise RuntimeError("empty stream after reconfigure")
@@ -410,26 +361,27 @@ def _nvdec_session(path: str, gpu: int, slot: int | None):
             dec = create(stream)
     except Exception:
         dec = create(stream)
-    with _DECODERS_LOCK:
-        _DECODERS[(gpu, slot)] = dec, stream, key
+    runtime.put_session(slot, (dec, stream, key))
     return dec, stream, fresh
 
 
 class NvdecSource:
     """PyNvVideoCodec hardware decode of one video (or of frames ``[start, stop)`` of it).
-    ``slot`` names a reusable decoder session (one per decode thread); None opens a private one."""
+    ``slot`` names a reusable decoder session (one per decode thread) in ``runtime``, the device's
+    :class:`~vidpipe.runtime.DeviceRuntime` (a private one when None); None opens a private session."""
 
     name = "nvdec"
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *,
-                 max_frames: int | None = None, info: VideoInfo | None = None, slot: int | None = None) -> None:
+                 max_frames: int | None = None, info: VideoInfo | None = None,
+                 runtime: DeviceRuntime | None = None, slot: int | None = None) -> None:
         self.info = info or probe(path)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise VidpipeError("the nvdec decoder needs a CUDA device")
-        gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.runtime = runtime or DeviceRuntime(self.device)
         try:
-            self._dec, self.stream, fresh = _nvdec_session(self.info.path, gpu, slot)
+            self._dec, self.stream, fresh = _nvdec_session(self.info.path, self.runtime, slot)
         except Exception as e:
             raise VidpipeError(f"{self.info.path}: NVDEC cannot decode this stream ({e})") from None
         # Frame times come from the container: NVDEC's own timestamps are decode-ordered for
@@ -447,7 +399,7 @@ class NvdecSource:
         out of the decoder's surfaces into new device memory (back-pressure: it may block)."""
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
         if start != self._next:
-            with CAPTURE_GATE.setup():
+            with self.runtime.gate.setup():
                 self._dec.seek_to_index(start)
         pos = start
         while pos < stop:
@@ -503,12 +455,13 @@ def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", 
 
 def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
                 max_frames: int | None = None, info: VideoInfo | None = None,
-                fallback: bool = False, slot: int | None = None) -> PyAVSource | NvdecSource:
+                fallback: bool = False, runtime: DeviceRuntime | None = None,
+                slot: int | None = None) -> PyAVSource | NvdecSource:
     """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
     FFmpeg instead, with a warning."""
     if decoder == "nvdec" and not is_stream_url(path):
         try:
-            return NvdecSource(path, device, max_frames=max_frames, info=info, slot=slot)
+            return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)
         except VidpipeError as e:
             if not fallback:
                 raise

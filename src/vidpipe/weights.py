@@ -106,7 +106,12 @@ def load_model(weights: str | os.PathLike | None = None, *, random_candidates: i
         return calibrated_random_ssd300(random_candidates, random_classes, seed=seed)
     path = _download_default() if weights in (None, "default") else Path(weights)
     model = SSD300()
-    load_state_dict_strict(model, _state_dict_from_file(path), str(path))
+    state = _state_dict_from_file(path)
+    load_state_dict_strict(model, state, str(path))
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        log.warning("%s: %d parameter tensors hold non-finite values (NaN or inf): %s; detections will be empty "
+                    "or fail as non-finite", path, len(bad), _abbrev(bad))
     return model.eval()
 
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU runs on the device tool's H200 machines (one or two GPUs), in one call: set-up, then the
+# steps named in $STEPS (default: tests). Needs the wheels in .whl/ (PyNvVideoCodec, PyAV) and
+# .media/in.mp4 + .media/make_camera_clip.py (both git-ignored, carried). Logs under $OUT.
+#   tests   the GPU tests (cuda/nvdec marks) and the CPU ones they sit beside
+#   scale   bench --suite scale on in.mp4 and the camera-like 1080p clip (one GPU vs all)
+#   ladder  vidpipe ladder in.mp4
+#   bench   vidpipe bench (pipeline) on in.mp4 and the 1080p clip
+set -uo pipefail
+OUT=${OUT:-/tmp/vidpipe-results}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 VIDPIPE_SHARED_CLIP=$PWD/.media/in.mp4
+V="python3 -m vidpipe.cli"
+STEPS=${STEPS:-tests}
+{ date -u; echo "commit ${COMMIT:-unknown}"; nvidia-smi -L; nproc; } > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+python3 -c "import time; t = time.time(); import torch, torchvision; print(f'import torch, torchvision: \
+{time.time() - t:.1f} s')" | tee -a "$OUT/machine.txt"
+
+camera() {  # the camera-like 1080p H.264 clip (900 frames), made once per machine
+  [ -f /tmp/camera1080.mp4 ] || python3 .media/make_camera_clip.py .media/in.mp4 /tmp/camera1080.mp4 h264 900 >/dev/null
+  echo /tmp/camera1080.mp4
+}
+
+for step in $STEPS; do
+  case $step in
+    tests)
+      timeout ${TESTS_S:-420} python3 -m pytest -q -ra -m "cuda or nvdec" tests -p no:cacheprovider \
+        ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25 ;;
+    scale)
+      timeout ${SCALE_S:-400} $V bench --suite scale .media/in.mp4 "$(camera)" --weights random --repeats 1 \
+        --results "$OUT/results.md" 2>&1 | tail -12 ;;
+    ladder)
+      timeout 300 $V ladder .media/in.mp4 --slow-frames 8 --out "$OUT/ladder" 2>&1 | tail -14 ;;
+    bench)
+      timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 \
+        --results "$OUT/results.md" 2>&1 | tail -10 ;;
+  esac
+done

@@ -1,0 +1,94 @@
+"""The GPU state of one device in one process: streams, pooled NVDEC sessions, the capture gate.
+
+In: a ``torch.device``. Out: a :class:`DeviceRuntime` that hands out one CUDA stream per role, keeps
+NVDEC sessions per decode slot, and owns the :class:`CaptureGate` that keeps NVDEC set-up calls out
+of CUDA-graph captures on that device. Nothing here is module-level state: a
+:class:`~vidpipe.detector.Detector` owns one runtime for its device, so two detectors on two GPUs
+in one process share nothing by accident, and tests create a runtime and :meth:`~DeviceRuntime.close`
+it. Nothing touches CUDA until a stream or session is asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+class CaptureGate:
+    """NVDEC calls that may synchronise the whole device (creating, re-pointing, seeking a session)
+    would invalidate a CUDA graph being captured. They run inside :meth:`setup`, which does not
+    exclude other setups (a lock would add its own queue to the GIL's: ``seek_to_index`` holds the
+    GIL, ~1.5 ms measured, so in practice seeks still run one after another); the detector captures
+    inside :meth:`capture`, which waits for running setups and holds new ones."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._setups = 0
+        self._captures = 0  # waiting or running
+
+    @contextmanager
+    def setup(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._captures == 0)
+            self._setups += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._setups -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        with self._cond:
+            self._captures += 1
+            self._cond.wait_for(lambda: self._setups == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._captures -= 1
+                self._cond.notify_all()
+
+
+class DeviceRuntime:
+    """What one device's work shares within a process. Thread-safe."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.gate = CaptureGate()
+        # NVDEC session creation and re-pointing, one at a time: creations do not run in parallel
+        # in the driver anyway, and interleaved ones failed.
+        self.create_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._streams: dict[object, torch.cuda.Stream] = {}
+        self._sessions: dict[int, tuple] = {}
+
+    def stream(self, role: object) -> torch.cuda.Stream | None:
+        """One stream per ``role`` (None on a CPU). The caching allocator keeps freed blocks per
+        stream, so a new stream per input (torch hands out 32 in turn) would cache a batch's worth
+        of frames on each of them: GB of reserved memory over a corpus."""
+        if self.device.type != "cuda":
+            return None
+        with self._lock:
+            if role not in self._streams:
+                self._streams[role] = torch.cuda.Stream(self.device)
+            return self._streams[role]
+
+    def take_session(self, slot: int) -> tuple | None:
+        """The NVDEC session pooled under ``slot`` (removed from the pool while in use), or None."""
+        with self._lock:
+            return self._sessions.pop(slot, None)
+
+    def put_session(self, slot: int, session: tuple) -> None:
+        with self._lock:
+            self._sessions[slot] = session
+
+    def close(self) -> None:
+        """Drop the pooled sessions and streams (their memory goes back once nothing uses them)."""
+        with self._lock:
+            self._sessions.clear()
+            self._streams.clear()
