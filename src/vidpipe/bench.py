@@ -31,11 +31,12 @@ import torch
 from .config import Config
 from .detector import Detector
 from .engine import Chunk, FrameProducer, run
+from .model import SSD300
 from .postprocess import class_probs, ssd_decode_loop, ssd_decode_padded
 from .preprocess import preprocess
 from .profiling import GilLoad, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
+from .runtime import DeviceRuntime
 from .sinks import JsonlSink
-from .model import SSD300
 from .sources import PyAVSource, probe
 from .synth import make_clip, repeat_clip
 from .weights import calibrate_candidates, load_model
@@ -67,10 +68,12 @@ def load_for_video(cfg: Config, video: str) -> SSD300:
     return model
 
 
-def decode_only(inputs: list[str], cfg: Config, device: torch.device) -> int:
-    frames = 0
+def decode_only(inputs: list[str], cfg: Config, runtime: DeviceRuntime) -> int:
+    """Frames decoded by the pipeline's own decoders, frames dropped as they come. ``runtime``:
+    the detector's, so repeats reuse its NVDEC sessions as the end-to-end runs do."""
+    frames, device = 0, runtime.device
     for item in FrameProducer(inputs, cfg.decoder, device, cfg.batch_for(device), workers=cfg.decoders,
-                              threaded=cfg.overlap, max_frames=cfg.max_frames):
+                              threaded=cfg.overlap, max_frames=cfg.max_frames, runtime=runtime):
         if isinstance(item, Chunk):
             frames += len(item.batch)
     sync(device)
@@ -138,7 +141,7 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
         det = Detector(cfg, model=load_for_video(cfg, video))
         b = model_only(det, a.repeats)
         counts: list[int] = []  # the first call is the warm-up
-        dec_times = time_repeats(lambda: counts.append(decode_only([video], cfg, det.device)), det.device,
+        dec_times = time_repeats(lambda: counts.append(decode_only([video], cfg, det.runtime)), det.device,
                                  repeats=a.repeats)
         frames = counts[-1]
         dec = [n / t for n, t in zip(counts[1:], dec_times)]
