@@ -31,15 +31,13 @@ import torch
 from .config import Config
 from .detector import Detector
 from .engine import Chunk, FrameProducer, run
-from .model import SSD300
+from .models import ModelFamily, build_family
 from .postprocess import class_probs, ssd_decode_loop, ssd_decode_padded
-from .preprocess import preprocess
 from .profiling import GilLoad, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
 from .runtime import DeviceRuntime
 from .sinks import JsonlSink
 from .sources import PyAVSource, probe
 from .synth import make_clip, repeat_clip
-from .weights import calibrate_candidates, load_model
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -58,14 +56,15 @@ def _emit(a: argparse.Namespace, title: str, table: str, notes: list[str], devic
             f.write(text)
 
 
-def load_for_video(cfg: Config, video: str) -> SSD300:
-    """The configured model; ``random`` weights are re-aimed at ``cfg.random_candidates`` on the
-    video's first 8 frames, so the post-processing load is the stated one on this very input."""
-    model = load_model(cfg.weights, random_candidates=cfg.random_candidates, random_classes=cfg.random_classes)
-    if cfg.weights == "random":
+def family_for_video(cfg: Config, video: str) -> ModelFamily:
+    """The configured model; random weights are re-aimed at ``cfg.random_candidates`` (or the
+    family's default load) on the video's first 8 frames, so the post-processing load is the stated
+    one on this very input."""
+    family = build_family(cfg)
+    if getattr(family, "random", False):
         frames = next(PyAVSource(video, max_frames=8).batches(8)).frames
-        calibrate_candidates(model, preprocess(frames), cfg.random_candidates, cfg.candidate_threshold)
-    return model
+        family.reaim(frames, cfg.random_candidates if cfg.random_candidates is not None else family.random_load)
+    return family
 
 
 def decode_only(inputs: list[str], cfg: Config, runtime: DeviceRuntime) -> int:
@@ -81,17 +80,17 @@ def decode_only(inputs: list[str], cfg: Config, runtime: DeviceRuntime) -> int:
 
 
 def candidates_per_frame(det: Detector, video: str) -> float:
-    """Mean number of (box, class) scores above the candidate threshold on the video's first frames."""
+    """Mean candidates per frame (what enters the family's NMS) on the video's first frames."""
     frames = next(PyAVSource(video, det.device, max_frames=det.batch_size).batches(det.batch_size)).frames
     with torch.inference_mode():
-        x = preprocess(frames, dtype=det.dtype, channels_last=det.channels_last)
-        _, scores = det.model(x)
-        return float((class_probs(scores)[:, 1:] > det.config.candidate_threshold).sum()) / len(frames)
+        outputs = det.model(det.family.preprocess(frames, det.dtype, det.channels_last))
+        return float(det.family.candidates(outputs).float().mean())
 
 
-def model_only(det: Detector, repeats: int) -> list[float]:
-    """Images/s of the model alone on a fixed random batch (no decode, pre- or post-processing)."""
-    x = torch.randn(det.batch_size, 3, 300, 300, device=det.device).to(det.dtype)
+def model_only(det: Detector, repeats: int, height: int = 1080, width: int = 1920) -> list[float]:
+    """Images/s of the model alone on a fixed random batch of the input size that frames of
+    ``height x width`` get (no decode, pre- or post-processing)."""
+    x = torch.randn(det.batch_size, 3, *det.family.input_size(height, width), device=det.device).to(det.dtype)
     if det.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
@@ -138,8 +137,8 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
     rows, notes = [], []
     for video in inputs:
         info = probe(video)
-        det = Detector(cfg, model=load_for_video(cfg, video))
-        b = model_only(det, a.repeats)
+        det = Detector(cfg, model=family_for_video(cfg, video))
+        b = model_only(det, a.repeats, info.height, info.width)
         counts: list[int] = []  # the first call is the warm-up
         dec_times = time_repeats(lambda: counts.append(decode_only([video], cfg, det.runtime)), det.device,
                                  repeats=a.repeats)
@@ -189,15 +188,14 @@ def bench_scale(a: argparse.Namespace, cfg: Config) -> None:
     frames), with one GPU and with every GPU; one worker process per GPU."""
     from .profiling import GpuUtilization
     from .scale import BusyWindow, parse_devices, run_processes
-    from .weights import save_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-bench-"))
     devices = parse_devices("all")
     rows = []
     for video in bench_inputs(a, tmp):
         info = probe(video)
-        weights = tmp / f"weights-{Path(video).stem}.pt"  # the workers load this very model
-        save_checkpoint(load_for_video(cfg, video), weights)
+        # The workers load this very model.
+        worker_cfg = cfg.replace(**family_for_video(cfg, video).save(tmp / f"weights-{Path(video).stem}.pt"))
         corpus = tmp / f"corpus-{Path(video).stem}"
         corpus.mkdir()
         targets = {}
@@ -211,7 +209,7 @@ def bench_scale(a: argparse.Namespace, cfg: Config) -> None:
                 window = BusyWindow(len(devs))
                 t0 = time.perf_counter()
                 with GpuUtilization() as util:
-                    report = run_processes(cfg.replace(weights=str(weights)), targets, "jsonl", devs,
+                    report = run_processes(worker_cfg, targets, "jsonl", devs,
                                            on_message=window)
                 walls.append(time.perf_counter() - t0)
                 if report.failed:

@@ -51,13 +51,33 @@ def _fraction(text: str) -> float:
     return value
 
 
-def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = None) -> None:
+def _classes(text: str) -> tuple[int, ...]:
+    """An argparse type: class ids, comma-separated."""
+    try:
+        ids = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class ids like 0,2,5, got {text!r}") from None
+    if any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"class ids are >= 0, got {text}")
+    return ids
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--weights", default=weights_default,
-                   help="checkpoint path (NVIDIA format or state dict); default: NVIDIA's COCO checkpoint, "
+    g.add_argument("--model", default="ssd300", metavar="NAME|PATH",
+                   help="ssd300 (default: NVIDIA's SSD300), an Ultralytics YOLO checkpoint (yolo11m.pt, your own "
+                        "best.pt) or model yaml (yolo11m.yaml: random weights, for benchmarks)")
+    g.add_argument("--trust-weights", action="store_true",
+                   help="allow checkpoints that hold Python objects beyond the known model classes (unpickling "
+                        "them runs their code: only for files you trust)")
+    g.add_argument("--weights", default=None,
+                   help="SSD300: checkpoint path (NVIDIA format or state dict); default: NVIDIA's COCO checkpoint, "
                         "downloaded on first use; 'random' = calibrated random weights for benchmarks")
-    g.add_argument("--random-candidates", type=_int(0), default=2000, metavar="N",
-                   help="with --weights random: candidates (score > 0.05) per frame to calibrate for (default 2000)")
+    g.add_argument("--random-candidates", type=_int(0), default=None, metavar="N",
+                   help="random weights: candidates per frame to aim for (SSD300: scores > 0.05, default 2000; "
+                        "YOLO: anchors above --conf, default 500)")
+    g.add_argument("--imgsz", type=_int(32), default=640, metavar="N",
+                   help="YOLO: inference size (the letterbox's long side, as Ultralytics' imgsz; default 640)")
     g.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: the GPU when there is one)")
     g.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16",
@@ -82,7 +102,8 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = Non
 def config_from_args(a: argparse.Namespace, **extra):
     from .config import Config
 
-    return Config(weights=a.weights, random_candidates=a.random_candidates, device=a.device,
+    return Config(model=a.model, trust_weights=a.trust_weights, imgsz=a.imgsz,
+                  weights=a.weights, random_candidates=a.random_candidates, device=a.device,
                   precision=a.precision, batch_size=a.batch_size, compile=a.compile,
                   channels_last=a.channels_last, cuda_graphs=a.cuda_graphs, decoder=a.decoder, decoders=a.decoders,
                   overlap=a.overlap, **extra)
@@ -113,17 +134,22 @@ def _add_detect_parser(sub) -> None:
                    help="with several workers, share out files of at least 2N frames in parts of >= N frames")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (ADDRESS, or a local one when omitted); -o must be shared storage")
-    g = d.add_argument_group("post-processing (ssd_decode)")
+    g = d.add_argument_group("post-processing (every model; defaults are the model's own)")
+    g.add_argument("--conf", "--score-threshold", dest="score_threshold", type=_fraction, default=None, metavar="P",
+                   help="detections scoring below P are dropped (SSD300 0.3, YOLO 0.25)")
+    g.add_argument("--iou", "--iou-threshold", dest="iou_threshold", type=_fraction, default=None, metavar="IOU",
+                   help="NMS: a box overlapping a better one of its class by more than IOU is dropped "
+                        "(SSD300 0.5, YOLO 0.7)")
+    g.add_argument("--max-det", "--max-detections", dest="max_detections", type=_int(1), default=None, metavar="N",
+                   help="detections kept per frame, best first (SSD300 20, YOLO 300)")
+    g.add_argument("--classes", type=_classes, default=None, metavar="IDS",
+                   help="keep only these class ids, e.g. 0,2 (the model's own ids: YOLO COCO 0 = person; SSD300 1)")
+    g.add_argument("--agnostic-nms", action="store_true", help="YOLO: NMS across classes, as Ultralytics' agnostic_nms")
+    g = d.add_argument_group("post-processing (SSD300's ssd_decode)")
     g.add_argument("--candidate-threshold", type=_fraction, default=0.05, metavar="P",
                    help="class scores at or below P are never candidates (default 0.05)")
-    g.add_argument("--iou-threshold", type=_fraction, default=0.5, metavar="IOU",
-                   help="NMS: a box overlapping a better one of its class by more than IOU is dropped (default 0.5)")
-    g.add_argument("--max-detections", type=_int(1), default=20, metavar="N",
-                   help="detections kept per frame, best first (default 20)")
     g.add_argument("--per-class-candidates", type=_int(1), default=200, metavar="N",
                    help="best candidates per class that enter NMS (default 200)")
-    g.add_argument("--score-threshold", type=_fraction, default=0.3, metavar="P",
-                   help="detections scoring below P are not written (default 0.3)")
     add_model_args(d)
 
 
@@ -278,8 +304,9 @@ def cmd_detect(a: argparse.Namespace) -> int:
         print(f"vidpipe: {message} ({len(inputs) - len(early)} of {len(inputs)} inputs complete)", file=sys.stderr)
         return 1 if early and not a.allow_failures else 0
     cfg = config_from_args(a, max_frames=a.max_frames, candidate_threshold=a.candidate_threshold,
-                           iou_threshold=a.iou_threshold, max_detections=a.max_detections,
-                           per_class_candidates=a.per_class_candidates, score_threshold=a.score_threshold)
+                           iou_threshold=a.iou_threshold, max_detections=a.max_detections, classes=a.classes,
+                           agnostic_nms=a.agnostic_nms, per_class_candidates=a.per_class_candidates,
+                           score_threshold=a.score_threshold)
     progress = Progress(_expected_frames(todo, a.max_frames))
 
     def on_video(end) -> None:
@@ -322,7 +349,7 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
              detector.batch_size, detector.compiled)
     _interruptible()
     return run(detector, list(todo), lambda info: open_sink(a.format, todo[info.path], info.path, info.width,
-                                                            info.height),
+                                                            info.height, detector.classes),
                on_frames=on_frames, on_video=on_video)
 
 

@@ -1,6 +1,11 @@
-"""COCO labels as SSD300 numbers them: label 0 is background, labels 1..80 are the 80 classes in
-COCO's category order. ``COCO_CATEGORY_IDS[label]`` maps a label to COCO's own (non-contiguous,
-1..90) category id, which COCO result files use."""
+"""Class names. COCO labels as SSD300 numbers them: label 0 is background, labels 1..80 are the 80
+classes in COCO's category order. ``COCO_CATEGORY_IDS[label]`` maps a label to COCO's own
+(non-contiguous, 1..90) category id, which COCO result files use. :class:`Classes` is what any
+model family says about its class ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 CLASS_NAMES: tuple[str, ...] = (
     "background",
@@ -23,3 +28,26 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
     56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
     85, 86, 87, 88, 89, 90,
 )
+
+
+@dataclass(frozen=True)
+class Classes:
+    """The name of each class id a family's results carry (``names[class_id]``) and, where the
+    classes are COCO's, each id's COCO category id (``coco_ids``; None: COCO output uses the class
+    id itself)."""
+
+    names: tuple[str, ...]
+    coco_ids: tuple[int, ...] | None = None
+
+    def coco_id(self, class_id: int) -> int:
+        return self.coco_ids[class_id] if self.coco_ids is not None else class_id
+
+    @classmethod
+    def from_names(cls, names: list[str] | tuple[str, ...]) -> Classes:
+        """Classes 0..N-1; the 80 COCO classes in COCO's order (as YOLO models trained on COCO
+        number them) get COCO's category ids."""
+        names = tuple(names)
+        return cls(names, COCO_CATEGORY_IDS[1:] if names == CLASS_NAMES[1:] else None)
+
+
+SSD300_CLASSES = Classes(CLASS_NAMES, COCO_CATEGORY_IDS)

@@ -22,10 +22,17 @@ CPU_BATCH = 4
 
 @dataclass(frozen=True)
 class Config:
+    """The switches of one run. ``None`` thresholds take the model family's own defaults
+    (SSD300: NVIDIA's conf 0.3, iou 0.5, 20 per frame; YOLO: Ultralytics' 0.25, 0.7, 300)."""
+
     # model
-    weights: str | None = None  # path, None = NVIDIA's COCO checkpoint, "random" = calibrated random
-    random_candidates: int = 2000
+    model: str = "ssd300"  # ssd300, an Ultralytics checkpoint (*.pt) or model yaml (*.yaml), or a registered name
+    weights: str | None = None  # SSD300: path, None = NVIDIA's COCO checkpoint, "random" = calibrated random
+    trust_weights: bool = False  # unpickle checkpoints that hold Python objects (runs their code)
+    random_candidates: int | None = None  # random weights: candidates per frame to aim for (None: the family's)
     random_classes: int = 20
+    seed: int = 0  # random weights
+    imgsz: int = 640  # YOLO: the letterbox's long side, as Ultralytics' imgsz
     precision: Precision = "fp16"
     channels_last: bool = True
     compile: Literal["auto", "on", "off"] = "auto"
@@ -38,13 +45,16 @@ class Config:
     overlap: bool = True  # decode ahead in threads, async copies, writer thread
     decoders: int = 0  # parallel decode workers; 0 = chosen from resolution and device
     max_frames: int | None = None
-    # post-processing (ssd_decode's arguments)
+    # post-processing, every family
+    score_threshold: float | None = None  # --conf: detections scoring at or below it are dropped
+    iou_threshold: float | None = None  # --iou: NMS overlap threshold
+    max_detections: int | None = None  # --max-det: per frame, best first
+    classes: tuple[int, ...] | None = None  # --classes: keep only these class ids
+    agnostic_nms: bool = False  # YOLO: NMS across classes
+    # post-processing, SSD300 (ssd_decode's own arguments)
     postprocess: Postprocess = "gpu"
     candidate_threshold: float = 0.05
-    iou_threshold: float = 0.5
-    max_detections: int = 20
     per_class_candidates: int = 200
-    score_threshold: float = 0.3
 
     def __post_init__(self) -> None:
         if self.precision not in DTYPES:
@@ -57,21 +67,25 @@ class Config:
             raise VidpipeError(f"normalize must be imagenet or symmetric, got {self.normalize!r}")
         if self.decoders < 0:
             raise VidpipeError(f"--decoders must be >= 0 (0 = automatic), got {self.decoders}")
-        if self.random_candidates < 0:
+        if self.random_candidates is not None and self.random_candidates < 0:
             raise VidpipeError(f"--random-candidates must be >= 0, got {self.random_candidates}")
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise VidpipeError(f"--imgsz must be a multiple of 32, got {self.imgsz}")
         if self.compile not in ("auto", "on", "off"):
             raise VidpipeError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.postprocess not in ("gpu", "loop_device", "loop_host"):
             raise VidpipeError(f"unknown postprocess {self.postprocess!r}")
         # Written so that NaN fails every range check.
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise VidpipeError(f"--score-threshold must be in [0, 1], got {self.score_threshold}")
-        if not 0.0 <= self.iou_threshold <= 1.0:
-            raise VidpipeError(f"--iou-threshold must be in [0, 1], got {self.iou_threshold}")
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
+            raise VidpipeError(f"--score-threshold (--conf) must be in [0, 1], got {self.score_threshold}")
+        if self.iou_threshold is not None and not 0.0 <= self.iou_threshold <= 1.0:
+            raise VidpipeError(f"--iou-threshold (--iou) must be in [0, 1], got {self.iou_threshold}")
         if not 0.0 <= self.candidate_threshold < 1.0:
             raise VidpipeError(f"--candidate-threshold must be in [0, 1), got {self.candidate_threshold}")
-        if self.max_detections < 1 or self.per_class_candidates < 1:
-            raise VidpipeError("--max-detections and --per-class-candidates must be >= 1")
+        if (self.max_detections is not None and self.max_detections < 1) or self.per_class_candidates < 1:
+            raise VidpipeError("--max-detections (--max-det) and --per-class-candidates must be >= 1")
+        if self.classes is not None and (not self.classes or min(self.classes) < 0):
+            raise VidpipeError(f"--classes must list class ids >= 0, got {self.classes}")
         if self.max_frames is not None and self.max_frames < 1:
             raise VidpipeError(f"--max-frames must be >= 1, got {self.max_frames}")
 
@@ -82,11 +96,6 @@ class Config:
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.precision]
-
-    def decode_kwargs(self) -> dict:
-        return dict(candidate_threshold=self.candidate_threshold, iou_threshold=self.iou_threshold,
-                    max_detections=self.max_detections, per_class_candidates=self.per_class_candidates,
-                    score_threshold=self.score_threshold)
 
     def replace(self, **changes) -> Config:
         return replace(self, **changes)

@@ -1,8 +1,10 @@
-"""The detector: preprocess -> SSD300 -> post-process for a batch of frames, on one device.
+"""The detector: a model family's preprocess -> network -> post-process for a batch of frames, on
+one device (the family, :class:`~vidpipe.models.ModelFamily`, says what each step is).
 
 In:  ``Tensor[N, 3, H, W]`` uint8 RGB frames on the detector's device.
 Out: :class:`~vidpipe.postprocess.Detections` on the same device, boxes in pixels of the
-original frame (x1, y1, x2, y2), issued asynchronously (nothing waits for the GPU).
+original frame (x1, y1, x2, y2), class ids the family's own, issued asynchronously (nothing
+waits for the GPU, unless the family's post-processing must).
 
 On CUDA the chain is captured once per frame size as CUDA graphs with static buffers
 (preprocess + model; post-processing on a second stream, overlapping the next batch's model), so
@@ -15,27 +17,26 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from .coco import CLASS_NAMES
+from .coco import SSD300_CLASSES, Classes
 from .config import Config, resolve_device
-from .model import SSD300
-from .postprocess import Detections, ssd_decode_loop, ssd_decode_padded
-from .preprocess import INPUT_SIZE, preprocess
+from .models import ModelFamily, build_family
+from .postprocess import Detections
 from .profiling import nvtx_range
 from .runtime import DeviceRuntime
-from .weights import load_model
 
 log = logging.getLogger(__name__)
 
 @dataclass
 class FrameResult:
     """Detections of one frame: ``boxes float32[D, 4]`` pixels (x1, y1, x2, y2), ``labels int64[D]``
-    1..80, ``scores float32[D]`` descending; ``time`` in seconds since the first frame."""
+    the model's class ids (SSD300: 1..80), ``scores float32[D]`` descending; ``time`` in seconds
+    since the first frame; ``classes`` names the ids."""
 
     video: str
     frame: int
@@ -45,49 +46,60 @@ class FrameResult:
     boxes: np.ndarray
     labels: np.ndarray
     scores: np.ndarray
+    classes: Classes = field(default=SSD300_CLASSES, repr=False)
 
     @property
     def class_names(self) -> list[str]:
-        return [CLASS_NAMES[i] for i in self.labels.tolist()]
+        return [self.classes.names[i] for i in self.labels.tolist()]
 
     def __repr__(self) -> str:
         return f"FrameResult(video={self.video!r}, frame={self.frame}, detections={len(self.labels)})"
 
 
 class Detector:
-    """SSD300 on one device with the switches of a :class:`Config`.
+    """A detector model on one device with the switches of a :class:`Config`.
 
     Build once, then call :meth:`infer` per batch or :meth:`detect` per video::
 
-        det = Detector(Config(weights="random", device="cuda"))
+        det = Detector(Config(weights="random", device="cuda"))          # SSD300
+        det = Detector(Config(model="yolo11m.pt", trust_weights=True))   # an Ultralytics YOLO
         for result in det.detect("video.mp4"):
             print(result.frame, result.class_names)
+
+    ``model``: a :class:`~vidpipe.models.ModelFamily` to run instead of the one ``config.model``
+    names (or an SSD300 network, for SSD300 with other weights).
     """
 
-    def __init__(self, config: Config = Config(), model: SSD300 | None = None) -> None:
+    def __init__(self, config: Config = Config(), model: ModelFamily | torch.nn.Module | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
         cpu = self.device.type == "cpu"
         # CPUs have no fast half-precision convolutions; stay exact there.
         self.dtype = torch.float32 if cpu else config.dtype
         self.channels_last = config.channels_last and not cpu
-        model = model if model is not None else load_model(
-            config.weights, random_candidates=config.random_candidates,
-            random_classes=config.random_classes)
-        model = model.eval().to(self.device, dtype=self.dtype)
+        if isinstance(model, torch.nn.Module):
+            from .models.ssd300 import SSD300Family
+
+            model = SSD300Family.from_config(config, network=model)
+        self.family: ModelFamily = model if model is not None else build_family(config)
+        network = self.family.network.eval().to(self.device, dtype=self.dtype)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+            network = network.to(memory_format=torch.channels_last)
+        self.model = network
         self.compiled = config.compile == "on" or (config.compile == "auto" and not cpu)
         self.cuda_graphs = config.cuda_graphs and not cpu
         if self.compiled:
-            self.forward = torch.compile(model, dynamic=False)
+            self.forward = torch.compile(network, dynamic=False)
         else:
-            self.forward = model
+            self.forward = network
         self.batch_size = config.batch_for(self.device)
         self.runtime = DeviceRuntime(self.device)  # streams, NVDEC sessions and the capture gate of this device
         self.post_stream = torch.cuda.Stream(self.device, priority=-1) if self.cuda_graphs else None
         self._graphs: OrderedDict[tuple[int, int, int], _Graph] = OrderedDict()
+
+    @property
+    def classes(self) -> Classes:
+        return self.family.classes
 
     @torch.inference_mode()
     def infer(self, frames: torch.Tensor) -> Detections:
@@ -183,37 +195,25 @@ class Detector:
 
     def _infer(self, frames: torch.Tensor) -> Detections:
         _, _, h, w = frames.shape
-        return self._post(*self._model(frames), h, w)
+        return self._post(self._model(frames), h, w)
 
-    def _model(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _model(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = frames.shape[0]
         with nvtx_range("preprocess"):
-            x = preprocess(frames, dtype=self.dtype, normalize=self.config.normalize,
-                           channels_last=self.channels_last)
+            x = self.family.preprocess(frames, self.dtype, self.channels_last)
             # On GPUs every batch runs at the full size: compiled code and captured graphs need fixed
             # shapes, and a frame's detections must not depend on how many frames share its batch
             # (cuDNN picks kernels by batch size, and fp16 rounding follows).
             if self.device.type != "cpu" and n < self.batch_size:
-                x = torch.cat([x, x.new_zeros(self.batch_size - n, 3, INPUT_SIZE, INPUT_SIZE)])
+                x = torch.cat([x, x.new_zeros(self.batch_size - n, *x.shape[1:])])
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
         with nvtx_range("inference"):
-            locs, scores = self.forward(x)
-        return locs[:n], scores[:n]
+            outputs = self.forward(x)
+        return tuple(o[:n] for o in outputs)
 
-    def _post(self, locs: torch.Tensor, scores: torch.Tensor, h: int, w: int) -> Detections:
-        with nvtx_range("postprocess"):
-            det = self.postprocess(locs, scores)
-            det.boxes[..., 0::2] *= w  # scalars: a scale tensor would be a synchronising copy
-            det.boxes[..., 1::2] *= h
-        return det
-
-    def postprocess(self, locs: torch.Tensor, scores: torch.Tensor) -> Detections:
-        mode, kw = self.config.postprocess, self.config.decode_kwargs()
-        if mode == "gpu":
-            return ssd_decode_padded(locs, scores, **kw)
-        results = ssd_decode_loop(locs, scores, host_copy=mode == "loop_host", **kw)
-        return pad_results(results, self.config.max_detections)
+    def _post(self, outputs: tuple[torch.Tensor, ...], h: int, w: int) -> Detections:
+        return self.family.postprocess(outputs, h, w)
 
     def detect(self, path: str | os.PathLike) -> Iterator[FrameResult]:
         """Lazily yield one :class:`FrameResult` per frame of ``path``, in order."""
@@ -232,11 +232,13 @@ class _Graph:
     high-priority stream, reading the model's outputs in place: batch i's post-processing runs
     beside batch i+1's model (the other pair), and a pair's model waits only for its own previous
     post-processing, two batches back. Rows of ``frames`` past a short batch hold stale frames:
-    they only cost compute."""
+    they only cost compute. A family whose post-processing cannot be captured (data-dependent
+    shapes, host reads) runs it eagerly on the same stream, on the pair's static model outputs."""
 
     def __init__(self, det: Detector, frames: torch.Tensor) -> None:
         self.frames = frames
         self.post = det.post_stream
+        self.post_eager = None if det.family.graph_postprocess else det._post
         current = torch.cuda.current_stream(det.device)
         side = torch.cuda.Stream(det.device)
         side.wait_stream(current)
@@ -245,15 +247,22 @@ class _Graph:
                 det._infer(frames)
         current.wait_stream(side)
         _, _, h, w = frames.shape
-        self.pairs: list[tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph, Detections]] = []
+        self.size = h, w
+        # Per pair: the model's graph, the post-processing's (None: eager), and the static outputs
+        # the next step reads (the model's, or the detections).
+        self.pairs: list[tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph | None, tuple | Detections]] = []
         # Decode threads keep running, but not through calls that would synchronise the device.
         with det.runtime.gate.capture():
             for _ in range(2):  # own memory pools: one pair's activations never overwrite the other's outputs
-                model, post = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+                model = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(model, capture_error_mode="thread_local"):
-                    locs, scores = det._model(frames)
+                    outputs = det._model(frames)
+                if self.post_eager is not None:
+                    self.pairs.append((model, None, outputs))
+                    continue
+                post = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(post, capture_error_mode="thread_local"):
-                    out = det._post(locs, scores, h, w)
+                    out = det._post(outputs, h, w)
                 self.pairs.append((model, post, out))
         self.done: list[torch.cuda.Event | None] = [None, None]  # each pair's last post-processing
         self.turn = 0
@@ -271,9 +280,13 @@ class _Graph:
             model.replay()
             self.post.wait_stream(current)
             with torch.cuda.stream(self.post):
-                post.replay()
-                # Copies: the static outputs are overwritten by the pair's next replay.
-                out = [t[:n].to("cpu", non_blocking=True) if host else t[:n].clone() for t in static.astuple()]
+                if post is not None:
+                    post.replay()
+                    # Copies: the static outputs are overwritten by the pair's next replay.
+                    out = [t[:n].to("cpu", non_blocking=True) if host else t[:n].clone() for t in static.astuple()]
+                else:
+                    det = self.post_eager(tuple(t[:n] for t in static), *self.size)
+                    out = [t.to("cpu", non_blocking=True) if host else t for t in det.astuple()]
                 done = self.done[turn] = torch.cuda.Event()
                 done.record()
         if host:
@@ -308,13 +321,3 @@ class Batch:
         else:
             self.parts.append(frames)
         self.n += k
-
-
-def pad_results(results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], d: int) -> Detections:
-    """Per-image ``(boxes, labels, scores)`` -> padded :class:`Detections` on the CPU."""
-    n = len(results)
-    out = Detections(torch.zeros(n, d, 4), torch.zeros(n, d, dtype=torch.int64), torch.zeros(n, d),
-                     torch.tensor([len(l) for _, l, _ in results], dtype=torch.int64))
-    for i, (b, l, s) in enumerate(results):
-        out.boxes[i, :len(l)], out.labels[i, :len(l)], out.scores[i, :len(l)] = b.cpu(), l.cpu(), s.cpu()
-    return out

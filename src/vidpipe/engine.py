@@ -45,6 +45,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .coco import SSD300_CLASSES, Classes
 from .detector import Batch, Detector, FrameResult
 from .errors import VidpipeError
 from .postprocess import Detections
@@ -109,6 +110,7 @@ class BatchResult:
     event: torch.cuda.Event | None
     row: int = 0
     text: str | None = None  # formatted by the writer before its turn came (see Issued)
+    classes: Classes = SSD300_CLASSES  # names the class ids
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """boxes, labels, scores, counts of these frames as NumPy views, once the copy has landed."""
@@ -121,7 +123,7 @@ class BatchResult:
         b, l, s, c = self.arrays()
         for i, (frame, t) in enumerate(zip(self.indices, self.times)):
             yield FrameResult(self.info.path, frame, t, self.info.width, self.info.height,
-                              b[i, :c[i]], l[i, :c[i]], s[i, :c[i]])
+                              b[i, :c[i]], l[i, :c[i]], s[i, :c[i]], self.classes)
 
 
 @dataclass
@@ -570,7 +572,7 @@ def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | Non
                 issued.append(event)
         row = 0
         for p in pieces:
-            result = BatchResult(p.unit.info, p.indices, p.times, host, event, row)
+            result = BatchResult(p.unit.info, p.indices, p.times, host, event, row, classes=detector.classes)
             order.add(p.unit, result)
             fresh.append(Issued(result))
             row += len(p.indices)

@@ -126,8 +126,8 @@ def main(a: argparse.Namespace) -> int:
     info = probe(video)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = Config(weights=a.weights, random_candidates=a.random_candidates, device=device)
-    from .bench import candidates_per_frame, load_for_video
-    model = load_for_video(cfg, video)
+    from .bench import candidates_per_frame, family_for_video
+    model = family_for_video(cfg, video).network  # an SSD300 network: each rung's Config decides the rest
     rows, reference, base_fps, prev_fps, cands = [], None, None, None, 0.0
     active: dict = {}
     for rung in RUNGS:

@@ -26,6 +26,8 @@ until :meth:`Detections.split`.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +70,23 @@ class Detections:
         """One ``(boxes[D_i, 4], labels[D_i], scores[D_i])`` per image (synchronises once)."""
         return [(b[:c], l[:c], s[:c]) for b, l, s, c in
                 zip(self.boxes, self.labels, self.scores, self.counts.tolist())]
+
+
+@lru_cache(maxsize=None)
+def _classes_on(classes: tuple[int, ...], device: str) -> torch.Tensor:
+    # Cached per device: built per batch it would be a host-to-device copy (none may run in a graph).
+    return torch.tensor(classes, dtype=torch.int64, device=device)
+
+
+def restrict_classes(det: Detections, classes: tuple[int, ...]) -> Detections:
+    """Only the detections whose label is in ``classes``, still best first. Static shapes and no
+    host synchronisation, so it runs inside a captured CUDA graph."""
+    d = det.labels.shape[1]
+    keep = torch.isin(det.labels, _classes_on(classes, str(det.labels.device)))
+    keep &= torch.arange(d, device=keep.device) < det.counts[:, None]
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # kept rows first, in order
+    return Detections(det.boxes.gather(1, order[..., None].expand(-1, -1, 4)), det.labels.gather(1, order),
+                      det.scores.gather(1, order), keep.sum(1))
 
 
 def decode_boxes(locs: torch.Tensor, dboxes: torch.Tensor) -> torch.Tensor:

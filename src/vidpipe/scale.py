@@ -160,7 +160,8 @@ def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int
     from .engine import run
     from .sinks import open_sink
 
-    report = run(det, [path], lambda i: open_sink(fmt, target, i.path, i.width, i.height), on_frames=on_frames,
+    report = run(det, [path], lambda i: open_sink(fmt, target, i.path, i.width, i.height, det.classes),
+                 on_frames=on_frames,
                  frames=frames)
     return report.videos
 

@@ -1,8 +1,9 @@
 """Sinks: per-frame detections to files, written incrementally and finished atomically.
 
 In: one call per batch with host (CPU) arrays: ``boxes float32[N, D, 4]`` in pixels of the original
-frame (x1, y1, x2, y2), ``labels int64[N, D]`` (1..80), ``scores float32[N, D]``, ``counts int64[N]``
-(valid leading entries per frame), plus frame indices and times. Out: a file under its final name
+frame (x1, y1, x2, y2), ``labels int64[N, D]``, ``scores float32[N, D]``, ``counts int64[N]``
+(valid leading entries per frame), plus frame indices and times; class ids are the model's, named
+by the :class:`~vidpipe.coco.Classes` the sink was opened with. Out: a file under its final name
 only once complete; until then, and after a crash or interruption, it is
 ``<name>.<pid>.<random>.partial``; what was written for an input that failed is ``<name>.incomplete``.
 A text sink may also offer ``lines(...) -> str`` and ``write_lines(text, frames)``: the engine then
@@ -24,12 +25,11 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from .coco import CLASS_NAMES, COCO_CATEGORY_IDS
+from .coco import SSD300_CLASSES, Classes
 
 Format = Literal["jsonl", "coco", "parquet"]
 PARTIAL = ".partial"  # an output being written, or left by an interrupted run
 INCOMPLETE = ".incomplete"  # what was written for an input that failed
-_NAMES_JSON = [json.dumps(n) for n in CLASS_NAMES]
 
 
 class Sink(Protocol):
@@ -114,8 +114,10 @@ class JsonlSink(_AtomicFile):
     """``{"video", "frame", "time", "width", "height", "detections": [{"box", "score",
     "class_id", "class_name"}]}`` per line, frames in order."""
 
-    def __init__(self, path: str | os.PathLike, video: str, width: int, height: int) -> None:
+    def __init__(self, path: str | os.PathLike, video: str, width: int, height: int,
+                 classes: Classes = SSD300_CLASSES) -> None:
         super().__init__(path)
+        self.names_json = [json.dumps(n) for n in classes.names]
         name = json.dumps(video).replace("%", "%%")  # the line is a "%" template
         self.head = (f'{{"video": {name}, "frame": %d, "time": %.6f, "width": {width}, "height": {height}, '
                      '"detections": [')
@@ -130,7 +132,7 @@ class JsonlSink(_AtomicFile):
         counts = counts.tolist()
         valid = np.arange(boxes.shape[1]) < np.asarray(counts)[:, None]
         b, s, lab = boxes[valid], scores[valid], labels[valid].tolist()
-        dets = zip(*b.T.tolist(), s.tolist(), lab, [_NAMES_JSON[x] for x in lab])
+        dets = zip(*b.T.tolist(), s.tolist(), lab, [self.names_json[x] for x in lab])
         values: list = []
         for frame, t, c in zip(indices, times, counts):
             values += (frame, t)
@@ -152,8 +154,10 @@ class CocoSink(_AtomicFile):
     """A COCO detection results list, streamed: ``[{"image_id", "category_id", "bbox" (x, y, w, h),
     "score"}, ...]`` with COCO's own category ids."""
 
-    def __init__(self, path: str | os.PathLike, video: str, width: int, height: int) -> None:
+    def __init__(self, path: str | os.PathLike, video: str, width: int, height: int,
+                 classes: Classes = SSD300_CLASSES) -> None:
         super().__init__(path)
+        self.classes = classes
         self.file.write("[")
         self.first = True
 
@@ -161,7 +165,7 @@ class CocoSink(_AtomicFile):
         items = []
         for i, (frame, c) in enumerate(zip(indices, counts.tolist())):
             for b, lab, s in zip(boxes[i, :c].tolist(), labels[i, :c].tolist(), scores[i, :c].tolist()):
-                items.append(f'{{"image_id": {frame}, "category_id": {COCO_CATEGORY_IDS[lab]}, '
+                items.append(f'{{"image_id": {frame}, "category_id": {self.classes.coco_id(lab)}, '
                              f'"bbox": [{b[0]:.2f}, {b[1]:.2f}, {b[2] - b[0]:.2f}, {b[3] - b[1]:.2f}], '
                              f'"score": {s:.5f}}}')
         if items:
@@ -185,12 +189,13 @@ class ParquetSink(_AtomicFile):
     x1, y1, x2, y2; a row group per ``rows_per_group`` detections."""
 
     def __init__(self, path: str | os.PathLike, video: str, width: int, height: int,
-                 rows_per_group: int = 65536) -> None:
+                 classes: Classes = SSD300_CLASSES, rows_per_group: int = 65536) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         super().__init__(path, binary=True)
         self.pa = pa
+        self.names = classes.names
         # Parquet strings are UTF-8: a file name with undecodable bytes keeps them as \xNN escapes.
         video = video.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         self.video, self.width, self.height = video, width, height
@@ -235,7 +240,7 @@ class ParquetSink(_AtomicFile):
             "width": pa.array(np.full(n, self.width, np.int32)),
             "height": pa.array(np.full(n, self.height, np.int32)),
             "class_id": cols["class_id"],
-            "class_name": pa.array([CLASS_NAMES[i] for i in cols["class_id"].tolist()], pa.string()),
+            "class_name": pa.array([self.names[i] for i in cols["class_id"].tolist()], pa.string()),
             "score": cols["score"], "x1": cols["x1"].astype(np.float32), "y1": cols["y1"].astype(np.float32),
             "x2": cols["x2"].astype(np.float32), "y2": cols["y2"].astype(np.float32),
         }, schema=self.schema)
@@ -302,7 +307,9 @@ def concat_outputs(fmt: Format, parts: list[Path], target: Path) -> None:
     out.close(complete=True)
 
 
-def open_sink(fmt: Format, path: str | os.PathLike, video: str, width: int, height: int) -> Sink:
+def open_sink(fmt: Format, path: str | os.PathLike, video: str, width: int, height: int,
+              classes: Classes = SSD300_CLASSES) -> Sink:
+    """A sink of format ``fmt`` for one video; ``classes`` names the class ids it will be given."""
     if fmt not in SINKS:
         raise ValueError(f"format must be one of {sorted(SINKS)}, got {fmt!r}")
-    return SINKS[fmt](path, video, width, height)
+    return SINKS[fmt](path, video, width, height, classes)

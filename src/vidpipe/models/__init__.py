@@ -1,0 +1,87 @@
+"""Detector families: what the engine needs to know about a detector, and how one is chosen.
+
+A :class:`ModelFamily` is the one thing that differs between detectors; the engine, CUDA graphs,
+``torch.compile``, worker processes, Ray, sinks and the CLI are the same for all of them. It says:
+
+* how frames are prepared on their device (:meth:`~ModelFamily.preprocess`: uint8
+  ``Tensor[N, 3, H, W]`` RGB -> the network's input ``Tensor[N, 3, h, w]`` in the model's dtype;
+  ``h, w`` = :meth:`~ModelFamily.input_size` of the frame size, fixed per video);
+* the ``network`` (an ``nn.Module`` on the CPU, eval mode; the detector moves, casts and compiles
+  it) whose ``forward(x)`` returns a tuple of tensors with the batch first;
+* batched post-processing with the family's own semantics (:meth:`~ModelFamily.postprocess`:
+  network outputs -> :class:`~vidpipe.postprocess.Detections` with boxes in pixels of the frame,
+  padded to ``max_detections`` per frame) and whether it can be captured in a CUDA graph;
+* its classes (:class:`~vidpipe.coco.Classes`: the name of each ``class_id`` results carry);
+* the candidate load it puts on post-processing (:meth:`~ModelFamily.candidates`), printed
+  beside benchmark figures.
+
+Adding a family is one module with a builder registered under a name (:func:`register_model`).
+Built in: ``ssd300`` (NVIDIA's SSD300), and Ultralytics YOLO checkpoints and model yamls
+(``--model yolo11m.pt``, ``--model yolo11n.yaml``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
+
+from ..errors import VidpipeError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..coco import Classes
+    from ..config import Config
+    from ..postprocess import Detections
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    name: str
+    network: torch.nn.Module
+    classes: Classes
+    max_detections: int
+    graph_postprocess: bool  # postprocess has static shapes and never waits for the GPU
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]: ...
+
+    def preprocess(self, frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor: ...
+
+    def postprocess(self, outputs: tuple[torch.Tensor, ...], height: int, width: int) -> Detections: ...
+
+    def candidates(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor: ...
+
+
+Builder = Callable[["Config"], ModelFamily]
+_BUILDERS: list[tuple[Callable[[str], bool], Builder]] = []
+
+
+def register_model(matches: str | Callable[[str], bool], builder: Builder) -> None:
+    """Make ``--model NAME`` (``Config.model``) build a family: ``matches`` is a name, or a test on
+    the name; ``builder(config)`` returns the :class:`ModelFamily`. Later registrations win."""
+    test = matches if callable(matches) else (lambda name, m=matches: name == m)
+    _BUILDERS.insert(0, (test, builder))
+
+
+def build_family(config: Config) -> ModelFamily:
+    """The family ``config.model`` names, built (weights loaded) on the CPU."""
+    for matches, builder in _BUILDERS:
+        if matches(config.model):
+            return builder(config)
+    raise VidpipeError(f"--model {config.model}: unknown model; use ssd300, an Ultralytics checkpoint (*.pt) or "
+                       "model yaml (*.yaml), or register one with vidpipe.register_model")
+
+
+def _ssd300(config: Config) -> ModelFamily:
+    from .ssd300 import SSD300Family
+
+    return SSD300Family.from_config(config)
+
+
+def _yolo(config: Config) -> ModelFamily:
+    from .yolo import YoloFamily
+
+    return YoloFamily.from_config(config)
+
+
+register_model(lambda name: name.lower().endswith((".pt", ".pth", ".yaml", ".yml")), _yolo)
+register_model("ssd300", _ssd300)

@@ -1,0 +1,307 @@
+"""Ultralytics YOLO detect models (YOLOv8, YOLO11, v5u; YOLO26's end-to-end head too) as a
+:class:`~vidpipe.models.ModelFamily`, with the semantics of Ultralytics' own ``predict`` on video
+(checked against ultralytics 8.4):
+
+* **letterbox** as its predictor picks it for a video (``rect``, ``auto``): the frame scaled by
+  ``r = min(imgsz / h, imgsz / w)`` to ``round(w r) x round(h r)`` (bilinear, as ``cv2.resize``
+  ``INTER_LINEAR``, rounded to uint8), padded with 114 to the next multiple of the model's stride,
+  the padding split as ``round(d / 2 -+ 0.1)``; RGB / 255 in the model's dtype. One input size per
+  frame size: 384x288 -> 480x640, 1920x1080 -> 384x640 at ``imgsz`` 640.
+* **network**: the checkpoint's ``DetectionModel``, Conv+BN fused as Ultralytics' ``AutoBackend``
+  fuses it; output ``[N, 4 + nc, anchors]`` (xywh in input pixels, class scores after sigmoid).
+* **NMS** as ``ultralytics.utils.nms.non_max_suppression``: candidates whose best class score is
+  above ``conf`` (0.25), best class only, the ``classes`` filter, at most ``max_nms`` (30,000) per
+  frame by score, class-aware NMS at ``iou`` (0.7) on boxes offset by ``class x 7680`` (none with
+  ``agnostic_nms``), the ``max_det`` (300) best; boxes in float32 from the model's dtype, as
+  Ultralytics' ``torch.cat`` promotes them.
+* **boxes back to the frame** as ``ultralytics.utils.ops.scale_boxes`` (per-axis gain of the
+  rounded letterbox, padding removed, clipped to the frame).
+
+Post-processing is exact but not graph-capturable (NMS keeps a data-dependent number of boxes):
+it runs per frame with ``torchvision.ops.nms`` after the captured model graph. Class ids are the
+model's own (``names`` of the checkpoint).
+
+Ultralytics is an optional dependency (``pip install "vidpipe[yolo]"``), imported only here. A
+``.pt`` checkpoint is a pickle of Python objects: loading one runs code, so it is refused unless
+``trust_weights`` (``--trust-weights``). A ``.yaml`` builds the architecture with seeded random
+weights, whose class biases are re-aimed so that about ``random_candidates`` anchors per frame
+pass ``conf`` (a freshly initialised head passes almost none, and would benchmark no NMS at all).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..coco import Classes
+from ..config import Config
+from ..errors import VidpipeError
+from ..postprocess import Detections
+from ..profiling import nvtx_range
+
+log = logging.getLogger(__name__)
+
+CONF = 0.25  # Ultralytics' predict defaults
+IOU = 0.7
+MAX_DET = 300
+MAX_NMS = 30000  # candidates per frame that enter NMS, at most (non_max_suppression's max_nms)
+MAX_WH = 7680  # class offset of class-aware NMS (non_max_suppression's max_wh)
+PAD_VALUE = 114
+RANDOM_CANDIDATES = 500  # anchors per frame above conf, for random weights (a busy street scene's order)
+
+
+def _ultralytics():
+    try:
+        import ultralytics  # noqa: F401
+        from ultralytics.nn import tasks
+    except ImportError:
+        raise VidpipeError('YOLO models need Ultralytics: pip install "vidpipe[yolo]"') from None
+    return tasks
+
+
+def letterbox(height: int, width: int, imgsz: int, stride: int) -> tuple[int, int, int, int, int, int]:
+    """``(new_h, new_w, top, bottom, left, right)`` of Ultralytics' ``LetterBox(auto=True)``."""
+    r = min(imgsz / height, imgsz / width)
+    new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
+    dw, dh = ((imgsz - new_w) % stride) / 2, ((imgsz - new_h) % stride) / 2
+    return new_h, new_w, round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
+
+
+class _Network(torch.nn.Module):
+    """The detection model returning ``(predictions,)``. The head caches its anchors per input
+    shape on itself; a frame size's anchors are kept here too, so a CUDA graph captured for one
+    frame size keeps reading live memory after the head moves on to another size."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._anchors: dict[tuple[int, ...], tuple] = {}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        y = self.model(x)
+        head = self.model.model[-1]
+        self._anchors[tuple(x.shape)] = (getattr(head, "anchors", None), getattr(head, "strides", None))
+        return (y[0] if isinstance(y, (tuple, list)) else y,)
+
+
+class YoloFamily:
+    graph_postprocess = False
+    random_load = RANDOM_CANDIDATES
+
+    def __init__(self, model: torch.nn.Module, config: Config, name: str, random: bool = False) -> None:
+        head = model.model[-1]
+        self.name = name
+        self.random = random  # weights from a yaml: reaim() sets the candidate load
+        self.end2end = bool(getattr(head, "end2end", False))
+        self.stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
+        names = model.names if isinstance(model.names, (list, tuple)) else [model.names[i] for i in
+                                                                            range(len(model.names))]
+        self.classes = Classes.from_names(names)
+        self.imgsz = config.imgsz
+        self.conf = config.score_threshold if config.score_threshold is not None else CONF
+        self.iou = config.iou_threshold if config.iou_threshold is not None else IOU
+        self.max_detections = config.max_detections or MAX_DET
+        self.agnostic = config.agnostic_nms
+        self.allowed = config.classes
+        self.network = _Network(model.eval())
+
+    @classmethod
+    def from_config(cls, config: Config) -> YoloFamily:
+        tasks = _ultralytics()
+        path = Path(config.model)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            model = _from_yaml(tasks, config.model, config.seed)
+            model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
+            family = cls(model, config, path.stem, random=True)
+            target = config.random_candidates if config.random_candidates is not None else RANDOM_CANDIDATES
+            found = family.reaim(_calibration_frames(4, config.seed), target)
+            log.warning("--model %s: random weights (seed %d), re-aimed to %.0f candidates per frame "
+                        "(anchors above conf %.2f); detections are meaningless", path.name, config.seed, found,
+                        family.conf)
+            return family
+        model = _from_checkpoint(tasks, path, config.trust_weights)
+        return cls(model.fuse(verbose=False) if hasattr(model, "fuse") else model, config, path.stem)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        new_h, new_w, top, bottom, left, right = letterbox(height, width, self.imgsz, self.stride)
+        return new_h + top + bottom, new_w + left + right
+
+    def preprocess(self, frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+        with nvtx_range("preprocess"):
+            _, _, h, w = frames.shape
+            new_h, new_w, top, bottom, left, right = letterbox(h, w, self.imgsz, self.stride)
+            x = frames.float()
+            if (new_h, new_w) != (h, w):  # cv2.resize INTER_LINEAR: half-pixel centres, uint8 result
+                x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False).round_().clamp_(0, 255)
+            x = F.pad(x, (left, right, top, bottom), value=PAD_VALUE)
+            x = x.to(dtype).div_(255)  # Ultralytics: uint8 -> half, then / 255 in half
+            return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def candidates(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Anchors whose best class score passes ``conf``, per frame (what enters NMS)."""
+        (pred,) = outputs
+        if self.end2end:
+            return (pred[..., 4] > self.conf).sum(1)
+        return (pred[:, 4:].amax(1) > self.conf).sum(1)
+
+    def postprocess(self, outputs: tuple[torch.Tensor, ...], height: int, width: int) -> Detections:
+        (pred,) = outputs
+        with nvtx_range("postprocess"):
+            det = self._end2end(pred) if self.end2end else self._nms(pred)
+            self._to_frame(det.boxes, pred.shape, height, width)
+        return det
+
+    def _nms(self, pred: torch.Tensor) -> Detections:
+        from torchvision.ops import nms
+
+        n, d = pred.shape[0], self.max_detections
+        p = pred.transpose(1, 2)  # [N, anchors, 4 + nc], the model's dtype
+        score, label = p[..., 4:].max(-1)
+        keep = score > self.conf
+        if self.allowed is not None:
+            keep &= torch.isin(label, torch.tensor(self.allowed, device=label.device))
+        image, anchor = keep.nonzero(as_tuple=True)  # image-major, anchors ascending: Ultralytics' order
+        boxes = _xywh2xyxy(p[image, anchor, :4]).float()
+        scores, labels = score[image, anchor].float(), label[image, anchor]
+        out = Detections(pred.new_zeros(n, d, 4, dtype=torch.float32), labels.new_zeros(n, d),
+                         pred.new_zeros(n, d, dtype=torch.float32), labels.new_zeros(n))
+        start = 0
+        for i, count in enumerate(torch.bincount(image, minlength=n).tolist()):
+            b, s, c = boxes[start:start + count], scores[start:start + count], labels[start:start + count]
+            start += count
+            if count > MAX_NMS:
+                top = s.argsort(descending=True)[:MAX_NMS]
+                b, s, c = b[top], s[top], c[top]
+            offset = c[:, None].float() * (0 if self.agnostic else MAX_WH)
+            kept = nms(b + offset, s, self.iou)[:d]
+            k = kept.shape[0]
+            out.boxes[i, :k], out.scores[i, :k], out.labels[i, :k] = b[kept], s[kept], c[kept]
+            out.counts[i] = k
+        return out
+
+    def _end2end(self, pred: torch.Tensor) -> Detections:
+        """NMS-free heads (``[N, K, 6]``: xyxy, score, class): the first ``max_det`` rows above ``conf``."""
+        d = self.max_detections
+        keep = pred[..., 4] > self.conf
+        if self.allowed is not None:
+            keep &= torch.isin(pred[..., 5].long(), torch.tensor(self.allowed, device=pred.device))
+        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :d]
+        rows = pred.float().gather(1, order[..., None].expand(-1, -1, 6))
+        return Detections(rows[..., :4].contiguous(), rows[..., 5].long(), rows[..., 4].contiguous(),
+                          keep.sum(1).clamp(max=d))
+
+    def _to_frame(self, boxes: torch.Tensor, shape: torch.Size, height: int, width: int) -> None:
+        """Input pixels -> frame pixels, in place (ultralytics.utils.ops.scale_boxes)."""
+        in_h, in_w = self.input_size(height, width)
+        gain = min(in_h / height, in_w / width)
+        new_h, new_w = max(round(height * gain), 1), max(round(width * gain), 1)
+        pad_x, pad_y = round((in_w - new_w) / 2 - 0.1), round((in_h - new_h) / 2 - 0.1)
+        boxes[..., 0::2] -= pad_x
+        boxes[..., 1::2] -= pad_y
+        boxes[..., 0::2] /= new_w / width
+        boxes[..., 1::2] /= new_h / height
+        boxes[..., 0::2] = boxes[..., 0::2].clamp(0, width)
+        boxes[..., 1::2] = boxes[..., 1::2].clamp(0, height)
+
+    def save(self, path: Path) -> dict:
+        """Write the model as an Ultralytics checkpoint for another process (loadable without
+        ``--trust-weights``); returns the Config changes that load it."""
+        torch.save({"model": self.network.model}, path)
+        return {"model": str(path)}
+
+    @torch.no_grad()
+    def reaim(self, frames: torch.Tensor, candidates: float, logit_std: float = 1.5) -> float:
+        """Random weights: scale each level's class logits to standard deviation ``logit_std`` (a
+        fresh head gives every anchor the same best class) and shift every class bias by one amount,
+        so that ``frames`` (uint8 ``[N, 3, H, W]`` on the CPU) give about ``candidates`` anchors per
+        frame above ``conf``; returns the load found."""
+        images = self.preprocess(frames, torch.float32, channels_last=False)
+        head = self.network.model.model[-1]
+        branches = head.one2one_cv3 if self.end2end else head.cv3
+        feats: list[torch.Tensor] = []
+        hook = head.register_forward_pre_hook(lambda _, args: feats.extend(args[0]))
+        try:
+            self.network(images)
+        finally:
+            hook.remove()
+        inner = [branch[:-1](f) for branch, f in zip(branches, feats)]
+        for branch, x in zip(branches, inner):
+            conv = branch[-1]
+            conv.weight *= logit_std / (F.conv2d(x, conv.weight).std() + 1e-12)
+            conv.bias.zero_()
+        logits = torch.cat([branch[-1](x).flatten(2) for branch, x in zip(branches, inner)], 2)  # [N, nc, anchors]
+        best = logits.amax(1)
+
+        def load(delta: float) -> float:
+            return float((torch.sigmoid(best + delta) > self.conf).sum()) / len(images)
+
+        lo, hi = -50.0, 50.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if load(mid) < candidates else (lo, mid)
+        for branch in branches:
+            branch[-1].bias += hi
+        return load(hi)
+
+
+def _xywh2xyxy(xywh: torch.Tensor) -> torch.Tensor:
+    xy, wh = xywh[..., :2], xywh[..., 2:] / 2
+    return torch.cat((xy - wh, xy + wh), -1)
+
+
+def _from_yaml(tasks, name: str, seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = tasks.DetectionModel(name, verbose=False)
+        except FileNotFoundError:
+            raise VidpipeError(f"--model {name}: no such model yaml (Ultralytics knows yolov8n.yaml, "
+                               "yolo11m.yaml, ...; or give a path)") from None
+    return model.eval()
+
+
+def _from_checkpoint(tasks, path: Path, trust: bool) -> torch.nn.Module:
+    """The detect model of an Ultralytics checkpoint. Without ``trust`` it is read with
+    ``torch.load(weights_only=True)`` against Ultralytics' allow-list of its own model classes
+    (official checkpoints and ones trained with Ultralytics load; nothing else is unpickled)."""
+    if not path.is_file():
+        raise VidpipeError(f"--model {path}: no such file (vidpipe does not download checkpoints: get it from "
+                           "Ultralytics' releases, or give a model yaml for random weights)")
+    refused = (f"--model {path}: this checkpoint holds Python objects beyond Ultralytics' known model classes, "
+               "and unpickling them would run their code; pass --trust-weights if you trust where it came from")
+    if not trust and not tasks._SafeLoad.SUPPORTED:
+        raise VidpipeError(f"--model {path}: this torch cannot load Ultralytics checkpoints without unpickling code; "
+                           "pass --trust-weights if you trust where the file came from")
+    try:
+        ckpt, _ = tasks.torch_safe_load(str(path), safe_only=not trust)
+    except TypeError as e:
+        if not trust and "outside the supported" in str(e):
+            raise VidpipeError(refused) from None
+        raise VidpipeError(f"--model {path}: not a loadable Ultralytics checkpoint") from None
+    except Exception as e:
+        if not trust and "weights_only" in str(e).lower() + type(e).__name__.lower():
+            raise VidpipeError(refused) from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VidpipeError(f"--model {path}: not a loadable Ultralytics checkpoint ({reason})") from None
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(model, torch.nn.Module) or not hasattr(model.model[-1], "nc"):
+        raise VidpipeError(f"--model {path}: not an Ultralytics detection model")
+    task = getattr(model, "task", None) or tasks.guess_model_task(model)
+    if task != "detect":
+        raise VidpipeError(f"--model {path}: a {task} model; vidpipe runs detect models")
+    if not hasattr(model, "stride"):
+        model.stride = torch.tensor([32.0])
+    return copy.deepcopy(model).float().eval()
+
+
+def _calibration_frames(n: int, seed: int) -> torch.Tensor:
+    """Smooth random 1080p scenes: ``Tensor[n, 3, 1080, 1920]`` uint8."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 9, 16, generator=g)
+    fine = torch.rand(n, 3, 135, 240, generator=g)
+    img = F.interpolate(coarse, size=(1080, 1920), mode="bicubic") * 0.8 + F.interpolate(fine, size=(1080, 1920)) * 0.2
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
