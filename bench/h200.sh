@@ -6,6 +6,7 @@
 #   scale   bench --suite scale on in.mp4 and the camera-like 1080p clip (one GPU vs all)
 #   ladder  vidpipe ladder in.mp4
 #   bench   vidpipe bench (pipeline) on in.mp4 and the 1080p clip
+#   peers   vidpipe bench --suite peers (Ultralytics' predict beside vidpipe), $PEER_MODEL (yolo11m.yaml)
 set -uo pipefail
 OUT=${OUT:-/tmp/vidpipe-results}
 mkdir -p "$OUT"
@@ -34,6 +35,9 @@ for step in $STEPS; do
         --results "$OUT/results.md" 2>&1 | tail -12 ;;
     ladder)
       timeout 300 $V ladder .media/in.mp4 --slow-frames 8 --out "$OUT/ladder" 2>&1 | tail -14 ;;
+    peers)
+      timeout ${PEERS_S:-420} $V bench --suite peers .media/in.mp4 "$(camera)" --model "${PEER_MODEL:-yolo11m.yaml}" \
+        --repeats 3 ${PEER_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -16 ;;
     bench)
       timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 \
         --results "$OUT/results.md" 2>&1 | tail -10 ;;

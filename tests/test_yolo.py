@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from vidpipe.agreement import agree
 from vidpipe.config import Config
 from vidpipe.sources import PyAVSource
 from vidpipe.synth import make_clip
@@ -20,38 +21,14 @@ ultralytics = pytest.importorskip("ultralytics")
 CLI = [sys.executable, "-m", "vidpipe.cli", "detect"]
 
 
-def match(ours, theirs) -> tuple[int, int, int]:
-    """(matched, Ultralytics' detections, extra of ours): a match is the same class, IoU >= 0.9 and
-    |score difference| <= 0.02, each of our detections used once."""
-    from torchvision.ops import box_iou
-
-    matched = total = extra = 0
-    for a, b in zip(ours, theirs, strict=True):
-        tb, ts, tc = b.boxes.xyxy.cpu().float(), b.boxes.conf.cpu().float(), b.boxes.cls.cpu().long()
-        total += len(tb)
-        extra += max(0, len(a.labels) - len(tb))
-        if not len(tb) or not len(a.labels):
-            continue
-        iou = box_iou(tb, torch.as_tensor(a.boxes)).numpy()
-        used: set[int] = set()
-        for i in range(len(tb)):
-            for j in np.argsort(-iou[i]):
-                if iou[i, j] < 0.9:
-                    break
-                if j not in used and tc[i] == a.labels[j] and abs(ts[i] - a.scores[j]) <= 0.02:
-                    matched += 1
-                    used.add(j)
-                    break
-    return matched, total, extra
-
-
-def agreement(video, frames: int, seed: int, device: str, tmp_path) -> tuple[int, int, int]:
+def agreement(video, frames: int, seed: int, device: str, tmp_path):
+    """vidpipe vs Ultralytics' predict (batch 1, as its video loop) on the same decoded frames and weights."""
     from ultralytics import YOLO
 
     from vidpipe import Detector
     from vidpipe.models.yolo import YoloFamily
 
-    cfg = Config(model="yolo11n.yaml", device=device, max_frames=frames, seed=seed)
+    cfg = Config(model="yolo11n.yaml", device=device, max_frames=frames, seed=seed, decoder="pyav")
     family = YoloFamily.from_config(cfg)
     family.save(tmp_path / "yolo.pt")
     ours = list(Detector(cfg, model=family).detect(video))
@@ -60,7 +37,9 @@ def agreement(video, frames: int, seed: int, device: str, tmp_path) -> tuple[int
     theirs = [r for f in images for r in peer.predict(np.ascontiguousarray(f[..., ::-1]), verbose=False,
                                                        device=device, half=device != "cpu")]
     assert len(ours) == len(theirs) == frames
-    return match(ours, theirs)
+    return agree([(r.boxes, r.labels, r.scores) for r in ours],
+                 [(r.boxes.xyxy.cpu().numpy(), r.boxes.cls.cpu().long().numpy(), r.boxes.conf.cpu().numpy())
+                  for r in theirs], iou=0.9, score_tol=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +53,17 @@ def video(tmp_path_factory):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_detections_match_ultralytics_predict_on_cpu(video, seed, tmp_path):
-    matched, total, extra = agreement(video, 4, seed, "cpu", tmp_path)
-    assert total > 100  # the re-aimed weights give NMS real work
-    assert matched >= 0.97 * total and extra <= 0.03 * total, (matched, total, extra)
+    found = agreement(video, 4, seed, "cpu", tmp_path)
+    assert found.reference > 100  # the re-aimed weights give NMS real work
+    assert found.share >= 0.97 and found.extra_share <= 0.03, found
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("seed", [0, 1])
 def test_detections_match_ultralytics_predict_on_gpu(video, seed, tmp_path):
-    matched, total, extra = agreement(video, 200, seed, "cuda", tmp_path)
-    assert total > 5000
-    assert matched >= 0.97 * total and extra <= 0.03 * total, (matched, total, extra)
+    found = agreement(video, 200, seed, "cuda", tmp_path)
+    assert found.reference > 5000
+    assert found.share >= 0.97 and found.extra_share <= 0.03, found
 
 
 def test_letterbox_is_ultralytics_on_random_frame_sizes():

@@ -21,10 +21,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -105,7 +108,7 @@ def model_only(det: Detector, repeats: int, height: int = 1080, width: int = 192
 
 def end_to_end(det: Detector, video: str, out: Path) -> int:
     """Frames of one ``run`` writing JSON Lines to ``out``."""
-    report = run(det, [video], lambda i: JsonlSink(out, i.path, i.width, i.height))
+    report = run(det, [video], lambda i: JsonlSink(out, i.path, i.width, i.height, det.classes))
     if report.failed:
         raise RuntimeError(report.failed[0].error)
     return report.frames
@@ -131,35 +134,59 @@ def bench_inputs(a: argparse.Namespace, tmp: Path) -> list[str]:
     return inputs
 
 
+@dataclass
+class Figures:
+    """One input's ceilings and end-to-end rate on one detector (frames/s, one per repeat)."""
+
+    frames: int
+    decode: list[float]
+    model: list[float]
+    e2e: list[float]
+    output: Path  # a JSON Lines output of the end-to-end run
+    detections: float  # per frame
+    candidates: float  # per frame
+    gil: float  # GIL wait share of an end-to-end run
+
+    @property
+    def ratio(self) -> float:
+        return median(self.e2e) / min(median(self.decode), median(self.model))
+
+
+def measure(det: Detector, video: str, repeats: int, cfg: Config, outs: Iterator[Path]) -> Figures:
+    """(a) decode-only, (b) model-only and (c) end-to-end rates of ``video`` on ``det``, median-ready."""
+    info = probe(video)
+    b = model_only(det, repeats, info.height, info.width)
+    counts: list[int] = []  # the first call is the warm-up
+    dec_times = time_repeats(lambda: counts.append(decode_only([video], cfg, det.runtime)), det.device,
+                             repeats=repeats)
+    dec = [n / t for n, t in zip(counts[1:], dec_times)]
+    e2e_frames: list[int] = []
+    paths = [next(outs) for _ in range(repeats + 1)]  # the warm-up's first
+    e2e_times = time_repeats(lambda: e2e_frames.append(end_to_end(det, video, paths[len(e2e_frames)])),
+                             det.device, repeats=repeats)
+    e2e = [n / t for n, t in zip(e2e_frames[1:], e2e_times)]
+    with GilLoad() as gil:
+        end_to_end(det, video, next(outs))
+    return Figures(counts[-1], dec, b, e2e, paths[0], detections_per_frame(paths[0]),
+                   candidates_per_frame(det, video), gil.wait_share)
+
+
 def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-bench-"))
     inputs = bench_inputs(a, tmp)
     rows, notes = [], []
+    # Each run writes a new file, as a run on a new video would (replacing the last run's output
+    # costs the file system up to a few ms).
+    outs = (tmp / f"out-{i}.jsonl" for i in itertools.count())
     for video in inputs:
         info = probe(video)
         det = Detector(cfg, model=family_for_video(cfg, video))
-        b = model_only(det, a.repeats, info.height, info.width)
-        counts: list[int] = []  # the first call is the warm-up
-        dec_times = time_repeats(lambda: counts.append(decode_only([video], cfg, det.runtime)), det.device,
-                                 repeats=a.repeats)
-        frames = counts[-1]
-        dec = [n / t for n, t in zip(counts[1:], dec_times)]
-        # Each run writes a new file, as a run on a new video would (replacing the last run's
-        # output costs the file system up to a few ms).
-        outs = (tmp / f"out-{i}.jsonl" for i in itertools.count())
-        e2e_frames: list[int] = []
-        e2e_times = time_repeats(lambda: e2e_frames.append(end_to_end(det, video, next(outs))), det.device,
-                                 repeats=a.repeats)
-        e2e = [n / t for n, t in zip(e2e_frames[1:], e2e_times)]
-        dets_pf = detections_per_frame(tmp / "out-0.jsonl")
-        with GilLoad() as gil:
-            end_to_end(det, video, next(outs))
-        cands = candidates_per_frame(det, video)
-        ceiling = min(median(dec), median(b))
-        rows.append([Path(video).name, f"{info.width}x{info.height}", str(frames),
+        f = measure(det, video, a.repeats, cfg, outs)
+        dec, b, e2e = f.decode, f.model, f.e2e
+        rows.append([Path(video).name, f"{info.width}x{info.height}", str(f.frames),
                      f"{median(dec):,.0f} (±{spread(dec):.0%})", f"{median(b):,.0f} (±{spread(b):.0%})",
-                     f"{median(e2e):,.0f} (±{spread(e2e):.0%})", f"{median(e2e) / ceiling:.2f}",
-                     f"{cands:,.0f}", f"{dets_pf:.1f}", f"{gil.wait_share:.0%}"])
+                     f"{median(e2e):,.0f} (±{spread(e2e):.0%})", f"{f.ratio:.2f}",
+                     f"{f.candidates:,.0f}", f"{f.detections:.1f}", f"{f.gil:.0%}"])
         if a.long:
             long_path = tmp / f"long-{Path(video).stem}.mp4"
             repeat_clip(video, long_path, a.long)
@@ -179,7 +206,8 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
     cfg_note = (f"Config: device {det.device}, {dtype}, batch {det.batch_size}, decoder {cfg.decoder}, "
                 f"decoders {cfg.decoders or 'auto'}, compile {det.compiled}, CUDA graphs {det.cuda_graphs}, "
                 f"channels_last {det.channels_last}, "
-                f"overlap {cfg.overlap}, weights {cfg.weights or 'NVIDIA COCO'}; median of {a.repeats} (± spread).")
+                f"overlap {cfg.overlap}, model {det.family.name}, weights {cfg.weights or 'default'}; "
+                f"median of {a.repeats} (± spread).")
     _emit(a, "vidpipe bench: pipeline", _table(header, rows), [cfg_note, *notes], det.device)
 
 
@@ -228,6 +256,95 @@ def bench_scale(a: argparse.Namespace, cfg: Config) -> None:
            f"GPU, median of {a.repeats}. 'All GPUs busy' counts frames from the moment every worker has "
            "delivered frames (process start, model build and compile excluded) to the moment the first runs "
            "out of work; the speed-up is taken on it."], torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+PEER_BATCHES = (1, 32)  # Ultralytics' predict: its default, and the batch the issue's peer table measured
+AGREE_FRAMES = 200  # frames whose detections are compared with Ultralytics' (its batch-1 loop)
+
+
+def _wall(argv: list[str]) -> float:
+    """Whole-process wall seconds of a fresh ``python`` process running ``argv``."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - t0
+
+
+# Ultralytics' predict loop as a user writes it: argv = weights, video, batch, frames (0: all).
+_PEER_LOOP = """import itertools, sys
+from ultralytics import YOLO
+loop = YOLO(sys.argv[1]).predict(source=sys.argv[2], stream=True, quantize=16, batch=int(sys.argv[3]), verbose=False)
+for _ in itertools.islice(loop, int(sys.argv[4]) or None):
+    pass
+"""
+
+
+def bench_peers(a: argparse.Namespace, cfg: Config) -> None:
+    """Ultralytics' own predict loop beside vidpipe, same weights, video and device: frames/s,
+    whole-process wall time, agreement and candidate load."""
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise SystemExit('vidpipe bench --suite peers: needs Ultralytics (pip install "vidpipe[yolo]")') from None
+    from .agreement import agree
+    from .ladder import first_frames
+
+    tmp = Path(tempfile.mkdtemp(prefix="vidpipe-peers-"))
+    outs = (tmp / f"out-{i}.jsonl" for i in itertools.count())
+    rows, notes = [], []
+    imports = _wall(["-c", "import torch, torchvision"])
+    for video in bench_inputs(a, tmp):
+        info = probe(video)
+        family = family_for_video(cfg, video)
+        weights = tmp / f"{family.name}-{Path(video).stem}.pt"
+        if "model" not in family.save(weights):
+            raise SystemExit("vidpipe bench --suite peers: compares YOLO models with Ultralytics; give --model "
+                             "*.pt or *.yaml")
+        det = Detector(cfg, model=family)
+        f = measure(det, video, a.repeats, cfg, outs)
+        label = f"{Path(video).name} {info.width}x{info.height}, {family.name}"
+        # fp16 on a GPU, as vidpipe (quantize=16 is Ultralytics 8.4's name for half=True).
+        device, precision = ((det.device.index or 0), 16) if det.device.type == "cuda" else ("cpu", 32)
+        peer_fps = {}
+        for batch in PEER_BATCHES:
+            peer = YOLO(str(weights))
+            t0 = time.perf_counter()
+            loop = peer.predict(source=video, stream=True, quantize=precision, batch=batch, verbose=False,
+                                device=device)
+            n = sum(1 for _ in itertools.islice(loop, cfg.max_frames))
+            peer_fps[batch] = n / (time.perf_counter() - t0)
+            rows.append([label, f"Ultralytics predict, batch {batch}", f"{n:,}", f"{peer_fps[batch]:,.0f}", "", "", ""])
+        peer = YOLO(str(weights))
+        reference = []
+        for r in peer.predict(source=video, stream=True, quantize=precision, verbose=False, device=device):
+            reference.append((r.boxes.xyxy.cpu().numpy(), r.boxes.cls.cpu().long().numpy(), r.boxes.conf.cpu().numpy()))
+            if len(reference) == AGREE_FRAMES:
+                break
+        ours = first_frames(f.output, len(reference))
+        found = agree(ours, reference[:len(ours)], iou=0.9, score_tol=0.02)
+        limit = ["--max-frames", str(cfg.max_frames)] if cfg.max_frames else []
+        walls = {"vidpipe": _wall(["-m", "vidpipe.cli", "detect", video, "-o", str(next(outs)), "--model",
+                                   str(weights), "--device", str(det.device), *limit]),
+                 "Ultralytics": _wall(["-c", _PEER_LOOP, str(weights), video, str(max(PEER_BATCHES)),
+                                       str(cfg.max_frames or 0)])}
+        best = max(peer_fps.values())
+        rows.append([label, "vidpipe", f"{f.frames:,}", f"{median(f.e2e):,.0f} (±{spread(f.e2e):.0%})",
+                     f"{median(f.e2e) / best:.1f}x", f"{f.ratio:.2f} (decode {median(f.decode):,.0f}, model "
+                     f"{median(f.model):,.0f})", str(found)])
+        notes.append(f"{label}: {f.candidates:,.0f} candidates/frame (anchors above conf), {f.detections:.1f} "
+                     "detections/frame; whole-process wall time of one command: vidpipe detect "
+                     f"{walls['vidpipe']:.1f} s, Ultralytics predict (batch {max(PEER_BATCHES)}) "
+                     f"{walls['Ultralytics']:.1f} s, beside "
+                     f"`python -c \"import torch, torchvision\"` {imports:.1f} s on this machine.")
+    header = ["input, model", "loop", "frames", "frames/s", "vs Ultralytics' best", "(c)/min(decode, model)",
+              f"agreement with Ultralytics (first {AGREE_FRAMES} frames: same class, IoU >= 0.9, |score diff| <= 0.02)"]
+    _emit(a, "vidpipe bench: vidpipe vs Ultralytics' own predict loop", _table(header, rows),
+          [f"vidpipe: median of {a.repeats} warm end-to-end runs writing JSON Lines, compile {det.compiled}, batch "
+           f"{det.batch_size}, {str(det.dtype).removeprefix('torch.')}; Ultralytics: one `predict(source=video, "
+           "stream=True, quantize=16, batch=B)` loop each (quantize=16: fp16, 8.4's name for half=True), its model "
+           "set-up included. Agreement: vidpipe's output "
+           "(its own decode) vs Ultralytics' predict on the same video (its own decode).", *notes], det.device)
 
 
 def synthetic_outputs(n: int, per_image: int, device: torch.device, seed: int = 0
@@ -300,7 +417,10 @@ def bench_model(a: argparse.Namespace, cfg: Config) -> None:
 def main(a: argparse.Namespace) -> int:
     from .cli import config_from_args
 
-    cfg = config_from_args(a, max_frames=a.max_frames)
-    suites = {"pipeline": bench_pipeline, "postprocess": bench_postprocess, "model": bench_model, "scale": bench_scale}
+    # Steady state is what the suites measure: there "auto" compiles (the wall time of one command
+    # is the one-command suite's business).
+    cfg = config_from_args(a, max_frames=a.max_frames).for_run(10**9)
+    suites = {"pipeline": bench_pipeline, "postprocess": bench_postprocess, "model": bench_model, "scale": bench_scale,
+              "peers": bench_peers}
     suites[a.suite](a, cfg)
     return 0

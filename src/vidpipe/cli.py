@@ -86,7 +86,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="frames per batch (default 64 on a GPU, 4 on a CPU, where a large batch only delays "
                         "the first result)")
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="torch.compile the model (auto = on for CUDA)")
+                   help="torch.compile the model (auto: only for runs long enough to pay back the compile time, "
+                        "100,000 frames or more)")
     g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="launch every kernel from Python instead of replaying captured CUDA graphs")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
@@ -157,9 +158,10 @@ def _add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="measure decode and model ceilings and end-to-end throughput",
                        description="Ceilings and end-to-end throughput measured in one run on one device.")
     b.add_argument("inputs", nargs="*", metavar="VIDEO", help="videos to bench (default: a generated clip)")
-    b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale"], default="pipeline",
+    b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale", "peers"], default="pipeline",
                    help="pipeline: ceilings and end to end per input; postprocess: ssd_decode vs the per-class loop; "
-                        "model: model-only variants; scale: one GPU vs all GPUs")
+                        "model: model-only variants; scale: one GPU vs all GPUs; peers: Ultralytics' predict loop "
+                        "beside vidpipe (YOLO models)")
     b.add_argument("--synthetic-1080p", type=_int(0), default=0, metavar="FRAMES",
                    help="also bench a generated 1920x1080 H.264 clip of about FRAMES frames (240 encoded, "
                         "then repeated without re-encoding)")
@@ -307,7 +309,9 @@ def cmd_detect(a: argparse.Namespace) -> int:
                            iou_threshold=a.iou_threshold, max_detections=a.max_detections, classes=a.classes,
                            agnostic_nms=a.agnostic_nms, per_class_candidates=a.per_class_candidates,
                            score_threshold=a.score_threshold)
-    progress = Progress(_expected_frames(todo, a.max_frames))
+    planned = _expected_frames(todo, a.max_frames)
+    cfg = cfg.for_run(None if any(is_stream_url(i) for i in todo) else planned)
+    progress = Progress(planned)
 
     def on_video(end) -> None:
         if end.error:

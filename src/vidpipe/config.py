@@ -18,6 +18,11 @@ Postprocess = Literal["gpu", "loop_device", "loop_host"]
 # depends on the batch there, and a 64-frame batch kept the first result ~80 s away on 2 cores.
 GPU_BATCH = 64
 CPU_BATCH = 4
+# --compile auto compiles only runs of at least this many frames. torch.compile costs ~30 s with
+# empty caches and ~7 s with Inductor's cache warm (SSD300 on the H200, issue 17's table); it saves
+# 1/4,592 - 1/6,970 s = 74 us per frame (model-only, eager vs compiled, shared/reference-h200.md),
+# so even warm it pays back only after ~95,000 frames (53 minutes of 30 fps video).
+COMPILE_MIN_FRAMES = 100_000
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class Config:
     imgsz: int = 640  # YOLO: the letterbox's long side, as Ultralytics' imgsz
     precision: Precision = "fp16"
     channels_last: bool = True
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"  # auto: see for_run (the detector alone: off)
     cuda_graphs: bool = True  # CUDA: replay preprocess + model and post-processing as captured graphs
     normalize: Literal["imagenet", "symmetric"] = "imagenet"
     # data path
@@ -88,6 +93,13 @@ class Config:
             raise VidpipeError(f"--classes must list class ids >= 0, got {self.classes}")
         if self.max_frames is not None and self.max_frames < 1:
             raise VidpipeError(f"--max-frames must be >= 1, got {self.max_frames}")
+
+    def for_run(self, planned_frames: int | None) -> Config:
+        """``compile="auto"`` decided for a run of ``planned_frames`` (None: unknown, e.g. a live
+        stream): on only when the frames amortise the compile time (COMPILE_MIN_FRAMES)."""
+        if self.compile != "auto":
+            return self
+        return self.replace(compile="on" if (planned_frames or 0) >= COMPILE_MIN_FRAMES else "off")
 
     def batch_for(self, device: torch.device) -> int:
         """The batch size on ``device``: the configured one, else GPU_BATCH or CPU_BATCH."""

@@ -86,7 +86,8 @@ class Detector:
         if self.channels_last:
             network = network.to(memory_format=torch.channels_last)
         self.model = network
-        self.compiled = config.compile == "on" or (config.compile == "auto" and not cpu)
+        # "auto" is decided per run where its length is known (Config.for_run); here it means off.
+        self.compiled = config.compile == "on"
         self.cuda_graphs = config.cuda_graphs and not cpu
         if self.compiled:
             self.forward = torch.compile(network, dynamic=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .agreement import agree
 from .config import Config
 from .detector import Detector
 from .engine import run
@@ -68,22 +69,10 @@ def first_frames(jsonl: Path, keep: int) -> list[tuple[np.ndarray, np.ndarray, n
 
 
 def agreement(a: list, b: list, iou: float = 0.9) -> float:
-    """Share of detections of ``b`` matched in ``a`` (same label, box IoU >= ``iou``)."""
-    matched = total = 0
-    for (ba, la, _), (bb, lb, _) in zip(a, b):
-        total += max(len(la), len(lb))
-        used = np.zeros(len(la), bool)
-        for box, lab in zip(bb, lb):
-            for j in np.flatnonzero((la == lab) & ~used):
-                x1, y1 = np.maximum(ba[j, :2], box[:2])
-                x2, y2 = np.minimum(ba[j, 2:], box[2:])
-                inter = max(0, x2 - x1) * max(0, y2 - y1)
-                union = np.prod(ba[j, 2:] - ba[j, :2]) + np.prod(box[2:] - box[:2]) - inter
-                if union > 0 and inter / union >= iou:
-                    used[j] = True
-                    matched += 1
-                    break
-    return matched / total if total else 1.0
+    """Detections of ``a`` and ``b`` matched (same label, box IoU >= ``iou``), as a share of the
+    larger count frame by frame."""
+    found = agree(a, b, iou)
+    return found.matched / (found.reference + found.extra) if found.reference + found.extra else 1.0
 
 
 def skip_reason(rung: Rung) -> str | None:
