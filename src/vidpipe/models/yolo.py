@@ -97,7 +97,7 @@ class YoloFamily:
         self.name = name
         self.random = random  # weights from a yaml: reaim() sets the candidate load
         self.end2end = bool(getattr(head, "end2end", False))
-        self.stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
+        self.stride = _stride(model)
         names = model.names if isinstance(model.names, (list, tuple)) else [model.names[i] for i in
                                                                             range(len(model.names))]
         self.classes = Classes.from_names(names)
@@ -115,10 +115,12 @@ class YoloFamily:
         path = Path(config.model)
         if path.suffix.lower() in (".yaml", ".yml"):
             model = _from_yaml(tasks, config.model, config.seed)
+            frames = _calibration_frames(4, config.seed)
+            _normalise_activations(model, _letterboxed(frames, config.imgsz, _stride(model), torch.float32))
             model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
             family = cls(model, config, path.stem, random=True)
             target = config.random_candidates if config.random_candidates is not None else RANDOM_CANDIDATES
-            found = family.reaim(_calibration_frames(4, config.seed), target)
+            found = family.reaim(frames, target)
             log.warning("--model %s: random weights (seed %d), re-aimed to %.0f candidates per frame "
                         "(anchors above conf %.2f); detections are meaningless", path.name, config.seed, found,
                         family.conf)
@@ -132,13 +134,7 @@ class YoloFamily:
 
     def preprocess(self, frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
         with nvtx_range("preprocess"):
-            _, _, h, w = frames.shape
-            new_h, new_w, top, bottom, left, right = letterbox(h, w, self.imgsz, self.stride)
-            x = frames.float()
-            if (new_h, new_w) != (h, w):  # cv2.resize INTER_LINEAR: half-pixel centres, uint8 result
-                x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False).round_().clamp_(0, 255)
-            x = F.pad(x, (left, right, top, bottom), value=PAD_VALUE)
-            x = x.to(dtype).div_(255)  # Ultralytics: uint8 -> half, then / 255 in half
+            x = _letterboxed(frames, self.imgsz, self.stride, dtype)
             return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def candidates(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -246,6 +242,37 @@ class YoloFamily:
         for branch in branches:
             branch[-1].bias += hi
         return load(hi)
+
+
+def _stride(model: torch.nn.Module) -> int:
+    return int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
+
+
+def _letterboxed(frames: torch.Tensor, imgsz: int, stride: int, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 ``[N, 3, H, W]`` RGB frames -> the letterboxed network input, RGB / 255 in ``dtype``."""
+    _, _, h, w = frames.shape
+    new_h, new_w, top, bottom, left, right = letterbox(h, w, imgsz, stride)
+    x = frames.float()
+    if (new_h, new_w) != (h, w):  # cv2.resize INTER_LINEAR: half-pixel centres, uint8 result
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False).round_().clamp_(0, 255)
+    x = F.pad(x, (left, right, top, bottom), value=PAD_VALUE)
+    return x.to(dtype).div_(255)  # Ultralytics: uint8 -> half, then / 255 in half
+
+
+@torch.no_grad()
+def _normalise_activations(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """Random weights: set every BatchNorm's statistics from ``images``, so each layer's output has
+    unit variance. A freshly initialised network shrinks its activations layer by layer (to ~1e-9
+    at the head of yolo11m), and fp16 flushes those to zero: every anchor then scores the same."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: one batch sets the statistics
+    model.train()
+    try:
+        model(images)
+    finally:
+        model.eval()
 
 
 def _xywh2xyxy(xywh: torch.Tensor) -> torch.Tensor:
