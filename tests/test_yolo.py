@@ -21,25 +21,72 @@ ultralytics = pytest.importorskip("ultralytics")
 CLI = [sys.executable, "-m", "vidpipe.cli", "detect"]
 
 
+def smooth_family(cfg: Config, video):
+    """yolo11n with its fresh random weights as Ultralytics initialises them (no BatchNorm
+    statistics: activations shrink layer by layer, so the network is smooth, unlike the
+    normalised random weights vidpipe benchmarks with, which put many candidates on equal scores),
+    re-aimed on the video's first frames. fp32 only: fp16 flushes its activations to zero."""
+    from ultralytics.nn import tasks
+
+    from vidpipe.models.yolo import YoloFamily, _from_yaml
+
+    family = YoloFamily(_from_yaml(tasks, "yolo11n.yaml", cfg.seed).fuse(verbose=False), cfg, "yolo11n", random=True)
+    family.reaim(next(PyAVSource(str(video), max_frames=8).batches(8)).frames, 300)
+    return family
+
+
 def agreement(video, frames: int, seed: int, device: str, tmp_path):
-    """vidpipe vs Ultralytics' predict (batch 1, as its video loop) on the same decoded frames and weights."""
+    """vidpipe vs Ultralytics' predict (batch 1, as its video loop) on the same decoded frames and
+    weights, in fp32."""
     from ultralytics import YOLO
 
     from vidpipe import Detector
-    from vidpipe.models.yolo import YoloFamily
 
-    cfg = Config(model="yolo11n.yaml", device=device, max_frames=frames, seed=seed, decoder="pyav")
-    family = YoloFamily.from_config(cfg)
+    cfg = Config(model="yolo11n.yaml", device=device, max_frames=frames, seed=seed, decoder="pyav",
+                 precision="fp32")
+    family = smooth_family(cfg, video)
     family.save(tmp_path / "yolo.pt")
     ours = list(Detector(cfg, model=family).detect(video))
     peer = YOLO(str(tmp_path / "yolo.pt"))
     images = [f for b in PyAVSource(video, max_frames=frames).batches(16) for f in b.frames.permute(0, 2, 3, 1).numpy()]
     theirs = [r for f in images for r in peer.predict(np.ascontiguousarray(f[..., ::-1]), verbose=False,
-                                                       device=device, half=device != "cpu")]
+                                                       device=device, quantize=32)]
     assert len(ours) == len(theirs) == frames
     return agree([(r.boxes, r.labels, r.scores) for r in ours],
                  [(r.boxes.xyxy.cpu().numpy(), r.boxes.cls.cpu().long().numpy(), r.boxes.conf.cpu().numpy())
                   for r in theirs], iou=0.9, score_tol=0.02)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_nms_and_box_scaling_are_ultralytics_on_random_predictions(device):
+    """The post-processing alone against ultralytics.utils.nms.non_max_suppression + scale_boxes,
+    on fresh random predictions (boxes, scores and classes drawn anew each run), in the model's
+    half precision on a GPU."""
+    from ultralytics.utils import ops
+    from ultralytics.utils.nms import non_max_suppression
+
+    from vidpipe.models.yolo import YoloFamily
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    for conf, iou, agnostic, classes in [(0.25, 0.7, False, None), (0.4, 0.5, True, None), (0.1, 0.6, False, (1, 3))]:
+        family = YoloFamily.from_config(Config(model="yolo11n.yaml", device="cpu", random_candidates=0,
+                                               score_threshold=conf, iou_threshold=iou, agnostic_nms=agnostic,
+                                               classes=classes))
+        n, nc, anchors, (h, w) = 3, 6, 6300, (288, 384)
+        in_h, in_w = family.input_size(h, w)
+        xy = torch.rand(n, 2, anchors) * torch.tensor([in_w, in_h]).view(1, 2, 1)
+        wh = torch.rand(n, 2, anchors) * 120 + 2
+        pred = torch.cat([xy, wh, torch.rand(n, nc, anchors) ** 3], 1).to(device, dtype)
+        ours = family.postprocess((pred,), h, w)
+        theirs = non_max_suppression(pred, conf, iou, classes=list(classes) if classes else None, agnostic=agnostic,
+                                     max_det=300)
+        for i, t in enumerate(theirs):
+            t[:, :4] = ops.scale_boxes((in_h, in_w), t[:, :4], (h, w))
+            k = int(ours.counts[i])
+            assert k == len(t) > 0
+            assert torch.equal(ours.labels[i, :k].cpu(), t[:, 5].long().cpu())
+            assert torch.allclose(ours.scores[i, :k].cpu(), t[:, 4].float().cpu())
+            assert torch.allclose(ours.boxes[i, :k].cpu(), t[:, :4].float().cpu(), atol=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +109,7 @@ def test_detections_match_ultralytics_predict_on_cpu(video, seed, tmp_path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_detections_match_ultralytics_predict_on_gpu(video, seed, tmp_path):
     found = agreement(video, 200, seed, "cuda", tmp_path)
-    assert found.reference > 5000
+    assert found.reference > 2000
     assert found.share >= 0.97 and found.extra_share <= 0.03, found
 
 
