@@ -42,8 +42,11 @@ def agreement(video, frames: int, seed: int, device: str, tmp_path):
 
     from vidpipe import Detector
 
+    # NCHW fp32 without TF32, as Ultralytics runs it: the same convolution kernels, so what is compared
+    # is the pipeline, not two cuDNN algorithms' rounding.
+    torch.backends.cudnn.allow_tf32 = False
     cfg = Config(model="yolo11n.yaml", device=device, max_frames=frames, seed=seed, decoder="pyav",
-                 precision="fp32")
+                 precision="fp32", channels_last=False)
     family = smooth_family(cfg, video)
     family.save(tmp_path / "yolo.pt")
     ours = list(Detector(cfg, model=family).detect(video))
