@@ -107,8 +107,25 @@ def test_offline_default_weights_error(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     import vidpipe.weights as w
     monkeypatch.setattr(w, "NVIDIA_URL", "http://127.0.0.1:9/nothing.pt")
-    with pytest.raises(VidpipeError, match="--weights random"):
+    with pytest.raises(VidpipeError, match="--weights random") as e:
         load_model(None)
+    # It says where the file comes from and where to put it by hand.
+    assert "http://127.0.0.1:9/nothing.pt" in str(e.value) and str(tmp_path / "hub" / "checkpoints") in str(e.value)
+
+
+def test_random_weights_are_calibrated_once_per_machine(monkeypatch, tmp_path):
+    import vidpipe.weights as w
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    calibrate = w.calibrated_random_ssd300
+    monkeypatch.setattr(w, "calibrated_random_ssd300", lambda *a, **k: calls.append(a) or calibrate(*a, **k))
+    first = load_model("random", random_candidates=300, seed=3)
+    second = load_model("random", random_candidates=300, seed=3)
+    other = load_model("random", random_candidates=300, seed=4)
+    assert len(calls) == 2  # seed 3 once, seed 4 once
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert not torch.equal(first.conf[0].weight, other.conf[0].weight)
 
 
 def _frames(seed: int) -> torch.Tensor:

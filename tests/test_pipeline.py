@@ -309,3 +309,12 @@ def test_out_of_memory_retries_with_half_the_batch(random_model, caplog, monkeyp
     assert det.batch_size == 2 and "retrying with batch size" in caplog.text
     for a, b in zip(expected.astuple(), got.astuple()):
         torch.testing.assert_close(a, b)
+
+
+def test_progress_lines_without_a_terminal(tmp_path):
+    """With no TTY (a CI log, nohup) a progress line still comes every few seconds."""
+    clip = make_clip(tmp_path / "c.mp4", frames=40, width=64, height=48)
+    r = cli("detect", clip, "-o", tmp_path / "o.jsonl", "--weights", "random", "--device", "cpu", "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    progress = [x for x in r.stderr.splitlines() if " of 40 frames, " in x and "frames/s" in x]
+    assert progress, r.stderr

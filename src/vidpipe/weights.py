@@ -88,8 +88,9 @@ def _download_default() -> Path:
         torch.hub.download_url_to_file(NVIDIA_URL, str(path), progress=True)
     except Exception as e:
         raise VidpipeError(
-            f"the default SSD300 weights are not in {path} and could not be downloaded ({type(e).__name__});"
-            " pass --weights PATH to a checkpoint, or --weights random for benchmarks"
+            f"the default SSD300 weights are not in {path} and could not be downloaded from {NVIDIA_URL} "
+            f"({type(e).__name__}); download that file by hand into {path.parent}/, or pass --weights PATH to a "
+            "checkpoint, or --weights random for benchmarks"
         ) from None
     return path
 
@@ -103,7 +104,7 @@ def load_model(weights: str | os.PathLike | None = None, *, random_candidates: i
     """
     if weights == "random":
         log.warning("--weights random: detections are meaningless; for benchmarks only")
-        return calibrated_random_ssd300(random_candidates, random_classes, seed=seed)
+        return _cached_random(random_candidates, random_classes, seed)
     path = _download_default() if weights in (None, "default") else Path(weights)
     model = SSD300()
     state = _state_dict_from_file(path)
@@ -113,6 +114,33 @@ def load_model(weights: str | os.PathLike | None = None, *, random_candidates: i
         log.warning("%s: %d parameter tensors hold non-finite values (NaN or inf): %s; detections will be empty "
                     "or fail as non-finite", path, len(bad), _abbrev(bad))
     return model.eval()
+
+
+def cache_dir() -> Path:
+    """vidpipe's cache: ``$XDG_CACHE_HOME/vidpipe`` (``~/.cache/vidpipe``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidpipe"
+
+
+def _cached_random(candidates: int, classes: int, seed: int) -> SSD300:
+    """:func:`calibrated_random_ssd300`, calibrated once per (seed, load, classes, torch version)
+    and kept in the cache: calibrating costs ~12 s on a 2-core CPU, every run."""
+    path = cache_dir() / "random" / f"ssd300-seed{seed}-c{candidates}-k{classes}-torch{torch.__version__}.pt"
+    if path.is_file():
+        try:
+            model = SSD300()
+            load_state_dict_strict(model, _state_dict_from_file(path), str(path))
+            return model.eval()
+        except VidpipeError:  # damaged cache entry: calibrate again and replace it
+            log.info("%s: unreadable, calibrating again", path)
+    model = calibrated_random_ssd300(candidates, classes, seed=seed)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_checkpoint(model, tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home: run on, uncached
+        log.info("could not cache random weights in %s (%s)", path, e.strerror)
+    return model
 
 
 def _calibration_images(n: int, generator: torch.Generator) -> torch.Tensor:
