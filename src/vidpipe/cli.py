@@ -157,7 +157,7 @@ def _add_detect_parser(sub) -> None:
 def _add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="measure decode and model ceilings and end-to-end throughput",
                        description="Ceilings and end-to-end throughput measured in one run on one device.")
-    b.add_argument("inputs", nargs="*", metavar="VIDEO", help="videos to bench (default: a generated clip)")
+    b.add_argument("inputs", nargs="*", metavar="VIDEO", help="videos to bench (or --synthetic-1080p)")
     b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale", "peers"], default="pipeline",
                    help="pipeline: ceilings and end to end per input; postprocess: ssd_decode vs the per-class loop; "
                         "model: model-only variants; scale: one GPU vs all GPUs; peers: Ultralytics' predict loop "

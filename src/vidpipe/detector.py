@@ -62,7 +62,7 @@ class Detector:
     Build once, then call :meth:`infer` per batch or :meth:`detect` per video::
 
         det = Detector(Config(weights="random", device="cuda"))          # SSD300
-        det = Detector(Config(model="yolo11m.pt", trust_weights=True))   # an Ultralytics YOLO
+        det = Detector(Config(model="yolo11m.pt", device="cuda"))        # an Ultralytics YOLO
         for result in det.detect("video.mp4"):
             print(result.frame, result.class_names)
 
