@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -96,6 +97,9 @@ class Detector:
         self.batch_size = config.batch_for(self.device)
         self.runtime = DeviceRuntime(self.device)  # streams, NVDEC sessions and the capture gate of this device
         self.post_stream = torch.cuda.Stream(self.device, priority=-1) if self.cuda_graphs else None
+        # One thread, so eager post-processing (a family whose post-processing cannot be captured)
+        # runs in batch order beside the next batch's model.
+        self.post_thread = ThreadPoolExecutor(1, thread_name_prefix="vidpipe-post") if self.cuda_graphs else None
         self._graphs: OrderedDict[tuple[int, int, int], _Graph] = OrderedDict()
 
     @property
@@ -157,6 +161,9 @@ class Detector:
         except torch.cuda.OutOfMemoryError:
             if n == 1:
                 raise
+            for g in self._graphs.values():
+                if g is not EAGER:
+                    g.drain()
             self._graphs.clear()
             torch.cuda.empty_cache()
             self.batch_size = max(1, n // 2)
@@ -179,7 +186,9 @@ class Detector:
         if graph is None:
             graph = self._graphs[key] = self._capture(h, w)
             while len(self._graphs) > MAX_GRAPHS:  # each holds its activations; keep the recent sizes
-                self._graphs.popitem(last=False)
+                _, old = self._graphs.popitem(last=False)
+                if old is not EAGER:
+                    old.drain()
         self._graphs.move_to_end(key)
         return graph
 
@@ -240,6 +249,9 @@ class _Graph:
         self.frames = frames
         self.post = det.post_stream
         self.post_eager = None if det.family.graph_postprocess else det._post
+        self.post_thread = det.post_thread
+        self.max_detections = det.family.max_detections
+        self.pending: list[Future | None] = [None, None]  # each pair's eager post-processing job
         current = torch.cuda.current_stream(det.device)
         side = torch.cuda.Stream(det.device)
         side.wait_stream(current)
@@ -270,15 +282,19 @@ class _Graph:
         self.filling: Batch | None = None  # the batch being copied into `frames`, not yet submitted
         log.info("captured the detector as CUDA graphs for batch %d at %dx%d", frames.shape[0], w, h)
 
-    def run(self, n: int, host: bool) -> tuple[Detections, torch.cuda.Event | None]:
+    def run(self, n: int, host: bool) -> tuple[Detections, torch.cuda.Event | _Deferred | None]:
         """Detections of the first ``n`` rows of ``frames``."""
         current = torch.cuda.current_stream(self.frames.device)
         turn, self.turn = self.turn, 1 - self.turn
         model, post, static = self.pairs[turn]
         with nvtx_range("replay"):
+            if self.pending[turn] is not None:  # its eager post-processing is enqueued (and done[turn] recorded)
+                self.pending[turn].result()
             if self.done[turn] is not None:  # its post-processing reads this pair's model outputs
                 current.wait_event(self.done[turn])
             model.replay()
+            if post is None and host:
+                return self._post_later(turn, static, n, current)
             self.post.wait_stream(current)
             with torch.cuda.stream(self.post):
                 if post is not None:
@@ -287,7 +303,7 @@ class _Graph:
                     out = [t[:n].to("cpu", non_blocking=True) if host else t[:n].clone() for t in static.astuple()]
                 else:
                     det = self.post_eager(tuple(t[:n] for t in static), *self.size)
-                    out = [t.to("cpu", non_blocking=True) if host else t for t in det.astuple()]
+                    out = list(det.astuple())
                 done = self.done[turn] = torch.cuda.Event()
                 done.record()
         if host:
@@ -296,6 +312,52 @@ class _Graph:
         for t in out:
             t.record_stream(current)
         return Detections(*out), None
+
+    def _post_later(self, turn: int, static: tuple, n: int, current: torch.cuda.Stream
+                    ) -> tuple[Detections, _Deferred]:
+        """Eager post-processing (it waits for the GPU between frames) on the detector's post thread,
+        so the next batch's model is issued meanwhile; the detections land in pinned host buffers
+        returned now, valid once the returned event has completed."""
+        ready = torch.cuda.Event()
+        ready.record(current)
+        done = self.done[turn] = torch.cuda.Event()
+        d = self.max_detections
+        out = Detections(torch.empty(n, d, 4, pin_memory=True), torch.empty(n, d, dtype=torch.int64, pin_memory=True),
+                         torch.empty(n, d, pin_memory=True), torch.empty(n, dtype=torch.int64, pin_memory=True))
+
+        @torch.inference_mode()
+        def job() -> None:
+            with torch.cuda.device(self.frames.device), torch.cuda.stream(self.post):
+                self.post.wait_event(ready)
+                det = self.post_eager(tuple(t[:n] for t in static), *self.size)
+                for dst, src in zip(out.astuple(), det.astuple()):
+                    dst.copy_(src, non_blocking=True)
+                done.record()
+
+        self.pending[turn] = self.post_thread.submit(job)
+        return out, _Deferred(self.pending[turn], done)
+
+
+    def drain(self) -> None:
+        """Wait until no post-processing job reads this graph's outputs (before it is dropped)."""
+        for job in self.pending:
+            if job is not None:
+                job.result()
+
+
+class _Deferred:
+    """A CUDA event that the post-processing thread records: waiting on it waits for the thread
+    to have issued the work first (an event never recorded would count as complete)."""
+
+    def __init__(self, job: Future, event: torch.cuda.Event) -> None:
+        self.job, self.event = job, event
+
+    def query(self) -> bool:
+        return self.job.done() and self.job.result() is None and self.event.query()
+
+    def synchronize(self) -> None:
+        self.job.result()
+        self.event.synchronize()
 
 
 class Batch:
