@@ -355,3 +355,14 @@ def test_weights_with_non_finite_values_warn_on_loading(tmp_path, caplog):
     load_model(str(tmp_path / "nan.pt"))
     assert any("non-finite" in r.message and "conf.1.weight" in r.message for r in caplog.records)
 
+
+
+def test_resume_with_every_output_complete_builds_no_model(tmp_path, clips):
+    out = tmp_path / "out"
+    r = detect(clips[0].parent, "-o", out)
+    assert r.returncode == 0, r.stderr
+    # Weights that do not exist: building the model would fail, so exit 0 shows it was never built.
+    r = subprocess.run([*CLI, str(clips[0].parent), "-o", str(out), "--resume", "--weights", "/nonexistent.pt",
+                        "--device", "cpu"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "nothing left to do (3 of 3 inputs complete)" in r.stderr.splitlines()[-1]
