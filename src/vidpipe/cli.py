@@ -302,8 +302,9 @@ def cmd_detect(a: argparse.Namespace) -> int:
             log.warning("--resume: %d of %d inputs already complete", len(done), len(inputs))
         todo = [i for i in todo if i not in done]
     if not todo:
-        message = "nothing left to do" if not early else "no input could be read"
-        print(f"vidpipe: {message} ({len(inputs) - len(early)} of {len(inputs)} inputs complete)", file=sys.stderr)
+        failed = f"; {len(early)} failed: " + ", ".join(early) if early else ""
+        print(f"vidpipe: nothing left to do ({len(inputs) - len(early)} of {len(inputs)} inputs complete){failed}",
+              file=sys.stderr)
         return 1 if early and not a.allow_failures else 0
     cfg = config_from_args(a, max_frames=a.max_frames, candidate_threshold=a.candidate_threshold,
                            iou_threshold=a.iou_threshold, max_detections=a.max_detections, classes=a.classes,
