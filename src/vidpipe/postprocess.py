@@ -73,7 +73,8 @@ class Detections:
 
 
 @lru_cache(maxsize=None)
-def _classes_on(classes: tuple[int, ...], device: str) -> torch.Tensor:
+def classes_on(classes: tuple[int, ...], device: str) -> torch.Tensor:
+    """``classes`` as an int64 tensor on ``device``, made once per device."""
     # Cached per device: built per batch it would be a host-to-device copy (none may run in a graph).
     return torch.tensor(classes, dtype=torch.int64, device=device)
 
@@ -82,7 +83,7 @@ def restrict_classes(det: Detections, classes: tuple[int, ...]) -> Detections:
     """Only the detections whose label is in ``classes``, still best first. Static shapes and no
     host synchronisation, so it runs inside a captured CUDA graph."""
     d = det.labels.shape[1]
-    keep = torch.isin(det.labels, _classes_on(classes, str(det.labels.device)))
+    keep = torch.isin(det.labels, classes_on(classes, str(det.labels.device)))
     keep &= torch.arange(d, device=keep.device) < det.counts[:, None]
     order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # kept rows first, in order
     return Detections(det.boxes.gather(1, order[..., None].expand(-1, -1, 4)), det.labels.gather(1, order),

@@ -79,15 +79,15 @@ class _AtomicFile:
             self._publish()
 
     def _publish(self) -> None:
+        conflict = OutputConflict(f"{self.path} was written by another run while this one ran; "
+                                  f"this run's result is kept in {self.partial}")
         if _version(self.path) != self.before:
-            raise OutputConflict(f"{self.path} was written by another run while this one ran; "
-                                 f"this run's result is kept in {self.partial}")
+            raise conflict
         if self.before is None:
             try:  # atomic, and fails if another run has just created the output
                 os.link(self.partial, self.path)
             except FileExistsError:
-                raise OutputConflict(f"{self.path} was written by another run while this one ran; "
-                                     f"this run's result is kept in {self.partial}") from None
+                raise conflict from None
             except OSError:  # a file system without hard links
                 os.replace(self.partial, self.path)
                 return

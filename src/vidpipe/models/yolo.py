@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ..coco import Classes
 from ..config import Config
 from ..errors import VidpipeError
-from ..postprocess import Detections
+from ..postprocess import Detections, classes_on
 from ..profiling import nvtx_range
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class YoloFamily:
         score, label = p[..., 4:].max(-1)
         keep = score > self.conf
         if self.allowed is not None:
-            keep &= torch.isin(label, torch.tensor(self.allowed, device=label.device))
+            keep &= torch.isin(label, classes_on(self.allowed, str(label.device)))
         image, anchor = keep.nonzero(as_tuple=True)  # image-major, anchors ascending: Ultralytics' order
         boxes = _xywh2xyxy(p[image, anchor, :4]).float()
         scores, labels = score[image, anchor].float(), label[image, anchor]
@@ -184,7 +184,7 @@ class YoloFamily:
         d = self.max_detections
         keep = pred[..., 4] > self.conf
         if self.allowed is not None:
-            keep &= torch.isin(pred[..., 5].long(), torch.tensor(self.allowed, device=pred.device))
+            keep &= torch.isin(pred[..., 5].long(), classes_on(self.allowed, str(pred.device)))
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :d]
         rows = pred.float().gather(1, order[..., None].expand(-1, -1, 6))
         return Detections(rows[..., :4].contiguous(), rows[..., 5].long(), rows[..., 4].contiguous(),
