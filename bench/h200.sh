@@ -6,6 +6,7 @@
 #   scale   bench --suite scale on in.mp4 and the camera-like 1080p clip (one GPU vs all)
 #   ladder  vidpipe ladder in.mp4
 #   bench   vidpipe bench (pipeline) on in.mp4 and the 1080p clip
+#   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
 #   peers   vidpipe bench --suite peers (Ultralytics' predict beside vidpipe), $PEER_MODEL (yolo11m.yaml)
 set -uo pipefail
 OUT=${OUT:-/tmp/vidpipe-results}
@@ -38,6 +39,8 @@ for step in $STEPS; do
     peers)
       timeout ${PEERS_S:-420} $V bench --suite peers .media/in.mp4 "$(camera)" --model "${PEER_MODEL:-yolo11m.yaml}" \
         --repeats 3 ${PEER_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -16 ;;
+    nms)
+      timeout 120 python3 bench/nms_sweep.py 2>&1 | tee "$OUT/nms_sweep.md" | tail -14 ;;
     bench)
       timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 \
         --results "$OUT/results.md" 2>&1 | tail -10 ;;

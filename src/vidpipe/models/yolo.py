@@ -3,8 +3,8 @@
 (checked against ultralytics 8.4):
 
 * **letterbox** as its predictor picks it for a video (``rect``, ``auto``): the frame scaled by
-  ``r = min(imgsz / h, imgsz / w)`` to ``round(w r) x round(h r)`` (bilinear, as ``cv2.resize``
-  ``INTER_LINEAR``, rounded to uint8), padded with 114 to the next multiple of the model's stride,
+  ``r = min(imgsz / h, imgsz / w)`` to ``round(w r) x round(h r)`` (``cv2.resize`` ``INTER_LINEAR``
+  bit for bit, :mod:`vidpipe.letterbox`), padded with 114 to the next multiple of the model's stride,
   the padding split as ``round(d / 2 -+ 0.1)``; RGB / 255 in the model's dtype. One input size per
   frame size: 384x288 -> 480x640, 1920x1080 -> 384x640 at ``imgsz`` 640.
 * **network**: the checkpoint's ``DetectionModel``, Conv+BN fused as Ultralytics' ``AutoBackend``
@@ -17,9 +17,9 @@
 * **boxes back to the frame** as ``ultralytics.utils.ops.scale_boxes`` (per-axis gain of the
   rounded letterbox, padding removed, clipped to the frame).
 
-Post-processing is exact but not graph-capturable (NMS keeps a data-dependent number of boxes):
-it runs per frame with ``torchvision.ops.nms`` after the captured model graph. Class ids are the
-model's own (``names`` of the checkpoint).
+Post-processing has static shapes and never waits for the GPU (ranking by ``sort``, NMS by
+:func:`vidpipe.nms.greedy_nms`, a Triton kernel on CUDA), so it is captured in a CUDA graph with
+the model. Class ids are the model's own (``names`` of the checkpoint).
 
 Ultralytics is an optional dependency (``pip install "vidpipe[yolo]"``), imported only here. A
 ``.pt`` checkpoint is a pickle of Python objects: loading one runs code, so it is refused unless
@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from ..coco import Classes
 from ..config import Config
 from ..errors import VidpipeError
+from ..letterbox import letterbox as letterbox_frames
+from ..nms import CAPTURABLE, greedy_nms
 from ..postprocess import Detections, classes_on
 from ..profiling import nvtx_range
 
@@ -50,7 +52,6 @@ IOU = 0.7
 MAX_DET = 300
 MAX_NMS = 30000  # candidates per frame that enter NMS, at most (non_max_suppression's max_nms)
 MAX_WH = 7680  # class offset of class-aware NMS (non_max_suppression's max_wh)
-PAD_VALUE = 114
 RANDOM_CANDIDATES = 500  # anchors per frame above conf, for random weights (a busy street scene's order)
 
 
@@ -89,7 +90,8 @@ class _Network(torch.nn.Module):
 
 
 class YoloFamily:
-    graph_postprocess = False
+    # Static shapes and no host reads, where the NMS runs as a Triton kernel.
+    graph_postprocess = CAPTURABLE
     random_load = RANDOM_CANDIDATES
 
     def __init__(self, model: torch.nn.Module, config: Config, name: str, random: bool = False) -> None:
@@ -134,8 +136,7 @@ class YoloFamily:
 
     def preprocess(self, frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
         with nvtx_range("preprocess"):
-            x = _letterboxed(frames, self.imgsz, self.stride, dtype)
-            return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            return _letterboxed(frames, self.imgsz, self.stride, dtype, channels_last)
 
     def candidates(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Anchors whose best class score passes ``conf``, per frame (what enters NMS)."""
@@ -152,32 +153,30 @@ class YoloFamily:
         return det
 
     def _nms(self, pred: torch.Tensor) -> Detections:
-        from torchvision.ops import nms
-
-        n, d = pred.shape[0], self.max_detections
+        """Ultralytics' ``non_max_suppression`` for the whole batch with static shapes: each frame's
+        anchors ranked by best class score (those below ``conf`` or outside ``classes`` last), the
+        first ``min(anchors, max_nms)`` gathered, then greedy class-aware NMS on them."""
+        d = self.max_detections
+        k = min(pred.shape[2], MAX_NMS)
         p = pred.transpose(1, 2)  # [N, anchors, 4 + nc], the model's dtype
         score, label = p[..., 4:].max(-1)
         keep = score > self.conf
         if self.allowed is not None:
             keep &= torch.isin(label, classes_on(self.allowed, str(label.device)))
-        image, anchor = keep.nonzero(as_tuple=True)  # image-major, anchors ascending: Ultralytics' order
-        boxes = _xywh2xyxy(p[image, anchor, :4]).float()
-        scores, labels = score[image, anchor].float(), label[image, anchor]
-        out = Detections(pred.new_zeros(n, d, 4, dtype=torch.float32), labels.new_zeros(n, d),
-                         pred.new_zeros(n, d, dtype=torch.float32), labels.new_zeros(n))
-        start = 0
-        for i, count in enumerate(torch.bincount(image, minlength=n).tolist()):
-            b, s, c = boxes[start:start + count], scores[start:start + count], labels[start:start + count]
-            start += count
-            if count > MAX_NMS:
-                top = s.argsort(descending=True)[:MAX_NMS]
-                b, s, c = b[top], s[top], c[top]
-            offset = c[:, None].float() * (0 if self.agnostic else MAX_WH)
-            kept = nms(b + offset, s, self.iou)[:d]
-            k = kept.shape[0]
-            out.boxes[i, :k], out.scores[i, :k], out.labels[i, :k] = b[kept], s[kept], c[kept]
-            out.counts[i] = k
-        return out
+        # Stable: equal scores stay in anchor order, as Ultralytics' candidates reach torchvision's NMS.
+        ranked = torch.where(keep, score.float(), -1.0).sort(dim=1, descending=True, stable=True)
+        order = ranked.indices[:, :k]
+        boxes = _xywh2xyxy(p[..., :4]).float().gather(1, order[..., None].expand(-1, -1, 4))
+        labels = label.gather(1, order)
+        offset = boxes if self.agnostic else boxes + labels[..., None].float() * MAX_WH
+        kept, _ = greedy_nms(offset, keep.sum(1), self.iou, d)
+        valid = kept >= 0
+        rows = kept.clamp(min=0)
+        zero = torch.zeros((), device=pred.device)
+        return Detections(torch.where(valid[..., None], boxes.gather(1, rows[..., None].expand(-1, -1, 4)), zero),
+                          torch.where(valid, labels.gather(1, rows), 0),
+                          torch.where(valid, ranked.values[:, :k].gather(1, rows), zero),
+                          valid.sum(1))
 
     def _end2end(self, pred: torch.Tensor) -> Detections:
         """NMS-free heads (``[N, K, 6]``: xyxy, score, class): the first ``max_det`` rows above ``conf``."""
@@ -248,15 +247,12 @@ def _stride(model: torch.nn.Module) -> int:
     return int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
 
 
-def _letterboxed(frames: torch.Tensor, imgsz: int, stride: int, dtype: torch.dtype) -> torch.Tensor:
+def _letterboxed(frames: torch.Tensor, imgsz: int, stride: int, dtype: torch.dtype,
+                 channels_last: bool = False) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` RGB frames -> the letterboxed network input, RGB / 255 in ``dtype``."""
     _, _, h, w = frames.shape
     new_h, new_w, top, bottom, left, right = letterbox(h, w, imgsz, stride)
-    x = frames.float()
-    if (new_h, new_w) != (h, w):  # cv2.resize INTER_LINEAR: half-pixel centres, uint8 result
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False).round_().clamp_(0, 255)
-    x = F.pad(x, (left, right, top, bottom), value=PAD_VALUE)
-    return x.to(dtype).div_(255)  # Ultralytics: uint8 -> half, then / 255 in half
+    return letterbox_frames(frames, new_h, new_w, (top, bottom, left, right), dtype, channels_last)
 
 
 # Standard deviation each BatchNorm gives its layer's output in random weights. Measured on in.mp4
