@@ -5,7 +5,10 @@
 #   tests   the GPU tests (cuda/nvdec marks) and the CPU ones they sit beside
 #   scale   bench --suite scale on in.mp4 and the camera-like 1080p clip (one GPU vs all)
 #   ladder  vidpipe ladder in.mp4
-#   bench   vidpipe bench (pipeline) on in.mp4 and the 1080p clip
+#   bench   vidpipe bench (pipeline) on in.mp4 and the 1080p clip ($BENCH_ARGS added)
+#   old     vidpipe bench on in.mp4 with the tree in .old/src (git archive of $OLD: the commit
+#           before, measured in the same call)
+#   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
 #   peers   vidpipe bench --suite peers (Ultralytics' predict beside vidpipe), $PEER_MODEL (yolo11m.yaml)
 set -uo pipefail
@@ -42,7 +45,13 @@ for step in $STEPS; do
     nms)
       timeout 120 python3 bench/nms_sweep.py 2>&1 | tee "$OUT/nms_sweep.md" | tail -14 ;;
     bench)
-      timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 \
+      timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 ${BENCH_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | tail -10 ;;
+    old)
+      PYTHONPATH=/tmp/site:$PWD/.old/src timeout 300 $V bench .media/in.mp4 --weights random --repeats 3 \
+        --results "$OUT/results-old.md" 2>&1 | tail -8 ;;
+    yolo)
+      timeout 400 $V bench .media/in.mp4 "$(camera)" --model "${PEER_MODEL:-yolo11m.yaml}" --repeats 3 \
+        ${YOLO_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -10 ;;
   esac
 done

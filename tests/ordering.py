@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from vidpipe.engine import Chunk, FrameProducer, VideoEnd, VideoStart, _Orderer
+from vidpipe.engine import Chunk, FrameProducer, VideoEnd, VideoStart
+from vidpipe.engine.order import Orderer
 from vidpipe.sources import FrameBatch
 
 
 def in_order(producer: FrameProducer) -> Iterator[VideoStart | FrameBatch | VideoEnd]:
-    order = _Orderer(lambda: None, lambda info: info.num_frames)
+    order = Orderer(lambda: None, lambda info: info.num_frames)
     for item in producer:  # releases each unit as it ends
         if isinstance(item, Chunk):
             order.add(item.unit, item.batch)

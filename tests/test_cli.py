@@ -40,3 +40,44 @@ print("HEAVY", sorted(m for m in ("torch", "av", "triton", "numpy") if m in sys.
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "usage: vidpipe" in r.stdout and "HEAVY []" in r.stdout
+
+
+def test_every_config_field_has_a_flag_that_sets_it():
+    """The options are generated from Config's fields: each field has one, and giving it changes
+    that field of the Config the command runs with (and nothing else)."""
+    from dataclasses import fields
+
+    from vidpipe.cli import build_parser, config_from_args
+    from vidpipe.config import Config
+
+    parser = build_parser()
+    detect = {a.dest: a for _, a in _options(parser) if _.endswith("detect")}
+    values = {"int": "96", "float": "0.5", "tuple[int, ...]": "3,4"}
+    for f in fields(Config):
+        action = detect[f.name]
+        argv = ["detect", "x.mp4", "-o", "o.jsonl", action.option_strings[0]]
+        if f.type != "bool":
+            kind = f.type.removesuffix(" | None")
+            argv.append(action.choices[-1] if action.choices else values.get(kind, "cuda:0" if f.name == "device"
+                                                                              else "some.pt"))
+        cfg = config_from_args(parser.parse_args(argv))
+        changed = [g.name for g in fields(Config) if getattr(cfg, g.name) != getattr(Config(), g.name)]
+        assert changed == [f.name], (f.name, changed)
+
+
+def test_timeline_records_the_phases_of_a_run_in_order(tmp_path):
+    """VIDPIPE_TIMELINE (what `bench --suite startup` reads): every phase of a CPU run, in order."""
+    import json
+    import os
+
+    from vidpipe.synth import make_clip
+
+    clip = make_clip(tmp_path / "a.mp4", frames=6, width=64, height=48)
+    env = dict(os.environ, VIDPIPE_TIMELINE=str(tmp_path / "t.json"))
+    r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "detect", str(clip), "-o", str(tmp_path / "o.jsonl"),
+                        "--weights", "random", "--device", "cpu"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    stamps = json.loads((tmp_path / "t.json").read_text())
+    order = ["cli", "imports", "model", "decoded", "issued", "written", "done"]  # no graphs on a CPU
+    assert sorted(stamps, key=stamps.get) == order

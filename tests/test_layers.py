@@ -1,7 +1,7 @@
 """The architecture as a contract: a module imports (at module level) only modules of its own or a
 lower layer, and module-level imports form no cycle. Function-level imports that reach up (a
-command's lazy import of a suite, ``Detector.detect`` running the engine) are the allowed
-exceptions: they run at call time, never at import."""
+command's lazy import of a suite) are the allowed exceptions: they run at call time, never at
+import."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pathlib import Path
 import vidpipe
 
 LAYERS = [
-    {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement"},
-    {"sources", "preprocess", "model", "postprocess", "sinks", "weights"},  # the stages
+    {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline"},
+    {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights"},  # the stages
     {"models", "models.ssd300", "models.yolo"},  # detector families
-    {"detector"},
-    {"engine"},  # schedules the stages
+    {"detector", "graphs"},
+    {"engine", "engine.items", "engine.plan", "engine.decode", "engine.batching", "engine.order",
+     "engine.schedule", "engine.write"},  # schedules the stages
     {"scale"},
-    {"bench", "ladder", "cli", "__init__"},  # commands and the API on top
+    {"api", "bench", "ladder", "cli", "__init__"},  # commands and the API on top
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 ROOT = Path(vidpipe.__file__).parent

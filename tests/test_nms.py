@@ -79,7 +79,7 @@ def test_yolo_kernels_compile_for_hopper():
         (letterbox._letterbox_kernel, dict(src_ptr="*u8", out_ptr="*fp16", **{f"{a}_ptr": "*i64" for a in (
             "xi0", "xi1", "yi0", "yi1")}, **{f"{a}_ptr": "*i32" for a in ("xw0", "xw1", "yw0", "yw1")},
             **{a: "i32" for a in ("new_h", "new_w", "top", "left", "out_h", "out_w", "ss_n", "ss_c", "ss_h", "ss_w",
-                                  "so_n", "so_c", "so_h", "so_w")}), dict(PAD=114, BLOCK=1024), 4),
+                                  "so_n", "so_c", "so_h", "so_w")}, INV_255="fp32"), dict(PAD=114, BLOCK=1024), 4),
     ]
     for fn, args, consts, warps in kernels:
         src = ASTSource(fn=fn, signature={**args, **{k: "constexpr" for k in consts}}, constexprs=consts)

@@ -201,15 +201,16 @@ def test_numeric_flags_are_validated(tmp_path, clips, flags, message):
     assert message in r.stderr.splitlines()[-1]
 
 
-def test_config_rejects_nan_thresholds():
-    from vidpipe.config import Config
-    from vidpipe.errors import VidpipeError
+def test_config_rejects_nan_thresholds_and_names_what_is_valid():
+    from vidpipe.config import Config, ConfigError
 
     for field in ("score_threshold", "iou_threshold", "candidate_threshold"):
-        with pytest.raises(VidpipeError, match=field.replace("_", "-")):
+        with pytest.raises(ConfigError, match=f"^{field} must be a number in \\[0, 1"):
             Config(**{field: float("nan")})
-    with pytest.raises(VidpipeError, match="--decoders"):
+    with pytest.raises(ValueError, match="^decoders must be >= 0, got -3$"):
         Config(decoders=-3)
+    with pytest.raises(ValueError, match="^decoder must be one of auto, nvdec, pyav; got 'gpu'$"):
+        Config(decoder="gpu")
 
 
 def test_parquet_with_an_undecodable_file_name(tmp_path, clips):

@@ -4,15 +4,19 @@ sinks, and the detect command."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import vidpipe
 from vidpipe import Config, Detector
 from vidpipe.engine import Chunk, FrameProducer, run
 from vidpipe.profiling import PeakMemory
@@ -28,7 +32,7 @@ def detector(model, **kw) -> Detector:
 
 
 def collect(det: Detector, path) -> list:
-    return list(det.detect(path))
+    return list(vidpipe.detect(path, det))
 
 
 def test_detect_api_yields_every_frame(random_model, tmp_path):
@@ -79,23 +83,51 @@ def test_json_lines_per_video_with_a_file_given_twice(random_model, tmp_path):
     b = make_clip(tmp_path / "b.mp4", frames=5, width=80, height=48, seed=2)
     det = detector(random_model, decoders=2)
     outs = iter(tmp_path / f"out{i}.jsonl" for i in range(3))
-    calls = {"lines": 0, "write": 0}
+    calls = {"formatter": 0, "write": 0}
 
-    class Counted(JsonlSink):  # write() formats in turn; lines() alone, ahead of its turn
-        def lines(self, *args):
-            calls["lines"] += 1
-            return super().lines(*args)
+    class Counted(JsonlSink):  # write() formats in turn; formatter() alone, ahead of its turn
+        def formatter(self):
+            calls["formatter"] += 1
+            return super().formatter()
 
         def write(self, *args):
             calls["write"] += 1
             super().write(*args)
 
     run(det, [str(a), str(b), str(a)], lambda i: Counted(next(outs), i.path, i.width, i.height))
-    assert calls["lines"] > calls["write"]  # some results were formatted before their turn
+    assert calls["formatter"] > calls["write"]  # some results were formatted before their turn
     for i, clip in enumerate((a, b, a)):
         alone = tmp_path / f"alone{i}.jsonl"
         run(det, [str(clip)], lambda v: open_sink("jsonl", alone, v.path, v.width, v.height))
         assert (tmp_path / f"out{i}.jsonl").read_text() == alone.read_text()
+
+
+def _formatted_here(marks: str, formatter, *args) -> str:
+    (Path(marks) / str(os.getpid())).touch()
+    return formatter(*args)
+
+
+def test_formatting_processes_write_the_same_text(random_model, tmp_path):
+    """With --formatters, the text is made in other processes (the effect checked: which process
+    ran the formatter) and the output is byte for byte the in-thread one."""
+    clip = make_clip(tmp_path / "a.mp4", frames=20, width=64, height=48)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    class Marked(JsonlSink):
+        def formatter(self):
+            return partial(_formatted_here, str(marks), super().formatter())
+
+    outs = {}
+    for n in (0, 2):
+        det = detector(random_model, formatters=n)
+        outs[n] = tmp_path / f"out{n}.jsonl"
+        run(det, [str(clip)], lambda v: Marked(outs[n], v.path, v.width, v.height))
+        pids = {int(p.name) for p in marks.iterdir()}
+        assert (pids == {os.getpid()}) if n == 0 else (pids and os.getpid() not in pids), (n, pids)
+        for p in marks.iterdir():
+            p.unlink()
+    assert outs[2].read_text() == outs[0].read_text() and outs[0].read_text().count("\n") == 20
 
 
 def test_interrupted_sink_stays_partial(tmp_path):

@@ -214,7 +214,7 @@ for seed, k, bias, ties, n in [(0, 200, 6.0, False, 1), (1, 5, -1.0, False, 1), 
     torch.testing.assert_close(cand_scores, torch.where(valid, probs.gather(2, ref.clamp(min=0)), 0.0))
     kept = valid & (torch.rand(valid.shape, generator=torch.Generator().manual_seed(seed)) < 0.7)
     flat = torch.arange(labels * k).view(1, labels, k)
-    keys = torch.where(kept, (cand_scores.view(torch.int32).long() << 32) | (labels * k - 1 - flat), -1)
+    keys = torch.where(kept, pp.pack_keys(cand_scores, flat, labels * k), -1)
     for d, thr in [(5, 0.0), (20, 0.1)] + [(500, 0.0)] * (k < 10):  # 500: more slots than keys
         dr = min(d, k)
         row = keys.sort(-1, descending=True).values[..., :dr].reshape(n, labels * dr)  # as the NMS kernel leaves them

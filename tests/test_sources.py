@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from ordering import in_order
-from vidpipe.detector import Batch
-from vidpipe.engine import (BatchResult, Chunk, FrameProducer, Unit, UnitEnd, VideoEnd, VideoStart, _Batcher, _Orderer,
-                            _padding)
+from vidpipe.graphs import Batch
+from vidpipe.engine import BatchResult, Chunk, FrameProducer, Unit, UnitEnd, VideoEnd, VideoStart
+from vidpipe.engine.batching import Batcher, padding
+from vidpipe.engine.order import Orderer
 from vidpipe.errors import VidpipeError
 from vidpipe.sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, probe, scan_packets
 from vidpipe.synth import make_clip, repeat_clip
@@ -105,8 +106,8 @@ def test_batches_mix_units_and_results_come_back_in_order(seed):
             i += n
         streams.append(items + [UnitEnd(u, u.stop - u.start)])
     released = []
-    batcher = _Batcher(lambda h, w: Batch(8))
-    order = _Orderer(lambda: released.append(1), lambda info: info.num_frames)
+    batcher = Batcher(lambda h, w: Batch(8))
+    order = Orderer(lambda: released.append(1), lambda info: info.num_frames)
     out = []
 
     def launch(batch, pieces):
@@ -147,12 +148,12 @@ def test_short_batches_only_within_the_padding_or_when_stale(tmp_path):
     """A one-file run may send batches out short by the padding its last batch would carry;
     other batches go out short once their first frames have waited long enough."""
     clip = make_clip(tmp_path / "c.mp4", frames=21)
-    assert _padding([str(clip)], lambda info: info.num_frames, 8) == 3
-    assert _padding([str(clip)] * 2, lambda info: info.num_frames, 8) == 0  # lengths unknown up front
-    assert _padding([str(tmp_path / "missing.mp4")], lambda info: info.num_frames, 8) == 0
+    assert padding([str(clip)], lambda info: info.num_frames, 8) == 3
+    assert padding([str(clip)] * 2, lambda info: info.num_frames, 8) == 0  # lengths unknown up front
+    assert padding([str(tmp_path / "missing.mp4")], lambda info: info.num_frames, 8) == 0
     info = VideoInfo("v", 8, 8, 30, 30.0, "h264", None)
     unit = Unit(0, info, "v", 0, 30)
-    batcher = _Batcher(lambda h, w: Batch(8))
+    batcher = Batcher(lambda h, w: Batch(8))
 
     def chunk(start: int, n: int, size: int = 1) -> Chunk:
         return Chunk(unit, FrameBatch("v", torch.zeros(n, 3, size, size, dtype=torch.uint8),

@@ -40,7 +40,7 @@ def agreement(video, frames: int, seed: int, device: str, tmp_path):
     weights, in fp32."""
     from ultralytics import YOLO
 
-    from vidpipe import Detector
+    from vidpipe import Detector, detect
 
     # NCHW fp32 without TF32, one frame per batch, as Ultralytics' video loop runs it: the same
     # convolution kernels (cuDNN picks them by batch size too), so what is compared is the pipeline,
@@ -50,7 +50,7 @@ def agreement(video, frames: int, seed: int, device: str, tmp_path):
                  precision="fp32", channels_last=False, batch_size=1)
     family = smooth_family(cfg, video)
     family.save(tmp_path / "yolo.pt")
-    ours = list(Detector(cfg, model=family).detect(video))
+    ours = list(detect(video, Detector(cfg, model=family)))
     peer = YOLO(str(tmp_path / "yolo.pt"))
     images = [f for b in PyAVSource(video, max_frames=frames).batches(16) for f in b.frames.permute(0, 2, 3, 1).numpy()]
     theirs = [r for f in images for r in peer.predict(np.ascontiguousarray(f[..., ::-1]), verbose=False,
@@ -130,11 +130,13 @@ for h, w in sizes:
     frame = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8, generator=g)
     theirs = LetterBox(640, auto=True, stride=32)(image=np.ascontiguousarray(frame[0].permute(1, 2, 0).numpy()))
     new_h, new_w, *pad = letterbox(h, w, 640, 32)
-    if sys.argv[2] == "kernel":
+    theirs = torch.from_numpy(theirs).permute(2, 0, 1)[None].float()
+    if sys.argv[2] == "kernel":  # a CUDA kernel: "/ 255" as torch computes it on a GPU
         ours = lb._letterbox_triton(frame, new_h, new_w, tuple(pad), torch.float32, torch.channels_last)
+        assert torch.equal(ours, theirs * (torch.tensor(1.0) / 255)), (h, w)
     else:
         ours = lb.letterbox(frame, new_h, new_w, tuple(pad), torch.float32)
-    assert torch.equal(ours, torch.from_numpy(theirs).permute(2, 0, 1)[None].float() / 255), (h, w)
+        assert torch.equal(ours, theirs / 255), (h, w)
 print("ok")
 """
 
@@ -144,7 +146,8 @@ print("ok")
 def test_letterbox_is_ultralytics_bit_for_bit_on_random_frame_sizes(path):
     """cv2.resize's fixed-point INTER_LINEAR, padding and / 255 reproduced exactly (not within a
     level): on fresh random noise frames of random sizes (up- and downscaling), the torch path and
-    the CUDA kernel through Triton's interpreter."""
+    the CUDA kernel through Triton's interpreter. Each against Ultralytics' LetterBox followed by
+    "/ 255" as torch does it where that path runs (CPU: a division; CUDA: times 1/255)."""
     import os
 
     seed = int.from_bytes(os.urandom(4), "little")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from importlib import import_module
 
 __version__ = "0.1.0"
-_EXPORTS = {"Config": "config", "Detector": "detector", "FrameResult": "detector", "Detections": "postprocess",
-            "ssd_decode": "postprocess", "VidpipeError": "errors"}
+_EXPORTS = {"detect": "api", "Config": "config", "Detector": "detector", "FrameResult": "detector",
+            "Detections": "postprocess", "ssd_decode": "postprocess", "VidpipeError": "errors"}
 __all__ = [*_EXPORTS, "__version__"]
 
 

@@ -11,6 +11,9 @@ Suites (``--suite``):
   torch NMS and the article's per-class loop with host reads.
 * ``model``: model-only images/s over precisions, memory formats, compile and batch sizes.
 * ``scale``: ``vidpipe detect --devices`` on a corpus of copies of each input, one GPU vs all.
+* ``peers``: Ultralytics' own predict loop beside vidpipe (YOLO models).
+* ``startup``: the README's command in fresh processes, first (empty caches) and second run: wall
+  time, time to the first result, where the time goes; and a folder of copies in one command.
 
 Each figure is the median of ``--repeats`` runs (spread printed). ``--results FILE`` appends the
 tables, with device, versions, command and date, to a Markdown file.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import shlex
 import subprocess
 import sys
@@ -414,13 +418,79 @@ def bench_model(a: argparse.Namespace, cfg: Config) -> None:
           _table(["variant"] + [f"bs {s}" for s in sizes], rows), [], device)
 
 
+# The one-command suite: the phases vidpipe.timeline records, in order, and what each span is.
+_PHASES = [("cli", "python + vidpipe.cli"), ("imports", "imports (torch, pipeline)"), ("model", "model load"),
+           ("captured", "decoder start + graph capture"), ("done", "decode + detect + write"), ("exit", "exit")]
+FOLDER_CLIPS = 20  # copies of the input in the folder run, as issue 17's target names it
+
+
+def _one_command(argv: list[str], env: dict[str, str], timeline: Path) -> dict[str, float]:
+    """Run ``vidpipe`` in a fresh process: seconds from launch to each phase, ``exit`` included."""
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "vidpipe.cli", *argv], capture_output=True, text=True,
+                       env={**env, "VIDPIPE_TIMELINE": str(timeline)})
+    end = time.time()
+    if r.returncode != 0:
+        raise RuntimeError(f"vidpipe {shlex.join(argv)}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
+    stamps = json.loads(timeline.read_text())
+    return {**{k: v - t0 for k, v in stamps.items()}, "exit": end - t0}
+
+
+def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
+    """The README's command as a user runs it, each in a fresh process: whole-process wall time on
+    empty caches (random weights, Triton kernels, Inductor) and again with them warm, time to the
+    first result written, and where the time goes; then a folder of FOLDER_CLIPS copies of each
+    input in one command, its frames over the wall beside its rate while busy."""
+    import os
+
+    tmp = Path(tempfile.mkdtemp(prefix="vidpipe-startup-"))
+    imports = _wall(["-c", "import torch, torchvision"])
+    model = [] if cfg.model == "ssd300" else ["--model", cfg.model]
+    weights = ["--weights", cfg.weights or "random"] if cfg.model == "ssd300" else []
+    rows, notes = [], []
+    for i, video in enumerate(bench_inputs(a, tmp)):
+        frames = probe(video).num_frames
+        caches = tmp / f"caches-{i}"  # empty for the first run, warm for the second
+        env = {**os.environ, "XDG_CACHE_HOME": str(caches), "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
+               "TRITON_CACHE_DIR": str(caches / "triton")}
+        argv = ["detect", video, "-o", str(tmp / f"out-{i}.jsonl"), *weights, *model]
+        for which in ("first (empty caches)", "second"):
+            t = _one_command(argv, env, tmp / "timeline.json")
+            spans, last = [], 0.0
+            for phase, _ in _PHASES:
+                spans.append(f"{t.get(phase, last) - last:.2f}")
+                last = t.get(phase, last)
+            rows.append([Path(video).name, str(frames), which, f"{t['exit']:.2f}", f"{t['exit'] - imports:.2f}",
+                         f"{t['written']:.2f}", *spans])
+        folder = tmp / f"folder-{i}"
+        folder.mkdir()
+        for k in range(FOLDER_CLIPS):
+            os.link(video, folder / f"clip{k:02d}{Path(video).suffix}")
+        t = _one_command(["detect", str(folder), "-o", str(tmp / f"out-folder-{i}"), *weights, *model], env,
+                         tmp / "timeline.json")
+        total = frames * FOLDER_CLIPS
+        busy = total / (t["done"] - t["decoded"])
+        notes.append(f"{FOLDER_CLIPS} copies of {Path(video).name} in one command ({total:,} frames, caches warm): "
+                     f"{t['exit']:.1f} s wall, {total / t['exit']:,.0f} frames/s over the wall, {busy:,.0f} while "
+                     f"busy (first frames decoded to done): {total / t['exit'] / busy:.2f} of the busy rate; over the "
+                     f"wall minus the torch import, {total / (t['exit'] - imports):,.0f} "
+                     f"({total / (t['exit'] - imports) / busy:.2f}).")
+    header = ["input", "frames", "run", "wall s", "wall - import s", "first result s", *(p for _, p in _PHASES)]
+    _emit(a, "vidpipe bench: one command (fresh processes)", _table(header, rows),
+          [f"Command: `vidpipe {' '.join(['detect', 'VIDEO', '-o', 'OUT', *weights, *model])}` (defaults otherwise: "
+           f"--compile auto). `python -c \"import torch, torchvision\"` alone: {imports:.2f} s on this machine, "
+           "subtracted in 'wall - import'. Spans: seconds between the phases vidpipe.timeline records (decoder "
+           "start and the first graph capture overlap, and are shown together).", *notes],
+          torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def main(a: argparse.Namespace) -> int:
     from .cli import config_from_args
 
     # Steady state is what the suites measure: there "auto" compiles (the wall time of one command
     # is the one-command suite's business).
-    cfg = config_from_args(a, max_frames=a.max_frames).for_run(10**9)
+    cfg = config_from_args(a).for_run(10**9)
     suites = {"pipeline": bench_pipeline, "postprocess": bench_postprocess, "model": bench_model, "scale": bench_scale,
-              "peers": bench_peers}
+              "peers": bench_peers, "startup": bench_startup}
     suites[a.suite](a, cfg)
     return 0

@@ -11,103 +11,79 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
+from .config import Check, Config, at_least
 from .errors import VidpipeError
 from .inputs import EXTENSIONS, check_input, check_outputs, expand_inputs, is_stream_url, output_paths
+from .timeline import save as save_timeline
+from .timeline import stamp
 
 log = logging.getLogger("vidpipe")
 
 
 def _int(low: int):
-    """An argparse type: an integer >= ``low``."""
-    def parse(text: str) -> int:
+    """An argparse type: an integer >= ``low`` (for options that are not Config fields)."""
+    return _typed(int, "a whole number", at_least(low))
+
+
+def _typed(kind: type, expected: str, check: Check | None):
+    """An argparse type: ``kind(text)``, then the setting's own ``check``."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if check is not None:
+            try:
+                check(value)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
         return value
-    parse.__name__ = "integer"
+    parse.__name__ = expected
     return parse
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a finite number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return value
+def _class_ids(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
 
 
-def _classes(text: str) -> tuple[int, ...]:
-    """An argparse type: class ids, comma-separated."""
-    try:
-        ids = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected class ids like 0,2,5, got {text!r}") from None
-    if any(i < 0 for i in ids):
-        raise argparse.ArgumentTypeError(f"class ids are >= 0, got {text}")
-    return ids
+# How text becomes a value, by the field's annotation (Config's fields are ints, floats, strings,
+# flags and one list of class ids).
+_KINDS = {"int": (int, "a whole number"), "float": (float, "a number"),
+          "tuple[int, ...]": (_class_ids, "class ids like 0,2,5")}
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="ssd300", metavar="NAME|PATH",
-                   help="ssd300 (default: NVIDIA's SSD300), an Ultralytics YOLO checkpoint (yolo11m.pt, your own "
-                        "best.pt) or model yaml (yolo11m.yaml: random weights, for benchmarks)")
-    g.add_argument("--trust-weights", action="store_true",
-                   help="allow checkpoints that hold Python objects beyond the known model classes (unpickling "
-                        "them runs their code: only for files you trust)")
-    g.add_argument("--weights", default=None,
-                   help="SSD300: checkpoint path (NVIDIA format or state dict); default: NVIDIA's COCO checkpoint, "
-                        "downloaded on first use; 'random' = calibrated random weights for benchmarks")
-    g.add_argument("--random-candidates", type=_int(0), default=None, metavar="N",
-                   help="random weights: candidates per frame to aim for (SSD300: scores > 0.05, default 2000; "
-                        "YOLO: anchors above --conf, default 500)")
-    g.add_argument("--imgsz", type=_int(32), default=640, metavar="N",
-                   help="YOLO: inference size (the letterbox's long side, as Ultralytics' imgsz; default 640)")
-    g.add_argument("--device", default="auto",
-                   help="auto, cpu, cuda or cuda:N (default auto: the GPU when there is one)")
-    g.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16",
-                   help="model precision on GPUs (CPUs always run fp32)")
-    g.add_argument("--batch-size", type=_int(1), default=None, metavar="N",
-                   help="frames per batch (default 64 on a GPU, 4 on a CPU, where a large batch only delays "
-                        "the first result)")
-    g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="torch.compile the model (auto: only for runs long enough to pay back the compile time, "
-                        "100,000 frames or more)")
-    g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                   help="launch every kernel from Python instead of replaying captured CUDA graphs")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep the model's tensors in NCHW layout (channels_last is faster on tensor cores)")
-    g.add_argument("--decoder", choices=["auto", "nvdec", "pyav"], default="auto",
-                   help="auto = NVDEC on a GPU with PyNvVideoCodec installed, else FFmpeg (PyAV) on the CPU")
-    g.add_argument("--decoders", type=_int(0), default=0, metavar="N",
-                   help="parallel decode workers (0 = from resolution and device)")
-    g.add_argument("--no-overlap", dest="overlap", action="store_false",
-                   help="run every stage serially in one thread (for comparison)")
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`~vidpipe.config.Config` field, generated from its metadata (flags,
+    help, group, check): every switch has a flag, described once."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(Config):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        name = f.name.replace("_", "-")
+        if f.type == "bool":
+            flags = meta["flags"] or ((f"--no-{name}",) if f.default else (f"--{name}",))
+            group.add_argument(*flags, dest=f.name, action="store_false" if f.default else "store_true",
+                               help=meta["help"])
+            continue
+        kind, expected = _KINDS.get(f.type.removesuffix(" | None"), (str, "text"))
+        check = meta["check"]
+        default = "" if f.default is None else f" (default {f.default})"
+        group.add_argument(*(meta["flags"] or (f"--{name}",)), dest=f.name, default=f.default,
+                           type=_typed(kind, expected, check), choices=getattr(check, "choices", None),
+                           metavar=meta["metavar"], help=meta["help"] + default)
 
 
-def config_from_args(a: argparse.Namespace, **extra):
-    from .config import Config
-
-    return Config(model=a.model, trust_weights=a.trust_weights, imgsz=a.imgsz,
-                  weights=a.weights, random_candidates=a.random_candidates, device=a.device,
-                  precision=a.precision, batch_size=a.batch_size, compile=a.compile,
-                  channels_last=a.channels_last, cuda_graphs=a.cuda_graphs, decoder=a.decoder, decoders=a.decoders,
-                  overlap=a.overlap, **extra)
+def config_from_args(a: argparse.Namespace) -> Config:
+    return Config(**{f.name: getattr(a, f.name) for f in fields(Config)})
 
 
 def _add_detect_parser(sub) -> None:
@@ -121,7 +97,6 @@ def _add_detect_parser(sub) -> None:
     d.add_argument("--format", choices=sorted(EXTENSIONS), default="jsonl",
                    help="jsonl: a JSON object per frame; coco: a COCO results list; parquet: a row per detection "
                         "(README: Outputs)")
-    d.add_argument("--max-frames", type=_int(1), default=None, metavar="N", help="first N frames of each input")
     d.add_argument("--resume", action="store_true", help="skip inputs whose output is already complete")
     d.add_argument("--allow-failures", action="store_true",
                    help="exit 0 even when some inputs failed (they are still listed)")
@@ -135,33 +110,18 @@ def _add_detect_parser(sub) -> None:
                    help="with several workers, share out files of at least 2N frames in parts of >= N frames")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (ADDRESS, or a local one when omitted); -o must be shared storage")
-    g = d.add_argument_group("post-processing (every model; defaults are the model's own)")
-    g.add_argument("--conf", "--score-threshold", dest="score_threshold", type=_fraction, default=None, metavar="P",
-                   help="detections scoring below P are dropped (SSD300 0.3, YOLO 0.25)")
-    g.add_argument("--iou", "--iou-threshold", dest="iou_threshold", type=_fraction, default=None, metavar="IOU",
-                   help="NMS: a box overlapping a better one of its class by more than IOU is dropped "
-                        "(SSD300 0.5, YOLO 0.7)")
-    g.add_argument("--max-det", "--max-detections", dest="max_detections", type=_int(1), default=None, metavar="N",
-                   help="detections kept per frame, best first (SSD300 20, YOLO 300)")
-    g.add_argument("--classes", type=_classes, default=None, metavar="IDS",
-                   help="keep only these class ids, e.g. 0,2 (the model's own ids: YOLO COCO 0 = person; SSD300 1)")
-    g.add_argument("--agnostic-nms", action="store_true", help="YOLO: NMS across classes, as Ultralytics' agnostic_nms")
-    g = d.add_argument_group("post-processing (SSD300's ssd_decode)")
-    g.add_argument("--candidate-threshold", type=_fraction, default=0.05, metavar="P",
-                   help="class scores at or below P are never candidates (default 0.05)")
-    g.add_argument("--per-class-candidates", type=_int(1), default=200, metavar="N",
-                   help="best candidates per class that enter NMS (default 200)")
-    add_model_args(d)
+    add_config_args(d)
 
 
 def _add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="measure decode and model ceilings and end-to-end throughput",
                        description="Ceilings and end-to-end throughput measured in one run on one device.")
     b.add_argument("inputs", nargs="*", metavar="VIDEO", help="videos to bench (or --synthetic-1080p)")
-    b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale", "peers"], default="pipeline",
+    b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale", "peers", "startup"],
+                   default="pipeline",
                    help="pipeline: ceilings and end to end per input; postprocess: ssd_decode vs the per-class loop; "
                         "model: model-only variants; scale: one GPU vs all GPUs; peers: Ultralytics' predict loop "
-                        "beside vidpipe (YOLO models)")
+                        "beside vidpipe (YOLO models); startup: the one-command wall time in fresh processes")
     b.add_argument("--synthetic-1080p", type=_int(0), default=0, metavar="FRAMES",
                    help="also bench a generated 1920x1080 H.264 clip of about FRAMES frames (240 encoded, "
                         "then repeated without re-encoding)")
@@ -171,10 +131,8 @@ def _add_bench_parser(sub) -> None:
                    help="timed runs per figure; tables give the median and the spread (default 5)")
     b.add_argument("--scale-frames", type=_int(1), default=16000, metavar="N",
                    help="--suite scale: frames in each corpus (copies of the input)")
-    b.add_argument("--max-frames", type=_int(1), default=None, metavar="N",
-                   help="bench only the first N frames of each input")
     b.add_argument("--results", default=None, metavar="FILE", help="append the tables to this Markdown file")
-    add_model_args(b)
+    add_config_args(b)
 
 
 def _add_ladder_parser(sub) -> None:
@@ -306,10 +264,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
         print(f"vidpipe: nothing left to do ({len(inputs) - len(early)} of {len(inputs)} inputs complete){failed}",
               file=sys.stderr)
         return 1 if early and not a.allow_failures else 0
-    cfg = config_from_args(a, max_frames=a.max_frames, candidate_threshold=a.candidate_threshold,
-                           iou_threshold=a.iou_threshold, max_detections=a.max_detections, classes=a.classes,
-                           agnostic_nms=a.agnostic_nms, per_class_candidates=a.per_class_candidates,
-                           score_threshold=a.score_threshold)
+    cfg = config_from_args(a)
     planned = _expected_frames(todo, a.max_frames)
     cfg = cfg.for_run(None if any(is_stream_url(i) for i in todo) else planned)
     progress = Progress(planned)
@@ -346,7 +301,9 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
     from .engine import run
     from .sinks import open_sink
 
+    stamp("imports")
     detector = Detector(cfg)
+    stamp("model")
     if detector.device.type == "cpu":
         log.warning("no GPU in use: detecting on the CPU (FFmpeg decode, fp32, batch %d); expect a few frames/s",
                     detector.batch_size)
@@ -364,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         a = parser.parse_args(argv)
+        stamp("cli")
         logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="vidpipe: %(message)s")
         # The process's own setting, inherited by worker processes: Inductor's caches persist here,
         # so a second run skips most of the compile time.
@@ -381,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         print("vidpipe: interrupted; completed outputs kept, unfinished ones left as *.partial",
               file=sys.stderr)
         return 130
+    finally:
+        save_timeline()
 
 
 if __name__ == "__main__":

@@ -1,17 +1,25 @@
-"""One frozen configuration whose fields are the pipeline's switches; the CLI maps onto it one to
-one, and each rung of ``vidpipe ladder`` is one of these."""
+"""One frozen configuration whose fields are the pipeline's switches, and the one place each switch
+is described: its default, its validation, its command-line flag and help. The CLI's options are
+generated from these fields (:func:`vidpipe.cli.add_config_args`), each rung of ``vidpipe ladder``
+is one of these, and the kernels' Python wrappers validate their arguments with the same checks.
+
+Invalid values raise :class:`ConfigError` (a ``ValueError``) naming the field and the valid values.
+Imports no torch: ``vidpipe --help`` reads these fields.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Literal
-
-import torch
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from .errors import VidpipeError
 
+if TYPE_CHECKING:
+    import torch
+
 Precision = Literal["fp32", "fp16", "bf16"]
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = ("fp16", "bf16", "fp32")
 Postprocess = Literal["gpu", "loop_device", "loop_host"]
 # Default batches. GPU: the engine's figures in docs/results.md are at 64 (model-only at 128 is only
 # ~6% faster, reference-h200.md, and doubles the padding of short inputs). CPU: throughput hardly
@@ -23,6 +31,73 @@ CPU_BATCH = 4
 # 1/4,592 - 1/6,970 s = 74 us per frame (model-only, eager vs compiled, shared/reference-h200.md),
 # so even warm it pays back only after ~95,000 frames (53 minutes of 30 fps video).
 COMPILE_MIN_FRAMES = 100_000
+# Processes that format JSON Lines / COCO text on GPU runs, off this process's GIL. Measured with
+# yolo11m at ~200 detections per frame: docs/results.md, "Seventh session", formatting table.
+FORMATTERS = 2
+
+
+class ConfigError(VidpipeError, ValueError):
+    """An invalid setting: the message names it and says what is valid."""
+
+
+# Checks: value -> None, or a ValueError whose message completes "<name> ..." ("must be >= 1, got 0").
+Check = Callable[[Any], None]
+
+
+def at_least(low: int) -> Check:
+    def check(value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"must be >= {low}, got {value!r}")
+    return check
+
+
+def fraction(value: float) -> None:
+    """A finite number in [0, 1] (NaN fails)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"must be a number in [0, 1], got {value!r}")
+
+
+def below_one(value: float) -> None:
+    """A number in [0, 1)."""
+    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+        raise ValueError(f"must be a number in [0, 1), got {value!r}")
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: str) -> None:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+    check.choices = choices
+    return check
+
+
+def multiple_of_32(value: int) -> None:
+    if not isinstance(value, int) or value < 32 or value % 32:
+        raise ValueError(f"must be a multiple of 32, got {value!r}")
+
+
+def class_ids(value: tuple[int, ...]) -> None:
+    if not value or any(not isinstance(i, int) or i < 0 for i in value):
+        raise ValueError(f"must list class ids >= 0, got {value!r}")
+
+
+def validate(name: str, value: Any, check: Check) -> None:
+    """``check(value)``, raising :class:`ConfigError` that names ``name``."""
+    try:
+        check(value)
+    except ValueError as e:
+        raise ConfigError(f"{name} {e}") from None
+
+
+def setting(default: Any, help: str, *, group: str, flags: tuple[str, ...] = (), check: Check | None = None,
+            metavar: str | None = None) -> Any:
+    """A Config field with what the CLI needs: ``flags`` (default: ``--field-name``; a bool that
+    defaults to True gets ``--no-field-name``), ``help``, the option ``group`` and a ``check`` of
+    non-None values."""
+    return field(default=default, metadata=dict(help=help, group=group, flags=flags, check=check, metavar=metavar))
+
+
+MODEL, DATA, POST, SSD = "model", "decoding and scheduling", "post-processing (every model)", "SSD300"
 
 
 @dataclass(frozen=True)
@@ -31,68 +106,80 @@ class Config:
     (SSD300: NVIDIA's conf 0.3, iou 0.5, 20 per frame; YOLO: Ultralytics' 0.25, 0.7, 300)."""
 
     # model
-    model: str = "ssd300"  # ssd300, an Ultralytics checkpoint (*.pt) or model yaml (*.yaml), or a registered name
-    weights: str | None = None  # SSD300: path, None = NVIDIA's COCO checkpoint, "random" = calibrated random
-    trust_weights: bool = False  # unpickle checkpoints that hold Python objects (runs their code)
-    random_candidates: int | None = None  # random weights: candidates per frame to aim for (None: the family's)
-    random_classes: int = 20
-    seed: int = 0  # random weights
-    imgsz: int = 640  # YOLO: the letterbox's long side, as Ultralytics' imgsz
-    precision: Precision = "fp16"
-    channels_last: bool = True
-    compile: Literal["auto", "on", "off"] = "auto"  # auto: see for_run (the detector alone: off)
-    cuda_graphs: bool = True  # CUDA: replay preprocess + model and post-processing as captured graphs
-    normalize: Literal["imagenet", "symmetric"] = "imagenet"
+    model: str = setting("ssd300", "ssd300 (NVIDIA's SSD300), an Ultralytics YOLO checkpoint (yolo11m.pt, your own "
+                         "best.pt) or model yaml (yolo11m.yaml: random weights, for benchmarks), or a registered name",
+                         group=MODEL, metavar="NAME|PATH")
+    weights: str | None = setting(None, "SSD300: checkpoint path (NVIDIA format or state dict); default: NVIDIA's COCO "
+                                  "checkpoint, downloaded on first use; 'random' = calibrated random weights",
+                                  group=MODEL, metavar="PATH|random")
+    trust_weights: bool = setting(False, "allow checkpoints that hold Python objects beyond the known model classes "
+                                  "(unpickling them runs their code: only for files you trust)", group=MODEL)
+    random_candidates: int | None = setting(None, "random weights: candidates per frame to aim for (SSD300: scores "
+                                            "> 0.05, default 2000; YOLO: anchors above --conf, default 500)",
+                                            group=MODEL, check=at_least(0), metavar="N")
+    random_classes: int = setting(20, "SSD300 random weights: classes the candidates spread over", group=MODEL,
+                                  check=at_least(1), metavar="N")
+    seed: int = setting(0, "random weights: the seed they are drawn with", group=MODEL, check=at_least(0),
+                        metavar="N")
+    imgsz: int = setting(640, "YOLO: inference size (the letterbox's long side, as Ultralytics' imgsz)", group=MODEL,
+                         check=multiple_of_32, metavar="N")
+    precision: Precision = setting("fp16", "model precision on GPUs (CPUs always run fp32)", group=MODEL,
+                                   check=one_of(*PRECISIONS))
+    channels_last: bool = setting(True, "keep the model's tensors in NCHW layout instead of channels_last (which is "
+                                  "faster on tensor cores)", group=MODEL)
+    compile: Literal["auto", "on", "off"] = setting(
+        "auto", f"torch.compile the model (auto: only for runs long enough to pay back the compile time, "
+        f"{COMPILE_MIN_FRAMES:,} frames or more)", group=MODEL, check=one_of("auto", "on", "off"))
+    cuda_graphs: bool = setting(True, "launch every kernel from Python instead of replaying captured CUDA graphs",
+                                group=MODEL)
+    normalize: Literal["imagenet", "symmetric"] = setting(
+        "imagenet", "SSD300 input normalisation: imagenet (NVIDIA's evaluation) or symmetric ([-1, 1], torch.hub's "
+        "example)", group=SSD, check=one_of("imagenet", "symmetric"))
     # data path
-    device: str = "auto"
-    decoder: Literal["auto", "nvdec", "pyav"] = "auto"
-    batch_size: int | None = None  # None: GPU_BATCH on a GPU, CPU_BATCH on a CPU (see batch_for)
-    overlap: bool = True  # decode ahead in threads, async copies, writer thread
-    decoders: int = 0  # parallel decode workers; 0 = chosen from resolution and device
-    max_frames: int | None = None
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU when there is one)", group=DATA)
+    decoder: Literal["auto", "nvdec", "pyav"] = setting(
+        "auto", "auto = NVDEC on a GPU with PyNvVideoCodec installed, else FFmpeg (PyAV) on the CPU", group=DATA,
+        check=one_of("auto", "nvdec", "pyav"))
+    batch_size: int | None = setting(None, f"frames per batch (default {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU, "
+                                     "where a large batch only delays the first result)", group=DATA,
+                                     check=at_least(1), metavar="N")
+    overlap: bool = setting(True, "run every stage serially in one thread (for comparison)", group=DATA)
+    decoders: int = setting(0, "parallel decode workers (0 = from resolution and device)", group=DATA,
+                            check=at_least(0), metavar="N")
+    max_frames: int | None = setting(None, "only the first N frames of each input", group=DATA, check=at_least(1),
+                                     metavar="N")
+    formatters: int | None = setting(None, f"processes formatting output text, off the GIL (default {FORMATTERS} on "
+                                     "a GPU, 0 on a CPU: formatted in the writer thread)", group=DATA,
+                                     check=at_least(0), metavar="N")
     # post-processing, every family
-    score_threshold: float | None = None  # --conf: detections scoring at or below it are dropped
-    iou_threshold: float | None = None  # --iou: NMS overlap threshold
-    max_detections: int | None = None  # --max-det: per frame, best first
-    classes: tuple[int, ...] | None = None  # --classes: keep only these class ids
-    agnostic_nms: bool = False  # YOLO: NMS across classes
+    score_threshold: float | None = setting(None, "detections scoring below P are dropped (SSD300 0.3, YOLO 0.25)",
+                                            group=POST, flags=("--conf", "--score-threshold"), check=fraction,
+                                            metavar="P")
+    iou_threshold: float | None = setting(None, "NMS: a box overlapping a better one of its class by more than IOU is "
+                                          "dropped (SSD300 0.5, YOLO 0.7)", group=POST,
+                                          flags=("--iou", "--iou-threshold"), check=fraction, metavar="IOU")
+    max_detections: int | None = setting(None, "detections kept per frame, best first (SSD300 20, YOLO 300)",
+                                         group=POST, flags=("--max-det", "--max-detections"), check=at_least(1),
+                                         metavar="N")
+    classes: tuple[int, ...] | None = setting(None, "keep only these class ids, e.g. 0,2 (the model's own ids: YOLO "
+                                              "COCO 0 = person; SSD300 1)", group=POST, check=class_ids,
+                                              metavar="IDS")
+    agnostic_nms: bool = setting(False, "YOLO: NMS across classes, as Ultralytics' agnostic_nms", group=POST)
     # post-processing, SSD300 (ssd_decode's own arguments)
-    postprocess: Postprocess = "gpu"
-    candidate_threshold: float = 0.05
-    per_class_candidates: int = 200
+    postprocess: Postprocess = setting("gpu", "gpu: batched on the device; loop_device / loop_host: NVIDIA's "
+                                       "per-class loop reading the model's outputs on the device / after one copy "
+                                       "to the host (the ladder's first rungs)", group=SSD,
+                                       check=one_of("gpu", "loop_device", "loop_host"))
+    candidate_threshold: float = setting(0.05, "class scores at or below P are never candidates", group=SSD,
+                                         check=below_one, metavar="P")
+    per_class_candidates: int = setting(200, "best candidates per class that enter NMS", group=SSD, check=at_least(1),
+                                        metavar="N")
 
     def __post_init__(self) -> None:
-        if self.precision not in DTYPES:
-            raise VidpipeError(f"precision must be one of {sorted(DTYPES)}, got {self.precision!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise VidpipeError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.decoder not in ("auto", "nvdec", "pyav"):
-            raise VidpipeError(f"decoder must be auto, nvdec or pyav, got {self.decoder!r}")
-        if self.normalize not in ("imagenet", "symmetric"):
-            raise VidpipeError(f"normalize must be imagenet or symmetric, got {self.normalize!r}")
-        if self.decoders < 0:
-            raise VidpipeError(f"--decoders must be >= 0 (0 = automatic), got {self.decoders}")
-        if self.random_candidates is not None and self.random_candidates < 0:
-            raise VidpipeError(f"--random-candidates must be >= 0, got {self.random_candidates}")
-        if self.imgsz < 32 or self.imgsz % 32:
-            raise VidpipeError(f"--imgsz must be a multiple of 32, got {self.imgsz}")
-        if self.compile not in ("auto", "on", "off"):
-            raise VidpipeError(f"compile must be auto, on or off, got {self.compile!r}")
-        if self.postprocess not in ("gpu", "loop_device", "loop_host"):
-            raise VidpipeError(f"unknown postprocess {self.postprocess!r}")
-        # Written so that NaN fails every range check.
-        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
-            raise VidpipeError(f"--score-threshold (--conf) must be in [0, 1], got {self.score_threshold}")
-        if self.iou_threshold is not None and not 0.0 <= self.iou_threshold <= 1.0:
-            raise VidpipeError(f"--iou-threshold (--iou) must be in [0, 1], got {self.iou_threshold}")
-        if not 0.0 <= self.candidate_threshold < 1.0:
-            raise VidpipeError(f"--candidate-threshold must be in [0, 1), got {self.candidate_threshold}")
-        if (self.max_detections is not None and self.max_detections < 1) or self.per_class_candidates < 1:
-            raise VidpipeError("--max-detections (--max-det) and --per-class-candidates must be >= 1")
-        if self.classes is not None and (not self.classes or min(self.classes) < 0):
-            raise VidpipeError(f"--classes must list class ids >= 0, got {self.classes}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise VidpipeError(f"--max-frames must be >= 1, got {self.max_frames}")
+        for f in fields(self):
+            value, check = getattr(self, f.name), f.metadata.get("check")
+            if value is not None and check is not None:
+                validate(f.name, value, check)
 
     def for_run(self, planned_frames: int | None) -> Config:
         """``compile="auto"`` decided for a run of ``planned_frames`` (None: unknown, e.g. a live
@@ -105,9 +192,18 @@ class Config:
         """The batch size on ``device``: the configured one, else GPU_BATCH or CPU_BATCH."""
         return self.batch_size or (CPU_BATCH if device.type == "cpu" else GPU_BATCH)
 
+    def formatters_for(self, device: torch.device) -> int:
+        """Formatting processes for a run on ``device``: the configured number, else FORMATTERS on a
+        GPU with the threaded engine (a CPU run's model is far slower than its formatting)."""
+        if self.formatters is not None:
+            return self.formatters
+        return FORMATTERS if device.type == "cuda" and self.overlap else 0
+
     @property
     def dtype(self) -> torch.dtype:
-        return DTYPES[self.precision]
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
 
     def replace(self, **changes) -> Config:
         return replace(self, **changes)
@@ -118,6 +214,8 @@ class Config:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda:N`` is checked to exist."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

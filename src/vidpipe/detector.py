@@ -15,11 +15,9 @@ under a millisecond instead of the ~8 ms of launching a few hundred kernels one 
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ from .coco import SSD300_CLASSES, Classes
 from .config import Config, resolve_device
 from .models import ModelFamily, build_family
 from .postprocess import Detections
+from .graphs import EAGER, MAX_GRAPHS, Batch, Chain, CudaGraphs
 from .profiling import nvtx_range
 from .runtime import DeviceRuntime
 
@@ -60,11 +59,11 @@ class FrameResult:
 class Detector:
     """A detector model on one device with the switches of a :class:`Config`.
 
-    Build once, then call :meth:`infer` per batch or :meth:`detect` per video::
+    Build once, then call :meth:`infer` per batch, or :func:`vidpipe.detect` per video::
 
         det = Detector(Config(weights="random", device="cuda"))          # SSD300
         det = Detector(Config(model="yolo11m.pt", device="cuda"))        # an Ultralytics YOLO
-        for result in det.detect("video.mp4"):
+        for result in vidpipe.detect("video.mp4", det):
             print(result.frame, result.class_names)
 
     ``model``: a :class:`~vidpipe.models.ModelFamily` to run instead of the one ``config.model``
@@ -100,7 +99,7 @@ class Detector:
         # One thread, so eager post-processing (a family whose post-processing cannot be captured)
         # runs in batch order beside the next batch's model.
         self.post_thread = ThreadPoolExecutor(1, thread_name_prefix="vidpipe-post") if self.cuda_graphs else None
-        self._graphs: OrderedDict[tuple[int, int, int], _Graph] = OrderedDict()
+        self._graphs: OrderedDict[tuple[int, int, int], CudaGraphs] = OrderedDict()
 
     @property
     def classes(self) -> Classes:
@@ -144,31 +143,41 @@ class Detector:
         return batch.graph.run(batch.n, host)
 
     def _run(self, parts: list[torch.Tensor], host: bool) -> tuple[Detections, torch.cuda.Event | None]:
+        while True:
+            try:
+                return self._run_once(parts, host)
+            except torch.cuda.OutOfMemoryError:
+                if not self._after_oom(sum(p.shape[0] for p in parts)):
+                    raise
+
+    def _after_oom(self, n: int) -> bool:
+        """The out-of-memory policy: a batch of ``n`` > 1 frames is retried in halves, and later
+        batches stay at the smaller size (graphs are recaptured for it). False: give up."""
+        if n == 1:
+            return False
+        for g in self._graphs.values():
+            if g is not EAGER:
+                g.drain()
+        self._graphs.clear()
+        torch.cuda.empty_cache()
+        self.batch_size = max(1, n // 2)
+        log.warning("CUDA out of memory at batch %d; retrying with batch size %d", n, self.batch_size)
+        return True
+
+    def _run_once(self, parts: list[torch.Tensor], host: bool) -> tuple[Detections, torch.cuda.Event | None]:
         n = sum(p.shape[0] for p in parts)
         if n > self.batch_size:
             results = [self.infer(f) for f in torch.cat(parts).split(self.batch_size)]
             return self._finish(Detections(*(torch.cat(ts) for ts in zip(*(r.astuple() for r in results)))), host)
-        try:
-            graph = self._graph(*parts[0].shape[-2:]) if self.cuda_graphs else EAGER
-            # Launched one by one while a batch fills the graph's input (infer() on frames of a
-            # size that a running detect() is batching): the same kernels, so the same results.
-            if graph is not EAGER and graph.filling is None:
-                batch = Batch(self.batch_size, graph)
-                for p in parts:
-                    batch.add(p)
-                return self._submit(batch, host)
-            return self._finish(self._infer(parts[0] if len(parts) == 1 else torch.cat(parts)), host)
-        except torch.cuda.OutOfMemoryError:
-            if n == 1:
-                raise
-            for g in self._graphs.values():
-                if g is not EAGER:
-                    g.drain()
-            self._graphs.clear()
-            torch.cuda.empty_cache()
-            self.batch_size = max(1, n // 2)
-            log.warning("CUDA out of memory at batch %d; retrying with batch size %d", n, self.batch_size)
-            return self._run(parts, host)
+        graph = self._graph(*parts[0].shape[-2:]) if self.cuda_graphs else EAGER
+        # Launched one by one while a batch fills the graph's input (infer() on frames of a
+        # size that a running detect() is batching): the same kernels, so the same results.
+        if graph is not EAGER and graph.filling is None:
+            batch = Batch(self.batch_size, graph)
+            for p in parts:
+                batch.add(p)
+            return self._submit(batch, host)
+        return self._finish(self._infer(parts[0] if len(parts) == 1 else torch.cat(parts)), host)
 
     def _finish(self, det: Detections, host: bool) -> tuple[Detections, torch.cuda.Event | None]:
         if not host:
@@ -180,7 +189,7 @@ class Detector:
         event.record()
         return det, event
 
-    def _graph(self, h: int, w: int) -> _Graph | object:
+    def _graph(self, h: int, w: int) -> CudaGraphs | object:
         key = (self.batch_size, h, w)
         graph = self._graphs.get(key)
         if graph is None:
@@ -192,11 +201,13 @@ class Detector:
         self._graphs.move_to_end(key)
         return graph
 
-    def _capture(self, h: int, w: int) -> _Graph | object:
+    def _capture(self, h: int, w: int) -> CudaGraphs | object:
         frames = torch.zeros(self.batch_size, 3, h, w, dtype=torch.uint8, device=self.device)
+        chain = Chain(self._model, self._post, self.family.graph_postprocess, self.family.max_detections,
+                      self.post_stream, self.post_thread, self.runtime.gate)
         for _ in range(3):
             try:
-                return _Graph(self, frames)
+                return CudaGraphs(chain, frames)
             except RuntimeError as e:  # e.g. a capture invalidated by another thread's CUDA call
                 error = e
         log.warning("CUDA graph capture failed at %dx%d (%s); launching kernels one by one instead",
@@ -224,163 +235,3 @@ class Detector:
 
     def _post(self, outputs: tuple[torch.Tensor, ...], h: int, w: int) -> Detections:
         return self.family.postprocess(outputs, h, w)
-
-    def detect(self, path: str | os.PathLike) -> Iterator[FrameResult]:
-        """Lazily yield one :class:`FrameResult` per frame of ``path``, in order."""
-        from .engine import iter_results
-
-        yield from iter_results(self, [str(path)])
-
-
-MAX_GRAPHS = 4  # frame sizes whose captured graphs are kept
-EAGER = object()  # a frame size whose capture failed
-
-
-class _Graph:
-    """The detector's chain for one (batch, height, width) as two pairs of CUDA graphs used in turn,
-    each pair preprocess + model on the caller's stream and post-processing on the detector's own
-    high-priority stream, reading the model's outputs in place: batch i's post-processing runs
-    beside batch i+1's model (the other pair), and a pair's model waits only for its own previous
-    post-processing, two batches back. Rows of ``frames`` past a short batch hold stale frames:
-    they only cost compute. A family whose post-processing cannot be captured (data-dependent
-    shapes, host reads) runs it eagerly on the same stream, on the pair's static model outputs."""
-
-    def __init__(self, det: Detector, frames: torch.Tensor) -> None:
-        self.frames = frames
-        self.post = det.post_stream
-        self.post_eager = None if det.family.graph_postprocess else det._post
-        self.post_thread = det.post_thread
-        self.max_detections = det.family.max_detections
-        self.pending: list[Future | None] = [None, None]  # each pair's eager post-processing job
-        current = torch.cuda.current_stream(det.device)
-        side = torch.cuda.Stream(det.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):  # warm-up outside the capture: compilation, Triton, cuDNN
-            for _ in range(2):
-                det._infer(frames)
-        current.wait_stream(side)
-        _, _, h, w = frames.shape
-        self.size = h, w
-        # Per pair: the model's graph, the post-processing's (None: eager), and the static outputs
-        # the next step reads (the model's, or the detections).
-        self.pairs: list[tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph | None, tuple | Detections]] = []
-        # Decode threads keep running, but not through calls that would synchronise the device.
-        with det.runtime.gate.capture():
-            for _ in range(2):  # own memory pools: one pair's activations never overwrite the other's outputs
-                model = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(model, capture_error_mode="thread_local"):
-                    outputs = det._model(frames)
-                if self.post_eager is not None:
-                    self.pairs.append((model, None, outputs))
-                    continue
-                post = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(post, capture_error_mode="thread_local"):
-                    out = det._post(outputs, h, w)
-                self.pairs.append((model, post, out))
-        self.done: list[torch.cuda.Event | None] = [None, None]  # each pair's last post-processing
-        self.turn = 0
-        self.filling: Batch | None = None  # the batch being copied into `frames`, not yet submitted
-        log.info("captured the detector as CUDA graphs for batch %d at %dx%d", frames.shape[0], w, h)
-
-    def run(self, n: int, host: bool) -> tuple[Detections, torch.cuda.Event | _Deferred | None]:
-        """Detections of the first ``n`` rows of ``frames``."""
-        current = torch.cuda.current_stream(self.frames.device)
-        turn, self.turn = self.turn, 1 - self.turn
-        model, post, static = self.pairs[turn]
-        with nvtx_range("replay"):
-            if self.pending[turn] is not None:  # its eager post-processing is enqueued (and done[turn] recorded)
-                self.pending[turn].result()
-            if self.done[turn] is not None:  # its post-processing reads this pair's model outputs
-                current.wait_event(self.done[turn])
-            model.replay()
-            if post is None and host:
-                return self._post_later(turn, static, n, current)
-            self.post.wait_stream(current)
-            with torch.cuda.stream(self.post):
-                if post is not None:
-                    post.replay()
-                    # Copies: the static outputs are overwritten by the pair's next replay.
-                    out = [t[:n].to("cpu", non_blocking=True) if host else t[:n].clone() for t in static.astuple()]
-                else:
-                    det = self.post_eager(tuple(t[:n] for t in static), *self.size)
-                    out = list(det.astuple())
-                done = self.done[turn] = torch.cuda.Event()
-                done.record()
-        if host:
-            return Detections(*out), done
-        current.wait_event(done)
-        for t in out:
-            t.record_stream(current)
-        return Detections(*out), None
-
-    def _post_later(self, turn: int, static: tuple, n: int, current: torch.cuda.Stream
-                    ) -> tuple[Detections, _Deferred]:
-        """Eager post-processing (it waits for the GPU between frames) on the detector's post thread,
-        so the next batch's model is issued meanwhile; the detections land in pinned host buffers
-        returned now, valid once the returned event has completed."""
-        ready = torch.cuda.Event()
-        ready.record(current)
-        done = self.done[turn] = torch.cuda.Event()
-        d = self.max_detections
-        out = Detections(torch.empty(n, d, 4, pin_memory=True), torch.empty(n, d, dtype=torch.int64, pin_memory=True),
-                         torch.empty(n, d, pin_memory=True), torch.empty(n, dtype=torch.int64, pin_memory=True))
-
-        @torch.inference_mode()
-        def job() -> None:
-            with torch.cuda.device(self.frames.device), torch.cuda.stream(self.post):
-                self.post.wait_event(ready)
-                det = self.post_eager(tuple(t[:n] for t in static), *self.size)
-                for dst, src in zip(out.astuple(), det.astuple()):
-                    dst.copy_(src, non_blocking=True)
-                done.record()
-
-        self.pending[turn] = self.post_thread.submit(job)
-        return out, _Deferred(self.pending[turn], done)
-
-
-    def drain(self) -> None:
-        """Wait until no post-processing job reads this graph's outputs (before it is dropped)."""
-        for job in self.pending:
-            if job is not None:
-                job.result()
-
-
-class _Deferred:
-    """A CUDA event that the post-processing thread records: waiting on it waits for the thread
-    to have issued the work first (an event never recorded would count as complete)."""
-
-    def __init__(self, job: Future, event: torch.cuda.Event) -> None:
-        self.job, self.event = job, event
-
-    def query(self) -> bool:
-        return self.job.done() and self.job.result() is None and self.event.query()
-
-    def synchronize(self) -> None:
-        self.job.result()
-        self.event.synchronize()
-
-
-class Batch:
-    """Frames of one size gathered for one :meth:`Detector.submit`: ``size`` rows at most, ``n`` so
-    far. With a CUDA graph each part is copied into the graph's input as it is added (in the order
-    of the current stream, so after the graph's previous replay has read it): decoded frames are
-    freed as they arrive instead of waiting for the batch to fill. Without one, parts are kept."""
-
-    def __init__(self, size: int, graph: _Graph | None = None) -> None:
-        self.size, self.graph = size, graph
-        self.parts: list[torch.Tensor] = []
-        self.n = 0
-        if graph is not None:
-            graph.filling = self
-
-    def add(self, frames: torch.Tensor) -> None:
-        """``frames``: uint8 ``[k, 3, H, W]`` on the detector's device, ``n + k <= size``."""
-        k = frames.shape[0]
-        if self.n + k > self.size:
-            raise ValueError(f"{k} frames do not fit a batch of {self.size} holding {self.n}")
-        if self.graph is not None:
-            with torch.inference_mode():  # the graph's input is an inference tensor
-                self.graph.frames[self.n:self.n + k].copy_(frames)
-        else:
-            self.parts.append(frames)
-        self.n += k

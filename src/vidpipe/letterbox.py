@@ -4,7 +4,8 @@ In:  ``Tensor[N, 3, H, W]`` uint8 RGB frames; the scaled size ``(new_h, new_w)``
 ``(top, bottom, left, right)`` (:func:`vidpipe.models.yolo.letterbox` computes them).
 Out: ``Tensor[N, 3, new_h + top + bottom, new_w + left + right]`` in ``dtype``: the frames resized
 as ``cv2.resize(INTER_LINEAR)`` resizes uint8 images, padded with 114, then ``/ 255`` in ``dtype``
-(Ultralytics converts to the model's dtype first, then divides), NCHW or channels_last.
+as torch computes it on the frames' device (Ultralytics converts to the model's dtype first, then
+divides), NCHW or channels_last.
 
 OpenCV resizes uint8 in fixed point: per output column two source columns with 11-bit weights
 (``round(2048 * (1 - f))``, ``round(2048 * f)``; the column clamped at the borders, its weight then
@@ -33,6 +34,10 @@ except ImportError:  # CPU-only installs may lack Triton; the torch path serves 
 
 PAD_VALUE = 114
 _ONE = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE
+# torch divides a CUDA tensor by a number as x * (1 / 255) in float32 (so Ultralytics' "/ 255" does
+# on a GPU); the kernel does the same. (On the CPU torch divides: 126 of the 256 levels differ in
+# float32, none once rounded to float16.)
+_INV_255 = float(np.float32(1) / np.float32(255))
 
 
 def _taps(src: int, dst: int, clamp_weights: bool) -> tuple[np.ndarray, ...]:
@@ -63,7 +68,7 @@ if triton is not None:
     @triton.jit
     def _letterbox_kernel(src_ptr, out_ptr, xi0_ptr, xi1_ptr, xw0_ptr, xw1_ptr, yi0_ptr, yi1_ptr, yw0_ptr, yw1_ptr,
                           new_h, new_w, top, left, out_h, out_w, ss_n, ss_c, ss_h, ss_w, so_n, so_c, so_h, so_w,
-                          PAD: tl.constexpr, BLOCK: tl.constexpr):
+                          INV_255, PAD: tl.constexpr, BLOCK: tl.constexpr):
         # One program per (image, block of output pixels), all three channels.
         n = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -86,7 +91,7 @@ if triton is not None:
             r1 = p10 * xw0 + p11 * xw1
             v = ((((r0 >> 4) * yw0) >> 16) + (((r1 >> 4) * yw1) >> 16) + 2) >> 2
             v = tl.where(inside, tl.minimum(tl.maximum(v, 0), 255), PAD)
-            tl.store(dst + c * so_c, tl.div_rn(v.to(tl.float32), 255.0).to(dst.dtype.element_ty), mask=valid)
+            tl.store(dst + c * so_c, (v.to(tl.float32) * INV_255).to(dst.dtype.element_ty), mask=valid)
 
 
 def _letterbox_triton(frames: torch.Tensor, new_h: int, new_w: int, pad: tuple[int, int, int, int],
@@ -98,7 +103,7 @@ def _letterbox_triton(frames: torch.Tensor, new_h: int, new_w: int, pad: tuple[i
     block = 1024  # as the SSD resize kernel, which reads frames the same way
     _letterbox_kernel[(n, triton.cdiv(out_h * out_w, block))](
         frames, out, *_taps_on(h, w, new_h, new_w, str(frames.device)), new_h, new_w, top, left, out_h, out_w,
-        *frames.stride(), *out.stride(), PAD=PAD_VALUE, BLOCK=block, num_warps=4)
+        *frames.stride(), *out.stride(), _INV_255, PAD=PAD_VALUE, BLOCK=block, num_warps=4)
     return out
 
 

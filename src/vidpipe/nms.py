@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .config import at_least, fraction, validate
+
 try:
     import triton
     import triton.language as tl
@@ -39,10 +41,8 @@ def greedy_nms(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold: float, 
     if boxes.dim() != 3 or boxes.shape[-1] != 4 or counts.shape != boxes.shape[:1]:
         raise ValueError(f"boxes must be Tensor[N, K, 4] and counts Tensor[N], got {tuple(boxes.shape)} and "
                          f"{tuple(counts.shape)}")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+    validate("iou_threshold", iou_threshold, fraction)
+    validate("limit", limit, at_least(1))
     if boxes.is_cuda and triton is not None:
         return _greedy_nms_triton(boxes.float().contiguous(), counts, iou_threshold, limit)
     return _greedy_nms_torch(boxes.float(), counts, iou_threshold, limit)

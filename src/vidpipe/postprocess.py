@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 
 from .boxes import NUM_BOXES, SCALE_WH, SCALE_XY, default_boxes
+from .config import at_least, below_one, fraction, one_of, validate
 
 try:
     import triton
@@ -42,15 +43,30 @@ try:
 except ImportError:  # CPU-only installs may lack Triton; the torch NMS serves them
     triton = None
 
-_INDEX_BITS = 32  # probabilities <= 1.0 have float32 bits < 2**30, so (bits << 32) | index fits int64
 NmsImpl = Literal["auto", "triton", "torch"]
+
+# Sort keys, the one layout every kernel and its torch twin share: a non-negative float32 score's bits
+# order like the score (and are < 2**30 up to 1.0), so (bits << 32) | (n - 1 - index) is a unique
+# int64 that sorts best score first, ties to the lower index; -1 marks "no entry".
+_INDEX_BITS = 32
+
+
+def pack_keys(scores: torch.Tensor, index: torch.Tensor | int, n: int) -> torch.Tensor:
+    """Keys of float32 ``scores`` (>= 0) at ``index`` in ``[0, n)`` (see ``_key``)."""
+    return (scores.contiguous().view(torch.int32).to(torch.int64) << _INDEX_BITS) | (n - 1 - index)
+
+
+def key_index(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """The index a key was packed with (``_key_index``)."""
+    return (n - 1) - (keys & ((1 << _INDEX_BITS) - 1))
 
 
 @dataclass
 class Detections:
     """A batch of detections, padded to ``max_detections`` per image, on one device.
 
-    boxes: ``Tensor[N, D, 4]`` float32 normalised ltrb; labels: ``Tensor[N, D]`` int64;
+    boxes: ``Tensor[N, D, 4]`` float32 ltrb (normalised out of ``ssd_decode``; pixels of the frame
+    once a family's ``postprocess`` has scaled them, as the detector returns them); labels: ``Tensor[N, D]`` int64;
     scores: ``Tensor[N, D]`` float32, descending per image; counts: ``Tensor[N]`` int64, the number
     of valid leading entries of each image (rows past it are padding).
     """
@@ -113,11 +129,10 @@ def _topk_keys(scores: torch.Tensor, k: int, valid: torch.Tensor) -> torch.Tenso
     (bits << 32) | (reversed index) is a unique int64 key; invalid entries get key -1.
     """
     n = scores.shape[-1]
-    idx = torch.arange(n - 1, -1, -1, device=scores.device, dtype=torch.int64)
-    keys = (scores.contiguous().view(torch.int32).to(torch.int64) << _INDEX_BITS) | idx
+    keys = pack_keys(scores, torch.arange(n, device=scores.device, dtype=torch.int64), n)
     keys = torch.where(valid, keys, torch.full_like(keys, -1))
     top = keys.topk(min(k, n), dim=-1, sorted=True).values
-    return torch.where(top >= 0, (n - 1) - (top & ((1 << _INDEX_BITS) - 1)), torch.full_like(top, -1))
+    return torch.where(top >= 0, key_index(top, n), torch.full_like(top, -1))
 
 
 def _iou_not_below(a: torch.Tensor, b: torch.Tensor, thr: float) -> torch.Tensor:
@@ -149,6 +164,19 @@ def _nms_torch(boxes: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Te
 
 
 if triton is not None:
+    @triton.jit
+    def _key(bits, index, n):
+        # pack_keys' twin, from a score's int32 bits
+        return (bits.to(tl.int64) << 32) | (n - 1 - index).to(tl.int64)
+
+    @triton.jit
+    def _key_index(key, n):
+        return n - 1 - (key & 0xFFFFFFFF)
+
+    @triton.jit
+    def _key_score(key):
+        return (key >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+
     @triton.jit
     def _boxes_kernel(locs_ptr, dbox_ptr, out_ptr, A, scale_xy, scale_wh, BLOCK: tl.constexpr):
         # decode_boxes for a block of one image's boxes, operation for operation: the _rn
@@ -213,7 +241,7 @@ if triton is not None:
             visited += 1
         bits = tl.load(score_ptr + row.to(tl.int64) * KB + offs, mask=inb, other=0.0).to(tl.int32, bitcast=True)
         flat = (row % LABELS) * K + offs
-        key = (bits.to(tl.int64) << 32) | (LABELS * K - 1 - flat).to(tl.int64)
+        key = _key(bits, flat, LABELS * K)
         pos = tl.cumsum(keep.to(tl.int32), 0) - 1
         out = key_ptr + row.to(tl.int64) * DR
         tl.store(out + pos, key, mask=keep & (pos < DR))
@@ -229,9 +257,9 @@ if triton is not None:
         offs = tl.arange(0, RB)
         keys = tl.load(key_ptr + img.to(tl.int64) * ROW + offs, mask=offs < ROW, other=-1)
         keys = tl.sort(keys, descending=True)
-        score = (keys >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        score = _key_score(keys)
         ok = (offs < D) & (keys >= 0) & (score > score_thr)
-        flat = LABELS * K - 1 - (keys & 0xFFFFFFFF)
+        flat = _key_index(keys, LABELS * K)
         slot = (img * LABELS + flat // K) * KB + flat % K
         out = img.to(tl.int64) * D + offs
         for j in tl.static_range(4):
@@ -258,7 +286,6 @@ if triton is not None:
         top = tl.max(z, 0)
         lse = top + tl.log(tl.sum(tl.exp(z - top[None, :]), 0))
         tl.store(lse_ptr + n.to(tl.int64) * A + offs, lse, mask=inb)
-        rev = (A - 1 - offs).to(tl.int64)
         for c0 in range(1, C, LB):  # labels in slices: the block's logits are in cache by now
             lab = c0 + tl.arange(0, LB)
             m = (lab[:, None] < C) & inb[None, :]
@@ -267,7 +294,7 @@ if triton is not None:
             sel = m & (bits > thr_bits)
             row = n * (C - 1) + lab[:, None] - 1 + offs[None, :] * 0
             pos = tl.atomic_add(count_ptr + row, 1, mask=sel)
-            tl.store(key_ptr + row.to(tl.int64) * CAP + pos, (bits.to(tl.int64) << 32) | rev[None, :],
+            tl.store(key_ptr + row.to(tl.int64) * CAP + pos, _key(bits, offs[None, :], A),
                      mask=sel & (pos < CAP))
 
     @triton.jit
@@ -283,8 +310,8 @@ if triton is not None:
         # Keys sorted best first -> the first K candidates' (box, score) in the output row.
         keys = tl.sort(keys, descending=True)
         take = (keys >= 0) & (slots < K)
-        idx = (A - 1) - (keys & 0xFFFFFFFF)
-        tl.store(score_ptr + out_row + slots, (keys >> 32).to(tl.int32).to(tl.float32, bitcast=True), mask=take)
+        idx = _key_index(keys, A)
+        tl.store(score_ptr + out_row + slots, _key_score(keys), mask=take)
         for j in tl.static_range(4):
             tl.store(cbox_ptr + (out_row + slots) * 4 + j, tl.load(box_row + idx * 4 + j, mask=take), mask=take)
 
@@ -320,8 +347,8 @@ if triton is not None:
             lse_row = lse_ptr + n.to(tl.int64) * A
             offs = tl.arange(0, BLOCK)
             lo = thr_bits + 1  # selected: bits > lo, plus the lowest-index (quota) entries with bits == lo
-            hi = 0x3F800001  # just above 1.0f
-            for _ in range(31):
+            hi = 0x3F800001  # just above 1.0f: scores are probabilities
+            for _ in range(31):  # halves [lo, hi) each time: 31 steps cover any int32 range
                 mid = lo + (hi - lo) // 2
                 above = 0
                 for start in range(0, A, BLOCK):
@@ -344,7 +371,7 @@ if triton is not None:
                 tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0)
                 sel = (m & (bits > lo)) | (tie & (tie_rank <= quota))
                 pos = written + tl.cumsum(sel.to(tl.int32), 0) - 1
-                key = (bits.to(tl.int64) << 32) | (A - 1 - start - offs).to(tl.int64)
+                key = _key(bits, start + offs, A)
                 tl.store(key_row + pos, key, mask=sel)
                 written += tl.sum(sel.to(tl.int32))
                 ties += tl.sum(tie.to(tl.int32))
@@ -379,6 +406,7 @@ def _candidates_triton(scores: torch.Tensor, boxes: torch.Tensor, k: int, thresh
     cand_boxes = torch.empty(rows, kb, 4, dtype=torch.float32, device=scores.device)
     cand_scores = torch.empty(rows, kb, dtype=torch.float32, device=scores.device)
     thr_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
+    # LB 8: the block/warp sweep in docs/results.md, "Fourth engine", "What changed" (124 -> 106 us).
     _select_kernel[(n, triton.cdiv(a, 64))](logits, lse, counts, keys, a, thr_bits, C=c, CB=triton.next_power_of_2(c),
                                             LB=8, CAP=cap, BLOCK=64, num_warps=4)
     _candidates_kernel[(rows,)](logits, lse, counts, keys, boxes.contiguous(), cand_boxes, cand_scores, a, thr_bits,
@@ -394,6 +422,7 @@ def _decode_triton(boxes: torch.Tensor, scores: torch.Tensor, candidate_threshol
     cand_boxes, cand_scores, counts = _candidates_triton(scores, boxes, k, candidate_threshold)
     kb, dr = cand_scores.shape[1], min(d, k)
     keys = torch.empty(n * labels, dr, dtype=torch.int64, device=scores.device)
+    # 8 warps: the same sweep (docs/results.md, "Fourth engine", "What changed").
     _nms_kernel[(n * labels,)](cand_boxes, cand_scores, counts, keys, float(iou_threshold), LABELS=labels, K=k,
                                KB=kb, DR=dr, num_warps=8)
     keys = keys.view(n, labels * dr)
@@ -417,12 +446,10 @@ def _check_args(locs: torch.Tensor, scores: torch.Tensor, candidate_threshold: f
         raise ValueError(f"locs must be Tensor[N, 4, {NUM_BOXES}], got {tuple(locs.shape)}")
     if scores.dim() != 3 or scores.shape[0] != locs.shape[0] or scores.shape[2] != NUM_BOXES:
         raise ValueError(f"scores must be Tensor[N, C, {NUM_BOXES}] matching locs, got {tuple(scores.shape)}")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-    if not 0.0 <= candidate_threshold < 1.0:
-        raise ValueError(f"candidate_threshold must be in [0, 1), got {candidate_threshold}")
-    if max_detections < 1 or per_class_candidates < 1:
-        raise ValueError("max_detections and per_class_candidates must be >= 1")
+    validate("iou_threshold", iou_threshold, fraction)
+    validate("candidate_threshold", candidate_threshold, below_one)
+    validate("max_detections", max_detections, at_least(1))
+    validate("per_class_candidates", per_class_candidates, at_least(1))
 
 
 def ssd_decode_padded(locs: torch.Tensor, scores: torch.Tensor, *, candidate_threshold: float = 0.05,
@@ -435,8 +462,7 @@ def ssd_decode_padded(locs: torch.Tensor, scores: torch.Tensor, *, candidate_thr
     for the GPU), ``"torch"`` uses ``topk`` and a vectorised loop that reads counts on the host,
     ``"auto"`` picks Triton for CUDA tensors when it is installed."""
     _check_args(locs, scores, candidate_threshold, iou_threshold, max_detections, per_class_candidates)
-    if nms not in ("auto", "triton", "torch"):
-        raise ValueError(f"nms must be 'auto', 'triton' or 'torch', got {nms!r}")
+    validate("nms", nms, one_of("auto", "triton", "torch"))
     use_triton = nms == "triton" or (nms == "auto" and locs.is_cuda and triton is not None)
     if use_triton and (triton is None or not locs.is_cuda):
         raise ValueError("nms='triton' needs Triton and CUDA tensors")

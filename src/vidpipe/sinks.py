@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import chain
 from pathlib import Path
 from typing import Literal, Protocol
@@ -123,25 +123,32 @@ class JsonlSink(_AtomicFile):
                      '"detections": [')
 
     def write(self, indices, times, boxes, labels, scores, counts) -> None:
-        self.write_lines(self.lines(indices, times, boxes, labels, scores, counts), len(indices))
+        self.write_lines(self.formatter()(indices, times, boxes, labels, scores, counts), len(indices))
 
-    def lines(self, indices, times, boxes, labels, scores, counts) -> str:
-        """The text of these frames, without writing it (the engine formats results as soon as
-        they land and writes them once they are in order)."""
-        # One C-level format call for the whole batch: the writer thread holds the GIL briefly.
-        counts = counts.tolist()
-        valid = np.arange(boxes.shape[1]) < np.asarray(counts)[:, None]
-        b, s, lab = boxes[valid], scores[valid], labels[valid].tolist()
-        dets = zip(*b.T.tolist(), s.tolist(), lab, [self.names_json[x] for x in lab])
-        values: list = []
-        for frame, t, c in zip(indices, times, counts):
-            values += (frame, t)
-            values += chain.from_iterable(next(dets) for _ in range(c))
-        return "".join(self.head + _dets_template(c) for c in counts) % tuple(values)
+    def formatter(self) -> partial:
+        """``f(indices, times, boxes, labels, scores, counts) -> str``: the text of those frames,
+        without writing it; picklable, so it may run in another process (the engine formats
+        results as soon as they land and writes them once they are in order)."""
+        return partial(jsonl_lines, self.head, self.names_json)
 
     def write_lines(self, text: str, frames: int) -> None:
         self.file.write(text)
         self.frames += frames
+
+
+def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels, scores, counts) -> str:
+    """JSON Lines text of a batch's frames: ``head`` is the line's "%" template up to its detections,
+    ``names_json`` each class name as JSON."""
+    # One C-level format call for the whole batch (Python formatting of each value would be slower).
+    counts = counts.tolist()
+    valid = np.arange(boxes.shape[1]) < np.asarray(counts)[:, None]
+    b, s, lab = boxes[valid], scores[valid], labels[valid].tolist()
+    dets = zip(*b.T.tolist(), s.tolist(), lab, [names_json[x] for x in lab])
+    values: list = []
+    for frame, t, c in zip(indices, times, counts):
+        values += (frame, t)
+        values += chain.from_iterable(next(dets) for _ in range(c))
+    return "".join(head + _dets_template(c) for c in counts) % tuple(values)
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,64 @@
+"""The engine: decode ahead in threads, batch whatever is decoded, detect, restore order, write.
+
+Modules, in the order frames flow:
+
+* :mod:`.plan` -- an input -> units of work (a file NVDEC decodes is cut at keyframes).
+* :mod:`.decode` -- :class:`FrameProducer`, the decode worker pool with its back-pressure.
+* :mod:`.batching` -- chunks -> batches of one frame size, and the short-batch policy.
+* :mod:`.schedule` -- :class:`Scheduler`, the compute thread's loop: it issues batches to the
+  detector and hands results on.
+* :mod:`.order` -- results of parallel units back in input order.
+* :mod:`.write` -- results into sinks, each output finished once.
+* :mod:`.items` -- what crosses between them.
+
+:func:`run` writes every input into its sink; :func:`iter_results` yields per-frame results.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from ..detector import Detector, FrameResult
+from ..errors import VidpipeError
+from ..timeline import stamp
+from .decode import DONE, FrameProducer
+from .items import BatchResult, Chunk, RunReport, Unit, UnitEnd, VideoEnd, VideoStart
+from .schedule import Scheduler, process
+from .write import SinkFactory, Writer
+
+__all__ = ["DONE", "BatchResult", "Chunk", "FrameProducer", "RunReport", "Scheduler", "SinkFactory", "Unit",
+           "UnitEnd", "VideoEnd", "VideoStart", "iter_results", "process", "run"]
+
+
+def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]:
+    """Per-frame results, lazily; one batch stays in flight so the GPU never waits for the reader.
+    A damaged or unreadable input raises :class:`VidpipeError` after its good frames."""
+    pending: BatchResult | None = None
+    for item in process(detector, inputs):
+        if pending is not None and not isinstance(item, VideoStart):
+            yield from pending.frames()
+            pending = None
+        if isinstance(item, BatchResult):
+            pending = item
+        elif isinstance(item, VideoEnd) and item.error:
+            raise VidpipeError(item.error)
+    if pending is not None:
+        yield from pending.frames()
+
+
+def run(detector: Detector, inputs: list[str], sink_for: SinkFactory, *,
+        on_frames: Callable[[int], None] | None = None,
+        on_video: Callable[[VideoEnd], None] | None = None, frames: tuple[int, int] | None = None) -> RunReport:
+    """Detect every input into its sink; one bad input is reported and never stops the others.
+    On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
+    cfg = detector.config
+    writer = Writer(sink_for, cfg.overlap, on_frames, on_video, formatters=cfg.formatters_for(detector.device))
+    ok = False
+    try:
+        for item in process(detector, inputs, frames, on_issue=writer.issue):
+            writer.put(item)
+        ok = True
+    finally:
+        report = writer.finish(ok)
+    stamp("done")
+    return report

@@ -1,0 +1,242 @@
+"""Decoding: a pool of worker threads that turns inputs into chunks of frames on the device.
+
+In: paths, the decoder, the device. Out, from :meth:`FrameProducer.get`: :class:`~.items.Chunk`
+(at most ``CHUNK_BYTES`` of consecutive frames of one unit, ``uint8 [N, 3, H, W]`` on the device)
+and :class:`~.items.UnitEnd` items as the decoders deliver them, earliest unit first, then
+:data:`DONE`. PyNvVideoCodec and FFmpeg release the GIL, so workers decode in parallel.
+
+Back-pressure: at most ``4 x workers`` units are open (the consumer calls :meth:`release` per
+finished unit) and at most ``workers + 2`` chunks exist at once, fewer when that passes
+``READY_BYTES`` (a worker waits for room before it allocates one; the consumer calls :meth:`free`).
+With ``threaded=False`` the same items come serially from the calling thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Iterator
+
+import torch
+
+from ..errors import VidpipeError
+from ..runtime import DeviceRuntime
+from ..sources import NvdecSource, PyAVSource, VideoInfo, open_source, probe, resolve_decoder
+from .items import Chunk, Unit, UnitEnd
+from .plan import default_decoders, plan_units
+
+DONE = object()  # FrameProducer.get: every input is decoded
+_STOP = object()  # a worker's or the planner's last item
+CHUNK_BYTES = 32 << 20  # decoded frames handed over at once by a worker, at most
+READY_BYTES = 128 << 20  # decoded frames not yet taken by the consumer, about at most
+
+
+class _Stopped(BaseException):
+    """The producer is closing: a worker waiting for room gives up (not a decoding error)."""
+
+
+class FrameProducer:
+    """Decodes ``inputs``. :meth:`get` returns :class:`Chunk` and :class:`UnitEnd` items as the
+    decoders deliver them (in input order when not ``threaded``), then :data:`DONE`; every unit
+    ends with one UnitEnd after its chunks. A consumer calls :meth:`free` once it is done with a
+    chunk's frames and :meth:`release` once it is done with a unit; iterating does both as it goes
+    (decode-only use)."""
+
+    def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
+                 workers: int = 0, threaded: bool = True, max_frames: int | None = None,
+                 segment_min: int = 16, frames: tuple[int, int] | None = None,
+                 runtime: DeviceRuntime | None = None) -> None:
+        self.inputs = inputs
+        self.decoder = resolve_decoder(decoder, device)
+        self.fallback = decoder == "auto"
+        self.device = device
+        self.batch_size = batch_size
+        self.workers = workers
+        self.threaded = threaded
+        self.max_frames = max_frames
+        self.segment_min = segment_min
+        self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
+        self.runtime = runtime or DeviceRuntime(device)  # the device's streams and NVDEC sessions
+        self.stop = threading.Event()
+        self._units: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._local = threading.local()
+        self._started = False
+        self._serial_items: Iterator | None = None
+        # The first input, probed to choose the worker count, kept for its planning (files' probes
+        # are cached anyway; a stream URL's are not).
+        self._probed: dict[str, VideoInfo] = {}
+
+    # planning ----------------------------------------------------------------------------------
+    def _planner(self) -> None:
+        seq = 0
+        try:
+            for path in self.inputs:
+                units = plan_units(path, self._probed.pop(path, None), self.decoder, self.workers,
+                                   segment_min=self.segment_min, frames=self.frames, max_frames=self.max_frames)
+                for unit in units:
+                    # At most `window` units open: what is held for ordering stays bounded.
+                    while not self._window.acquire(timeout=0.1):
+                        if self.stop.is_set():
+                            return
+                    unit.seq, seq = seq, seq + 1
+                    if unit.error is not None:
+                        self._put(UnitEnd(unit, error=unit.error))
+                    else:
+                        self._units.put(unit)
+        finally:
+            for _ in range(self.workers):
+                self._units.put(_STOP)
+
+    # decoding ----------------------------------------------------------------------------------
+    def _source(self, unit: Unit) -> PyAVSource | NvdecSource:
+        cached = getattr(self._local, "source", None)
+        if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
+            return cached  # one NVDEC session per worker and file: segments seek instead of reopening
+        src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
+                          fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1))
+        self._local.source = src
+        return src
+
+    def _chunk_frames(self, info: VideoInfo) -> int:
+        # Small enough to bound memory at 4K, several per batch so the first batch fills early.
+        return max(1, min(self.batch_size // 4, CHUNK_BYTES // (3 * info.width * info.height)))
+
+    def _decode(self, unit: Unit) -> Iterator[Chunk | UnitEnd]:
+        decoded, corrupt, error = 0, 0, None
+        try:
+            src = self._source(unit)
+            admit = self._admit if self.threaded else None
+            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit):
+                if self.device.type == "cuda":
+                    # The compute stream reads the chunk without waiting on this worker's stream
+                    # (PyAV's upload runs here; NVDEC sessions synchronise their own stream).
+                    torch.cuda.current_stream(self.device).synchronize()
+                decoded += len(batch)
+                yield Chunk(unit, batch)
+                del batch  # not held while the next chunk decodes (12 workers x 31 MB at 1080p)
+            corrupt = getattr(src, "corrupt_packets", 0)
+        except VidpipeError as e:
+            error = str(e)
+        except Exception as e:  # a decoder failing mid-file must not take the other inputs down
+            error = f"{unit.path}: decoding failed after {unit.start + decoded} frames ({type(e).__name__}: {e})"
+        yield UnitEnd(unit, decoded, corrupt, error)
+
+    def _worker(self, slot: int) -> None:
+        self._local.slot = slot
+        stream = self.runtime.stream(("decode", slot))
+        try:
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                while (unit := self._units.get()) is not _STOP:
+                    for item in self._decode(unit):
+                        self._put(item)
+                        del item  # as in _decode
+        except _Stopped:
+            pass
+        finally:
+            self._put(_STOP)
+
+    def _admit(self) -> None:
+        # Waits for room before a chunk is allocated, not after: a worker blocked on a full queue
+        # would hold a finished chunk (12 workers at 1080p: ~370 MB of GPU memory).
+        while not self.stop.is_set():
+            if self._room.acquire(timeout=0.1):
+                return
+        raise _Stopped
+
+    def _put(self, item: object) -> None:
+        # Earliest unit first: its results are the ones the orderer can emit, so little is held
+        # back (at the end of a run, formatting held results would be a tail after the GPU is done).
+        # Unbounded: chunks are bounded by _admit, unit ends by the unit window.
+        key = (item.unit.seq if isinstance(item, (Chunk, UnitEnd)) else float("inf"), next(self._puts))
+        self._ready.put((*key, item))
+
+    def _serial(self) -> Iterator[Chunk | UnitEnd]:
+        for seq, path in enumerate(self.inputs):
+            try:
+                unit = Unit(seq, replace(probe(path)), path, *(self.frames or (0, None)))
+            except VidpipeError as e:
+                yield UnitEnd(Unit(seq, None, path, error=str(e)), error=str(e))
+                continue
+            yield from self._decode(unit)
+
+    # consuming ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if not self.threaded:
+            self._serial_items = self._serial()
+            return
+        info = self._first_info()
+        self.workers = self.workers or default_decoders(info, self.decoder, self.device)
+        self._window = threading.Semaphore(4 * self.workers)
+        slots = self.workers + 2
+        if info is not None:  # large frames: fewer chunks wait, so GPU memory stays near its floor
+            slots = max(2, min(slots, READY_BYTES // (self._chunk_frames(info) * 3 * info.width * info.height)))
+        self._room = threading.Semaphore(slots)
+        self._ready = queue.PriorityQueue()
+        self._puts = itertools.count()  # keeps a unit's items in order, and entries comparable
+        self._live = self.workers
+        # Workers first, idle on the unit queue: a worker already seeking would hold up the start
+        # of the next (thread starts wait for the GIL), and units should find every worker ready.
+        self._threads = [threading.Thread(target=self._worker, args=(i,), name=f"vidpipe-decode{i}",
+                                          daemon=True) for i in range(self.workers)]
+        self._threads.append(threading.Thread(target=self._planner, name="vidpipe-plan", daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def get(self, timeout: float | None = None) -> Chunk | UnitEnd | object | None:
+        """The next decoded item, :data:`DONE` after the last, None if nothing came in ``timeout`` s."""
+        self.start()
+        if self._serial_items is not None:
+            return next(self._serial_items, DONE)
+        while self._live:
+            try:
+                *_, item = self._ready.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            if item is not _STOP:
+                return item
+            self._live -= 1
+        return DONE
+
+    def release(self) -> None:
+        """The consumer is done with one unit: another may be opened."""
+        if self.threaded:
+            self._window.release()
+
+    def free(self) -> None:
+        """The consumer is done with one chunk's frames (copied or dropped): another may be decoded."""
+        if self.threaded:
+            self._room.release()
+
+    def __iter__(self) -> Iterator[Chunk | UnitEnd]:
+        try:
+            while (item := self.get()) is not DONE:
+                yield item
+                if isinstance(item, UnitEnd):
+                    self.release()
+                else:
+                    self.free()
+        finally:
+            self.close()
+
+    def _first_info(self) -> VideoInfo | None:
+        for path in self.inputs[:1]:
+            try:
+                self._probed[path] = probe(path)
+                return self._probed[path]
+            except VidpipeError:
+                return None
+        return None
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+

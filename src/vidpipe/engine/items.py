@@ -1,0 +1,123 @@
+"""What crosses between the engine's parts and out of it.
+
+* Planning -> decoding: :class:`Unit` (frames ``[start, stop)`` of one input).
+* Decoding -> scheduling: :class:`Chunk` (decoded frames of a unit, on the device) and
+  :class:`UnitEnd` (how the unit's decoding ended).
+* Scheduling -> writing (in input order): :class:`VideoStart`, :class:`BatchResult` (host
+  detections of consecutive frames of one input, valid once its event has completed),
+  :class:`VideoEnd`.
+* Out of a run: :class:`RunReport`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..coco import SSD300_CLASSES, Classes
+from ..detector import FrameResult
+from ..postprocess import Detections
+from ..sources import FrameBatch, VideoInfo
+
+
+@dataclass
+class VideoStart:
+    info: VideoInfo
+
+
+@dataclass
+class VideoEnd:
+    """How decoding of one input ended: ``error`` is None when every frame the header promised
+    (or ``max_frames``) was decoded."""
+
+    path: str
+    decoded: int = 0
+    expected: int = 0
+    corrupt_packets: int = 0
+    error: str | None = None
+    fatal: bool = False  # decoding broke off (vs. a damaged file decoded to its end)
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.expected - self.decoded)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class BatchResult:
+    """Detections of ``len(indices)`` consecutive frames of ``info.path``: rows ``row ..`` of
+    ``det`` (a whole batch) in host memory; valid once ``event`` (if any) has completed."""
+
+    info: VideoInfo
+    indices: list[int]
+    times: list[float]
+    det: Detections
+    event: torch.cuda.Event | None
+    row: int = 0
+    text: str | Future | None = None  # formatted as soon as it landed, ahead of its turn (see write.Writer)
+    classes: Classes = SSD300_CLASSES  # names the class ids
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """boxes, labels, scores, counts of these frames as NumPy views, once the copy has landed."""
+        if self.event is not None:
+            self.event.synchronize()
+        rows = slice(self.row, self.row + len(self.indices))
+        return tuple(t[rows].numpy() for t in self.det.astuple())
+
+    def frames(self) -> Iterator[FrameResult]:
+        b, l, s, c = self.arrays()
+        for i, (frame, t) in enumerate(zip(self.indices, self.times)):
+            yield FrameResult(self.info.path, frame, t, self.info.width, self.info.height,
+                              b[i, :c[i]], l[i, :c[i]], s[i, :c[i]], self.classes)
+
+
+@dataclass(eq=False)
+class Unit:
+    """Frames ``[start, stop)`` (``stop`` None = to the end) of one input, the ``seq``-th unit in
+    input order; ``error`` when the input could not even be probed."""
+
+    seq: int
+    info: VideoInfo | None
+    path: str
+    start: int = 0
+    stop: int | None = None
+    first: bool = True
+    last: bool = True
+    error: str | None = None
+
+
+@dataclass
+class Chunk:
+    """Consecutive frames of ``unit``; a unit's chunks come in frame order."""
+
+    unit: Unit
+    batch: FrameBatch
+
+
+@dataclass
+class UnitEnd:
+    """The end of ``unit``, after all its chunks: frames decoded, corrupt packets, error."""
+
+    unit: Unit
+    decoded: int = 0
+    corrupt: int = 0
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    videos: list[VideoEnd] = field(default_factory=list)
+    frames: int = 0
+
+    @property
+    def failed(self) -> list[VideoEnd]:
+        return [v for v in self.videos if not v.ok]
+
+

@@ -1,0 +1,57 @@
+"""Planning: which units of work an input becomes, and how many decode workers a run gets.
+
+In: a path (file or stream URL) and the decoder chosen for it. Out: :class:`~.items.Unit` s (frames
+``[start, stop)``; ``seq`` is set by the producer as units are opened). A file NVDEC decodes is cut
+at keyframes so that several workers decode it at once; anything else is one unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..errors import VidpipeError
+from ..inputs import is_stream_url
+from ..sources import VideoInfo, probe, scan_packets
+from .items import Unit
+
+SEGMENT_FRAMES = 1024  # longest part of one file a worker decodes alone; cuts fall on keyframes
+
+
+def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device) -> int:
+    """Decode workers: small frames decode fast, so four NVDEC sessions cover the model (~7,900
+    frames/s at 384x288 on an H100); 1080p needs 8-12 (~1,600-1,900 frames/s), see
+    shared/reference-h100.md. FFmpeg decode threads internally, so two workers overlap files."""
+    if decoder != "nvdec":
+        return 2
+    pixels = info.width * info.height if info else 1920 * 1080
+    return 4 if pixels <= 640 * 480 else 12
+
+
+def plan_units(path: str, info: VideoInfo | None, decoder: str, workers: int, *, segment_min: int = 16,
+               frames: tuple[int, int] | None = None, max_frames: int | None = None) -> list[Unit]:
+    """Cut a file NVDEC decodes into keyframe-aligned units for parallel decode: about two per
+    worker, at least ``segment_min`` and at most about ``SEGMENT_FRAMES`` frames each. ``info``:
+    the input's probe if already made; ``frames``: only frames ``[a, b)`` (a part of a split file).
+    An input that cannot be probed is one unit carrying the error."""
+    try:
+        # Its own copy (probes are cached per file): the writer tells videos apart by identity.
+        info = replace(info or probe(path))
+    except VidpipeError as e:
+        return [Unit(-1, None, path, error=str(e))]
+    if decoder != "nvdec" or is_stream_url(path) or workers == 1:
+        return [Unit(-1, info, path, *(frames or (0, None)))]
+    scan = scan_packets(path)
+    lo, n = frames or (0, len(scan.times))
+    n = min(n, len(scan.times), max_frames or n)
+    target = max(segment_min, min(SEGMENT_FRAMES, -(-(n - lo) // (2 * workers))))
+    bounds = [lo]
+    for k in scan.keyframes:
+        if k >= n:
+            break
+        if k - bounds[-1] >= target:
+            bounds.append(k)
+    bounds.append(n)
+    return [Unit(-1, info, path, a, b, first=i == 0, last=i == len(bounds) - 2)
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]

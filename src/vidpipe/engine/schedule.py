@@ -1,0 +1,129 @@
+"""Scheduling: the compute thread's loop. It takes decoded chunks as they come, fills batches,
+issues them to the detector, and hands results on in input order.
+
+In: a :class:`~vidpipe.detector.Detector` and paths. Out, from :meth:`Scheduler.items`:
+:class:`~.items.VideoStart`, :class:`~.items.BatchResult` and :class:`~.items.VideoEnd` in input
+order, each once. ``on_issue`` (optional) sees every result as soon as its batch is issued, before
+order is restored: the writer formats it once it lands, so what is held back for ordering is text.
+
+The compute thread only issues work: on CUDA two graph replays per batch (the model on its own
+stream, post-processing beside the next batch's model); results go to pinned host memory behind
+an event. At most ``IN_FLIGHT`` batches are queued on the GPU. With ``Config.overlap=False`` the
+same loop runs serially (the article's starting point): decode, infer, copy back, one batch after
+another.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from contextlib import nullcontext
+from typing import Callable, Iterator
+
+import torch
+
+from ..detector import Detector
+from ..graphs import Batch
+from ..profiling import nvtx_range
+from ..sources import VideoInfo
+from ..timeline import stamp
+from .batching import MAX_WAIT, Batcher, Rows, padding
+from .decode import DONE, FrameProducer
+from .items import BatchResult, Chunk, UnitEnd, VideoEnd, VideoStart
+from .order import Orderer
+
+IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it busy, bounds memory
+
+
+class Scheduler:
+    """One run of ``detector`` over ``inputs`` (only frames ``[a, b)`` of each with ``frames``)."""
+
+    def __init__(self, detector: Detector, inputs: list[str], frames: tuple[int, int] | None = None,
+                 on_issue: Callable[[BatchResult], None] | None = None) -> None:
+        cfg = detector.config
+        self.detector, self.frames, self.on_issue = detector, frames, on_issue
+        self.serial = not cfg.overlap
+        self.producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
+                                      workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames,
+                                      frames=frames, runtime=detector.runtime)
+        self.order = Orderer(self.producer.release, self.expected)
+        self.batcher = Batcher(detector.batch)
+        self.compute = detector.runtime.stream("compute") if cfg.overlap else None
+        self.issued: deque[torch.cuda.Event] = deque()  # batches on the GPU, oldest first
+        # Padding the run's batches will carry anyway (GPUs run every batch full): while the GPU
+        # idles, batches may go out this many frames short in all at no cost. The first batch then
+        # starts with the first frames decoded instead of a full batch's worth.
+        self.slack = padding(inputs, self.expected, detector.batch_size) if self.compute is not None else 0
+
+    def expected(self, info: VideoInfo) -> int:
+        """Frames this run should decode from a video."""
+        max_frames = self.detector.config.max_frames
+        n = info.num_frames if max_frames is None else min(info.num_frames, max_frames)
+        return n if self.frames is None else max(0, min(n, self.frames[1]) - self.frames[0])
+
+    def items(self) -> Iterator[VideoStart | BatchResult | VideoEnd]:
+        try:
+            with torch.cuda.stream(self.compute) if self.compute is not None else nullcontext():
+                while (item := self.producer.get(timeout=0.001 if self.batcher.open else None)) is not DONE:
+                    if isinstance(item, Chunk):
+                        stamp("decoded")
+                        self.take(item)
+                        del item  # its frames are in the batch now: gone before the room is given back
+                        self.producer.free()
+                    elif isinstance(item, UnitEnd):
+                        self.end(item)
+                    self.flush_short()
+                    yield from self.order.ready()
+                for batch in self.batcher.partial():
+                    self.launch(*batch)
+                yield from self.order.ready()
+        finally:
+            self.producer.close()
+
+    def take(self, chunk: Chunk) -> None:
+        """A decoded chunk into the open batch of its size; full batches are launched."""
+        if self.compute is not None:  # decoded on a worker's stream, read on this one
+            chunk.batch.frames.record_stream(self.compute)
+        for batch in self.batcher.add(chunk):
+            self.launch(*batch)
+
+    def end(self, end: UnitEnd) -> None:
+        if self.serial:  # the serial loop finishes each input before the next
+            for batch in self.batcher.partial():
+                self.launch(*batch)
+        self.order.end(end)
+
+    def flush_short(self) -> None:
+        """While the GPU idles: the batches the short-batch policy lets go out short."""
+        if self.serial or not self.batcher.open or not self.idle():
+            return
+        for batch in self.batcher.partial(short=self.slack) + self.batcher.stale(MAX_WAIT):
+            self.launch(*batch)
+
+    def idle(self) -> bool:
+        return not self.issued or self.issued[-1].query()
+
+    def launch(self, batch: Batch, rows: list[Rows]) -> None:
+        """Issue one batch; its rows' results go to the orderer (and to ``on_issue``)."""
+        self.slack -= batch.size - batch.n
+        with nvtx_range("batch"):
+            if len(self.issued) == IN_FLIGHT:  # the GPU is far enough ahead; frames wait in the queues
+                self.issued.popleft().synchronize()
+            host, event = self.detector.submit(batch)
+            stamp("issued")
+            if event is not None:
+                if self.serial:  # the serial loop waits for every batch
+                    event.synchronize()
+                self.issued.append(event)
+        row = 0
+        for r in rows:
+            result = BatchResult(r.unit.info, r.indices, r.times, host, event, row, classes=self.detector.classes)
+            self.order.add(r.unit, result)
+            if self.on_issue is not None:
+                self.on_issue(result)
+            row += len(r.indices)
+
+
+def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | None = None,
+            on_issue: Callable[[BatchResult], None] | None = None) -> Iterator[VideoStart | BatchResult | VideoEnd]:
+    """Decode and detect ``inputs``; see :class:`Scheduler`. The caller waits on each result."""
+    return Scheduler(detector, inputs, frames, on_issue).items()
