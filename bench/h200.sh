@@ -8,6 +8,7 @@
 #   bench   vidpipe bench (pipeline) on in.mp4 and the 1080p clip ($BENCH_ARGS added)
 #   old     vidpipe bench on in.mp4 with the tree in .old/src (git archive of $OLD: the commit
 #           before, measured in the same call)
+#   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
 #   peers   vidpipe bench --suite peers (Ultralytics' predict beside vidpipe), $PEER_MODEL (yolo11m.yaml)
@@ -50,6 +51,9 @@ for step in $STEPS; do
     old)
       PYTHONPATH=/tmp/site:$PWD/.old/src timeout 300 $V bench .media/in.mp4 --weights random --repeats 3 \
         --results "$OUT/results-old.md" 2>&1 | tail -8 ;;
+    startup)
+      timeout ${STARTUP_S:-300} $V bench --suite startup .media/in.mp4 "$(camera)" ${STARTUP_ARGS:-} \
+        --results "$OUT/results.md" 2>&1 | tail -12 ;;
     yolo)
       timeout 400 $V bench .media/in.mp4 "$(camera)" --model "${PEER_MODEL:-yolo11m.yaml}" --repeats 3 \
         ${YOLO_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -10 ;;

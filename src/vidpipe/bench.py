@@ -447,6 +447,7 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
     imports = _wall(["-c", "import torch, torchvision"])
     model = [] if cfg.model == "ssd300" else ["--model", cfg.model]
     weights = ["--weights", cfg.weights or "random"] if cfg.model == "ssd300" else []
+    model += [] if cfg.device == "auto" else ["--device", cfg.device]
     rows, notes = [], []
     for i, video in enumerate(bench_inputs(a, tmp)):
         frames = probe(video).num_frames

@@ -53,7 +53,7 @@ class FormatPool:
         return self.pool.submit(formatter, indices, times, *(np.ascontiguousarray(a) for a in arrays))
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _finite(arrays: tuple[np.ndarray, ...]) -> bool:
