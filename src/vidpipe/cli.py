@@ -348,6 +348,8 @@ def entry() -> None:
     and CUDA's took ~1 s of a short run's wall time, bench --suite startup); every output is closed,
     every worker process joined and every stream flushed by then."""
     code = main()
+    if (write := sys.modules.get("vidpipe.engine.write")) is not None:
+        write.FormatPool.close_all()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -13,6 +13,7 @@ keep the GIL; the text comes back in time for its turn.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import queue
 import threading
@@ -43,17 +44,36 @@ class _Issued:
 
 class FormatPool:
     """Worker processes that format results: ``submit(formatter, indices, times, arrays)`` returns a
-    Future of the text. Spawned (the parent holds CUDA), importing only the sinks (no torch)."""
+    Future of the text. Spawned (the parent holds CUDA), importing only the sinks (no torch). One
+    pool per process and size, started on first use and kept: starting one costs ~0.5 s, as much as
+    a whole short run (a pool per run halved bench's in.mp4 figure, docs/results.md)."""
+
+    _shared: dict[int, FormatPool] = {}
 
     def __init__(self, workers: int) -> None:
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        for _ in range(workers):  # start every worker now, while the first batches are on the GPU
+            self.pool.submit(int)
+
+    @classmethod
+    def get(cls, workers: int) -> FormatPool | None:
+        """The process's pool of ``workers``; None for 0, or in a daemonic worker process (which may
+        not have children: it formats in its writer thread)."""
+        if workers == 0 or multiprocessing.current_process().daemon:
+            return None
+        if workers not in cls._shared:
+            cls._shared[workers] = cls(workers)
+        return cls._shared[workers]
+
+    @classmethod
+    def close_all(cls) -> None:
+        for pool in cls._shared.values():
+            pool.pool.shutdown(wait=True, cancel_futures=True)
+        cls._shared.clear()
 
     def submit(self, formatter: Callable, indices: list[int], times: list[float],
                arrays: tuple[np.ndarray, ...]) -> Future:
         return self.pool.submit(formatter, indices, times, *(np.ascontiguousarray(a) for a in arrays))
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _finite(arrays: tuple[np.ndarray, ...]) -> bool:
@@ -77,7 +97,7 @@ class Writer:
     def __init__(self, sink_for: SinkFactory, threaded: bool, on_frames: Callable[[int], None] | None,
                  on_video: Callable[[VideoEnd], None] | None, formatters: int = 0) -> None:
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
-        self.formatters = FormatPool(formatters) if formatters > 0 else None
+        self.formatters = FormatPool.get(formatters)
         self.sink: Sink | None = None
         self.info: VideoInfo | None = None  # the open sink's video
         self.failure: str | None = None  # why the open video's output failed (its later results are dropped)
@@ -203,8 +223,6 @@ class Writer:
                 self._drain()
         if not ok:
             self._abort()
-        if self.formatters is not None:
-            self.formatters.close()
         if self.error is not None:
             raise self.error
         return self.report
@@ -223,3 +241,4 @@ class Writer:
         self.thread.join(timeout=5)
 
 
+atexit.register(FormatPool.close_all)
