@@ -25,16 +25,20 @@ IN_H, IN_W = 32, 48
 
 class Brightness(torch.nn.Module):
     """Per image three boxes in input pixels; their scores are the image's mean brightness (in
-    [0, 1]), half of it, and 0.01; labels 2, 0, 1."""
+    [0, 1]), half of it, and 0.01; labels 2, 0, 1. Constants are buffers, as a module that is
+    captured in a CUDA graph keeps them (a tensor made from a list is a host copy per call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("boxes", torch.tensor([[4.0, 2.0, 20.0, 30.0], [0.0, 0.0, 48.0, 32.0],
+                                                    [1.0, 1.0, 2.0, 2.0]]))
+        self.register_buffer("labels", torch.tensor([2, 0, 1]))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         m = x.float().mean((1, 2, 3))
-        boxes = torch.tensor([[4.0, 2.0, 20.0, 30.0], [0.0, 0.0, 48.0, 32.0], [1.0, 1.0, 2.0, 2.0]],
-                             device=x.device).expand(n, -1, -1)
         scores = torch.stack([m, m / 2, torch.full_like(m, 0.01)], 1)
-        labels = torch.tensor([2, 0, 1], device=x.device).expand(n, -1)
-        return boxes, scores, labels
+        return self.boxes.expand(n, -1, -1), scores, self.labels.expand(n, -1)
 
 
 def family() -> BoxesFamily:
@@ -56,8 +60,13 @@ def expected(frame: torch.Tensor) -> tuple[np.ndarray, list[int], np.ndarray]:
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_a_users_module_runs_through_the_engine(tmp_path, device):
     clip = make_clip(tmp_path / "c.mp4", frames=10, width=96, height=80)
-    det = Detector(Config(device=device, batch_size=4, precision="fp32"), model=family())
+    # PyAV on both devices: the same decoded pixels as the expectation's (NVDEC converts colour its own way).
+    det = Detector(Config(device=device, batch_size=4, precision="fp32", decoder="pyav"), model=family())
     results = list(vidpipe.detect(clip, det))
+    if device == "cuda":  # the module and the post-processing ran as captured graphs
+        from vidpipe.graphs import CudaGraphs
+
+        assert [type(g) for g in det._graphs.values()] == [CudaGraphs]
     frames = [f for b in PyAVSource(str(clip)).batches(16) for f in b.frames]
     assert [r.frame for r in results] == list(range(10))
     for r, frame in zip(results, frames):
