@@ -31,8 +31,9 @@ CPU_BATCH = 4
 # 1/4,592 - 1/6,970 s = 74 us per frame (model-only, eager vs compiled, shared/reference-h200.md),
 # so even warm it pays back only after ~95,000 frames (53 minutes of 30 fps video).
 COMPILE_MIN_FRAMES = 100_000
-# Processes that format JSON Lines / COCO text on GPU runs, off this process's GIL. Measured with
-# yolo11m at ~200 detections per frame: docs/results.md, "Seventh session", formatting table.
+# Processes that format JSON Lines text on GPU runs, off this process's GIL. yolo11m at ~200
+# detections per frame, in.mp4: 3,033 frames/s with 0, 3,747 with 2 (docs/results.md, "Seventh
+# session", the --formatters 0 table beside the peers table).
 FORMATTERS = 2
 
 

@@ -5,7 +5,7 @@ In: the scheduler's items (:class:`~.items.VideoStart`, :class:`~.items.BatchRes
 their final names (complete), ``.incomplete`` (an input that failed) or ``.partial`` (an
 interrupted run), and a :class:`~.items.RunReport`.
 
-Formatting text (JSON Lines, COCO) is the one host cost that grows with detections per frame
+Formatting JSON Lines text is the one host cost that grows with detections per frame
 (64 frames x 200 detections: ~15 ms of Python holding the GIL, which the decode and compute threads
 need). With ``formatters`` > 0 it runs in that many worker processes, so this process's threads
 keep the GIL; the text comes back in time for its turn.
