@@ -35,13 +35,15 @@ class Agreement:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` with every box of ``b`` (``[len(a), len(b)]``)."""
+    """IoU of every box of ``a`` with every box of ``b`` (``[len(a), len(b)]``). Two boxes without
+    area (a box clipped to a frame edge) have no defined IoU: 1 when they are the same box, else 0."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), -1)
     area_a, area_b = np.prod(a[:, 2:] - a[:, :2], -1), np.prod(b[:, 2:] - b[:, :2], -1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    same = (a[:, None, :] == b[None, :, :]).all(-1)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), same.astype(np.float64))
 
 
 def agree(ours: list[Frame], reference: list[Frame], iou: float = 0.9, score_tol: float | None = None) -> Agreement:

@@ -88,7 +88,7 @@ class Detector:
         self.model = network
         # "auto" is decided per run where its length is known (Config.for_run); here it means off.
         self.compiled = config.compile == "on"
-        self.cuda_graphs = config.cuda_graphs and not cpu
+        self.cuda_graphs = config.cuda_graphs and not cpu and getattr(self.family, "capturable", True)
         if self.compiled:
             self.forward = torch.compile(network, dynamic=False)
         else:

@@ -13,11 +13,14 @@ A :class:`ModelFamily` is the one thing that differs between detectors; the engi
   padded to ``max_detections`` per frame) and whether it can be captured in a CUDA graph;
 * its classes (:class:`~vidpipe.coco.Classes`: the name of each ``class_id`` results carry);
 * the candidate load it puts on post-processing (:meth:`~ModelFamily.candidates`), printed
-  beside benchmark figures.
+  beside benchmark figures;
+* optionally ``capturable = False`` when its network cannot run inside a CUDA graph (data-dependent
+  shapes or host reads in ``forward``): the detector then launches it eagerly.
 
 Adding a family is one module with a builder registered under a name (:func:`register_model`).
-Built in: ``ssd300`` (NVIDIA's SSD300), and Ultralytics YOLO checkpoints and model yamls
-(``--model yolo11m.pt``, ``--model yolo11n.yaml``).
+Built in: ``ssd300`` (NVIDIA's SSD300), Ultralytics YOLO checkpoints and model yamls
+(``--model yolo11m.pt``, ``--model yolo11n.yaml``), torchvision's detection models
+(``--model torchvision:retinanet_resnet50_fpn_v2``), and a user's own module (:mod:`.boxes`).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def build_family(config: Config) -> ModelFamily:
         if matches(config.model):
             return builder(config)
     raise VidpipeError(f"--model {config.model}: unknown model; use ssd300, an Ultralytics checkpoint (*.pt) or "
-                       "model yaml (*.yaml), or register one with vidpipe.register_model")
+                       "model yaml (*.yaml), torchvision:NAME, or register one with vidpipe.models.register_model")
 
 
 def _ssd300(config: Config) -> ModelFamily:
@@ -83,5 +86,12 @@ def _yolo(config: Config) -> ModelFamily:
     return YoloFamily.from_config(config)
 
 
+def _torchvision(config: Config) -> ModelFamily:
+    from .tv import TorchvisionFamily
+
+    return TorchvisionFamily.from_config(config)
+
+
 register_model(lambda name: name.lower().endswith((".pt", ".pth", ".yaml", ".yml")), _yolo)
+register_model(lambda name: name.startswith("torchvision:"), _torchvision)
 register_model("ssd300", _ssd300)

@@ -1,0 +1,272 @@
+"""torchvision's detection models as a :class:`~vidpipe.models.ModelFamily`:
+``--model torchvision:NAME`` for ``retinanet_resnet50_fpn_v2``, ``fcos_resnet50_fpn``,
+``ssd300_vgg16``, ``ssdlite320_mobilenet_v3_large``, ``fasterrcnn_resnet50_fpn_v2`` (and the other
+``torchvision.models.detection`` builders).
+
+Semantics are torchvision's own ``model(images)`` on a list of frames:
+
+* **transform** as ``GeneralizedRCNNTransform``: RGB / 255, normalised with the model's
+  ``image_mean``/``image_std``, resized bilinearly by ``min(min_size / short side, max_size /
+  long side)`` (``recompute_scale_factor``), or to the model's ``fixed_size`` (SSD, SSDlite),
+  zero-padded to a multiple of ``size_divisible``: done here for the whole batch at once (one
+  frame size per batch), which is what torchvision does to each frame;
+* **network and post-processing**: the model's own code after its transform (per-level
+  ``topk_candidates``, ``score_thresh``, box decoding and clipping, ``batched_nms`` at
+  ``nms_thresh``, ``detections_per_img``), run on the batch; its detections padded to
+  ``detections_per_img`` per frame;
+* **boxes back to the frame** as ``transform.postprocess`` (per-axis float32 ratios).
+
+Post-processing reads counts on the host inside torchvision's code, so this family is not captured
+in CUDA graphs (``capturable = False``): a first, exact path, slower than the YOLO family's.
+Labels are torchvision's COCO indices (1 = person; the names of its weights' ``categories``).
+
+Weights: ``--weights`` unset = the model's ``DEFAULT`` weights enum (downloaded by torchvision as
+usual); ``--weights PATH`` a state dict; ``--weights random`` seeded random weights whose class
+logits are shifted so that about ``random_candidates`` (default 500) candidates per frame pass
+``score_thresh``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..coco import Classes
+from ..config import Config
+from ..errors import VidpipeError
+from ..postprocess import Detections
+
+log = logging.getLogger(__name__)
+PREFIX = "torchvision:"
+RANDOM_CANDIDATES = 500  # per frame above score_thresh, for random weights
+
+
+class _Passthrough(torch.nn.Module):
+    """Stands in for the model's transform: the batch arrives transformed (by the family's
+    preprocess) and the detections leave in the network input's pixels."""
+
+    def __init__(self, sizes: dict[tuple[int, int], tuple[int, int]]) -> None:
+        super().__init__()
+        self.sizes = sizes
+
+    def forward(self, images: torch.Tensor, targets=None):
+        from torchvision.models.detection.image_list import ImageList
+
+        size = self.sizes[tuple(images.shape[-2:])]
+        return ImageList(images, [size] * images.shape[0]), targets
+
+    def postprocess(self, result, image_sizes, original_image_sizes):
+        return result
+
+
+class _Network(torch.nn.Module):
+    """The torchvision model after its transform; returns its detections padded to ``d`` per
+    image: ``boxes [N, d, 4]`` (network input pixels), ``scores [N, d]``, ``labels [N, d]``,
+    ``counts [N]``."""
+
+    def __init__(self, model: torch.nn.Module, d: int) -> None:
+        super().__init__()
+        self.model, self.d = model, d
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(x)
+        n, d = x.shape[0], self.d
+        boxes = x.new_zeros(n, d, 4, dtype=torch.float32)
+        scores = x.new_zeros(n, d, dtype=torch.float32)
+        labels = torch.zeros(n, d, dtype=torch.int64, device=x.device)
+        counts = torch.zeros(n, dtype=torch.int64, device=x.device)
+        for i, r in enumerate(out):
+            k = min(len(r["scores"]), d)
+            boxes[i, :k], scores[i, :k], labels[i, :k] = r["boxes"][:k], r["scores"][:k], r["labels"][:k]
+            counts[i] = k
+        return boxes, scores, labels, counts
+
+
+class TorchvisionFamily:
+    graph_postprocess = False
+    capturable = False  # torchvision's post-processing reads counts on the host
+    random_load = RANDOM_CANDIDATES
+
+    def __init__(self, model: torch.nn.Module, name: str, categories: list[str], random: bool = False) -> None:
+        t = self.transform = model.transform  # torchvision's own, kept for comparisons
+        self.name, self.random = name, random
+        self.classes = Classes(tuple(categories), tuple(range(len(categories))))
+        self.min_size, self.max_size = t.min_size[-1], t.max_size
+        self.fixed_size = getattr(t, "fixed_size", None)
+        self.divisible = t.size_divisible
+        self.mean, self.std = torch.tensor(t.image_mean).view(1, 3, 1, 1), torch.tensor(t.image_std).view(1, 3, 1, 1)
+        self.max_detections = _detections_per_img(model)
+        self.score_thresh = _score_thresh(model)
+        self.sizes: dict[tuple[int, int], tuple[int, int]] = {}  # padded input size -> resized image size
+        model.transform = _Passthrough(self.sizes)
+        self.network = _Network(model.eval(), self.max_detections)
+        self._constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> TorchvisionFamily:
+        try:
+            from torchvision.models import get_model, get_model_weights
+        except ImportError:
+            raise VidpipeError("torchvision models need torchvision >= 0.14") from None
+        name = config.model.removeprefix(PREFIX)
+        try:
+            enum = get_model_weights(name)
+        except (ValueError, KeyError):
+            raise VidpipeError(f"--model {config.model}: not a torchvision detection model (e.g. "
+                               "torchvision:retinanet_resnet50_fpn_v2)") from None
+        categories = list(enum.DEFAULT.meta["categories"])
+        random = config.weights == "random"
+        if config.weights is None:
+            model = get_model(name, weights=enum.DEFAULT)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                model = get_model(name, weights=None, weights_backbone=None)
+            if not random:
+                path = Path(config.weights)
+                if not path.is_file():
+                    raise VidpipeError(f"--weights {path}: no such file")
+                try:
+                    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                except Exception as e:
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise VidpipeError(f"--weights {path}: not a state dict of {name} ({reason})") from None
+        family = cls(model, name, categories, random=random)
+        if random:
+            target = config.random_candidates if config.random_candidates is not None else RANDOM_CANDIDATES
+            found = family.reaim(_calibration_frames(2, config.seed), target)
+            log.warning("--model %s: random weights (seed %d), re-aimed to %.0f candidates per frame; detections "
+                        "are meaningless", config.model, config.seed, found)
+        return family
+
+    def _resized(self, height: int, width: int) -> tuple[int, int]:
+        if self.fixed_size is not None:
+            return self.fixed_size[1], self.fixed_size[0]
+        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
+        return math.floor(height * scale), math.floor(width * scale)  # interpolate's recompute_scale_factor
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        rh, rw = self._resized(height, width)
+        ph, pw = -(-rh // self.divisible) * self.divisible, -(-rw // self.divisible) * self.divisible
+        if self.sizes.setdefault((ph, pw), (rh, rw)) != (rh, rw):
+            raise VidpipeError(f"{self.name}: frames of two sizes resize to one padded input {pw}x{ph}; "
+                               "run them separately")
+        return ph, pw
+
+    def preprocess(self, frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+        _, _, h, w = frames.shape
+        device = str(frames.device)
+        if device not in self._constants:
+            self._constants[device] = (self.mean.to(device), self.std.to(device))
+        mean, std = self._constants[device]
+        x = (frames.float() / 255 - mean) / std
+        rh, rw = self._resized(h, w)
+        if self.fixed_size is not None:
+            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False)
+        else:
+            scale = min(self.min_size / min(h, w), self.max_size / max(h, w))
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                              align_corners=False)
+        ph, pw = self.input_size(h, w)
+        x = F.pad(x, (0, pw - rw, 0, ph - rh))
+        return x.to(dtype).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def postprocess(self, outputs: tuple[torch.Tensor, ...], height: int, width: int) -> Detections:
+        boxes, scores, labels, counts = outputs
+        rh, rw = self._resized(height, width)
+        # transform.postprocess: float32 ratios, x by the width's, y by the height's
+        rx = float(torch.tensor(width, dtype=torch.float32) / torch.tensor(rw, dtype=torch.float32))
+        ry = float(torch.tensor(height, dtype=torch.float32) / torch.tensor(rh, dtype=torch.float32))
+        boxes = boxes.float().clone()
+        boxes[..., 0::2] *= rx
+        boxes[..., 1::2] *= ry
+        return Detections(boxes, labels, scores.float(), counts)
+
+    def candidates(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Detections kept per frame (torchvision does not expose its pre-NMS candidates)."""
+        return outputs[3]
+
+    @torch.no_grad()
+    def reaim(self, frames: torch.Tensor, candidates: float, logit_std: float = 1.5) -> float:
+        """Random weights: scale the class logits to standard deviation ``logit_std`` (a fresh head
+        gives every anchor and class about the same logit, so no shift could pick a load; FCOS's
+        box distances get a bias of one anchor size), then
+        shift every class logit's bias by one amount so that ``frames`` (uint8 ``[N, 3, H, W]`` on
+        the CPU) give about ``candidates`` class scores per frame above ``score_thresh``; returns the
+        load found."""
+        convs = _class_convs(self.network.model)
+        if type(self.network.model).__name__ == "FCOS":  # fresh weights predict ~0 distances (point boxes):
+            self.network.model.head.regression_head.bbox_reg.bias.fill_(1.0)  # make them about one anchor size
+        x = self.preprocess(frames, torch.float32, channels_last=False)
+        for conv, _ in convs:
+            conv.bias.zero_()
+        logits = _class_logits(self.network.model, x)
+        for conv, _ in convs:
+            conv.weight *= logit_std / (logits.std() + 1e-12)
+        logits *= logit_std / (logits.std() + 1e-12)
+        sigmoid = not _softmax(self.network.model)
+
+        def load(delta: float) -> float:
+            z = logits + delta
+            if sigmoid:
+                p = torch.sigmoid(z)
+            else:  # SSD: softmax with the background logit (column 0) left where it was
+                z[..., 0] -= delta
+                p = torch.softmax(z, -1)[..., 1:]
+            return float((p > self.score_thresh).sum()) / len(frames)
+
+        lo, hi = -30.0, 30.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if load(mid) < candidates else (lo, mid)
+        for conv, classes in convs:
+            bias = conv.bias.view(-1, classes)
+            bias[:, 0 if sigmoid else 1:] += hi
+        return load(hi)
+
+
+def _detections_per_img(model: torch.nn.Module) -> int:
+    return int(getattr(model, "detections_per_img", None) or model.roi_heads.detections_per_img)
+
+
+def _score_thresh(model: torch.nn.Module) -> float:
+    return float(getattr(model, "score_thresh", None) or model.roi_heads.score_thresh)
+
+
+def _softmax(model: torch.nn.Module) -> bool:
+    return not hasattr(model.head, "classification_head") or not hasattr(model.head.classification_head,
+                                                                           "cls_logits")
+
+
+def _class_convs(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, int]]:
+    """The convolutions that produce class logits, with the classes per anchor."""
+    head = getattr(model, "head", None)
+    if head is None or not hasattr(head, "classification_head"):
+        raise VidpipeError("--weights random: re-aiming is implemented for one-stage models (RetinaNet, FCOS, "
+                           "SSD, SSDlite)")
+    cls_head = head.classification_head
+    if hasattr(cls_head, "cls_logits"):
+        return [(cls_head.cls_logits, cls_head.num_classes)]
+    convs = []
+    for m in cls_head.module_list:
+        conv = m if isinstance(m, torch.nn.Conv2d) else [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)][-1]
+        convs.append((conv, cls_head.num_columns))
+    return convs
+
+
+def _class_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class logits of every anchor, ``[N, anchors, classes]``, for the preprocessed batch ``x``."""
+    features = model.backbone(x)
+    features = list(features.values()) if isinstance(features, dict) else features
+    return model.head.classification_head(features)
+
+
+def _calibration_frames(n: int, seed: int) -> torch.Tensor:
+    """Smooth random 720p scenes: ``Tensor[n, 3, 720, 1280]`` uint8."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = F.interpolate(torch.rand(n, 3, 9, 16, generator=g), size=(720, 1280), mode="bicubic")
+    return (coarse.clamp(0, 1) * 255).round().to(torch.uint8)
