@@ -311,7 +311,7 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
              detector.batch_size, detector.compiled)
     _interruptible()
     return run(detector, list(todo), lambda info: open_sink(a.format, todo[info.path], info.path, info.width,
-                                                            info.height, detector.classes),
+                                                            info.height, detector.classes, cfg.track),
                on_frames=on_frames, on_video=on_video)
 
 

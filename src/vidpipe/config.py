@@ -98,7 +98,8 @@ def setting(default: Any, help: str, *, group: str, flags: tuple[str, ...] = (),
     return field(default=default, metadata=dict(help=help, group=group, flags=flags, check=check, metavar=metavar))
 
 
-MODEL, DATA, POST, SSD = "model", "decoding and scheduling", "post-processing (every model)", "SSD300"
+MODEL, DATA, POST, SSD, AFTER = ("model", "decoding and scheduling", "post-processing (every model)", "SSD300",
+                                 "after detection")
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,9 @@ class Config:
                                               "COCO 0 = person; SSD300 1)", group=POST, check=class_ids,
                                               metavar="IDS")
     agnostic_nms: bool = setting(False, "YOLO: NMS across classes, as Ultralytics' agnostic_nms", group=POST)
+    track: bool = setting(False, "give every detection a track_id stable across the frames of a video (ByteTrack, "
+                          "from the trackers package: pip install \"vidpipe[track]\"; -1 until a track is "
+                          "confirmed)", group=AFTER)
     # post-processing, SSD300 (ssd_decode's own arguments)
     postprocess: Postprocess = setting("gpu", "gpu: batched on the device; loop_device / loop_host: NVIDIA's "
                                        "per-class loop reading the model's outputs on the device / after one copy "

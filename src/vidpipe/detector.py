@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 class FrameResult:
     """Detections of one frame: ``boxes float32[D, 4]`` pixels (x1, y1, x2, y2), ``labels int64[D]``
     the model's class ids (SSD300: 1..80), ``scores float32[D]`` descending; ``time`` in seconds
-    since the first frame; ``classes`` names the ids."""
+    since the first frame; ``classes`` names the ids; ``track_ids int64[D]`` with ``Config.track``
+    (-1: no confirmed track), else None."""
 
     video: str
     frame: int
@@ -47,10 +48,23 @@ class FrameResult:
     labels: np.ndarray
     scores: np.ndarray
     classes: Classes = field(default=SSD300_CLASSES, repr=False)
+    track_ids: np.ndarray | None = None
 
     @property
     def class_names(self) -> list[str]:
         return [self.classes.names[i] for i in self.labels.tolist()]
+
+    def to_supervision(self):
+        """These detections as a ``supervision.Detections`` (``xyxy``, ``confidence``, ``class_id``,
+        ``tracker_id``, ``data["class_name"]``); needs supervision (``pip install supervision``)."""
+        try:
+            import supervision
+        except ImportError:
+            raise ImportError('FrameResult.to_supervision needs supervision: pip install "vidpipe[track]"') from None
+        return supervision.Detections(xyxy=self.boxes.astype(np.float32).reshape(-1, 4),
+                                      confidence=self.scores.astype(np.float32), class_id=self.labels.astype(int),
+                                      tracker_id=None if self.track_ids is None else self.track_ids.astype(int),
+                                      data={"class_name": np.array(self.class_names, dtype=str)})
 
     def __repr__(self) -> str:
         return f"FrameResult(video={self.video!r}, frame={self.frame}, detections={len(self.labels)})"

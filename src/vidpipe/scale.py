@@ -160,7 +160,8 @@ def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int
     from .engine import run
     from .sinks import open_sink
 
-    report = run(det, [path], lambda i: open_sink(fmt, target, i.path, i.width, i.height, det.classes),
+    report = run(det, [path], lambda i: open_sink(fmt, target, i.path, i.width, i.height, det.classes,
+                                                  det.config.track),
                  on_frames=on_frames,
                  frames=frames)
     return report.videos
@@ -291,7 +292,8 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     tasks, results = ctx.Queue(), ctx.Queue()
     workers = [d for d in devices for _ in range(per_device)]
-    for task in plan_tasks(targets, len(workers), split_frames):
+    # A tracked file stays whole: its tracks run through it in one process, in frame order.
+    for task in plan_tasks(targets, 1 if config.track else len(workers), split_frames):
         tasks.put(task)
     for _ in workers:
         tasks.put(None)

@@ -36,7 +36,7 @@ class Sink(Protocol):
     path: Path
 
     def write(self, indices: list[int], times: list[float], boxes: np.ndarray, labels: np.ndarray,
-              scores: np.ndarray, counts: np.ndarray) -> None: ...
+              scores: np.ndarray, counts: np.ndarray, track_ids: np.ndarray | None = None) -> None: ...
 
     def close(self, complete: bool) -> None: ...
 
@@ -112,7 +112,8 @@ class _AtomicFile:
 
 class JsonlSink(_AtomicFile):
     """``{"video", "frame", "time", "width", "height", "detections": [{"box", "score",
-    "class_id", "class_name"}]}`` per line, frames in order."""
+    "class_id", "class_name"}]}`` per line, frames in order; each detection also has ``"track_id"``
+    when the run tracks."""
 
     def __init__(self, path: str | os.PathLike, video: str, width: int, height: int,
                  classes: Classes = SSD300_CLASSES) -> None:
@@ -122,11 +123,11 @@ class JsonlSink(_AtomicFile):
         self.head = (f'{{"video": {name}, "frame": %d, "time": %.6f, "width": {width}, "height": {height}, '
                      '"detections": [')
 
-    def write(self, indices, times, boxes, labels, scores, counts) -> None:
-        self.write_lines(self.formatter()(indices, times, boxes, labels, scores, counts), len(indices))
+    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None) -> None:
+        self.write_lines(self.formatter()(indices, times, boxes, labels, scores, counts, track_ids), len(indices))
 
     def formatter(self) -> partial:
-        """``f(indices, times, boxes, labels, scores, counts) -> str``: the text of those frames,
+        """``f(indices, times, boxes, labels, scores, counts[, track_ids]) -> str``: the text of those frames,
         without writing it; picklable, so it may run in another process (the engine formats
         results as soon as they land and writes them once they are in order)."""
         return partial(jsonl_lines, self.head, self.names_json)
@@ -136,30 +137,36 @@ class JsonlSink(_AtomicFile):
         self.frames += frames
 
 
-def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels, scores, counts) -> str:
+def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels, scores, counts,
+                track_ids=None) -> str:
     """JSON Lines text of a batch's frames: ``head`` is the line's "%" template up to its detections,
-    ``names_json`` each class name as JSON."""
+    ``names_json`` each class name as JSON; ``track_ids`` (None: not tracked) like ``labels``."""
     # One C-level format call for the whole batch (Python formatting of each value would be slower).
     counts = counts.tolist()
     valid = np.arange(boxes.shape[1]) < np.asarray(counts)[:, None]
     b, s, lab = boxes[valid], scores[valid], labels[valid].tolist()
-    dets = zip(*b.T.tolist(), s.tolist(), lab, [names_json[x] for x in lab])
+    columns = [*b.T.tolist(), s.tolist(), lab, [names_json[x] for x in lab]]
+    if track_ids is not None:
+        columns.append(track_ids[valid].tolist())
+    dets = zip(*columns)
     values: list = []
     for frame, t, c in zip(indices, times, counts):
         values += (frame, t)
         values += chain.from_iterable(next(dets) for _ in range(c))
-    return "".join(head + _dets_template(c) for c in counts) % tuple(values)
+    tracked = track_ids is not None
+    return "".join(head + _dets_template(c, tracked) for c in counts) % tuple(values)
 
 
 @lru_cache(maxsize=None)
-def _dets_template(c: int) -> str:
-    det = '{"box": [%.2f, %.2f, %.2f, %.2f], "score": %.5f, "class_id": %d, "class_name": %s}'
+def _dets_template(c: int, tracked: bool = False) -> str:
+    det = '{"box": [%.2f, %.2f, %.2f, %.2f], "score": %.5f, "class_id": %d, "class_name": %s' + (
+        ', "track_id": %d}' if tracked else "}")
     return ", ".join([det] * c) + "]}\n"
 
 
 class CocoSink(_AtomicFile):
     """A COCO detection results list, streamed: ``[{"image_id", "category_id", "bbox" (x, y, w, h),
-    "score"}, ...]`` with COCO's own category ids."""
+    "score"}, ...]`` with COCO's own category ids (and ``"track_id"`` when the run tracks)."""
 
     def __init__(self, path: str | os.PathLike, video: str, width: int, height: int,
                  classes: Classes = SSD300_CLASSES) -> None:
@@ -168,13 +175,14 @@ class CocoSink(_AtomicFile):
         self.file.write("[")
         self.first = True
 
-    def write(self, indices, times, boxes, labels, scores, counts) -> None:
+    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None) -> None:
         items = []
         for i, (frame, c) in enumerate(zip(indices, counts.tolist())):
-            for b, lab, s in zip(boxes[i, :c].tolist(), labels[i, :c].tolist(), scores[i, :c].tolist()):
+            ids = track_ids[i, :c].tolist() if track_ids is not None else [None] * c
+            for b, lab, s, t in zip(boxes[i, :c].tolist(), labels[i, :c].tolist(), scores[i, :c].tolist(), ids):
                 items.append(f'{{"image_id": {frame}, "category_id": {self.classes.coco_id(lab)}, '
                              f'"bbox": [{b[0]:.2f}, {b[1]:.2f}, {b[2] - b[0]:.2f}, {b[3] - b[1]:.2f}], '
-                             f'"score": {s:.5f}}}')
+                             f'"score": {s:.5f}' + (f', "track_id": {t}}}' if t is not None else "}"))
         if items:
             self.file.write(("" if self.first else ",\n") + ",\n".join(items))
             self.first = False
@@ -193,10 +201,10 @@ class CocoSink(_AtomicFile):
 
 class ParquetSink(_AtomicFile):
     """One row per detection: video, frame, time, width, height, class_id, class_name, score,
-    x1, y1, x2, y2; a row group per ``rows_per_group`` detections."""
+    x1, y1, x2, y2 (and track_id when ``tracked``); a row group per ``rows_per_group`` detections."""
 
     def __init__(self, path: str | os.PathLike, video: str, width: int, height: int,
-                 classes: Classes = SSD300_CLASSES, rows_per_group: int = 65536) -> None:
+                 classes: Classes = SSD300_CLASSES, tracked: bool = False, rows_per_group: int = 65536) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -211,13 +219,13 @@ class ParquetSink(_AtomicFile):
             ("width", pa.int32()), ("height", pa.int32()), ("class_id", pa.int16()),
             ("class_name", pa.string()), ("score", pa.float32()), ("x1", pa.float32()),
             ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
-        ])
+        ] + ([("track_id", pa.int64())] if tracked else []))
         self.writer = pq.ParquetWriter(self.file, self.schema)
         self.rows_per_group = rows_per_group
         self.pending: list[dict[str, np.ndarray]] = []
         self.pending_rows = 0
 
-    def write(self, indices, times, boxes, labels, scores, counts) -> None:
+    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None) -> None:
         counts = np.asarray(counts)
         mask = np.arange(boxes.shape[1])[None, :] < counts[:, None]
         n = int(mask.sum())
@@ -231,6 +239,7 @@ class ParquetSink(_AtomicFile):
             "time": np.repeat(np.asarray(times, dtype=np.float64), counts),
             "class_id": lab.astype(np.int16), "score": scores[mask].astype(np.float32),
             "x1": b[:, 0], "y1": b[:, 1], "x2": b[:, 2], "y2": b[:, 3],
+            **({"track_id": track_ids[mask].astype(np.int64)} if track_ids is not None else {}),
         })
         self.pending_rows += n
         if self.pending_rows >= self.rows_per_group:
@@ -250,6 +259,7 @@ class ParquetSink(_AtomicFile):
             "class_name": pa.array([self.names[i] for i in cols["class_id"].tolist()], pa.string()),
             "score": cols["score"], "x1": cols["x1"].astype(np.float32), "y1": cols["y1"].astype(np.float32),
             "x2": cols["x2"].astype(np.float32), "y2": cols["y2"].astype(np.float32),
+            **({"track_id": cols["track_id"]} if "track_id" in cols else {}),
         }, schema=self.schema)
         self.writer.write_table(table)
         self.pending, self.pending_rows = [], 0
@@ -315,8 +325,11 @@ def concat_outputs(fmt: Format, parts: list[Path], target: Path) -> None:
 
 
 def open_sink(fmt: Format, path: str | os.PathLike, video: str, width: int, height: int,
-              classes: Classes = SSD300_CLASSES) -> Sink:
-    """A sink of format ``fmt`` for one video; ``classes`` names the class ids it will be given."""
+              classes: Classes = SSD300_CLASSES, tracked: bool = False) -> Sink:
+    """A sink of format ``fmt`` for one video; ``classes`` names the class ids it will be given;
+    ``tracked``: its detections carry track ids (a Parquet file's schema says so up front)."""
     if fmt not in SINKS:
         raise ValueError(f"format must be one of {sorted(SINKS)}, got {fmt!r}")
+    if fmt == "parquet":
+        return ParquetSink(path, video, width, height, classes, tracked)
     return SINKS[fmt](path, video, width, height, classes)

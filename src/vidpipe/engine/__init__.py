@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 from ..detector import Detector, FrameResult
 from ..errors import VidpipeError
 from ..timeline import stamp
+from ..track import Tracker
 from .decode import DONE, FrameProducer
 from .items import BatchResult, Chunk, RunReport, Unit, UnitEnd, VideoEnd, VideoStart
 from .schedule import Scheduler, process
@@ -32,18 +33,22 @@ __all__ = ["DONE", "BatchResult", "Chunk", "FrameProducer", "RunReport", "Schedu
 
 def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]:
     """Per-frame results, lazily; one batch stays in flight so the GPU never waits for the reader.
-    A damaged or unreadable input raises :class:`VidpipeError` after its good frames."""
+    With ``Config.track`` each video's results carry track ids (tracked in frame order). A damaged or
+    unreadable input raises :class:`VidpipeError` after its good frames."""
     pending: BatchResult | None = None
+    tracker: Tracker | None = None
     for item in process(detector, inputs):
         if pending is not None and not isinstance(item, VideoStart):
-            yield from pending.frames()
+            yield from pending.frames(tracker)
             pending = None
+        if isinstance(item, VideoStart) and detector.config.track:
+            tracker = Tracker(item.info.fps)
         if isinstance(item, BatchResult):
             pending = item
         elif isinstance(item, VideoEnd) and item.error:
             raise VidpipeError(item.error)
     if pending is not None:
-        yield from pending.frames()
+        yield from pending.frames(tracker)
 
 
 def run(detector: Detector, inputs: list[str], sink_for: SinkFactory, *,
@@ -52,7 +57,10 @@ def run(detector: Detector, inputs: list[str], sink_for: SinkFactory, *,
     """Detect every input into its sink; one bad input is reported and never stops the others.
     On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
     cfg = detector.config
-    writer = Writer(sink_for, cfg.overlap, on_frames, on_video, formatters=cfg.formatters_for(detector.device))
+    if cfg.track:
+        Tracker(30.0)  # a missing tracking library fails the run here, in one line, before any work
+    writer = Writer(sink_for, cfg.overlap, on_frames, on_video, formatters=cfg.formatters_for(detector.device),
+                    track=cfg.track)
     ok = False
     try:
         for item in process(detector, inputs, frames, on_issue=writer.issue):

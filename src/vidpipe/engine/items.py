@@ -22,6 +22,7 @@ from ..coco import SSD300_CLASSES, Classes
 from ..detector import FrameResult
 from ..postprocess import Detections
 from ..sources import FrameBatch, VideoInfo
+from ..track import Tracker
 
 
 @dataclass
@@ -71,11 +72,16 @@ class BatchResult:
         rows = slice(self.row, self.row + len(self.indices))
         return tuple(t[rows].numpy() for t in self.det.astuple())
 
-    def frames(self) -> Iterator[FrameResult]:
+    def frames(self, tracker: Tracker | None = None) -> Iterator[FrameResult]:
+        """Per-frame results; with ``tracker`` (this video's, fed in frame order) with track ids."""
         b, l, s, c = self.arrays()
+        ids = None
+        if tracker is not None:
+            b, l, s, c, ids = tracker.batch(b, l, s, c)
         for i, (frame, t) in enumerate(zip(self.indices, self.times)):
             yield FrameResult(self.info.path, frame, t, self.info.width, self.info.height,
-                              b[i, :c[i]], l[i, :c[i]], s[i, :c[i]], self.classes)
+                              b[i, :c[i]], l[i, :c[i]], s[i, :c[i]], self.classes,
+                              None if ids is None else ids[i, :c[i]])
 
 
 @dataclass(eq=False)

@@ -27,6 +27,7 @@ from ..profiling import nvtx_range
 from ..sinks import Sink
 from ..sources import VideoInfo
 from ..timeline import stamp
+from ..track import Tracker
 from .items import BatchResult, RunReport, VideoEnd, VideoStart
 
 SinkFactory = Callable[[VideoInfo], Sink]
@@ -92,11 +93,14 @@ class Writer:
     done, closes sinks (final only when the video was decoded and written whole; else what was
     written is set aside as ``.incomplete``). An output that cannot be written fails its video
     alone, with a one-line reason. Runs in a thread when ``threaded``; :meth:`issue` gives it each
-    result early, to format as soon as it lands (in ``formatters`` processes when > 0)."""
+    result early, to format as soon as it lands (in ``formatters`` processes when > 0), except when
+    it tracks: track ids exist only once a result's turn has come."""
 
     def __init__(self, sink_for: SinkFactory, threaded: bool, on_frames: Callable[[int], None] | None,
-                 on_video: Callable[[VideoEnd], None] | None, formatters: int = 0) -> None:
+                 on_video: Callable[[VideoEnd], None] | None, formatters: int = 0, track: bool = False) -> None:
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
+        self.track = track  # track ids are assigned here, in frame order, before formatting
+        self.tracker: Tracker | None = None
         self.formatters = FormatPool.get(formatters)
         self.sink: Sink | None = None
         self.info: VideoInfo | None = None  # the open sink's video
@@ -135,7 +139,7 @@ class Writer:
     def _handle(self, item) -> None:
         if isinstance(item, _Issued):
             r = item.result
-            if r.info is self.info and hasattr(self.sink, "formatter"):  # results of later videos wait
+            if r.info is self.info and hasattr(self.sink, "formatter") and not self.track:  # later videos wait
                 arrays = r.arrays()
                 if _finite(arrays):  # else its turn fails the video
                     with nvtx_range("format"):
@@ -145,6 +149,7 @@ class Writer:
                             r.text = self.sink.formatter()(r.indices, r.times, *arrays)
         elif isinstance(item, VideoStart):
             self.info, self.failure = item.info, None
+            self.tracker = Tracker(item.info.fps) if self.track else None
             try:
                 self.sink = self.sink_for(item.info)
             except (OSError, UnicodeError) as e:
@@ -169,6 +174,9 @@ class Writer:
             self._fail(f"{r.info.path}: the model's boxes or scores are not finite (NaN or inf) from frame "
                        f"{r.indices[0]} on; check the weights")
             return
+        if self.tracker is not None:
+            with nvtx_range("track"):
+                arrays = self.tracker.batch(*arrays)  # boxes, labels, scores, counts, track ids
         try:
             with nvtx_range("write"):
                 if r.text is None and self.formatters is not None and hasattr(self.sink, "formatter"):

@@ -1,0 +1,175 @@
+"""Tracking (--track): ByteTrack ids from the trackers package, fed in frame order by the engine.
+Checked against the library run directly on the same detections (identical ids), on fresh random
+trajectories and end to end on a clip with a moving object; track ids in every sink; supervision
+interop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("trackers")
+import supervision as sv  # noqa: E402
+from trackers import ByteTrackTracker  # noqa: E402
+
+import vidpipe  # noqa: E402
+from vidpipe import Config, Detector  # noqa: E402
+from vidpipe.engine import run  # noqa: E402
+from vidpipe.models.boxes import BoxesFamily  # noqa: E402
+from vidpipe.sinks import open_sink  # noqa: E402
+from vidpipe.track import Tracker  # noqa: E402
+
+
+def trajectories(seed: int, frames: int, objects: int):
+    """Per frame (boxes [D, 4], labels [D], scores [D]): objects moving at constant speed, each
+    sometimes missed, plus clutter, shuffled."""
+    g = np.random.default_rng(seed)
+    start = g.uniform(0, 400, (objects, 2))
+    speed = g.uniform(-6, 6, (objects, 2))
+    size = g.uniform(20, 60, (objects, 2))
+    labels = g.integers(0, 3, objects)
+    out = []
+    for f in range(frames):
+        seen = g.random(objects) > 0.1
+        xy = start[seen] + f * speed[seen]
+        boxes = np.concatenate([xy, xy + size[seen]], 1)
+        scores = g.uniform(0.5, 0.95, seen.sum())
+        clutter = g.uniform(0, 400, (2, 2))
+        boxes = np.concatenate([boxes, np.concatenate([clutter, clutter + 10], 1)]).astype(np.float32)
+        scores = np.concatenate([scores, g.uniform(0.1, 0.4, 2)]).astype(np.float32)
+        lab = np.concatenate([labels[seen], [0, 1]]).astype(np.int64)
+        order = g.permutation(len(scores))
+        out.append((boxes[order], lab[order], scores[order]))
+    return out
+
+
+def test_ids_are_the_librarys_on_random_trajectories():
+    seed = int.from_bytes(os.urandom(4), "little")
+    frames = trajectories(seed, 40, 6)
+    ours, theirs = Tracker(30.0), ByteTrackTracker(frame_rate=30.0)
+    d = max(len(s) for _, _, s in frames)
+    for start in range(0, 40, 8):  # batches of 8 frames, padded as the engine's are
+        chunk = frames[start:start + 8]
+        pad = lambda a, i, shape: np.concatenate([a, np.zeros((d - len(a), *shape), a.dtype)])  # noqa: E731
+        boxes = np.stack([pad(b, 0, (4,)) for b, _, _ in chunk])
+        labels = np.stack([pad(lab, 0, ()) for _, lab, _ in chunk])
+        scores = np.stack([pad(s, 0, ()) for _, _, s in chunk])
+        counts = np.array([len(s) for _, _, s in chunk])
+        b, lab, s, c, ids = ours.batch(boxes, labels, scores, counts)
+        for i, (fb, fl, fs) in enumerate(chunk):
+            ref = theirs.update(sv.Detections(xyxy=fb, confidence=fs, class_id=fl))
+            order = np.argsort(-ref.confidence, kind="stable")
+            assert c[i] == len(fs), seed
+            assert np.array_equal(ids[i, :c[i]], ref.tracker_id[order]), seed
+            assert np.array_equal(b[i, :c[i]], ref.xyxy[order].astype(np.float32)), seed
+            assert np.all(np.diff(s[i, :c[i]]) <= 0), seed  # best first
+    assert (ids >= 0).any(), seed  # tracks were confirmed
+
+
+def moving_square(path, frames: int = 12, width: int = 96, height: int = 64):
+    """A white 12x12 square moving 3 px right per frame on black, and a grey one standing still."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "10"}
+        stream.codec_context.time_base = Fraction(1, 30)
+        for f in range(frames):
+            img = np.zeros((height, width, 3), np.uint8)
+            img[20:32, 10 + 3 * f:22 + 3 * f] = 255
+            img[40:52, 70:82] = 128
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = f
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+class SquareFinder(torch.nn.Module):
+    """Boxes of the bright (> 0.75) and of the mid-grey (0.3-0.7) pixels, scores 0.9 and 0.8."""
+
+    def forward(self, x: torch.Tensor):
+        y = x.float().mean(1)
+        boxes = []
+        for mask in (y > 0.75, (y > 0.3) & (y < 0.7)):
+            rows, cols = mask.any(2), mask.any(1)
+            idx_r = torch.arange(rows.shape[1], device=x.device)
+            idx_c = torch.arange(cols.shape[1], device=x.device)
+            y1 = torch.where(rows, idx_r, rows.shape[1]).amin(1)
+            y2 = torch.where(rows, idx_r + 1, 0).amax(1)
+            x1 = torch.where(cols, idx_c, cols.shape[1]).amin(1)
+            x2 = torch.where(cols, idx_c + 1, 0).amax(1)
+            boxes.append(torch.stack([x1, y1, x2, y2], 1).float())
+        n = x.shape[0]
+        scores = torch.tensor([0.9, 0.8], device=x.device).expand(n, -1)
+        return torch.stack(boxes, 1), scores, torch.zeros(n, 2, dtype=torch.long, device=x.device)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "coco", "parquet"])
+def test_a_run_with_track_writes_the_librarys_ids(tmp_path, fmt):
+    clip = moving_square(tmp_path / "m.mp4")
+    family = BoxesFamily(SquareFinder(), ["square"], score_threshold=0.5, max_detections=2)
+    # JSON Lines through the formatting processes (as on a GPU), the others in the writer thread.
+    det = Detector(Config(device="cpu", batch_size=4, track=True, formatters=2 if fmt == "jsonl" else 0),
+                   model=family)
+    out = tmp_path / f"o.{fmt}"
+    report = run(det, [str(clip)], lambda v: open_sink(fmt, out, v.path, v.width, v.height, det.classes, True))
+    assert report.frames == 12 and not report.failed
+    if fmt == "jsonl":
+        rows = [(x["frame"], d["box"], d["score"], d["track_id"]) for x in map(json.loads, out.read_text().splitlines())
+                for d in x["detections"]]
+    elif fmt == "coco":
+        rows = [(d["image_id"], [d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]],
+                 d["score"], d["track_id"]) for d in json.loads(out.read_text())]
+    else:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(out).to_pydict()
+        rows = [(f, [a, b, c, d], s, i) for f, a, b, c, d, s, i in
+                zip(t["frame"], t["x1"], t["y1"], t["x2"], t["y2"], t["score"], t["track_id"])]
+    # The library on the same detections, frame by frame.
+    theirs = ByteTrackTracker(frame_rate=30.0)
+    for f in range(12):
+        mine = [r for r in rows if r[0] == f]
+        ref = theirs.update(sv.Detections(xyxy=np.array([r[1] for r in mine], np.float32),
+                                          confidence=np.array([r[2] for r in mine], np.float32),
+                                          class_id=np.zeros(len(mine), int)))
+        assert sorted(r[3] for r in mine) == sorted(ref.tracker_id.tolist()), f
+    moving = {r[3] for r in rows if r[0] >= 1 and r[2] > 0.85}
+    still = {r[3] for r in rows if r[0] >= 1 and r[2] < 0.85}
+    assert len(moving) == len(still) == 1 and moving != still and min(moving | still) >= 0  # one id each
+
+
+def test_python_api_tracks_and_converts_to_supervision(tmp_path):
+    clip = moving_square(tmp_path / "m.mp4")
+    family = BoxesFamily(SquareFinder(), ["square"], score_threshold=0.5, max_detections=2)
+    results = list(vidpipe.detect(clip, Detector(Config(device="cpu", batch_size=4, track=True), model=family)))
+    assert [r.frame for r in results] == list(range(12))
+    assert len({int(r.track_ids[0]) for r in results[1:]}) == 1 and results[5].track_ids[0] >= 0
+    d = results[5].to_supervision()
+    assert np.array_equal(d.xyxy, results[5].boxes) and np.array_equal(d.tracker_id, results[5].track_ids)
+    assert np.array_equal(d.confidence, results[5].scores) and list(d.data["class_name"]) == ["square", "square"]
+    untracked = list(vidpipe.detect(clip, Detector(Config(device="cpu", batch_size=4), model=family)))
+    assert untracked[5].track_ids is None and untracked[5].to_supervision().tracker_id is None
+
+
+def test_missing_trackers_is_one_line(tmp_path):
+    script = f"""
+import sys
+sys.modules["trackers"] = None
+from vidpipe.cli import main
+sys.exit(main(["detect", {str(moving_square(tmp_path / 'm.mp4'))!r}, "-o", {str(tmp_path / 'o.jsonl')!r},
+               "--weights", "random", "--device", "cpu", "--track"]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and 'pip install "vidpipe[track]"' in r.stderr and "Traceback" not in r.stderr
