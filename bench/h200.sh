@@ -33,6 +33,7 @@ camera() {  # the camera-like 1080p H.264 clip (900 frames), made once per machi
 for step in $STEPS; do
   case $step in
     tests)
+      export VIDPIPE_CAMERA_CLIP="$(camera)"
       timeout ${TESTS_S:-420} python3 -m pytest -q -ra -m "cuda or nvdec" tests -p no:cacheprovider \
         ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25 ;;
     scale)

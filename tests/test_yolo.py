@@ -117,6 +117,21 @@ def test_detections_match_ultralytics_predict_on_gpu(video, seed, tmp_path):
     assert found.share >= 0.97 and found.extra_share <= 0.03, found
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed", [0, 1])
+def test_detections_match_ultralytics_predict_on_gpu_at_1080p(seed, tmp_path):
+    """The camera-like 1080p clip (shared/media/make_camera_clip.py; bench/h200.sh makes it and
+    names it in VIDPIPE_CAMERA_CLIP): the 3x downscaling letterbox."""
+    import os
+
+    clip = os.environ.get("VIDPIPE_CAMERA_CLIP")
+    if not clip or not os.path.isfile(clip):
+        pytest.skip("VIDPIPE_CAMERA_CLIP (the camera-like 1080p clip) not given")
+    found = agreement(clip, 100, seed, "cuda", tmp_path)
+    assert found.reference > 1000
+    assert found.share >= 0.97 and found.extra_share <= 0.03, found
+
+
 LETTERBOX = r"""
 import sys
 import numpy as np, torch
