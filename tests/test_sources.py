@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from ordering import in_order
+from ordering import by_video, in_order
 from vidpipe.graphs import Batch
 from vidpipe.engine import BatchResult, Chunk, FrameProducer, Unit, UnitEnd, VideoEnd, VideoStart
 from vidpipe.engine.batching import Batcher, padding
@@ -85,8 +85,8 @@ def test_keyframes_and_repeat(tmp_path):
 @pytest.mark.parametrize("seed", range(5))
 def test_batches_mix_units_and_results_come_back_in_order(seed):
     """Chunks of several files' segments arrive interleaved at random (each segment's own in
-    order); they are packed into full batches across segments, and the results come out in input
-    order, one VideoStart/VideoEnd per file, every frame once."""
+    order); they are packed into full batches across segments, and the results come out in each
+    file's order, one VideoStart/VideoEnd per file, every frame once."""
     g = torch.Generator().manual_seed(seed)
     rand = lambda n: int(torch.randint(n, (1,), generator=g))  # noqa: E731
     units, seq = [], 0
@@ -141,7 +141,24 @@ def test_batches_mix_units_and_results_come_back_in_order(seed):
         frames = [i for r in items[1:-1] for i in r.indices]
         assert frames == list(range(items[0].info.num_frames)) and items[-1].decoded == len(frames)
     starts = [o.info.path for o in out if isinstance(o, VideoStart)]
-    assert starts == ["v0", "v1", "v2"]
+    assert sorted(starts) == ["v0", "v1", "v2"]  # each once; inputs interleave, each in its own order
+
+
+def test_an_input_that_has_not_ended_holds_back_no_other():
+    """A live stream never ends: the inputs after it are emitted, each whole and in its own order,
+    while its own results keep coming out as they are ready."""
+    a, b = VideoInfo("live", 8, 8, 0, 30.0, "h264", None), VideoInfo("file", 8, 8, 6, 30.0, "h264", None)
+    live, file = Unit(0, a, "live", 0, None), Unit(1, b, "file", 0, 6)
+    released = []
+    order = Orderer(lambda: released.append(1), lambda info: info.num_frames)
+    order.add(file, BatchResult(b, [0, 1, 2, 3, 4, 5], [0.0] * 6, None, None))
+    order.end(UnitEnd(file, 6))
+    order.add(live, BatchResult(a, [0, 1], [0.0, 0.03], None, None))
+    out = list(order.ready())
+    by_video = {v: [type(o).__name__ for o in out if (o.path if isinstance(o, VideoEnd) else o.info.path) == v]
+                for v in ("live", "file")}
+    assert by_video == {"live": ["VideoStart", "BatchResult"], "file": ["VideoStart", "BatchResult", "VideoEnd"]}
+    assert len(released) == 1  # the file's unit; the stream's is still open
 
 
 def test_short_batches_only_within_the_padding_or_when_stale(tmp_path):
@@ -174,13 +191,15 @@ def test_producer_orders_several_inputs_and_reports_bad_ones(tmp_path, threaded)
     bad.write_bytes(b"not a video at all" * 10)
     items = list(in_order(FrameProducer([str(a), str(bad), str(b)], "pyav", torch.device("cpu"), 8,
                                         threaded=threaded, workers=2)))
-    kinds = [type(i).__name__ for i in items]
-    runs = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1] or k != "FrameBatch"]
-    assert runs == ["VideoStart", "FrameBatch", "VideoEnd", "VideoEnd", "VideoStart", "FrameBatch", "VideoEnd"]
-    ends = [i for i in items if isinstance(i, VideoEnd)]
-    assert ends[1].error and "not a readable video" in ends[1].error and ends[1].fatal
-    assert ends[0].ok and ends[0].decoded == 9 and ends[2].decoded == 5
-    assert [j for i in items if isinstance(i, FrameBatch) for j in i.indices] == list(range(9)) + list(range(5))
+    groups = {(g[0].info.path if isinstance(g[0], VideoStart) else g[0].path): g for g in by_video(items)}
+    assert len(groups) == 3
+    for path, n in ((str(a), 9), (str(b), 5)):
+        kinds = [type(i).__name__ for i in groups[path]]
+        assert kinds[0] == "VideoStart" and kinds[-1] == "VideoEnd" and set(kinds[1:-1]) == {"FrameBatch"}
+        assert groups[path][-1].ok and groups[path][-1].decoded == n
+        assert [j for i in groups[path][1:-1] for j in i.indices] == list(range(n))
+    [end] = groups[str(bad)]
+    assert end.error and "not a readable video" in end.error and end.fatal
 
 
 def test_producer_bounds_the_chunks_that_exist(tmp_path):
@@ -290,13 +309,10 @@ def test_pooled_nvdec_sessions_switch_files(tmp_path):
     for _ in range(2):  # the second round finds the sessions of the first in the pool
         items = list(in_order(FrameProducer([str(a), str(b), str(a)], "nvdec", torch.device("cuda"), 8,
                                             workers=2, segment_min=8)))
-        got: dict[str, list] = {}
-        for item in items:
-            if isinstance(item, FrameBatch):
-                got.setdefault(item.video, []).append(item.frames.cpu())
-        for path, frames in expect.items():
-            repeats = 2 if path == str(a) else 1
-            assert torch.equal(torch.cat(got[path]), torch.cat([frames] * repeats))
+        groups = by_video(items)  # each occurrence whole and in order (occurrences may interleave)
+        assert sorted(g[0].info.path for g in groups) == sorted([str(a), str(b), str(a)])
+        for g in groups:
+            assert torch.equal(torch.cat([i.frames.cpu() for i in g[1:-1]]), expect[g[0].info.path])
 
 
 def test_capture_gate_lets_setups_overlap_and_captures_wait_for_them():

@@ -7,7 +7,7 @@ Modules, in the order frames flow:
 * :mod:`.batching` -- chunks -> batches of one frame size, and the short-batch policy.
 * :mod:`.schedule` -- :class:`Scheduler`, the compute thread's loop: it issues batches to the
   detector and hands results on.
-* :mod:`.order` -- results of parallel units back in input order.
+* :mod:`.order` -- results of parallel units back in each input's order (inputs interleave).
 * :mod:`.write` -- results into sinks, each output finished once.
 * :mod:`.items` -- what crosses between them.
 
@@ -36,19 +36,19 @@ def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]
     With ``Config.track`` each video's results carry track ids (tracked in frame order). A damaged or
     unreadable input raises :class:`VidpipeError` after its good frames."""
     pending: BatchResult | None = None
-    tracker: Tracker | None = None
+    trackers: dict[int, Tracker] = {}  # by id(info), as the writer keys videos
     for item in process(detector, inputs):
         if pending is not None and not isinstance(item, VideoStart):
-            yield from pending.frames(tracker)
+            yield from pending.frames(trackers.get(id(pending.info)))
             pending = None
         if isinstance(item, VideoStart) and detector.config.track:
-            tracker = Tracker(item.info.fps)
+            trackers[id(item.info)] = Tracker(item.info.fps)
         if isinstance(item, BatchResult):
             pending = item
         elif isinstance(item, VideoEnd) and item.error:
             raise VidpipeError(item.error)
     if pending is not None:
-        yield from pending.frames(tracker)
+        yield from pending.frames(trackers.get(id(pending.info)))
 
 
 def run(detector: Detector, inputs: list[str], sink_for: SinkFactory, *,

@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 
 from ..errors import VidpipeError
+from ..inputs import is_stream_url
 from ..runtime import DeviceRuntime
 from ..sources import NvdecSource, PyAVSource, VideoInfo, open_source, probe, resolve_decoder
 from .items import Chunk, Unit, UnitEnd
@@ -172,7 +173,9 @@ class FrameProducer:
             self._serial_items = self._serial()
             return
         info = self._first_info()
-        self.workers = self.workers or default_decoders(info, self.decoder, self.device)
+        # A live stream holds its worker for as long as it runs: each gets one, and files keep theirs.
+        live = sum(is_stream_url(p) for p in self.inputs)
+        self.workers = self.workers or default_decoders(info, self.decoder, self.device) + live
         self._window = threading.Semaphore(4 * self.workers)
         slots = self.workers + 2
         if info is not None:  # large frames: fewer chunks wait, so GPU memory stays near its floor

@@ -41,6 +41,7 @@ class VideoEnd:
     corrupt_packets: int = 0
     error: str | None = None
     fatal: bool = False  # decoding broke off (vs. a damaged file decoded to its end)
+    info: VideoInfo | None = field(default=None, repr=False, compare=False)  # the video's, when it was probed
 
     @property
     def lost(self) -> int:

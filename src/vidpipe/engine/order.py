@@ -1,9 +1,10 @@
-"""Ordering: results of units decoded in parallel, put back in input order.
+"""Ordering: results of units decoded in parallel, put back in each input's frame order.
 
 In: results (:class:`~.items.BatchResult`, a unit's own in frame order) and ends
 (:class:`~.items.UnitEnd`) of units in any order. Out, from :meth:`Orderer.ready`:
-:class:`~.items.VideoStart`, the results and :class:`~.items.VideoEnd` of each input in input
-order; the segments of one file make one video. What is held is results (small), never frames.
+:class:`~.items.VideoStart`, the results and :class:`~.items.VideoEnd` of each input, in that
+input's order; different inputs interleave (each has its own sink). The segments of one file make
+one video. What is held is results (small), never frames.
 """
 
 from __future__ import annotations
@@ -23,23 +24,29 @@ class _Held:
     results: list[BatchResult] = field(default_factory=list)
     received: int = 0
     end: UnitEnd | None = None
-    started: bool = False
+
+
+@dataclass
+class _File:
+    """One input's progress: the seq of its next unit (known once its first unit has shown up),
+    its VideoEnd so far, and whether the rest is dropped (its decoding broke off)."""
+
+    next: int | None = None
+    end: VideoEnd | None = None
+    dropping: bool = False
 
 
 class Orderer:
-    """Restores input order: results and ends of units arrive in any order (a unit's own results
-    in frame order); a unit's are emitted once every earlier unit's are, and ``release`` is called
-    per emitted unit. Segments of one file make one VideoStart ... VideoEnd."""
+    """Restores each input's order: results and ends of units arrive in any order (a unit's own
+    results in frame order); a unit's are emitted once every earlier unit *of its input* has been,
+    and ``release`` is called per emitted unit. Inputs do not wait for each other (a live stream
+    never ends; the inputs after it must not wait for it). Segments of one file (consecutive units
+    sharing one ``info``) make one VideoStart ... VideoEnd."""
 
     def __init__(self, release: Callable[[], None], expected: Callable[[VideoInfo], int]) -> None:
         self.release, self.expected = release, expected
         self.units: dict[int, _Held] = {}
-        self.head = 0
-        self.file = VideoEnd("")
-        self.dropping = False  # the rest of a file whose decoding broke off
-
-    def _held(self, unit: Unit) -> _Held:
-        return self.units.setdefault(unit.seq, _Held(unit))
+        self.files: dict[int, _File] = {}  # by id(info): a file's units share its info
 
     def add(self, unit: Unit, result: BatchResult) -> None:
         held = self._held(unit)
@@ -49,34 +56,46 @@ class Orderer:
     def end(self, item: UnitEnd) -> None:
         self._held(item.unit).end = item
 
+    def _held(self, unit: Unit) -> _Held:
+        if unit.info is not None and unit.first:
+            self.files.setdefault(id(unit.info), _File()).next = unit.seq
+        return self.units.setdefault(unit.seq, _Held(unit))
+
     def ready(self) -> Iterator[VideoStart | BatchResult | VideoEnd]:
-        while (held := self.units.get(self.head)) is not None:
+        for seq in [s for s, h in self.units.items() if h.unit.info is None and h.end is not None]:
+            held = self.units.pop(seq)  # an input that could not be probed: its end alone
+            self.release()
+            yield VideoEnd(held.unit.path, error=held.end.error, fatal=True)
+        for key, file in list(self.files.items()):
+            yield from self._file(key, file)
+
+    def _file(self, key: int, file: _File) -> Iterator[VideoStart | BatchResult | VideoEnd]:
+        while file.next is not None and (held := self.units.get(file.next)) is not None:
             unit, end = held.unit, held.end
-            if unit.info is not None and unit.first and not held.started:
-                held.started, self.dropping = True, False
-                self.file = VideoEnd(unit.path, expected=self.expected(unit.info))
+            if unit.first and file.end is None:
+                file.end = VideoEnd(unit.path, expected=self.expected(unit.info), info=unit.info)
                 yield VideoStart(unit.info)
             results, held.results = held.results, []
-            if not self.dropping:
+            if not file.dropping:
                 yield from results
             if end is None or held.received < end.decoded:
                 return
-            del self.units[self.head]
-            self.head += 1
+            del self.units[file.next]
             self.release()
-            yield from self._close(end)
+            file.next += 1
+            yield from self._close(file, end)
+            if unit.last:
+                del self.files[key]
+                return
 
-    def _close(self, end: UnitEnd) -> Iterator[VideoEnd]:
-        if end.unit.info is None:
-            yield VideoEnd(end.unit.path, error=end.error, fatal=True)
+    def _close(self, file: _File, end: UnitEnd) -> Iterator[VideoEnd]:
+        if file.dropping:
             return
-        if self.dropping:
-            return
-        f = self.file
+        f = file.end
         f.decoded += end.decoded
         f.corrupt_packets += end.corrupt
         if end.error is not None:
-            f.error, f.fatal, self.dropping = end.error, True, True
+            f.error, f.fatal, file.dropping = end.error, True, True
         if end.unit.last or f.fatal:
             if f.error is None and f.decoded == 0:  # e.g. a header that promises nothing decodable
                 f.error, f.fatal = f"{f.path}: no frame could be decoded", True
@@ -84,5 +103,3 @@ class Orderer:
                 f.error = (f"{f.path}: damaged: decoded {f.decoded} of {f.expected} frames "
                            f"({f.lost} lost, {f.corrupt_packets} corrupt packets skipped)")
             yield f
-
-

@@ -2,9 +2,10 @@
 issues them to the detector, and hands results on in input order.
 
 In: a :class:`~vidpipe.detector.Detector` and paths. Out, from :meth:`Scheduler.items`:
-:class:`~.items.VideoStart`, :class:`~.items.BatchResult` and :class:`~.items.VideoEnd` in input
-order, each once. ``on_issue`` (optional) sees every result as soon as its batch is issued, before
-order is restored: the writer formats it once it lands, so what is held back for ordering is text.
+:class:`~.items.VideoStart`, :class:`~.items.BatchResult` and :class:`~.items.VideoEnd`, each
+input's in its order (inputs interleave), each once. ``on_issue`` (optional) sees every result as
+soon as its batch is issued, before order is restored: the writer formats it once it lands, so
+what is held back for ordering is text.
 
 The compute thread only issues work: on CUDA two graph replays per batch (the model on its own
 stream, post-processing beside the next batch's model); results go to pinned host memory behind

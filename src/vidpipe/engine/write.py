@@ -88,23 +88,31 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
+@dataclass
+class _Open:
+    """A video being written: its sink (None once its output failed), why it failed, its tracker."""
+
+    info: VideoInfo
+    sink: Sink | None
+    failure: str | None = None
+    tracker: Tracker | None = None
+
+
 class Writer:
-    """Consumes the scheduler's items: opens a sink per video, writes batches once their copy is
-    done, closes sinks (final only when the video was decoded and written whole; else what was
-    written is set aside as ``.incomplete``). An output that cannot be written fails its video
-    alone, with a one-line reason. Runs in a thread when ``threaded``; :meth:`issue` gives it each
-    result early, to format as soon as it lands (in ``formatters`` processes when > 0), except when
-    it tracks: track ids exist only once a result's turn has come."""
+    """Consumes the scheduler's items: opens a sink per video (several at once: inputs interleave,
+    each in its own order), writes batches once their copy is done, closes sinks (final only when
+    the video was decoded and written whole; else what was written is set aside as
+    ``.incomplete``). An output that cannot be written fails its video alone, with a one-line
+    reason. Runs in a thread when ``threaded``; :meth:`issue` gives it each result early, to format
+    as soon as it lands (in ``formatters`` processes when > 0), except when it tracks: track ids
+    exist only once a result's turn has come."""
 
     def __init__(self, sink_for: SinkFactory, threaded: bool, on_frames: Callable[[int], None] | None,
                  on_video: Callable[[VideoEnd], None] | None, formatters: int = 0, track: bool = False) -> None:
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.track = track  # track ids are assigned here, in frame order, before formatting
-        self.tracker: Tracker | None = None
         self.formatters = FormatPool.get(formatters)
-        self.sink: Sink | None = None
-        self.info: VideoInfo | None = None  # the open sink's video
-        self.failure: str | None = None  # why the open video's output failed (its later results are dropped)
+        self.open: dict[int, _Open] = {}  # by id(info): the scheduler's items carry the video's info
         self.report = RunReport()
         self.error: BaseException | None = None
         self.q: queue.Queue | None = queue.Queue(maxsize=WRITE_QUEUE) if threaded else None
@@ -139,23 +147,24 @@ class Writer:
     def _handle(self, item) -> None:
         if isinstance(item, _Issued):
             r = item.result
-            if r.info is self.info and hasattr(self.sink, "formatter") and not self.track:  # later videos wait
+            video = self.open.get(id(r.info))  # a video not yet started: formatted in its turn
+            if video is not None and hasattr(video.sink, "formatter") and not self.track:
                 arrays = r.arrays()
                 if _finite(arrays):  # else its turn fails the video
                     with nvtx_range("format"):
                         if self.formatters is not None:
-                            r.text = self.formatters.submit(self.sink.formatter(), r.indices, r.times, arrays)
+                            r.text = self.formatters.submit(video.sink.formatter(), r.indices, r.times, arrays)
                         else:
-                            r.text = self.sink.formatter()(r.indices, r.times, *arrays)
+                            r.text = video.sink.formatter()(r.indices, r.times, *arrays)
         elif isinstance(item, VideoStart):
-            self.info, self.failure = item.info, None
-            self.tracker = Tracker(item.info.fps) if self.track else None
+            video = self.open[id(item.info)] = _Open(item.info, None)
+            video.tracker = Tracker(item.info.fps) if self.track else None
             try:
-                self.sink = self.sink_for(item.info)
+                video.sink = self.sink_for(item.info)
             except (OSError, UnicodeError) as e:
-                self.sink, self.failure = None, f"{item.info.path}: cannot write its output ({_reason(e)})"
+                video.failure = f"{item.info.path}: cannot write its output ({_reason(e)})"
         elif isinstance(item, BatchResult):
-            self._write(item)
+            self._write(self.open[id(item.info)], item)
             self.report.frames += len(item.indices)
             if self.on_frames:
                 self.on_frames(len(item.indices))
@@ -165,62 +174,66 @@ class Writer:
             if self.on_video:
                 self.on_video(item)
 
-    def _write(self, r: BatchResult) -> None:
-        """One batch's frames into the open sink; a failure to write fails this video alone."""
-        if self.sink is None:
+    def _write(self, video: _Open, r: BatchResult) -> None:
+        """One batch's frames into the video's sink; a failure to write fails this video alone."""
+        if video.sink is None:
             return
         arrays = r.arrays()
         if not _finite(arrays):
-            self._fail(f"{r.info.path}: the model's boxes or scores are not finite (NaN or inf) from frame "
-                       f"{r.indices[0]} on; check the weights")
+            self._fail(video, f"{r.info.path}: the model's boxes or scores are not finite (NaN or inf) from frame "
+                              f"{r.indices[0]} on; check the weights")
             return
-        if self.tracker is not None:
+        if video.tracker is not None:
             with nvtx_range("track"):
-                arrays = self.tracker.batch(*arrays)  # boxes, labels, scores, counts, track ids
+                arrays = video.tracker.batch(*arrays)  # boxes, labels, scores, counts, track ids
+        sink = video.sink
         try:
             with nvtx_range("write"):
-                if r.text is None and self.formatters is not None and hasattr(self.sink, "formatter"):
-                    r.text = self.formatters.submit(self.sink.formatter(), r.indices, r.times, arrays)
+                if r.text is None and self.formatters is not None and hasattr(sink, "formatter"):
+                    r.text = self.formatters.submit(sink.formatter(), r.indices, r.times, arrays)
                 text = r.text.result() if isinstance(r.text, Future) else r.text
                 if text is not None:
-                    self.sink.write_lines(text, len(r.indices))
+                    sink.write_lines(text, len(r.indices))
                 else:
-                    self.sink.write(r.indices, r.times, *arrays)
+                    sink.write(r.indices, r.times, *arrays)
                 stamp("written")
         except (OSError, UnicodeError) as e:
-            self._fail(f"{r.info.path}: cannot write {self.sink.path} ({_reason(e)})")
+            self._fail(video, f"{r.info.path}: cannot write {sink.path} ({_reason(e)})")
 
-    def _fail(self, reason: str) -> None:
-        self.failure = reason
+    def _fail(self, video: _Open, reason: str) -> None:
+        video.failure = reason
         try:
-            kept = self.sink.fail()
+            kept = video.sink.fail()
         except (OSError, UnicodeError):  # e.g. the disk is still full
             kept = None
         if kept is not None:
-            self.failure += f"; the frames written before are in {kept}"
-        self.sink = None
+            video.failure += f"; the frames written before are in {kept}"
+        video.sink = None
 
     def _close(self, end: VideoEnd) -> VideoEnd:
         """Finish the video's output: its final name only when every frame was decoded and written."""
-        if self.sink is not None:
+        video = self.open.pop(id(end.info), None) if end.info is not None else None
+        if video is None:  # never started (the input could not be probed)
+            return end
+        if video.sink is not None:
             if end.ok:
                 try:
-                    self.sink.close(complete=True)
+                    video.sink.close(complete=True)
                 except (OSError, UnicodeError) as e:
-                    self.failure = f"{end.path}: cannot finish {self.sink.path} ({_reason(e)})"
+                    video.failure = f"{end.path}: cannot finish {video.sink.path} ({_reason(e)})"
             else:
-                kept = self.sink.fail()
+                kept = video.sink.fail()
                 if kept is not None:
                     end = replace(end, error=f"{end.error}; the frames decoded are in {kept}")
-        if self.failure is not None:
-            end = replace(end, error=self.failure, fatal=True)
-        self.sink, self.info, self.failure = None, None, None
+        if video.failure is not None:
+            end = replace(end, error=video.failure, fatal=True)
         return end
 
     def _abort(self) -> None:
-        if self.sink is not None:
-            self.sink.close(complete=False)
-            self.sink, self.info = None, None
+        for video in self.open.values():
+            if video.sink is not None:
+                video.sink.close(complete=False)
+        self.open.clear()
 
     def finish(self, ok: bool) -> RunReport:
         if self.q is not None:
