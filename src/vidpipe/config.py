@@ -150,6 +150,10 @@ class Config:
                             check=at_least(0), metavar="N")
     max_frames: int | None = setting(None, "only the first N frames of each input", group=DATA, check=at_least(1),
                                      metavar="N")
+    realtime: bool = setting(False, "read files at their own frame rate, as a camera delivers frames (a stand-in "
+                             "for live cameras); results then carry capture time and latency", group=DATA)
+    loop: bool = setting(False, "start each file over at its end, frame numbers and times running on, until "
+                         "--max-frames or Ctrl-C (with --realtime: a looping camera stand-in)", group=DATA)
     formatters: int | None = setting(None, f"processes formatting output text, off the GIL (default {FORMATTERS} on "
                                      "a GPU, 0 on a CPU: formatted in the writer thread)", group=DATA,
                                      check=at_least(0), metavar="N")

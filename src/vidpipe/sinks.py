@@ -36,7 +36,8 @@ class Sink(Protocol):
     path: Path
 
     def write(self, indices: list[int], times: list[float], boxes: np.ndarray, labels: np.ndarray,
-              scores: np.ndarray, counts: np.ndarray, track_ids: np.ndarray | None = None) -> None: ...
+              scores: np.ndarray, counts: np.ndarray, track_ids: np.ndarray | None = None,
+              captured: np.ndarray | None = None, latency: np.ndarray | None = None) -> None: ...
 
     def close(self, complete: bool) -> None: ...
 
@@ -113,7 +114,8 @@ class _AtomicFile:
 class JsonlSink(_AtomicFile):
     """``{"video", "frame", "time", "width", "height", "detections": [{"box", "score",
     "class_id", "class_name"}]}`` per line, frames in order; each detection also has ``"track_id"``
-    when the run tracks."""
+    when the run tracks, and a live source's frames ``"captured_at"`` (wall clock, s) and
+    ``"latency_ms"`` (capture to write)."""
 
     def __init__(self, path: str | os.PathLike, video: str, width: int, height: int,
                  classes: Classes = SSD300_CLASSES) -> None:
@@ -123,8 +125,10 @@ class JsonlSink(_AtomicFile):
         self.head = (f'{{"video": {name}, "frame": %d, "time": %.6f, "width": {width}, "height": {height}, '
                      '"detections": [')
 
-    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None) -> None:
-        self.write_lines(self.formatter()(indices, times, boxes, labels, scores, counts, track_ids), len(indices))
+    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
+              latency=None) -> None:
+        self.write_lines(self.formatter()(indices, times, boxes, labels, scores, counts, track_ids, captured,
+                                          latency), len(indices))
 
     def formatter(self) -> partial:
         """``f(indices, times, boxes, labels, scores, counts[, track_ids]) -> str``: the text of those frames,
@@ -138,9 +142,10 @@ class JsonlSink(_AtomicFile):
 
 
 def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels, scores, counts,
-                track_ids=None) -> str:
+                track_ids=None, captured=None, latency=None) -> str:
     """JSON Lines text of a batch's frames: ``head`` is the line's "%" template up to its detections,
-    ``names_json`` each class name as JSON; ``track_ids`` (None: not tracked) like ``labels``."""
+    ``names_json`` each class name as JSON; ``track_ids`` (None: not tracked) like ``labels``;
+    ``captured`` and ``latency`` (seconds) per frame for a live source."""
     # One C-level format call for the whole batch (Python formatting of each value would be slower).
     counts = counts.tolist()
     valid = np.arange(boxes.shape[1]) < np.asarray(counts)[:, None]
@@ -150,9 +155,12 @@ def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels,
         columns.append(track_ids[valid].tolist())
     dets = zip(*columns)
     values: list = []
+    clock = zip(captured.tolist(), (latency * 1000).tolist()) if captured is not None else None
     for frame, t, c in zip(indices, times, counts):
-        values += (frame, t)
+        values += (frame, t) if clock is None else (frame, t, *next(clock))
         values += chain.from_iterable(next(dets) for _ in range(c))
+    if captured is not None:
+        head = head.replace('"time": %.6f, ', '"time": %.6f, "captured_at": %.6f, "latency_ms": %.1f, ', 1)
     tracked = track_ids is not None
     return "".join(head + _dets_template(c, tracked) for c in counts) % tuple(values)
 
@@ -175,7 +183,8 @@ class CocoSink(_AtomicFile):
         self.file.write("[")
         self.first = True
 
-    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None) -> None:
+    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
+              latency=None) -> None:  # a live source's clock has no place in COCO's format
         items = []
         for i, (frame, c) in enumerate(zip(indices, counts.tolist())):
             ids = track_ids[i, :c].tolist() if track_ids is not None else [None] * c
@@ -225,7 +234,8 @@ class ParquetSink(_AtomicFile):
         self.pending: list[dict[str, np.ndarray]] = []
         self.pending_rows = 0
 
-    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None) -> None:
+    def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
+              latency=None) -> None:  # a live source's clock: not yet a column
         counts = np.asarray(counts)
         mask = np.arange(boxes.shape[1])[None, :] < counts[:, None]
         n = int(mask.sum())

@@ -57,13 +57,16 @@ class VideoInfo:
 
 @dataclass
 class FrameBatch:
-    """``frames``: ``Tensor[N, 3, H, W]`` uint8 RGB; ``indices``/``times``: N ints / N floats (s)."""
+    """``frames``: ``Tensor[N, 3, H, W]`` uint8 RGB; ``indices``/``times``: N ints / N floats (s);
+    ``captured``: for live sources (streams, ``--realtime`` files), the wall-clock time (``time.time()``)
+    each frame was delivered, else None."""
 
     video: str
     frames: torch.Tensor
     indices: list[int]
     times: list[float]
     ready: torch.cuda.Event | None = field(default=None, repr=False)
+    captured: list[float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = self.frames.shape[0]
@@ -76,8 +79,11 @@ class FrameBatch:
 
     def split(self, n: int) -> tuple[FrameBatch, FrameBatch]:
         """The first ``n`` frames and the rest (views, no copy)."""
-        return (FrameBatch(self.video, self.frames[:n], self.indices[:n], self.times[:n]),
-                FrameBatch(self.video, self.frames[n:], self.indices[n:], self.times[n:]))
+        c = self.captured
+        return (FrameBatch(self.video, self.frames[:n], self.indices[:n], self.times[:n],
+                           captured=None if c is None else c[:n]),
+                FrameBatch(self.video, self.frames[n:], self.indices[n:], self.times[n:],
+                           captured=None if c is None else c[n:]))
 
     def __repr__(self) -> str:
         return (f"FrameBatch(video={self.video!r}, frames={tuple(self.frames.shape)} {self.frames.device}, "

@@ -29,11 +29,13 @@ MAX_WAIT = 0.05
 
 @dataclass
 class Rows:
-    """Rows of a batch that hold consecutive frames of ``unit``."""
+    """Rows of a batch that hold consecutive frames of ``unit`` (``captured``: a live source's
+    wall-clock arrival times, else None)."""
 
     unit: Unit
     indices: list[int]
     times: list[float]
+    captured: list[float] | None = None
 
 
 class Batcher:
@@ -59,8 +61,10 @@ class Batcher:
             if pieces and pieces[-1].unit is chunk.unit:  # the unit's next frames, on the next rows
                 pieces[-1].indices += head.indices
                 pieces[-1].times += head.times
+                if head.captured is not None:
+                    pieces[-1].captured = (pieces[-1].captured or []) + head.captured
             else:
-                pieces.append(Rows(chunk.unit, head.indices, head.times))
+                pieces.append(Rows(chunk.unit, list(head.indices), list(head.times), head.captured))
             if batch.n == batch.size:
                 yield self._take((h, w))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Iterator
@@ -25,7 +26,7 @@ import torch
 from ..errors import VidpipeError
 from ..inputs import is_stream_url
 from ..runtime import DeviceRuntime
-from ..sources import NvdecSource, PyAVSource, VideoInfo, open_source, probe, resolve_decoder
+from ..sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, open_source, probe, resolve_decoder
 from .items import Chunk, Unit, UnitEnd
 from .plan import default_decoders, plan_units
 
@@ -49,7 +50,7 @@ class FrameProducer:
     def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
                  segment_min: int = 16, frames: tuple[int, int] | None = None,
-                 runtime: DeviceRuntime | None = None) -> None:
+                 runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False) -> None:
         self.inputs = inputs
         self.decoder = resolve_decoder(decoder, device)
         self.fallback = decoder == "auto"
@@ -60,6 +61,7 @@ class FrameProducer:
         self.max_frames = max_frames
         self.segment_min = segment_min
         self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
+        self.realtime, self.loop = realtime, loop  # files paced at their frame rate / started over at their end
         self.runtime = runtime or DeviceRuntime(device)  # the device's streams and NVDEC sessions
         self.stop = threading.Event()
         self._units: queue.Queue = queue.Queue()
@@ -76,7 +78,9 @@ class FrameProducer:
         seq = 0
         try:
             for path in self.inputs:
-                units = plan_units(path, self._probed.pop(path, None), self.decoder, self.workers,
+                # A paced or looping file is one unit: its frames come in order, at its own rate.
+                workers = 1 if self.realtime or self.loop else self.workers
+                units = plan_units(path, self._probed.pop(path, None), self.decoder, workers,
                                    segment_min=self.segment_min, frames=self.frames, max_frames=self.max_frames)
                 for unit in units:
                     # At most `window` units open: what is held for ordering stays bounded.
@@ -102,16 +106,53 @@ class FrameProducer:
         self._local.source = src
         return src
 
+    def _clocked(self, path: str) -> bool:
+        """Frames that arrive on a clock (a stream, a --realtime file): each is handed over alone,
+        stamped with the time it came."""
+        return self.realtime or is_stream_url(path)
+
     def _chunk_frames(self, info: VideoInfo) -> int:
+        if self._clocked(info.path):  # a frame waits for no other: latency, not throughput, is the bound
+            return 1
         # Small enough to bound memory at 4K, several per batch so the first batch fills early.
         return max(1, min(self.batch_size // 4, CHUNK_BYTES // (3 * info.width * info.height)))
+
+    def _passes(self, unit: Unit, src) -> Iterator[FrameBatch]:
+        """The unit's frames; with ``loop`` a file again and again, frame numbers and times running
+        on (until ``max_frames``); with ``realtime`` each handed over no earlier than its time."""
+        admit = self._admit if self.threaded else None
+        offset_frames, offset_time, clock0 = 0, 0.0, None
+        looping = self.loop and not is_stream_url(unit.path)
+        while True:
+            n, last = 0, 0.0
+            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit):
+                n, last = n + len(batch), batch.times[-1]
+                if looping and self.max_frames and batch.indices[0] + offset_frames + len(batch) > self.max_frames:
+                    batch = batch.split(self.max_frames - batch.indices[0] - offset_frames)[0]
+                if looping and offset_frames:
+                    batch.indices = [i + offset_frames for i in batch.indices]
+                    batch.times = [t + offset_time for t in batch.times]
+                if self.realtime and not is_stream_url(unit.path):
+                    now = time.monotonic()
+                    clock0 = clock0 if clock0 is not None else now - batch.times[0]
+                    time.sleep(max(0.0, clock0 + batch.times[-1] - now))
+                if self._clocked(unit.path):
+                    batch.captured = [time.time()] * len(batch)
+                end = batch.indices[-1] + 1
+                yield batch
+                del batch  # not held while the next chunk decodes, nor while waiting for room
+                if looping and self.max_frames and end >= self.max_frames:
+                    return
+            if not looping or n == 0:
+                return
+            offset_frames += n
+            offset_time += last + 1 / (src.info.fps or 30.0)
 
     def _decode(self, unit: Unit) -> Iterator[Chunk | UnitEnd]:
         decoded, corrupt, error = 0, 0, None
         try:
             src = self._source(unit)
-            admit = self._admit if self.threaded else None
-            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit):
+            for batch in self._passes(unit, src):
                 if self.device.type == "cuda":
                     # The compute stream reads the chunk without waiting on this worker's stream
                     # (PyAV's upload runs here; NVDEC sessions synchronise their own stream).
@@ -173,8 +214,9 @@ class FrameProducer:
             self._serial_items = self._serial()
             return
         info = self._first_info()
-        # A live stream holds its worker for as long as it runs: each gets one, and files keep theirs.
-        live = sum(is_stream_url(p) for p in self.inputs)
+        # A live stream (or a paced or looping file) holds its worker for as long as it runs: each
+        # gets one, and the files keep theirs.
+        live = len(self.inputs) if self.realtime or self.loop else sum(is_stream_url(p) for p in self.inputs)
         self.workers = self.workers or default_decoders(info, self.decoder, self.device) + live
         self._window = threading.Semaphore(4 * self.workers)
         slots = self.workers + 2

@@ -65,6 +65,7 @@ class BatchResult:
     row: int = 0
     text: str | Future | None = None  # formatted as soon as it landed, ahead of its turn (see write.Writer)
     classes: Classes = SSD300_CLASSES  # names the class ids
+    captured: list[float] | None = None  # a live source's frames: wall-clock arrival (time.time())
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """boxes, labels, scores, counts of these frames as NumPy views, once the copy has landed."""

@@ -45,7 +45,8 @@ class Scheduler:
         self.serial = not cfg.overlap
         self.producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
                                       workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames,
-                                      frames=frames, runtime=detector.runtime)
+                                      frames=frames, runtime=detector.runtime, realtime=cfg.realtime,
+                                      loop=cfg.loop)
         self.order = Orderer(self.producer.release, self.expected)
         self.batcher = Batcher(detector.batch)
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
@@ -117,7 +118,8 @@ class Scheduler:
                 self.issued.append(event)
         row = 0
         for r in rows:
-            result = BatchResult(r.unit.info, r.indices, r.times, host, event, row, classes=self.detector.classes)
+            result = BatchResult(r.unit.info, r.indices, r.times, host, event, row, classes=self.detector.classes,
+                                 captured=r.captured)
             self.order.add(r.unit, result)
             if self.on_issue is not None:
                 self.on_issue(result)

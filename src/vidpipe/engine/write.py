@@ -17,6 +17,7 @@ import atexit
 import multiprocessing
 import queue
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -74,7 +75,8 @@ class FormatPool:
 
     def submit(self, formatter: Callable, indices: list[int], times: list[float],
                arrays: tuple[np.ndarray, ...]) -> Future:
-        return self.pool.submit(formatter, indices, times, *(np.ascontiguousarray(a) for a in arrays))
+        return self.pool.submit(formatter, indices, times,
+                                *(None if a is None else np.ascontiguousarray(a) for a in arrays))
 
 
 def _finite(arrays: tuple[np.ndarray, ...]) -> bool:
@@ -148,7 +150,8 @@ class Writer:
         if isinstance(item, _Issued):
             r = item.result
             video = self.open.get(id(r.info))  # a video not yet started: formatted in its turn
-            if video is not None and hasattr(video.sink, "formatter") and not self.track:
+            # Not ahead of time: track ids need the frames before, a live frame's latency is to its write.
+            if video is not None and hasattr(video.sink, "formatter") and not self.track and r.captured is None:
                 arrays = r.arrays()
                 if _finite(arrays):  # else its turn fails the video
                     with nvtx_range("format"):
@@ -187,6 +190,11 @@ class Writer:
             with nvtx_range("track"):
                 arrays = video.tracker.batch(*arrays)  # boxes, labels, scores, counts, track ids
         sink = video.sink
+        if r.captured is not None:  # live: capture time and latency (to now, the write) per frame
+            now = time.time()
+            if len(arrays) == 4:
+                arrays = (*arrays, None)
+            arrays = (*arrays, np.asarray(r.captured), now - np.asarray(r.captured))
         try:
             with nvtx_range("write"):
                 if r.text is None and self.formatters is not None and hasattr(sink, "formatter"):
