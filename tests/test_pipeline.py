@@ -82,7 +82,8 @@ def test_json_lines_per_video_with_a_file_given_twice(random_model, tmp_path):
     a = make_clip(tmp_path / "a.mp4", frames=7, width=64, height=48)
     b = make_clip(tmp_path / "b.mp4", frames=5, width=80, height=48, seed=2)
     det = detector(random_model, decoders=2)
-    outs = iter(tmp_path / f"out{i}.jsonl" for i in range(3))
+    # Inputs interleave, each in its own order: outputs are named per input, not by start order.
+    outs = {str(a): [tmp_path / "out0.jsonl", tmp_path / "out2.jsonl"], str(b): [tmp_path / "out1.jsonl"]}
     calls = {"formatter": 0, "write": 0}
 
     class Counted(JsonlSink):  # write() formats in turn; formatter() alone, ahead of its turn
@@ -94,7 +95,7 @@ def test_json_lines_per_video_with_a_file_given_twice(random_model, tmp_path):
             calls["write"] += 1
             super().write(*args)
 
-    run(det, [str(a), str(b), str(a)], lambda i: Counted(next(outs), i.path, i.width, i.height))
+    run(det, [str(a), str(b), str(a)], lambda i: Counted(outs[i.path].pop(0), i.path, i.width, i.height))
     assert calls["formatter"] > calls["write"]  # some results were formatted before their turn
     for i, clip in enumerate((a, b, a)):
         alone = tmp_path / f"alone{i}.jsonl"
