@@ -89,10 +89,15 @@ class Detections:
 
 
 @lru_cache(maxsize=None)
+def constant_on(values: tuple[float, ...], device: str, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a ``dtype`` tensor on ``device``, made once per device."""
+    # Cached per device: built per batch it would be a host-to-device copy (none may run in a graph).
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def classes_on(classes: tuple[int, ...], device: str) -> torch.Tensor:
     """``classes`` as an int64 tensor on ``device``, made once per device."""
-    # Cached per device: built per batch it would be a host-to-device copy (none may run in a graph).
-    return torch.tensor(classes, dtype=torch.int64, device=device)
+    return constant_on(classes, device, torch.int64)
 
 
 def restrict_classes(det: Detections, classes: tuple[int, ...]) -> Detections:

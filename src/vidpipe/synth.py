@@ -70,3 +70,18 @@ def repeat_clip(src: str | os.PathLike, dst: str | os.PathLike, times: int) -> P
                 q.time_base, q.stream = ins.time_base, outs
                 out.mux(q)
     return Path(dst)
+
+
+def smooth_frames(n: int, seed: int, height: int, width: int, detail: float = 0.0):
+    """Smooth random scenes for re-aiming random weights: a 9 x 16 grid of random colours
+    (bicubic), plus a ``detail`` share of noise on an eighth-size grid; ``Tensor[n, 3, height,
+    width]`` uint8 on the CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    img = F.interpolate(torch.rand(n, 3, 9, 16, generator=g), size=(height, width), mode="bicubic")
+    if detail:
+        fine = torch.rand(n, 3, height // 8, width // 8, generator=g)
+        img = img * (1 - detail) + F.interpolate(fine, size=(height, width)) * detail
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)

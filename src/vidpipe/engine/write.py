@@ -155,10 +155,7 @@ class Writer:
                 arrays = r.arrays()
                 if _finite(arrays):  # else its turn fails the video
                     with nvtx_range("format"):
-                        if self.formatters is not None:
-                            r.text = self.formatters.submit(video.sink.formatter(), r.indices, r.times, arrays)
-                        else:
-                            r.text = video.sink.formatter()(r.indices, r.times, *arrays)
+                        r.text = self._format(video.sink, r, arrays)
         elif isinstance(item, VideoStart):
             video = self.open[id(item.info)] = _Open(item.info, None)
             video.tracker = Tracker(item.info.fps) if self.track else None
@@ -182,7 +179,7 @@ class Writer:
         if video.sink is None:
             return
         arrays = r.arrays()
-        if not _finite(arrays):
+        if r.text is None and not _finite(arrays):  # text was made only for finite results
             self._fail(video, f"{r.info.path}: the model's boxes or scores are not finite (NaN or inf) from frame "
                               f"{r.indices[0]} on; check the weights")
             return
@@ -198,7 +195,7 @@ class Writer:
         try:
             with nvtx_range("write"):
                 if r.text is None and self.formatters is not None and hasattr(sink, "formatter"):
-                    r.text = self.formatters.submit(sink.formatter(), r.indices, r.times, arrays)
+                    r.text = self._format(sink, r, arrays)
                 text = r.text.result() if isinstance(r.text, Future) else r.text
                 if text is not None:
                     sink.write_lines(text, len(r.indices))
@@ -207,6 +204,12 @@ class Writer:
                 stamp("written")
         except (OSError, UnicodeError) as e:
             self._fail(video, f"{r.info.path}: cannot write {sink.path} ({_reason(e)})")
+
+    def _format(self, sink: Sink, r: BatchResult, arrays: tuple) -> str | Future:
+        """The text of ``r``'s frames: made in the formatting processes (a Future) or here."""
+        if self.formatters is not None:
+            return self.formatters.submit(sink.formatter(), r.indices, r.times, arrays)
+        return sink.formatter()(r.indices, r.times, *arrays)
 
     def _fail(self, video: _Open, reason: str) -> None:
         video.failure = reason

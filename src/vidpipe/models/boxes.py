@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..coco import Classes
 from ..config import at_least, fraction, validate
-from ..postprocess import Detections
+from ..postprocess import Detections, constant_on
 
 
 class BoxesFamily:
@@ -39,10 +39,10 @@ class BoxesFamily:
         validate("max_detections", max_detections, at_least(1))
         self.network, self.classes, self.name = network, Classes.from_names(classes), name
         self.size = input_size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.scale = 1 / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+        # On the 0..255 scale, in float32 (the values constant_on puts on the device)
+        self.mean = tuple((torch.tensor(mean) * 255).tolist())
+        self.scale = tuple((1 / (torch.tensor(std) * 255)).tolist())
         self.score_threshold, self.max_detections = score_threshold, max_detections
-        self._constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return self.size or (height, width)
@@ -51,10 +51,7 @@ class BoxesFamily:
         x = frames.float()
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        device = str(x.device)
-        if device not in self._constants:  # made once per device: a copy per batch could not be captured
-            self._constants[device] = (self.mean.to(device), self.scale.to(device))
-        mean, scale = self._constants[device]
+        mean, scale = (constant_on(c, str(x.device), torch.float32).view(1, 3, 1, 1) for c in (self.mean, self.scale))
         x = ((x - mean) * scale).to(dtype)
         return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

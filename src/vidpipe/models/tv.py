@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from ..coco import Classes
 from ..config import Config
 from ..errors import VidpipeError
-from ..postprocess import Detections
+from ..postprocess import Detections, constant_on
+from ..synth import smooth_frames
 
 log = logging.getLogger(__name__)
 PREFIX = "torchvision:"
@@ -98,13 +99,12 @@ class TorchvisionFamily:
         self.min_size, self.max_size = t.min_size[-1], t.max_size
         self.fixed_size = getattr(t, "fixed_size", None)
         self.divisible = t.size_divisible
-        self.mean, self.std = torch.tensor(t.image_mean).view(1, 3, 1, 1), torch.tensor(t.image_std).view(1, 3, 1, 1)
+        self.mean, self.std = tuple(t.image_mean), tuple(t.image_std)
         self.max_detections = _detections_per_img(model)
         self.score_thresh = _score_thresh(model)
         self.sizes: dict[tuple[int, int], tuple[int, int]] = {}  # padded input size -> resized image size
         model.transform = _Passthrough(self.sizes)
         self.network = _Network(model.eval(), self.max_detections)
-        self._constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> TorchvisionFamily:
@@ -138,15 +138,19 @@ class TorchvisionFamily:
         family = cls(model, name, categories, random=random)
         if random:
             target = config.random_candidates if config.random_candidates is not None else RANDOM_CANDIDATES
-            found = family.reaim(_calibration_frames(2, config.seed), target)
+            found = family.reaim(smooth_frames(2, config.seed, 720, 1280), target)
             log.warning("--model %s: random weights (seed %d), re-aimed to %.0f candidates per frame; detections "
                         "are meaningless", config.model, config.seed, found)
         return family
 
+    def _scale(self, height: int, width: int) -> float:
+        """GeneralizedRCNNTransform's resize factor (without a fixed size)."""
+        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+
     def _resized(self, height: int, width: int) -> tuple[int, int]:
         if self.fixed_size is not None:
             return self.fixed_size[1], self.fixed_size[0]
-        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
+        scale = self._scale(height, width)
         return math.floor(height * scale), math.floor(width * scale)  # interpolate's recompute_scale_factor
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
@@ -159,17 +163,13 @@ class TorchvisionFamily:
 
     def preprocess(self, frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
         _, _, h, w = frames.shape
-        device = str(frames.device)
-        if device not in self._constants:
-            self._constants[device] = (self.mean.to(device), self.std.to(device))
-        mean, std = self._constants[device]
+        mean, std = (constant_on(c, str(frames.device), torch.float32).view(1, 3, 1, 1) for c in (self.mean, self.std))
         x = (frames.float() / 255 - mean) / std
         rh, rw = self._resized(h, w)
         if self.fixed_size is not None:
             x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False)
         else:
-            scale = min(self.min_size / min(h, w), self.max_size / max(h, w))
-            x = F.interpolate(x, scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+            x = F.interpolate(x, scale_factor=self._scale(h, w), mode="bilinear", recompute_scale_factor=True,
                               align_corners=False)
         ph, pw = self.input_size(h, w)
         x = F.pad(x, (0, pw - rw, 0, ph - rh))
@@ -264,9 +264,3 @@ def _class_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     features = list(features.values()) if isinstance(features, dict) else features
     return model.head.classification_head(features)
 
-
-def _calibration_frames(n: int, seed: int) -> torch.Tensor:
-    """Smooth random 720p scenes: ``Tensor[n, 3, 720, 1280]`` uint8."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = F.interpolate(torch.rand(n, 3, 9, 16, generator=g), size=(720, 1280), mode="bicubic")
-    return (coarse.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -43,6 +43,7 @@ from ..errors import VidpipeError
 from ..letterbox import letterbox as letterbox_frames
 from ..nms import CAPTURABLE, greedy_nms
 from ..postprocess import Detections, classes_on
+from ..synth import smooth_frames
 from ..profiling import nvtx_range
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class YoloFamily:
         path = Path(config.model)
         if path.suffix.lower() in (".yaml", ".yml"):
             model = _from_yaml(tasks, config.model, config.seed)
-            frames = _calibration_frames(4, config.seed)
+            frames = smooth_frames(4, config.seed, 1080, 1920, detail=0.2)
             _normalise_activations(model, _letterboxed(frames, config.imgsz, _stride(model), torch.float32))
             model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
             family = cls(model, config, path.stem, random=True)
@@ -332,11 +333,3 @@ def _from_checkpoint(tasks, path: Path, trust: bool) -> torch.nn.Module:
         model.stride = torch.tensor([32.0])
     return copy.deepcopy(model).float().eval()
 
-
-def _calibration_frames(n: int, seed: int) -> torch.Tensor:
-    """Smooth random 1080p scenes: ``Tensor[n, 3, 1080, 1920]`` uint8."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, 9, 16, generator=g)
-    fine = torch.rand(n, 3, 135, 240, generator=g)
-    img = F.interpolate(coarse, size=(1080, 1920), mode="bicubic") * 0.8 + F.interpolate(fine, size=(1080, 1920)) * 0.2
-    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
