@@ -8,6 +8,7 @@
 #   bench   vidpipe bench (pipeline) on in.mp4 and the 1080p clip ($BENCH_ARGS added)
 #   old     vidpipe bench on in.mp4 with the tree in .old/src (git archive of $OLD: the commit
 #           before, measured in the same call)
+#   track   vidpipe bench (pipeline) with --track on in.mp4 and the 1080p clip ($TRACK_ARGS added)
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
@@ -49,6 +50,9 @@ for step in $STEPS; do
     bench)
       timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 ${BENCH_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | tail -10 ;;
+    track)
+      timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 --track ${TRACK_ARGS:-} \
+        --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -10 ;;
     old)
       PYTHONPATH=/tmp/site:$PWD/.old/src timeout 300 $V bench .media/in.mp4 --weights random --repeats 3 \
         --results "$OUT/results-old.md" 2>&1 | tail -8 ;;

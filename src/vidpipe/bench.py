@@ -419,7 +419,9 @@ def bench_model(a: argparse.Namespace, cfg: Config) -> None:
 
 
 # The one-command suite: the phases vidpipe.timeline records, in order, and what each span is.
-_PHASES = [("cli", "python + vidpipe.cli"), ("imports", "imports (torch, pipeline)"), ("model", "model load"),
+_PHASES = [("cli", "python + vidpipe.cli"), ("imports", "imports (torch, pipeline)"),
+           ("built", "network built (its imports, weights on the CPU)"), ("cuda", "CUDA init"),
+           ("model", "weights to the GPU"),
            ("captured", "decoder start + graph capture"), ("done", "decode + detect + write"), ("exit", "exit")]
 FOLDER_CLIPS = 20  # copies of the input in the folder run, as issue 17's target names it
 

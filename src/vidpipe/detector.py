@@ -29,6 +29,7 @@ from .postprocess import Detections
 from .graphs import EAGER, MAX_GRAPHS, Batch, Chain, CudaGraphs
 from .profiling import nvtx_range
 from .runtime import DeviceRuntime
+from .timeline import stamp
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ class Detector:
 
             model = SSD300Family.from_config(config, network=model)
         self.family: ModelFamily = model if model is not None else build_family(config)
+        stamp("built")
+        if self.device.type == "cuda":
+            torch.cuda.init()  # the CUDA context, timed apart from the weights' copy (bench --suite startup)
+            stamp("cuda")
         network = self.family.network.eval().to(self.device, dtype=self.dtype)
         if self.channels_last:
             network = network.to(memory_format=torch.channels_last)

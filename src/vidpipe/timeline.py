@@ -3,9 +3,10 @@
 With ``VIDPIPE_TIMELINE=FILE`` in the environment, :func:`stamp` records the wall-clock time
 (``time.time()``) at which each phase was first reached, and :func:`save` writes them to FILE as a
 JSON object. Without it both do nothing. Phases: ``cli`` (command line parsed), ``imports`` (torch
-and the pipeline imported), ``model`` (detector built: weights loaded, moved to the device),
-``decoded`` (first frames decoded), ``captured`` (first CUDA graphs captured), ``issued`` (first
-batch issued), ``written`` (first result written), ``done`` (every input finished). Stdlib only.
+and the pipeline imported), ``built`` (the family's network built on the CPU, weights loaded),
+``cuda`` (CUDA initialised), ``model`` (detector ready: weights on the device), ``decoded`` (first
+frames decoded), ``captured`` (first CUDA graphs captured), ``issued`` (first batch issued),
+``written`` (first result written), ``done`` (every input finished). Stdlib only.
 """
 
 from __future__ import annotations
