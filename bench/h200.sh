@@ -16,7 +16,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/vidpipe-results}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl $(ls .whl-track/*.whl 2>/dev/null) \
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 VIDPIPE_SHARED_CLIP=$PWD/.media/in.mp4
 V="python3 -m vidpipe.cli"

@@ -259,19 +259,27 @@ def test_gpu_engine_identical_to_straightforward(shared_clip, random_model):
 @pytest.mark.nvdec
 def test_gpu_engine_mixes_files_and_sizes_in_batches(tmp_path, random_model):
     """Batches span segments and files (two frame sizes, one file twice); results come back per
-    file, in order, the same as the one-file-at-a-time loop without graphs."""
+    input, each in its own order (inputs interleave), the same as the one-file-at-a-time loop
+    without graphs."""
     from vidpipe.engine import iter_results
 
     a = make_clip(tmp_path / "a.mp4", frames=40, width=320, height=240, gop=10)
     b = make_clip(tmp_path / "b.mp4", frames=25, width=256, height=144, gop=10, seed=3)
     base = dict(weights="random", device="cuda", precision="fp16", compile="off", batch_size=16, decoder="nvdec")
     simple = Detector(Config(**base, overlap=False, cuda_graphs=False), model=random_model)
-    expect = [r for p in (a, b, a) for r in collect(simple, p)]
+    alone = {p: collect(simple, p) for p in (a, b)}
     got = list(iter_results(Detector(Config(**base, decoders=3), model=random_model), [str(a), str(b), str(a)]))
     random_model.cpu().float()
-    assert [(r.video, r.frame) for r in got] == [(r.video, r.frame) for r in expect]
-    for x, y in zip(expect, got):
-        assert np.array_equal(x.labels, y.labels) and np.allclose(x.boxes, y.boxes, atol=1e-3)
+    assert [r.frame for r in got if r.video == str(b)] == list(range(25))
+    # a's two runs interleave; each must be whole and in order: frame f goes to a run that is at f.
+    at = [0, 0]
+    for r in got:
+        if r.video == str(a):
+            at[at.index(r.frame)] += 1  # ValueError: a frame out of order, lost or repeated
+    assert at == [40, 40]
+    for r in got:
+        x = alone[a if r.video == str(a) else b][r.frame]
+        assert np.array_equal(x.labels, r.labels) and np.allclose(x.boxes, r.boxes, atol=1e-3)
 
 
 @pytest.mark.cuda

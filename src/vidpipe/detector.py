@@ -28,7 +28,7 @@ from .models import ModelFamily, build_family
 from .postprocess import Detections
 from .graphs import EAGER, MAX_GRAPHS, Batch, Chain, CudaGraphs
 from .profiling import nvtx_range
-from .runtime import DeviceRuntime
+from .runtime import DeviceRuntime, warm_up
 from .timeline import stamp
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Detector:
         # CPUs have no fast half-precision convolutions; stay exact there.
         self.dtype = torch.float32 if cpu else config.dtype
         self.channels_last = config.channels_last and not cpu
+        warm_up(self.device)  # CUDA and its libraries load while the model is built
         if isinstance(model, torch.nn.Module):
             from .models.ssd300 import SSD300Family
 

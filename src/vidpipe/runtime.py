@@ -54,6 +54,29 @@ class CaptureGate:
                 self._cond.notify_all()
 
 
+def warm_up(device: torch.device) -> threading.Thread | None:
+    """Start, on a daemon thread, what a device's first batch would otherwise wait for: the CUDA
+    context and cuDNN's and cuBLAS's libraries (loaded on their first call). torch releases the GIL
+    inside these calls, so they overlap the model build that follows (torchvision's import is mostly
+    Python). None on a CPU."""
+    if device.type != "cuda":
+        return None
+
+    def work() -> None:
+        try:
+            with torch.cuda.device(device):
+                x = torch.zeros(1, 8, 8, 8, device=device, dtype=torch.float16).to(memory_format=torch.channels_last)
+                torch.nn.functional.conv2d(x, torch.zeros(8, 8, 3, 3, device=device, dtype=torch.float16))
+                a = torch.zeros(64, 64, device=device, dtype=torch.float16)
+                torch.mm(a, a)
+        except Exception:  # noqa: BLE001 - the detector meets the same failure and reports it in one line
+            return
+
+    thread = threading.Thread(target=work, name="vidpipe-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 class DeviceRuntime:
     """What one device's work shares within a process. Thread-safe."""
 
