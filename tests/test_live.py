@@ -1,6 +1,7 @@
 """Live sources in one process: --realtime files (read at their frame rate, the stand-in camera)
 and --loop, several at once, each written in its own order without waiting for the others, each
-frame with its capture time and latency."""
+frame with its capture time and latency; the latency policy (latest: drop what could not be taken,
+never lag; all: every frame)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,23 @@ class Constant(torch.nn.Module):
         return boxes, x.new_full((n, 1), 0.9), torch.zeros(n, 1, dtype=torch.long, device=x.device)
 
 
-def detect(tmp_path, clips, **cfg) -> tuple[dict[str, list[dict]], float]:
-    det = Detector(Config(device="cpu", batch_size=4, **cfg), model=BoxesFamily(Constant(), ["thing"]))
+class Slow(Constant):
+    """0.1 s per batch: a detector slower than the camera."""
+
+    def forward(self, x: torch.Tensor):
+        time.sleep(0.1)
+        return super().forward(x)
+
+
+def detect(tmp_path, clips, model=None, **cfg) -> tuple[dict[str, list[dict]], float]:
+    cfg = {"batch_size": 4, **cfg}
+    det = Detector(Config(device="cpu", **cfg), model=BoxesFamily(model or Constant(), ["thing"]))
     outs = {str(c): tmp_path / f"{c.stem}.jsonl" for c in clips}
     t0 = time.time()
     report = run(det, list(outs), lambda v: open_sink("jsonl", outs[v.path], v.path, v.width, v.height))
     wall = time.time() - t0
     assert not report.failed, report.failed
+    detect.report = report
     return {p: [json.loads(x) for x in o.read_text().splitlines()] for p, o in outs.items()}, wall
 
 
@@ -52,7 +63,7 @@ def test_realtime_streams_run_side_by_side_at_their_rate(tmp_path):
     still running (its latency stays low: inputs do not wait for each other)."""
     clips = [make_clip(tmp_path / f"cam{i}.mp4", frames=15, width=64, height=48, bframes=False, seed=i)
              for i in range(2)]
-    out, wall = detect(tmp_path, clips, realtime=True, loop=True, max_frames=30)
+    out, wall = detect(tmp_path, clips, realtime=True, loop=True, max_frames=30, live_policy="all")
     assert 0.9 < wall < 1.9, wall
     for lines in out.values():
         assert [x["frame"] for x in lines] == list(range(30))
@@ -61,3 +72,21 @@ def test_realtime_streams_run_side_by_side_at_their_rate(tmp_path):
         assert (captured - captured[0] >= np.arange(30) / 30 - 0.01).all()
         latency = np.array([x["latency_ms"] for x in lines])
         assert (latency >= 0).all() and np.median(latency) < 300, latency  # held for the other: ~500
+
+
+def test_latest_policy_drops_what_the_detector_could_not_take(tmp_path):
+    """A 30 fps camera, a detector taking 0.1 s a frame: under ``latest`` the frames that arrived
+    while it was busy are dropped and counted (not lost: no error), the ones written are in order
+    and current; under ``all`` every frame is written and the lag grows."""
+    clip = make_clip(tmp_path / "cam.mp4", frames=30, width=64, height=48, bframes=False)
+    out, _ = detect(tmp_path, [clip], model=Slow(), batch_size=1, realtime=True)
+    lines, end = out[str(clip)], detect.report.videos[0]
+    frames = [x["frame"] for x in lines]
+    assert frames == sorted(set(frames)) and len(frames) + end.dropped == 30 and end.dropped >= 10, frames
+    assert end.ok and end.decoded == len(frames)
+    assert max(x["latency_ms"] for x in lines) < 400  # one frame's wait and one batch, not a queue
+
+    out, _ = detect(tmp_path, [clip], model=Slow(), batch_size=1, realtime=True, live_policy="all")
+    lines, end = out[str(clip)], detect.report.videos[0]
+    assert [x["frame"] for x in lines] == list(range(30)) and end.dropped == 0
+    assert lines[-1]["latency_ms"] > 1000  # 3 s of work for 1 s of video: the last frame waited

@@ -51,6 +51,16 @@ def _typed(kind: type, expected: str, check: Check | None):
     return parse
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 8,16,32")
+    return counts
+
+
 def _class_ids(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
 
@@ -117,11 +127,12 @@ def _add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="measure decode and model ceilings and end-to-end throughput",
                        description="Ceilings and end-to-end throughput measured in one run on one device.")
     b.add_argument("inputs", nargs="*", metavar="VIDEO", help="videos to bench (or --synthetic-1080p)")
-    b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale", "peers", "startup"],
+    b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale", "peers", "startup", "live"],
                    default="pipeline",
                    help="pipeline: ceilings and end to end per input; postprocess: ssd_decode vs the per-class loop; "
                         "model: model-only variants; scale: one GPU vs all GPUs; peers: Ultralytics' predict loop "
-                        "beside vidpipe (YOLO models); startup: the one-command wall time in fresh processes")
+                        "beside vidpipe (YOLO models); startup: the one-command wall time in fresh processes; "
+                        "live: K copies of each input as live cameras in one process")
     b.add_argument("--synthetic-1080p", type=_int(0), default=0, metavar="FRAMES",
                    help="also bench a generated 1920x1080 H.264 clip of about FRAMES frames (240 encoded, "
                         "then repeated without re-encoding)")
@@ -131,6 +142,10 @@ def _add_bench_parser(sub) -> None:
                    help="timed runs per figure; tables give the median and the spread (default 5)")
     b.add_argument("--scale-frames", type=_int(1), default=16000, metavar="N",
                    help="--suite scale: frames in each corpus (copies of the input)")
+    b.add_argument("--live-streams", type=_counts, default=(8, 16, 32, 48, 64, 80, 96), metavar="K,K,...",
+                   help="--suite live: stream counts tried in turn until one does not hold")
+    b.add_argument("--live-seconds", type=float, default=20.0, metavar="S",
+                   help="--suite live: how long each count runs (default 20)")
     b.add_argument("--results", default=None, metavar="FILE", help="append the tables to this Markdown file")
     add_config_args(b)
 
@@ -279,8 +294,10 @@ def cmd_detect(a: argparse.Namespace) -> int:
         progress.close()
     seconds = time.perf_counter() - t0
     failed = list(early) + [v.path for v in report.failed]
+    dropped = sum(v.dropped for v in report.videos)
     print(f"vidpipe: {report.frames} frames from {len(inputs) - len(failed)} of {len(inputs)} inputs in "
           f"{seconds:.2f} s: {report.frames / max(seconds, 1e-9):.1f} frames/s end to end"
+          + (f"; {dropped} live frames dropped to stay current (--live-policy latest)" if dropped else "")
           + (f"; {len(failed)} failed: " + ", ".join(failed) if failed else ""), file=sys.stderr)
     return 1 if failed and not a.allow_failures else 0
 

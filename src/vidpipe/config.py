@@ -154,6 +154,10 @@ class Config:
                              "for live cameras); results then carry capture time and latency", group=DATA)
     loop: bool = setting(False, "start each file over at its end, frame numbers and times running on, until "
                          "--max-frames or Ctrl-C (with --realtime: a looping camera stand-in)", group=DATA)
+    live_policy: Literal["latest", "all"] = setting(
+        "latest", "live sources (streams, --realtime files): latest = a frame the GPU could not take before a "
+        "newer one came is dropped and counted, so results never lag; all = every frame, in a bounded buffer "
+        "(lag shows in latency_ms)", group=DATA, check=one_of("latest", "all"))
     formatters: int | None = setting(None, f"processes formatting output text, off the GIL (default {FORMATTERS} on "
                                      "a GPU, 0 on a CPU: formatted in the writer thread)", group=DATA,
                                      check=at_least(0), metavar="N")

@@ -9,6 +9,12 @@ Back-pressure: at most ``4 x workers`` units are open (the consumer calls :meth:
 finished unit) and at most ``workers + 2`` chunks exist at once, fewer when that passes
 ``READY_BYTES`` (a worker waits for room before it allocates one; the consumer calls :meth:`free`).
 With ``threaded=False`` the same items come serially from the calling thread.
+
+Live frames (a stream, a ``realtime`` file) come one per chunk. Under the ``latest`` policy they
+take no place for chunks and never wait: each unit has one slot for its newest frame; a frame that
+arrives while the one before still waits for the consumer replaces it, and the older is dropped and
+counted (:attr:`UnitEnd.dropped`), so results never fall behind the camera. Under ``all`` they wait
+for room like a file's (every frame, in a bounded buffer; the lag shows in their latency).
 """
 
 from __future__ import annotations
@@ -36,6 +42,14 @@ CHUNK_BYTES = 32 << 20  # decoded frames handed over at once by a worker, at mos
 READY_BYTES = 128 << 20  # decoded frames not yet taken by the consumer, about at most
 
 
+class _Newest:
+    """A live unit's place in the ready queue (``latest`` policy): the consumer gets whatever frame
+    of the unit is newest when it comes to it."""
+
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+
+
 class _Stopped(BaseException):
     """The producer is closing: a worker waiting for room gives up (not a decoding error)."""
 
@@ -50,7 +64,8 @@ class FrameProducer:
     def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
                  segment_min: int = 16, frames: tuple[int, int] | None = None,
-                 runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False) -> None:
+                 runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False,
+                 live_policy: str = "latest") -> None:
         self.inputs = inputs
         self.decoder = resolve_decoder(decoder, device)
         self.fallback = decoder == "auto"
@@ -62,6 +77,10 @@ class FrameProducer:
         self.segment_min = segment_min
         self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
         self.realtime, self.loop = realtime, loop  # files paced at their frame rate / started over at their end
+        self.live_policy = live_policy
+        self._newest: dict[int, Chunk] = {}  # latest policy: per unit seq, the frame waiting for the consumer
+        self._dropped: dict[int, int] = {}  # latest policy: per unit seq, frames replaced before they were taken
+        self._newest_lock = threading.Lock()
         self.runtime = runtime or DeviceRuntime(device)  # the device's streams and NVDEC sessions
         self.stop = threading.Event()
         self._units: queue.Queue = queue.Queue()
@@ -111,6 +130,9 @@ class FrameProducer:
         stamped with the time it came."""
         return self.realtime or is_stream_url(path)
 
+    def _keeps_newest(self, path: str) -> bool:
+        return self.threaded and self.live_policy == "latest" and self._clocked(path)
+
     def _chunk_frames(self, info: VideoInfo) -> int:
         if self._clocked(info.path):  # a frame waits for no other: latency, not throughput, is the bound
             return 1
@@ -120,7 +142,7 @@ class FrameProducer:
     def _passes(self, unit: Unit, src) -> Iterator[FrameBatch]:
         """The unit's frames; with ``loop`` a file again and again, frame numbers and times running
         on (until ``max_frames``); with ``realtime`` each handed over no earlier than its time."""
-        admit = self._admit if self.threaded else None
+        admit = self._admit if self.threaded and not self._keeps_newest(unit.path) else None
         offset_frames, offset_time, clock0 = 0, 0.0, None
         looping = self.loop and not is_stream_url(unit.path)
         while True:
@@ -132,12 +154,12 @@ class FrameProducer:
                 if looping and offset_frames:
                     batch.indices = [i + offset_frames for i in batch.indices]
                     batch.times = [t + offset_time for t in batch.times]
-                if self.realtime and not is_stream_url(unit.path):
-                    now = time.monotonic()
-                    clock0 = clock0 if clock0 is not None else now - batch.times[0]
-                    time.sleep(max(0.0, clock0 + batch.times[-1] - now))
-                if self._clocked(unit.path):
+                if is_stream_url(unit.path):
                     batch.captured = [time.time()] * len(batch)
+                elif self.realtime:  # captured when the camera would have: a frame handed over late shows its lag
+                    clock0 = clock0 if clock0 is not None else time.time() - batch.times[0]
+                    batch.captured = [clock0 + t for t in batch.times]
+                    time.sleep(max(0.0, batch.captured[-1] - time.time()))
                 end = batch.indices[-1] + 1
                 yield batch
                 del batch  # not held while the next chunk decodes, nor while waiting for room
@@ -150,6 +172,7 @@ class FrameProducer:
 
     def _decode(self, unit: Unit) -> Iterator[Chunk | UnitEnd]:
         decoded, corrupt, error = 0, 0, None
+        admitted = not self._keeps_newest(unit.path)
         try:
             src = self._source(unit)
             for batch in self._passes(unit, src):
@@ -158,7 +181,7 @@ class FrameProducer:
                     # (PyAV's upload runs here; NVDEC sessions synchronise their own stream).
                     torch.cuda.current_stream(self.device).synchronize()
                 decoded += len(batch)
-                yield Chunk(unit, batch)
+                yield Chunk(unit, batch, admitted)
                 del batch  # not held while the next chunk decodes (12 workers x 31 MB at 1080p)
             corrupt = getattr(src, "corrupt_packets", 0)
         except VidpipeError as e:
@@ -190,11 +213,31 @@ class FrameProducer:
         raise _Stopped
 
     def _put(self, item: object) -> None:
+        if isinstance(item, Chunk) and not item.admitted:
+            item = self._newest_in(item)
+            if item is None:
+                return
+        elif isinstance(item, UnitEnd):
+            with self._newest_lock:
+                item.dropped = self._dropped.pop(item.unit.seq, 0)
+            item.decoded -= item.dropped  # what the consumer was handed
         # Earliest unit first: its results are the ones the orderer can emit, so little is held
         # back (at the end of a run, formatting held results would be a tail after the GPU is done).
         # Unbounded: chunks are bounded by _admit, unit ends by the unit window.
         key = (item.unit.seq if isinstance(item, (Chunk, UnitEnd)) else float("inf"), next(self._puts))
         self._ready.put((*key, item))
+
+    def _newest_in(self, chunk: Chunk) -> _Newest | None:
+        """``latest`` policy: ``chunk`` becomes its unit's waiting frame. The frame it replaces, if
+        any, is dropped and counted, and already has its place in the queue (None); else it gets one."""
+        seq = chunk.unit.seq
+        with self._newest_lock:
+            waiting = self._newest.get(seq)
+            self._newest[seq] = chunk
+            if waiting is not None:
+                self._dropped[seq] = self._dropped.get(seq, 0) + 1
+                return None
+        return _Newest(chunk.unit)
 
     def _serial(self) -> Iterator[Chunk | UnitEnd]:
         for seq, path in enumerate(self.inputs):
@@ -244,6 +287,9 @@ class FrameProducer:
                 *_, item = self._ready.get(timeout=timeout)
             except queue.Empty:
                 return None
+            if isinstance(item, _Newest):
+                with self._newest_lock:
+                    return self._newest.pop(item.unit.seq)
             if item is not _STOP:
                 return item
             self._live -= 1
@@ -254,9 +300,10 @@ class FrameProducer:
         if self.threaded:
             self._window.release()
 
-    def free(self) -> None:
-        """The consumer is done with one chunk's frames (copied or dropped): another may be decoded."""
-        if self.threaded:
+    def free(self, admitted: bool = True) -> None:
+        """The consumer is done with one chunk's frames (copied or dropped): another may be decoded.
+        ``admitted``: the chunk's (one that took no place gives none back)."""
+        if self.threaded and admitted:
             self._room.release()
 
     def __iter__(self) -> Iterator[Chunk | UnitEnd]:
@@ -266,7 +313,7 @@ class FrameProducer:
                 if isinstance(item, UnitEnd):
                     self.release()
                 else:
-                    self.free()
+                    self.free(item.admitted)
         finally:
             self.close()
 

@@ -41,11 +41,12 @@ class VideoEnd:
     corrupt_packets: int = 0
     error: str | None = None
     fatal: bool = False  # decoding broke off (vs. a damaged file decoded to its end)
+    dropped: int = 0  # live frames decoded but skipped by --live-policy latest (not in ``decoded``)
     info: VideoInfo | None = field(default=None, repr=False, compare=False)  # the video's, when it was probed
 
     @property
     def lost(self) -> int:
-        return max(0, self.expected - self.decoded)
+        return max(0, self.expected - self.decoded - self.dropped)
 
     @property
     def ok(self) -> bool:
@@ -103,20 +104,24 @@ class Unit:
 
 @dataclass
 class Chunk:
-    """Consecutive frames of ``unit``; a unit's chunks come in frame order."""
+    """Consecutive frames of ``unit``; a unit's chunks come in frame order. ``admitted``: it took
+    one of the producer's places for chunks (a live frame under the ``latest`` policy takes none)."""
 
     unit: Unit
     batch: FrameBatch
+    admitted: bool = True
 
 
 @dataclass
 class UnitEnd:
-    """The end of ``unit``, after all its chunks: frames decoded, corrupt packets, error."""
+    """The end of ``unit``, after all its chunks: frames decoded and handed over, corrupt packets,
+    error, and live frames decoded but dropped for newer ones (``latest`` policy)."""
 
     unit: Unit
     decoded: int = 0
     corrupt: int = 0
     error: str | None = None
+    dropped: int = 0
 
 
 @dataclass

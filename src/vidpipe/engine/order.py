@@ -94,6 +94,7 @@ class Orderer:
         f = file.end
         f.decoded += end.decoded
         f.corrupt_packets += end.corrupt
+        f.dropped += end.dropped
         if end.error is not None:
             f.error, f.fatal, file.dropping = end.error, True, True
         if end.unit.last or f.fatal:

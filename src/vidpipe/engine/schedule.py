@@ -46,7 +46,7 @@ class Scheduler:
         self.producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
                                       workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames,
                                       frames=frames, runtime=detector.runtime, realtime=cfg.realtime,
-                                      loop=cfg.loop)
+                                      loop=cfg.loop, live_policy=cfg.live_policy)
         self.order = Orderer(self.producer.release, self.expected)
         self.batcher = Batcher(detector.batch)
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
@@ -69,8 +69,8 @@ class Scheduler:
                     if isinstance(item, Chunk):
                         stamp("decoded")
                         self.take(item)
-                        del item  # its frames are in the batch now: gone before the room is given back
-                        self.producer.free()
+                        admitted, item = item.admitted, None  # its frames are in the batch now: gone before
+                        self.producer.free(admitted)  # the room is given back
                     elif isinstance(item, UnitEnd):
                         self.end(item)
                     self.flush_short()
