@@ -90,3 +90,99 @@ def test_latest_policy_drops_what_the_detector_could_not_take(tmp_path):
     lines, end = out[str(clip)], detect.report.videos[0]
     assert [x["frame"] for x in lines] == list(range(30)) and end.dropped == 0
     assert lines[-1]["latency_ms"] > 1000  # 3 s of work for 1 s of video: the last frame waited
+
+
+def test_sources_added_and_removed_while_running(tmp_path):
+    """LiveSources: a camera added while the run goes starts from its first frame within a poll; one
+    removed stops and its output is finished (whole, in order, not an error); the cameras left
+    alone run on unaffected; closing the set ends the run."""
+    import threading
+
+    from vidpipe.engine import LiveSources
+
+    a, b, c = (make_clip(tmp_path / f"{n}.mp4", frames=15, width=64, height=48, bframes=False, seed=i)
+               for i, n in enumerate("abc"))
+    sources = LiveSources([str(a), str(b)])
+    det = Detector(Config(device="cpu", batch_size=4, realtime=True, loop=True),
+                   model=BoxesFamily(Constant(), ["thing"]))
+    outs = {str(p): tmp_path / f"{p.stem}.jsonl" for p in (a, b, c)}
+    got = {}
+    t0 = time.time()
+    thread = threading.Thread(target=lambda: got.setdefault("report", run(
+        det, sources, lambda v: open_sink("jsonl", outs[v.path], v.path, v.width, v.height))))
+    thread.start()
+    time.sleep(1.0)
+    sources.add(str(c))
+    sources.remove(str(a))
+    time.sleep(1.0)
+    sources.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and time.time() - t0 < 4
+    report = got["report"]
+    assert not report.failed, report.failed
+    ends = {v.path: v for v in report.videos}
+    lines = {p: [json.loads(x) for x in o.read_text().splitlines()] for p, o in outs.items()}
+    for p in outs:  # every output finished, each frame once and in order from the first
+        assert [x["frame"] for x in lines[p]] == list(range(len(lines[p]))) and ends[p].stopped
+        assert ends[p].decoded == len(lines[p])
+    # a ran ~1 s, b ~2 s, c ~1 s from when it was added (at 30 frames/s, starting within a poll)
+    assert 20 <= len(lines[str(a)]) <= 40 and 50 <= len(lines[str(b)]) <= 70 and 20 <= len(lines[str(c)]) <= 37
+    assert lines[str(c)][0]["captured_at"] - lines[str(b)][0]["captured_at"] < 1.0 + 0.3
+
+
+def test_sources_file_is_followed(tmp_path):
+    """LiveSources.watch: the file's lines are the sources; rewriting it adds and removes them."""
+    from vidpipe.engine import LiveSources
+
+    listing = tmp_path / "cams.txt"
+    listing.write_text("# cameras\nrtsp://cam1/live\n\nrtsp://cam2/live\n")
+    sources = LiveSources.watch(listing)
+    try:
+        assert sources.snapshot() == (["rtsp://cam1/live", "rtsp://cam2/live"], False)
+        seen = sources.wait(-1, 0)
+        listing.write_text("rtsp://cam2/live\nrtsp://cam3/live\n")
+        sources.wait(seen, 2.0)
+        assert sources.snapshot() == (["rtsp://cam2/live", "rtsp://cam3/live"], False)
+    finally:
+        sources.close()
+    assert sources.snapshot() == ([], True)
+
+
+def test_cli_sources_file_added_removed_and_ctrl_c(tmp_path):
+    """vidpipe detect --sources FILE: rewriting the file closes the camera taken out (its output
+    finished while the run goes on) and starts the one put in; SIGINT finishes the rest, exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    a, b = (make_clip(tmp_path / f"{n}.mp4", frames=15, width=64, height=48, bframes=False, seed=i)
+            for i, n in enumerate("ab"))
+    listing = tmp_path / "cams.txt"
+    listing.write_text(f"{a}\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "vidpipe.cli", "detect", "--sources", str(listing), "-o", str(out),
+                             "--weights", "random", "--device", "cpu", "--realtime", "--loop", "--batch-size", "1"],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        def wait_for(check, what: str, timeout: float = 120) -> None:
+            t = time.time() + timeout
+            while not check():
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.time() < t, f"timed out waiting for {what}"
+                time.sleep(0.1)
+
+        wait_for(lambda: any(out.glob("a.jsonl.*.partial")), "a's output to open")
+        time.sleep(1.0)
+        listing.write_text(f"# a is gone\n{b}\n")
+        wait_for(lambda: (out / "a.jsonl").is_file() and any(out.glob("b.jsonl.*.partial")), "a finished, b started")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    for name in "ab":
+        frames = [json.loads(x)["frame"] for x in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert frames and frames == sorted(set(frames)), name  # in order; gaps are dropped frames (CPU)
+    assert f"{a}: finished" in err and f"{b}: finished" in err and not list(out.glob("*.partial")), err

@@ -100,7 +100,11 @@ def _add_detect_parser(sub) -> None:
     d = sub.add_parser("detect", help="detect objects in every frame of videos",
                        description="Detect objects in every frame. INPUT: files, directories (searched "
                                    "recursively), globs or rtsp/http URLs.")
-    d.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, directories, globs or stream URLs")
+    d.add_argument("inputs", nargs="*", metavar="INPUT", help="video files, directories, globs or stream URLs")
+    d.add_argument("--sources", default=None, metavar="FILE",
+                   help="instead of INPUTs: a file of sources, one per line, re-read when it changes (a source "
+                        "added starts within a second, one removed is closed and its output finished); runs until "
+                        "Ctrl-C, which finishes every output. -o is a directory"),
     d.add_argument("-o", "--output", required=True,
                    help="output file (one input) or directory (several inputs, or a path ending in /): "
                         "in/a/clip.mp4 found under INPUT in/ is written to OUTPUT/a/clip.jsonl")
@@ -259,6 +263,12 @@ def _interruptible() -> None:
 
 def cmd_detect(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    if a.sources is not None:
+        if a.inputs:
+            raise VidpipeError("give INPUTs or --sources FILE, not both")
+        return _detect_sources(a, t0)
+    if not a.inputs:
+        raise VidpipeError("nothing to detect: give INPUTs (files, directories, globs, URLs) or --sources FILE")
     found = expand_inputs(a.inputs)
     targets = output_paths(found, a.output, a.format)
     check_outputs(targets)
@@ -300,6 +310,51 @@ def cmd_detect(a: argparse.Namespace) -> int:
           + (f"; {dropped} live frames dropped to stay current (--live-policy latest)" if dropped else "")
           + (f"; {len(failed)} failed: " + ", ".join(failed) if failed else ""), file=sys.stderr)
     return 1 if failed and not a.allow_failures else 0
+
+
+def _detect_sources(a: argparse.Namespace, t0: float) -> int:
+    """``--sources FILE``: the sources it lists, followed as it changes, one output each under ``-o``
+    (named as INPUTs' are; a name met again gets ``-2``, ``-3``, ...); until Ctrl-C or SIGTERM, which
+    close every source and finish its output (a second one interrupts)."""
+    from .detector import Detector
+    from .engine import LiveSources, run
+    from .sinks import open_sink
+
+    if not Path(a.sources).is_file():
+        raise VidpipeError(f"--sources {a.sources}: no such file")
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise VidpipeError(f"-o {a.output}: --sources writes one output per source; give a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config_from_args(a).for_run(None)
+    detector = Detector(cfg)
+    sources = LiveSources.watch(a.sources)
+    seen: dict[str, int] = {}
+    targets: dict[int, Path] = {}
+
+    def sink_for(info):
+        name = expand_inputs([info.path])[0].name
+        seen[name] = seen.get(name, 0) + 1
+        target = out / f"{name}{'' if seen[name] == 1 else f'-{seen[name]}'}{EXTENSIONS[a.format]}"
+        targets[id(info)] = target
+        return open_sink(a.format, target, info.path, info.width, info.height, detector.classes, cfg.track)
+
+    def on_video(end) -> None:
+        said = f"error: {end.error}" if end.error else f"{end.path}: finished, {end.decoded} frames" + (
+            f" ({end.dropped} dropped to stay current)" if end.dropped else "") + f" -> {targets.get(id(end.info))}"
+        print(f"vidpipe: {said}", file=sys.stderr, flush=True)
+
+    def close(signum, frame) -> None:
+        sources.close()
+        signal.signal(signum, _raise_interrupt)  # a second one interrupts
+
+    _interruptible()
+    signal.signal(signal.SIGINT, close)
+    signal.signal(signal.SIGTERM, close)
+    report = run(detector, sources, sink_for, on_video=on_video)
+    print(f"vidpipe: {report.frames} frames from {len(report.videos)} sources in {time.perf_counter() - t0:.2f} s"
+          + (f"; {len(report.failed)} failed" if report.failed else ""), file=sys.stderr)
+    return 1 if report.failed and not a.allow_failures else 0
 
 
 def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video):

@@ -2,6 +2,7 @@
 
 Modules, in the order frames flow:
 
+* :mod:`.live` -- :class:`LiveSources`, a set of sources that changes while it is read.
 * :mod:`.plan` -- an input -> units of work (a file NVDEC decodes is cut at keyframes).
 * :mod:`.decode` -- :class:`FrameProducer`, the decode worker pool with its back-pressure.
 * :mod:`.batching` -- chunks -> batches of one frame size, and the short-batch policy.
@@ -24,11 +25,12 @@ from ..timeline import stamp
 from ..track import Tracker
 from .decode import DONE, FrameProducer
 from .items import BatchResult, Chunk, RunReport, Unit, UnitEnd, VideoEnd, VideoStart
+from .live import LiveSources
 from .schedule import Scheduler, process
 from .write import SinkFactory, Writer
 
-__all__ = ["DONE", "BatchResult", "Chunk", "FrameProducer", "RunReport", "Scheduler", "SinkFactory", "Unit",
-           "UnitEnd", "VideoEnd", "VideoStart", "iter_results", "process", "run"]
+__all__ = ["DONE", "BatchResult", "Chunk", "FrameProducer", "LiveSources", "RunReport", "Scheduler", "SinkFactory",
+           "Unit", "UnitEnd", "VideoEnd", "VideoStart", "iter_results", "process", "run"]
 
 
 def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]:
@@ -51,11 +53,12 @@ def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]
         yield from pending.frames(trackers.get(id(pending.info)))
 
 
-def run(detector: Detector, inputs: list[str], sink_for: SinkFactory, *,
+def run(detector: Detector, inputs: list[str] | LiveSources, sink_for: SinkFactory, *,
         on_frames: Callable[[int], None] | None = None,
         on_video: Callable[[VideoEnd], None] | None = None, frames: tuple[int, int] | None = None) -> RunReport:
     """Detect every input into its sink; one bad input is reported and never stops the others.
-    On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
+    ``inputs`` may be a :class:`LiveSources` that changes while it runs (the run returns once it is
+    closed). On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
     cfg = detector.config
     if cfg.track:
         Tracker(30.0)  # a missing tracking library fails the run here, in one line, before any work

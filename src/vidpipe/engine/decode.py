@@ -1,9 +1,10 @@
 """Decoding: a pool of worker threads that turns inputs into chunks of frames on the device.
 
-In: paths, the decoder, the device. Out, from :meth:`FrameProducer.get`: :class:`~.items.Chunk`
-(at most ``CHUNK_BYTES`` of consecutive frames of one unit, ``uint8 [N, 3, H, W]`` on the device)
-and :class:`~.items.UnitEnd` items as the decoders deliver them, earliest unit first, then
-:data:`DONE`. PyNvVideoCodec and FFmpeg release the GIL, so workers decode in parallel.
+In: paths (or :class:`~.live.LiveSources`, a set that changes while it runs), the decoder, the
+device. Out, from :meth:`FrameProducer.get`: :class:`~.items.Chunk` (at most ``CHUNK_BYTES`` of
+consecutive frames of one unit, ``uint8 [N, 3, H, W]`` on the device) and :class:`~.items.UnitEnd`
+items as the decoders deliver them, earliest unit first, then :data:`DONE`. PyNvVideoCodec and
+FFmpeg release the GIL, so workers decode in parallel.
 
 Back-pressure: at most ``4 x workers`` units are open (the consumer calls :meth:`release` per
 finished unit) and at most ``workers + 2`` chunks exist at once, fewer when that passes
@@ -15,6 +16,9 @@ take no place for chunks and never wait: each unit has one slot for its newest f
 arrives while the one before still waits for the consumer replaces it, and the older is dropped and
 counted (:attr:`UnitEnd.dropped`), so results never fall behind the camera. Under ``all`` they wait
 for room like a file's (every frame, in a bounded buffer; the lag shows in their latency).
+
+With :class:`~.live.LiveSources` the planner follows the set: an added source gets a worker of its
+own and is planned; a removed one's units stop at their next frame (``UnitEnd.stopped``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ..inputs import is_stream_url
 from ..runtime import DeviceRuntime
 from ..sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, open_source, probe, resolve_decoder
 from .items import Chunk, Unit, UnitEnd
+from .live import POLL, LiveSources
 from .plan import default_decoders, plan_units
 
 DONE = object()  # FrameProducer.get: every input is decoded
@@ -61,12 +66,14 @@ class FrameProducer:
     chunk's frames and :meth:`release` once it is done with a unit; iterating does both as it goes
     (decode-only use)."""
 
-    def __init__(self, inputs: list[str], decoder: str, device: torch.device, batch_size: int, *,
+    def __init__(self, inputs: list[str] | LiveSources, decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
                  segment_min: int = 16, frames: tuple[int, int] | None = None,
                  runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False,
                  live_policy: str = "latest") -> None:
-        self.inputs = inputs
+        # A changing set: its sources now, followed by the planner (each added one gets a worker).
+        self.sources = inputs if isinstance(inputs, LiveSources) else None
+        self.inputs = inputs.snapshot()[0] if self.sources is not None else inputs
         self.decoder = resolve_decoder(decoder, device)
         self.fallback = decoder == "auto"
         self.device = device
@@ -81,6 +88,8 @@ class FrameProducer:
         self._newest: dict[int, Chunk] = {}  # latest policy: per unit seq, the frame waiting for the consumer
         self._dropped: dict[int, int] = {}  # latest policy: per unit seq, frames replaced before they were taken
         self._newest_lock = threading.Lock()
+        self._ended: set[int] = set()  # seqs of units whose source was removed: they stop at their next frame
+        self._live_lock = threading.Lock()  # self._live: the consumer counts workers down, the planner adds
         self.runtime = runtime or DeviceRuntime(device)  # the device's streams and NVDEC sessions
         self.stop = threading.Event()
         self._units: queue.Queue = queue.Queue()
@@ -94,26 +103,67 @@ class FrameProducer:
 
     # planning ----------------------------------------------------------------------------------
     def _planner(self) -> None:
-        seq = 0
+        self._seq = 0
         try:
+            running = {}
             for path in self.inputs:
-                # A paced or looping file is one unit: its frames come in order, at its own rate.
-                workers = 1 if self.realtime or self.loop else self.workers
-                units = plan_units(path, self._probed.pop(path, None), self.decoder, workers,
-                                   segment_min=self.segment_min, frames=self.frames, max_frames=self.max_frames)
-                for unit in units:
-                    # At most `window` units open: what is held for ordering stays bounded.
-                    while not self._window.acquire(timeout=0.1):
-                        if self.stop.is_set():
-                            return
-                    unit.seq, seq = seq, seq + 1
-                    if unit.error is not None:
-                        self._put(UnitEnd(unit, error=unit.error))
-                    else:
-                        self._units.put(unit)
+                if (units := self._plan(path)) is None:
+                    return
+                running[path] = units
+            if self.sources is not None:
+                self._follow(running)
         finally:
-            for _ in range(self.workers):
+            for _ in range(self.workers):  # only this thread adds workers
                 self._units.put(_STOP)
+
+    def _plan(self, path: str) -> list[Unit] | None:
+        """Queue ``path``'s units (None: the producer is closing)."""
+        # A paced or looping file is one unit: its frames come in order, at its own rate.
+        workers = 1 if self.realtime or self.loop else self.workers
+        units = plan_units(path, self._probed.pop(path, None), self.decoder, workers,
+                           segment_min=self.segment_min, frames=self.frames, max_frames=self.max_frames)
+        for unit in units:
+            # At most `window` units open: what is held for ordering stays bounded.
+            while not self._window.acquire(timeout=0.1):
+                if self.stop.is_set():
+                    return None
+            unit.seq, self._seq = self._seq, self._seq + 1
+            if unit.error is not None:
+                self._put(UnitEnd(unit, error=unit.error))
+            else:
+                self._units.put(unit)
+        return units
+
+    def _follow(self, running: dict[str, list[Unit]]) -> None:
+        """A changing set of sources: an added one is planned on a worker of its own, a removed one's
+        units stop at their next frame; until the set is closed (which removes them all)."""
+        seen = -1
+        while not self.stop.is_set():
+            seen = self.sources.wait(seen, POLL)
+            wanted, closed = self.sources.snapshot()
+            for path in [p for p in running if p not in wanted]:
+                self._ended.update(u.seq for u in running.pop(path))
+            for path in [p for p in wanted if p not in running]:
+                if self._is_live(path):
+                    self._add_worker()
+                if (units := self._plan(path)) is None:
+                    return
+                running[path] = units
+            if closed:
+                return
+
+    def _is_live(self, path: str) -> bool:
+        """Holds its worker for as long as it runs (a stream, a paced or looping file)."""
+        return self.realtime or self.loop or is_stream_url(path)
+
+    def _add_worker(self) -> None:
+        slot, self.workers = self.workers, self.workers + 1
+        with self._live_lock:
+            self._live += 1
+        self._window.release(4)  # as if started with it: 4 units open per worker
+        thread = threading.Thread(target=self._worker, args=(slot,), name=f"vidpipe-decode{slot}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     # decoding ----------------------------------------------------------------------------------
     def _source(self, unit: Unit) -> PyAVSource | NvdecSource:
@@ -148,6 +198,8 @@ class FrameProducer:
         while True:
             n, last = 0, 0.0
             for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit):
+                if unit.seq in self._ended:  # its source was removed
+                    return
                 n, last = n + len(batch), batch.times[-1]
                 if looping and self.max_frames and batch.indices[0] + offset_frames + len(batch) > self.max_frames:
                     batch = batch.split(self.max_frames - batch.indices[0] - offset_frames)[0]
@@ -188,7 +240,7 @@ class FrameProducer:
             error = str(e)
         except Exception as e:  # a decoder failing mid-file must not take the other inputs down
             error = f"{unit.path}: decoding failed after {unit.start + decoded} frames ({type(e).__name__}: {e})"
-        yield UnitEnd(unit, decoded, corrupt, error)
+        yield UnitEnd(unit, decoded, corrupt, error, stopped=unit.seq in self._ended)
 
     def _worker(self, slot: int) -> None:
         self._local.slot = slot
@@ -257,9 +309,8 @@ class FrameProducer:
             self._serial_items = self._serial()
             return
         info = self._first_info()
-        # A live stream (or a paced or looping file) holds its worker for as long as it runs: each
-        # gets one, and the files keep theirs.
-        live = len(self.inputs) if self.realtime or self.loop else sum(is_stream_url(p) for p in self.inputs)
+        # A live input holds its worker for as long as it runs: each gets one, and the files keep theirs.
+        live = sum(self._is_live(p) for p in self.inputs)
         self.workers = self.workers or default_decoders(info, self.decoder, self.device) + live
         self._window = threading.Semaphore(4 * self.workers)
         slots = self.workers + 2
@@ -282,7 +333,10 @@ class FrameProducer:
         self.start()
         if self._serial_items is not None:
             return next(self._serial_items, DONE)
-        while self._live:
+        while True:
+            with self._live_lock:
+                if not self._live:
+                    return DONE
             try:
                 *_, item = self._ready.get(timeout=timeout)
             except queue.Empty:
@@ -292,8 +346,8 @@ class FrameProducer:
                     return self._newest.pop(item.unit.seq)
             if item is not _STOP:
                 return item
-            self._live -= 1
-        return DONE
+            with self._live_lock:
+                self._live -= 1
 
     def release(self) -> None:
         """The consumer is done with one unit: another may be opened."""

@@ -42,11 +42,12 @@ class VideoEnd:
     error: str | None = None
     fatal: bool = False  # decoding broke off (vs. a damaged file decoded to its end)
     dropped: int = 0  # live frames decoded but skipped by --live-policy latest (not in ``decoded``)
+    stopped: bool = False  # its source was removed while it ran (LiveSources): ended early on request
     info: VideoInfo | None = field(default=None, repr=False, compare=False)  # the video's, when it was probed
 
     @property
     def lost(self) -> int:
-        return max(0, self.expected - self.decoded - self.dropped)
+        return 0 if self.stopped else max(0, self.expected - self.decoded - self.dropped)
 
     @property
     def ok(self) -> bool:
@@ -115,13 +116,15 @@ class Chunk:
 @dataclass
 class UnitEnd:
     """The end of ``unit``, after all its chunks: frames decoded and handed over, corrupt packets,
-    error, and live frames decoded but dropped for newer ones (``latest`` policy)."""
+    error, live frames decoded but dropped for newer ones (``latest`` policy), and whether it was
+    stopped on request (its source removed)."""
 
     unit: Unit
     decoded: int = 0
     corrupt: int = 0
     error: str | None = None
     dropped: int = 0
+    stopped: bool = False
 
 
 @dataclass

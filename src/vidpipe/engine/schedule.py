@@ -30,6 +30,7 @@ from ..timeline import stamp
 from .batching import MAX_WAIT, Batcher, Rows, padding
 from .decode import DONE, FrameProducer
 from .items import BatchResult, Chunk, UnitEnd, VideoEnd, VideoStart
+from .live import LiveSources
 from .order import Orderer
 
 IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it busy, bounds memory
@@ -38,7 +39,7 @@ IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it b
 class Scheduler:
     """One run of ``detector`` over ``inputs`` (only frames ``[a, b)`` of each with ``frames``)."""
 
-    def __init__(self, detector: Detector, inputs: list[str], frames: tuple[int, int] | None = None,
+    def __init__(self, detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,
                  on_issue: Callable[[BatchResult], None] | None = None) -> None:
         cfg = detector.config
         self.detector, self.frames, self.on_issue = detector, frames, on_issue
@@ -54,7 +55,9 @@ class Scheduler:
         # Padding the run's batches will carry anyway (GPUs run every batch full): while the GPU
         # idles, batches may go out this many frames short in all at no cost. The first batch then
         # starts with the first frames decoded instead of a full batch's worth.
-        self.slack = padding(inputs, self.expected, detector.batch_size) if self.compute is not None else 0
+        self.slack = 0
+        if self.compute is not None and isinstance(inputs, list):
+            self.slack = padding(inputs, self.expected, detector.batch_size)
 
     def expected(self, info: VideoInfo) -> int:
         """Frames this run should decode from a video."""
@@ -126,7 +129,7 @@ class Scheduler:
             row += len(r.indices)
 
 
-def process(detector: Detector, inputs: list[str], frames: tuple[int, int] | None = None,
+def process(detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,
             on_issue: Callable[[BatchResult], None] | None = None) -> Iterator[VideoStart | BatchResult | VideoEnd]:
     """Decode and detect ``inputs``; see :class:`Scheduler`. The caller waits on each result."""
     return Scheduler(detector, inputs, frames, on_issue).items()
