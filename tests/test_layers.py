@@ -12,10 +12,11 @@ import vidpipe
 
 LAYERS = [
     {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline"},
-    {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights", "track"},  # the stages
+    {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights", "track",
+     "analytics"},  # the stages
     {"models", "models.ssd300", "models.yolo", "models.boxes", "models.tv"},  # detector families
     {"detector", "graphs"},
-    {"engine", "engine.items", "engine.plan", "engine.decode", "engine.batching", "engine.order",
+    {"engine", "engine.items", "engine.live", "engine.plan", "engine.decode", "engine.batching", "engine.order",
      "engine.schedule", "engine.write"},  # schedules the stages
     {"scale"},
     {"api", "bench", "ladder", "cli", "__init__"},  # commands and the API on top

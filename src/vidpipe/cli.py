@@ -10,6 +10,7 @@ Arguments, inputs, outputs and ``--resume`` are checked before torch, PyAV or th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -86,6 +87,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
             continue
         kind, expected = _KINDS.get(f.type.removesuffix(" | None"), (str, "text"))
         check = meta["check"]
+        if f.type == "tuple[str, ...]":  # a repeated option, each value checked alone
+            group.add_argument(*meta["flags"], dest=f.name, action="append", default=None,
+                               type=_typed(str, "text", lambda v, check=check: check((v,))),
+                               metavar=meta["metavar"], help=meta["help"])
+            continue
         default = "" if f.default is None else f" (default {f.default})"
         group.add_argument(*(meta["flags"] or (f"--{name}",)), dest=f.name, default=f.default,
                            type=_typed(kind, expected, check), choices=getattr(check, "choices", None),
@@ -93,7 +99,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(a: argparse.Namespace) -> Config:
-    return Config(**{f.name: getattr(a, f.name) for f in fields(Config)})
+    repeated = {f.name for f in fields(Config) if f.type == "tuple[str, ...]"}  # None when never given
+    return Config(**{f.name: tuple(getattr(a, f.name) or ()) if f.name in repeated else getattr(a, f.name)
+                     for f in fields(Config)})
 
 
 def _add_detect_parser(sub) -> None:
@@ -297,6 +305,8 @@ def cmd_detect(a: argparse.Namespace) -> int:
     def on_video(end) -> None:
         if end.error:
             progress.write(f"vidpipe: error: {end.error}")
+        elif end.analytics:
+            progress.write(f"vidpipe: {end.path}: {json.dumps(end.analytics)}")
 
     try:
         report = _detect(a, cfg, {i: targets[i] for i in todo}, progress.update, on_video)
@@ -341,7 +351,8 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
 
     def on_video(end) -> None:
         said = f"error: {end.error}" if end.error else f"{end.path}: finished, {end.decoded} frames" + (
-            f" ({end.dropped} dropped to stay current)" if end.dropped else "") + f" -> {targets.get(id(end.info))}"
+            f" ({end.dropped} dropped to stay current)" if end.dropped else "") + f" -> {targets.get(id(end.info))}" + (
+            f"; {json.dumps(end.analytics)}" if end.analytics else "")
         print(f"vidpipe: {said}", file=sys.stderr, flush=True)
 
     def close(signum, frame) -> None:

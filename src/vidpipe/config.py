@@ -82,6 +82,17 @@ def class_ids(value: tuple[int, ...]) -> None:
         raise ValueError(f"must list class ids >= 0, got {value!r}")
 
 
+def regions(kind: str) -> Check:
+    """Each item a line (``kind="line"``) or zone spec that :mod:`vidpipe.analytics` parses."""
+    def check(value: tuple[str, ...]) -> None:
+        from . import analytics  # NumPy; only when regions are given
+
+        parse = analytics.parse_line if kind == "line" else analytics.parse_zone
+        for item in value:
+            parse(item)
+    return check
+
+
 def validate(name: str, value: Any, check: Check) -> None:
     """``check(value)``, raising :class:`ConfigError` that names ``name``."""
     try:
@@ -178,6 +189,14 @@ class Config:
     track: bool = setting(False, "give every detection a track_id stable across the frames of a video (ByteTrack, "
                           "from the trackers package: pip install \"vidpipe[track]\"; -1 until a track is "
                           "confirmed)", group=AFTER)
+    lines: tuple[str, ...] = setting((), "count tracks crossing a line, in and out per class: NAME:x1,y1,x2,y2 in "
+                                     "frame pixels (a line drawn top to bottom counts left to right as in); "
+                                     "repeat for more lines; needs track", group=AFTER, flags=("--line",),
+                                     check=regions("line"), metavar="NAME:X1,Y1,X2,Y2")
+    zones: tuple[str, ...] = setting((), "count objects inside a polygon per class, every frame (a box is inside "
+                                     "when its bottom centre is): NAME:x1,y1,x2,y2,x3,y3,... in frame pixels; "
+                                     "repeat for more zones", group=AFTER, flags=("--zone",), check=regions("zone"),
+                                     metavar="NAME:X1,Y1,...")
     # post-processing, SSD300 (ssd_decode's own arguments)
     postprocess: Postprocess = setting("gpu", "gpu: batched on the device; loop_device / loop_host: NVIDIA's "
                                        "per-class loop reading the model's outputs on the device / after one copy "
@@ -193,6 +212,8 @@ class Config:
             value, check = getattr(self, f.name), f.metadata.get("check")
             if value is not None and check is not None:
                 validate(f.name, value, check)
+        if self.lines and not self.track:
+            raise ConfigError("lines count crossings of tracks: they need track on")
 
     def for_run(self, planned_frames: int | None) -> Config:
         """``compile="auto"`` decided for a run of ``planned_frames`` (None: unknown, e.g. a live

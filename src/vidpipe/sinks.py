@@ -37,7 +37,8 @@ class Sink(Protocol):
 
     def write(self, indices: list[int], times: list[float], boxes: np.ndarray, labels: np.ndarray,
               scores: np.ndarray, counts: np.ndarray, track_ids: np.ndarray | None = None,
-              captured: np.ndarray | None = None, latency: np.ndarray | None = None) -> None: ...
+              captured: np.ndarray | None = None, latency: np.ndarray | None = None,
+              analytics: list[dict] | None = None) -> None: ...
 
     def close(self, complete: bool) -> None: ...
 
@@ -114,8 +115,9 @@ class _AtomicFile:
 class JsonlSink(_AtomicFile):
     """``{"video", "frame", "time", "width", "height", "detections": [{"box", "score",
     "class_id", "class_name"}]}`` per line, frames in order; each detection also has ``"track_id"``
-    when the run tracks, and a live source's frames ``"captured_at"`` (wall clock, s) and
-    ``"latency_ms"`` (capture to write)."""
+    when the run tracks, a live source's frames ``"captured_at"`` (wall clock, s) and
+    ``"latency_ms"`` (capture to write), and with lines or zones each frame their ``"lines"`` and
+    ``"zones"`` counts (:mod:`vidpipe.analytics`)."""
 
     def __init__(self, path: str | os.PathLike, video: str, width: int, height: int,
                  classes: Classes = SSD300_CLASSES) -> None:
@@ -126,9 +128,9 @@ class JsonlSink(_AtomicFile):
                      '"detections": [')
 
     def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
-              latency=None) -> None:
+              latency=None, analytics=None) -> None:
         self.write_lines(self.formatter()(indices, times, boxes, labels, scores, counts, track_ids, captured,
-                                          latency), len(indices))
+                                          latency, analytics), len(indices))
 
     def formatter(self) -> partial:
         """``f(indices, times, boxes, labels, scores, counts[, track_ids]) -> str``: the text of those frames,
@@ -142,10 +144,11 @@ class JsonlSink(_AtomicFile):
 
 
 def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels, scores, counts,
-                track_ids=None, captured=None, latency=None) -> str:
+                track_ids=None, captured=None, latency=None, analytics=None) -> str:
     """JSON Lines text of a batch's frames: ``head`` is the line's "%" template up to its detections,
     ``names_json`` each class name as JSON; ``track_ids`` (None: not tracked) like ``labels``;
-    ``captured`` and ``latency`` (seconds) per frame for a live source."""
+    ``captured`` and ``latency`` (seconds) per frame for a live source; ``analytics`` a dict of keys
+    per frame."""
     # One C-level format call for the whole batch (Python formatting of each value would be slower).
     counts = counts.tolist()
     valid = np.arange(boxes.shape[1]) < np.asarray(counts)[:, None]
@@ -156,11 +159,16 @@ def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels,
     dets = zip(*columns)
     values: list = []
     clock = zip(captured.tolist(), (latency * 1000).tolist()) if captured is not None else None
+    keys = iter([json.dumps(a)[1:-1] + ", " if a else "" for a in analytics]) if analytics is not None else None
     for frame, t, c in zip(indices, times, counts):
         values += (frame, t) if clock is None else (frame, t, *next(clock))
+        if keys is not None:
+            values.append(next(keys))
         values += chain.from_iterable(next(dets) for _ in range(c))
     if captured is not None:
         head = head.replace('"time": %.6f, ', '"time": %.6f, "captured_at": %.6f, "latency_ms": %.1f, ', 1)
+    if analytics is not None:
+        head = head.replace('"detections": [', '%s"detections": [', 1)
     tracked = track_ids is not None
     return "".join(head + _dets_template(c, tracked) for c in counts) % tuple(values)
 
@@ -184,7 +192,7 @@ class CocoSink(_AtomicFile):
         self.first = True
 
     def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
-              latency=None) -> None:  # a live source's clock has no place in COCO's format
+              latency=None, analytics=None) -> None:  # a live source's clock, a frame's counts: no place in COCO
         items = []
         for i, (frame, c) in enumerate(zip(indices, counts.tolist())):
             ids = track_ids[i, :c].tolist() if track_ids is not None else [None] * c
@@ -235,7 +243,7 @@ class ParquetSink(_AtomicFile):
         self.pending_rows = 0
 
     def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
-              latency=None) -> None:  # a live source's clock: not yet a column
+              latency=None, analytics=None) -> None:  # a live source's clock, a frame's counts: not columns
         counts = np.asarray(counts)
         mask = np.arange(boxes.shape[1])[None, :] < counts[:, None]
         n = int(mask.sum())

@@ -17,8 +17,10 @@ Modules, in the order frames flow:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Iterator
 
+from ..analytics import Analytics
 from ..detector import Detector, FrameResult
 from ..errors import VidpipeError
 from ..timeline import stamp
@@ -62,8 +64,12 @@ def run(detector: Detector, inputs: list[str] | LiveSources, sink_for: SinkFacto
     cfg = detector.config
     if cfg.track:
         Tracker(30.0)  # a missing tracking library fails the run here, in one line, before any work
+    analytics = None
+    if cfg.lines or cfg.zones:
+        analytics = partial(Analytics, cfg.lines, cfg.zones, detector.classes)
+        analytics()  # a missing library fails the run here too
     writer = Writer(sink_for, cfg.overlap, on_frames, on_video, formatters=cfg.formatters_for(detector.device),
-                    track=cfg.track)
+                    track=cfg.track, analytics=analytics)
     ok = False
     try:
         for item in process(detector, inputs, frames, on_issue=writer.issue):

@@ -43,6 +43,7 @@ class VideoEnd:
     fatal: bool = False  # decoding broke off (vs. a damaged file decoded to its end)
     dropped: int = 0  # live frames decoded but skipped by --live-policy latest (not in ``decoded``)
     stopped: bool = False  # its source was removed while it ran (LiveSources): ended early on request
+    analytics: dict | None = None  # with lines or zones: the video's totals (Analytics.totals)
     info: VideoInfo | None = field(default=None, repr=False, compare=False)  # the video's, when it was probed
 
     @property

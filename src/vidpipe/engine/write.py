@@ -14,6 +14,7 @@ keep the GIL; the text comes back in time for its turn.
 from __future__ import annotations
 
 import atexit
+import json
 import multiprocessing
 import queue
 import threading
@@ -24,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..analytics import Analytics
 from ..profiling import nvtx_range
 from ..sinks import Sink
 from ..sources import VideoInfo
@@ -92,12 +94,14 @@ def _reason(e: BaseException) -> str:
 
 @dataclass
 class _Open:
-    """A video being written: its sink (None once its output failed), why it failed, its tracker."""
+    """A video being written: its sink (None once its output failed), why it failed, its tracker
+    and its line and zone counts."""
 
     info: VideoInfo
     sink: Sink | None
     failure: str | None = None
     tracker: Tracker | None = None
+    analytics: Analytics | None = None
 
 
 class Writer:
@@ -110,7 +114,9 @@ class Writer:
     exist only once a result's turn has come."""
 
     def __init__(self, sink_for: SinkFactory, threaded: bool, on_frames: Callable[[int], None] | None,
-                 on_video: Callable[[VideoEnd], None] | None, formatters: int = 0, track: bool = False) -> None:
+                 on_video: Callable[[VideoEnd], None] | None, formatters: int = 0, track: bool = False,
+                 analytics: Callable[[], Analytics] | None = None) -> None:
+        self.analytics = analytics  # a new video's line and zone counters, counted here in frame order
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.track = track  # track ids are assigned here, in frame order, before formatting
         self.formatters = FormatPool.get(formatters)
@@ -151,7 +157,8 @@ class Writer:
             r = item.result
             video = self.open.get(id(r.info))  # a video not yet started: formatted in its turn
             # Not ahead of time: track ids need the frames before, a live frame's latency is to its write.
-            if video is not None and hasattr(video.sink, "formatter") and not self.track and r.captured is None:
+            if (video is not None and hasattr(video.sink, "formatter") and not self.track and r.captured is None
+                    and self.analytics is None):
                 arrays = r.arrays()
                 if _finite(arrays):  # else its turn fails the video
                     with nvtx_range("format"):
@@ -159,6 +166,7 @@ class Writer:
         elif isinstance(item, VideoStart):
             video = self.open[id(item.info)] = _Open(item.info, None)
             video.tracker = Tracker(item.info.fps) if self.track else None
+            video.analytics = self.analytics() if self.analytics is not None else None
             try:
                 video.sink = self.sink_for(item.info)
             except (OSError, UnicodeError) as e:
@@ -187,11 +195,16 @@ class Writer:
             with nvtx_range("track"):
                 arrays = video.tracker.batch(*arrays)  # boxes, labels, scores, counts, track ids
         sink = video.sink
+        track_ids = arrays[4] if len(arrays) > 4 else None
+        captured = latency = counted = None
         if r.captured is not None:  # live: capture time and latency (to now, the write) per frame
-            now = time.time()
-            if len(arrays) == 4:
-                arrays = (*arrays, None)
-            arrays = (*arrays, np.asarray(r.captured), now - np.asarray(r.captured))
+            captured = np.asarray(r.captured)
+            latency = time.time() - captured
+        if video.analytics is not None:
+            boxes, labels, _, counts = arrays[:4]
+            counted = [video.analytics.frame(boxes[i, :c], labels[i, :c], None if track_ids is None
+                                             else track_ids[i, :c]) for i, c in enumerate(counts.tolist())]
+        arrays = (*arrays[:4], track_ids, captured, latency, counted)
         try:
             with nvtx_range("write"):
                 if r.text is None and self.formatters is not None and hasattr(sink, "formatter"):
@@ -226,10 +239,14 @@ class Writer:
         video = self.open.pop(id(end.info), None) if end.info is not None else None
         if video is None:  # never started (the input could not be probed)
             return end
+        if video.analytics is not None:
+            end = replace(end, analytics=video.analytics.totals())
         if video.sink is not None:
             if end.ok:
                 try:
                     video.sink.close(complete=True)
+                    if end.analytics is not None:  # beside the output: out/clip.jsonl -> out/clip.totals.json
+                        video.sink.path.with_suffix(".totals.json").write_text(json.dumps(end.analytics) + "\n")
                 except (OSError, UnicodeError) as e:
                     video.failure = f"{end.path}: cannot finish {video.sink.path} ({_reason(e)})"
             else:
