@@ -58,9 +58,9 @@ def test_unconfirmed_detections_cross_no_line():
     assert a.totals()["lines"]["door"] == {"in": {}, "out": {}}
 
 
-@pytest.mark.parametrize("spec, parse", [("door", parse_line), ("door:1,2,3", parse_line), ("door:1,2,3,4,5,6", parse_line),
-                                         (":1,2,3,4", parse_line), ("zone:1,2,3,4", parse_zone),
-                                         ("z:a,b,c,d,e,f", parse_zone)])
+@pytest.mark.parametrize("spec, parse", [("door", parse_line), ("door:1,2,3", parse_line),
+                                         ("door:1,2,3,4,5,6", parse_line), (":1,2,3,4", parse_line),
+                                         ("zone:1,2,3,4", parse_zone), ("z:a,b,c,d,e,f", parse_zone)])
 def test_bad_specs_say_what_is_expected(spec, parse):
     with pytest.raises(ValueError, match="expected NAME:"):
         parse(spec)

@@ -122,6 +122,9 @@ def _add_detect_parser(sub) -> None:
     d.add_argument("--resume", action="store_true", help="skip inputs whose output is already complete")
     d.add_argument("--allow-failures", action="store_true",
                    help="exit 0 even when some inputs failed (they are still listed)")
+    d.add_argument("--save-video", default=None, metavar="DIR",
+                   help="also write each input as an MP4 under DIR (named as its output, .mp4) with boxes, class "
+                        "names, scores and track ids drawn (on the GPU; encoded with libx264 on the CPU)")
     g = d.add_argument_group("scale-out")
     g.add_argument("--devices", default=None, metavar="all|0,1,...",
                    help="one worker process per listed GPU (numbered as nvidia-smi numbers them), inputs handed "
@@ -309,7 +312,8 @@ def cmd_detect(a: argparse.Namespace) -> int:
             progress.write(f"vidpipe: {end.path}: {json.dumps(end.analytics)}")
 
     try:
-        report = _detect(a, cfg, {i: targets[i] for i in todo}, progress.update, on_video)
+        videos = {i.path: Path(a.save_video) / f"{i.name}.mp4" for i in found} if a.save_video else None
+        report = _detect(a, cfg, {i: targets[i] for i in todo}, progress.update, on_video, videos)
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
@@ -368,8 +372,12 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
     return 1 if report.failed and not a.allow_failures else 0
 
 
-def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video):
-    """Run ``todo`` locally, on worker processes or on Ray; the run's :class:`~vidpipe.engine.RunReport`."""
+def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video,
+            videos: dict[str, Path] | None = None):
+    """Run ``todo`` locally, on worker processes or on Ray; the run's :class:`~vidpipe.engine.RunReport`.
+    ``videos``: where each input's annotated video goes (one process only)."""
+    if videos is not None and (a.ray is not None or a.devices or a.procs_per_device > 1):
+        raise VidpipeError("--save-video runs in one process: drop --devices, --procs-per-device and --ray")
     if a.ray is not None:
         from .scale import run_ray
         _interruptible()
@@ -382,7 +390,7 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
                              on_video=on_video, split_frames=a.split_frames)
     from .detector import Detector
     from .engine import run
-    from .sinks import open_sink
+    from .sinks import VideoSink, open_sink
 
     stamp("imports")
     detector = Detector(cfg)
@@ -393,9 +401,13 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
     log.info("device %s, %s, batch %d, compile %s", detector.device, detector.dtype,
              detector.batch_size, detector.compiled)
     _interruptible()
+    video_for = None
+    if videos is not None:
+        def video_for(info):
+            return VideoSink(videos[info.path], info.width, info.height, info.fps, detector.classes)
     return run(detector, list(todo), lambda info: open_sink(a.format, todo[info.path], info.path, info.width,
                                                             info.height, detector.classes, cfg.track),
-               on_frames=on_frames, on_video=on_video)
+               on_frames=on_frames, on_video=on_video, video_for=video_for)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,3 +194,9 @@ class Batch:
         else:
             self.parts.append(frames)
         self.n += k
+
+    def frames(self) -> torch.Tensor:
+        """The ``n`` frames added, a tensor of their own (the graph's input is reused by the next batch)."""
+        if self.graph is not None:
+            return self.graph.frames[:self.n].clone()
+        return torch.cat(self.parts)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from fractions import Fraction
 from functools import lru_cache, partial
 from itertools import chain
 from pathlib import Path
@@ -30,6 +31,7 @@ from .coco import SSD300_CLASSES, Classes
 Format = Literal["jsonl", "coco", "parquet"]
 PARTIAL = ".partial"  # an output being written, or left by an interrupted run
 INCOMPLETE = ".incomplete"  # what was written for an input that failed
+X264_PRESET = "veryfast"  # annotated video: libx264's speed/size trade-off
 
 
 class Sink(Protocol):
@@ -293,6 +295,62 @@ class ParquetSink(_AtomicFile):
         if not self.file.closed:
             self._flush()
             self.writer.close()
+        return super().fail()
+
+
+class VideoSink(_AtomicFile):
+    """An annotated MP4 of one input (``--save-video``): each batch's frames get their detections
+    drawn on their device (:mod:`vidpipe.draw`), are converted to yuv420p there and copied to the
+    host once, then encoded by libx264 (PyAV) on the CPU's threads: H100 and H200 have no NVENC.
+    Frame ``i`` is shown at ``i / fps`` (a live source's dropped frames leave their gap). Odd frame
+    sizes lose their last row or column (4:2:0 needs even sizes)."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
+                 classes: Classes = SSD300_CLASSES) -> None:
+        import av
+
+        super().__init__(path, binary=True)
+        self.names = tuple(classes.names)
+        self.container = av.open(self.file, "w", format="mp4")
+        rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(30)
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream.width, self.stream.height = width - width % 2, height - height % 2
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"preset": X264_PRESET, "crf": "23"}
+        self.stream.codec_context.thread_count = 0  # libx264's own threads, as many as it sees fit
+
+    def write(self, frames, ready, indices, boxes, labels, scores, counts, track_ids=None) -> None:
+        """``frames`` uint8 [n, 3, H, W] on their device (usable once ``ready``, a CUDA event or
+        None, has completed); the detections as the other sinks get them (host arrays)."""
+        import av
+        import torch
+
+        from .draw import annotate, to_yuv420
+
+        if ready is not None:
+            torch.cuda.current_stream(frames.device).wait_event(ready)
+        on = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(frames.device)  # noqa: E731
+        drawn = annotate(frames, on(boxes), on(labels), on(scores), on(counts),
+                         None if track_ids is None else on(track_ids), self.names)
+        planes = to_yuv420(drawn[..., :self.stream.height, :self.stream.width]).cpu().numpy()
+        for frame, plane in zip(indices, planes):
+            picture = av.VideoFrame.from_ndarray(plane, format="yuv420p")
+            picture.pts = frame
+            self.container.mux(self.stream.encode(picture))
+        self.frames += len(indices)
+
+    def close(self, complete: bool) -> None:
+        if not self.file.closed:
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+        super().close(complete)
+
+    def fail(self) -> Path | None:
+        if not self.file.closed:
+            try:
+                self.container.close()
+            except Exception:  # noqa: BLE001 - the partial file is set aside as it is
+                pass
         return super().fail()
 
 

@@ -23,13 +23,19 @@ from typing import Callable, Iterator
 from ..analytics import Analytics
 from ..detector import Detector, FrameResult
 from ..errors import VidpipeError
+from ..sinks import VideoSink
+from ..sources import VideoInfo
 from ..timeline import stamp
 from ..track import Tracker
 from .decode import DONE, FrameProducer
-from .items import BatchResult, Chunk, RunReport, Unit, UnitEnd, VideoEnd, VideoStart
+from .items import BatchResult, Chunk, FrameBudget, RunReport, Unit, UnitEnd, VideoEnd, VideoStart
 from .live import LiveSources
 from .schedule import Scheduler, process
 from .write import SinkFactory, Writer
+
+# Batches of frames annotated video may hold (decoded, waiting for the encoder): enough to keep the
+# encoder fed while the next batch is detected; at 1080p and batch 64 each is ~400 MB of GPU memory.
+KEEP_BATCHES = 3
 
 __all__ = ["DONE", "BatchResult", "Chunk", "FrameProducer", "LiveSources", "RunReport", "Scheduler", "SinkFactory",
            "Unit", "UnitEnd", "VideoEnd", "VideoStart", "iter_results", "process", "run"]
@@ -57,10 +63,12 @@ def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]
 
 def run(detector: Detector, inputs: list[str] | LiveSources, sink_for: SinkFactory, *,
         on_frames: Callable[[int], None] | None = None,
-        on_video: Callable[[VideoEnd], None] | None = None, frames: tuple[int, int] | None = None) -> RunReport:
+        on_video: Callable[[VideoEnd], None] | None = None, frames: tuple[int, int] | None = None,
+        video_for: Callable[[VideoInfo], VideoSink | None] | None = None) -> RunReport:
     """Detect every input into its sink; one bad input is reported and never stops the others.
     ``inputs`` may be a :class:`LiveSources` that changes while it runs (the run returns once it is
-    closed). On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
+    closed). ``video_for``: an annotated video per input (a :class:`~vidpipe.sinks.VideoSink`, or
+    None for none). On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
     cfg = detector.config
     if cfg.track:
         Tracker(30.0)  # a missing tracking library fails the run here, in one line, before any work
@@ -68,11 +76,12 @@ def run(detector: Detector, inputs: list[str] | LiveSources, sink_for: SinkFacto
     if cfg.lines or cfg.zones:
         analytics = partial(Analytics, cfg.lines, cfg.zones, detector.classes)
         analytics()  # a missing library fails the run here too
+    keep = FrameBudget(KEEP_BATCHES * detector.batch_size) if video_for is not None else None
     writer = Writer(sink_for, cfg.overlap, on_frames, on_video, formatters=cfg.formatters_for(detector.device),
-                    track=cfg.track, analytics=analytics)
+                    track=cfg.track, analytics=analytics, videos=video_for, keep=keep)
     ok = False
     try:
-        for item in process(detector, inputs, frames, on_issue=writer.issue):
+        for item in process(detector, inputs, frames, on_issue=writer.issue, keep=keep):
             writer.put(item)
         ok = True
     finally:

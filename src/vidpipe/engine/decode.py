@@ -70,7 +70,7 @@ class FrameProducer:
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
                  segment_min: int = 16, frames: tuple[int, int] | None = None,
                  runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False,
-                 live_policy: str = "latest") -> None:
+                 live_policy: str = "latest", in_order: bool = False) -> None:
         # A changing set: its sources now, followed by the planner (each added one gets a worker).
         self.sources = inputs if isinstance(inputs, LiveSources) else None
         self.inputs = inputs.snapshot()[0] if self.sources is not None else inputs
@@ -85,6 +85,7 @@ class FrameProducer:
         self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
         self.realtime, self.loop = realtime, loop  # files paced at their frame rate / started over at their end
         self.live_policy = live_policy
+        self.in_order = in_order  # each file one unit: its frames come in order (annotated video holds them)
         self._newest: dict[int, Chunk] = {}  # latest policy: per unit seq, the frame waiting for the consumer
         self._dropped: dict[int, int] = {}  # latest policy: per unit seq, frames replaced before they were taken
         self._newest_lock = threading.Lock()
@@ -119,7 +120,7 @@ class FrameProducer:
     def _plan(self, path: str) -> list[Unit] | None:
         """Queue ``path``'s units (None: the producer is closing)."""
         # A paced or looping file is one unit: its frames come in order, at its own rate.
-        workers = 1 if self.realtime or self.loop else self.workers
+        workers = 1 if self.realtime or self.loop or self.in_order else self.workers
         units = plan_units(path, self._probed.pop(path, None), self.decoder, workers,
                            segment_min=self.segment_min, frames=self.frames, max_frames=self.max_frames)
         for unit in units:

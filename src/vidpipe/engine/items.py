@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -69,6 +70,10 @@ class BatchResult:
     text: str | Future | None = None  # formatted as soon as it landed, ahead of its turn (see write.Writer)
     classes: Classes = SSD300_CLASSES  # names the class ids
     captured: list[float] | None = None  # a live source's frames: wall-clock arrival (time.time())
+    # With annotated video: these frames' pixels (uint8 [n, 3, H, W] on the device, ready once
+    # ``pixels_ready`` has completed), held until written, counted in the run's FrameBudget.
+    pixels: torch.Tensor | None = None
+    pixels_ready: torch.cuda.Event | None = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """boxes, labels, scores, counts of these frames as NumPy views, once the copy has landed."""
@@ -126,6 +131,32 @@ class UnitEnd:
     error: str | None = None
     dropped: int = 0
     stopped: bool = False
+
+
+class FrameBudget:
+    """Frames held for annotated video between the scheduler (which takes room before it keeps a
+    batch's frames) and the writer (which gives it back once they are encoded): at most ``limit``,
+    so a slow encoder slows the GPU down instead of filling its memory. :meth:`close` releases any
+    waiter (the writer stopped)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held, self.closed = limit, 0, False
+        self._cond = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed or self.held == 0 or self.held + n <= self.limit)
+            self.held += n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.held -= n
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
 
 @dataclass

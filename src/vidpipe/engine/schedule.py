@@ -29,7 +29,7 @@ from ..sources import VideoInfo
 from ..timeline import stamp
 from .batching import MAX_WAIT, Batcher, Rows, padding
 from .decode import DONE, FrameProducer
-from .items import BatchResult, Chunk, UnitEnd, VideoEnd, VideoStart
+from .items import BatchResult, Chunk, FrameBudget, UnitEnd, VideoEnd, VideoStart
 from .live import LiveSources
 from .order import Orderer
 
@@ -40,14 +40,15 @@ class Scheduler:
     """One run of ``detector`` over ``inputs`` (only frames ``[a, b)`` of each with ``frames``)."""
 
     def __init__(self, detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,
-                 on_issue: Callable[[BatchResult], None] | None = None) -> None:
+                 on_issue: Callable[[BatchResult], None] | None = None, keep: FrameBudget | None = None) -> None:
         cfg = detector.config
         self.detector, self.frames, self.on_issue = detector, frames, on_issue
+        self.keep = keep  # annotated video: each result keeps its frames, within this budget
         self.serial = not cfg.overlap
         self.producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
                                       workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames,
                                       frames=frames, runtime=detector.runtime, realtime=cfg.realtime,
-                                      loop=cfg.loop, live_policy=cfg.live_policy)
+                                      loop=cfg.loop, live_policy=cfg.live_policy, in_order=keep is not None)
         self.order = Orderer(self.producer.release, self.expected)
         self.batcher = Batcher(detector.batch)
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
@@ -113,6 +114,13 @@ class Scheduler:
         with nvtx_range("batch"):
             if len(self.issued) == IN_FLIGHT:  # the GPU is far enough ahead; frames wait in the queues
                 self.issued.popleft().synchronize()
+            kept = ready = None
+            if self.keep is not None:  # before the model runs: the graph's input is the next batch's
+                self.keep.take(batch.n)
+                kept = batch.frames()
+                if kept.is_cuda:
+                    ready = torch.cuda.Event()
+                    ready.record()
             host, event = self.detector.submit(batch)
             stamp("issued")
             if event is not None:
@@ -122,7 +130,8 @@ class Scheduler:
         row = 0
         for r in rows:
             result = BatchResult(r.unit.info, r.indices, r.times, host, event, row, classes=self.detector.classes,
-                                 captured=r.captured)
+                                 captured=r.captured, pixels_ready=ready,
+                                 pixels=None if kept is None else kept[row:row + len(r.indices)])
             self.order.add(r.unit, result)
             if self.on_issue is not None:
                 self.on_issue(result)
@@ -130,6 +139,7 @@ class Scheduler:
 
 
 def process(detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,
-            on_issue: Callable[[BatchResult], None] | None = None) -> Iterator[VideoStart | BatchResult | VideoEnd]:
+            on_issue: Callable[[BatchResult], None] | None = None, keep: FrameBudget | None = None
+            ) -> Iterator[VideoStart | BatchResult | VideoEnd]:
     """Decode and detect ``inputs``; see :class:`Scheduler`. The caller waits on each result."""
-    return Scheduler(detector, inputs, frames, on_issue).items()
+    return Scheduler(detector, inputs, frames, on_issue, keep).items()

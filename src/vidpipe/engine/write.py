@@ -27,11 +27,11 @@ import numpy as np
 
 from ..analytics import Analytics
 from ..profiling import nvtx_range
-from ..sinks import Sink
+from ..sinks import Sink, VideoSink
 from ..sources import VideoInfo
 from ..timeline import stamp
 from ..track import Tracker
-from .items import BatchResult, RunReport, VideoEnd, VideoStart
+from .items import BatchResult, FrameBudget, RunReport, VideoEnd, VideoStart
 
 SinkFactory = Callable[[VideoInfo], Sink]
 _STOP = object()
@@ -102,6 +102,7 @@ class _Open:
     failure: str | None = None
     tracker: Tracker | None = None
     analytics: Analytics | None = None
+    video: VideoSink | None = None  # its annotated video (--save-video)
 
 
 class Writer:
@@ -115,8 +116,11 @@ class Writer:
 
     def __init__(self, sink_for: SinkFactory, threaded: bool, on_frames: Callable[[int], None] | None,
                  on_video: Callable[[VideoEnd], None] | None, formatters: int = 0, track: bool = False,
-                 analytics: Callable[[], Analytics] | None = None) -> None:
+                 analytics: Callable[[], Analytics] | None = None,
+                 videos: Callable[[VideoInfo], VideoSink | None] | None = None, keep: FrameBudget | None = None
+                 ) -> None:
         self.analytics = analytics  # a new video's line and zone counters, counted here in frame order
+        self.videos, self.keep = videos, keep  # annotated videos, and the budget of the frames they hold
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.track = track  # track ids are assigned here, in frame order, before formatting
         self.formatters = FormatPool.get(formatters)
@@ -169,10 +173,16 @@ class Writer:
             video.analytics = self.analytics() if self.analytics is not None else None
             try:
                 video.sink = self.sink_for(item.info)
+                video.video = self.videos(item.info) if self.videos is not None else None
             except (OSError, UnicodeError) as e:
                 video.failure = f"{item.info.path}: cannot write its output ({_reason(e)})"
         elif isinstance(item, BatchResult):
-            self._write(self.open[id(item.info)], item)
+            try:
+                self._write(self.open[id(item.info)], item)
+            finally:
+                if item.pixels is not None:
+                    item.pixels = None
+                    self.keep.give(len(item.indices))
             self.report.frames += len(item.indices)
             if self.on_frames:
                 self.on_frames(len(item.indices))
@@ -205,6 +215,13 @@ class Writer:
             counted = [video.analytics.frame(boxes[i, :c], labels[i, :c], None if track_ids is None
                                              else track_ids[i, :c]) for i, c in enumerate(counts.tolist())]
         arrays = (*arrays[:4], track_ids, captured, latency, counted)
+        if video.video is not None and r.pixels is not None:
+            try:
+                with nvtx_range("annotate"):
+                    video.video.write(r.pixels, r.pixels_ready, r.indices, *arrays[:5])
+            except (OSError, UnicodeError) as e:
+                self._fail(video, f"{r.info.path}: cannot write {video.video.path} ({_reason(e)})")
+                return
         try:
             with nvtx_range("write"):
                 if r.text is None and self.formatters is not None and hasattr(sink, "formatter"):
@@ -226,6 +243,9 @@ class Writer:
 
     def _fail(self, video: _Open, reason: str) -> None:
         video.failure = reason
+        if video.video is not None:
+            video.video.fail()
+            video.video = None
         try:
             kept = video.sink.fail()
         except (OSError, UnicodeError):  # e.g. the disk is still full
@@ -241,6 +261,11 @@ class Writer:
             return end
         if video.analytics is not None:
             end = replace(end, analytics=video.analytics.totals())
+        if video.video is not None:  # finished whatever the detections' output does
+            try:
+                video.video.close(complete=end.ok)
+            except (OSError, UnicodeError) as e:
+                video.failure = f"{end.path}: cannot finish {video.video.path} ({_reason(e)})"
         if video.sink is not None:
             if end.ok:
                 try:
@@ -258,9 +283,13 @@ class Writer:
         return end
 
     def _abort(self) -> None:
+        if self.keep is not None:
+            self.keep.close()  # nothing will give frames back now: the scheduler must not wait for it
         for video in self.open.values():
             if video.sink is not None:
                 video.sink.close(complete=False)
+            if video.video is not None:
+                video.video.close(complete=False)
         self.open.clear()
 
     def finish(self, ok: bool) -> RunReport:

@@ -1,0 +1,152 @@
+"""Annotated video: detections drawn on the frames' device (outlines exact on fresh random boxes,
+labels spelled as Python formats them, GPU equal to CPU), converted to yuv420p as FFmpeg converts,
+and a run's MP4 decoded back: every frame there, the box drawn where it was detected."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from vidpipe import Config, Detector
+from vidpipe.draw import _cover, _labels, annotate, to_yuv420
+from vidpipe.engine import run
+from vidpipe.models.boxes import BoxesFamily
+from vidpipe.sinks import VideoSink, open_sink
+
+NAMES = ("person", "bicycle", "traffic light")
+
+
+def random_detections(seed: int, n: int = 3, d: int = 7, h: int = 90, w: int = 130, device: str = "cpu"):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, d, 2, generator=g) * torch.tensor([w, h])
+    wh = torch.rand(n, d, 2, generator=g) * torch.tensor([w, h]) / 2
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)  # some reach past the frame
+    labels = torch.randint(0, len(NAMES), (n, d), generator=g)
+    scores = torch.rand(n, d, generator=g)
+    counts = torch.randint(0, d + 1, (n,), generator=g)
+    ids = torch.randint(-1, 20000, (n, d), generator=g)
+    frames = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
+    return [t.to(device) for t in (frames, boxes, labels, scores, counts, ids)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rectangles_count_exactly_their_pixels(seed):
+    frames, boxes, _, _, counts, _ = random_detections(seed)
+    n, _, h, w = frames.shape
+    valid = torch.arange(boxes.shape[1]) < counts[:, None]
+    b = boxes.round().long()
+    x1, x2 = b[..., 0].clamp(0, w - 1), b[..., 2].clamp(0, w - 1)
+    y1, y2 = b[..., 1].clamp(0, h - 1), b[..., 3].clamp(0, h - 1)
+    expect = np.zeros((n, h, w), int)
+    for i in range(n):
+        for j in range(int(counts[i])):
+            expect[i, y1[i, j]:y2[i, j] + 1, x1[i, j]:x2[i, j] + 1] += 1
+    assert np.array_equal(_cover(n, h, w, x1, y1, x2, y2, valid).numpy(), expect)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_labels_read_as_python_writes_them(seed):
+    _, _, labels, scores, _, ids = random_detections(seed)
+    for tracked in (True, False):
+        codes, length = _labels(labels, scores, ids if tracked else None, NAMES)
+        for c, k, lab, s, t in zip(codes.view(-1, codes.shape[-1]).tolist(), length.view(-1).tolist(),
+                                   labels.view(-1).tolist(), scores.view(-1).tolist(), ids.view(-1).tolist()):
+            track = (f" #{t % 10000}" if t >= 0 else " #-") if tracked else ""
+            expect = f"{NAMES[lab]}{track} .{min(round(s * 100), 99):02d}"[:24]
+            assert "".join(map(chr, c[:k])) == expect
+
+
+def test_outlines_are_drawn_and_the_rest_is_untouched():
+    frames, boxes, labels, scores, counts, ids = random_detections(5)
+    out = annotate(frames, boxes, labels, scores, counts, ids, NAMES)
+    changed = (out != frames).any(1)
+    n, _, h, w = frames.shape
+    b = boxes.round().long()
+    for i in range(n):
+        if counts[i] == 0:
+            assert not changed[i].any()
+        for j in range(int(counts[i])):
+            x1, x2 = int(b[i, j, 0].clamp(0, w - 1)), int(b[i, j, 2].clamp(0, w - 1))
+            y2 = int(b[i, j, 3].clamp(0, h - 1))
+            bottom = out[i, :, y2, x1:x2 + 1]  # the bottom edge: outline green unless a later label covers it
+            assert ((bottom == torch.tensor([0, 255, 0])[:, None]).all(0) | (bottom == 0).all(0)
+                    | (bottom == 255).all(0)).all()
+
+
+def test_yuv420_as_ffmpeg_converts():
+    """On smooth random pictures (chroma subsampling filters differ only on pixel noise)."""
+    coarse = torch.rand(4, 3, 8, 12, generator=torch.Generator().manual_seed(3)) * 255
+    frames = torch.nn.functional.interpolate(coarse, size=(64, 96), mode="bilinear").round().to(torch.uint8)
+    ours = to_yuv420(frames).numpy().astype(int)
+    for i in range(len(frames)):
+        rgb = av.VideoFrame.from_ndarray(frames[i].permute(1, 2, 0).contiguous().numpy(), format="rgb24")
+        ref = rgb.reformat(format="yuv420p").to_ndarray().astype(int)
+        assert np.abs(ours[i] - ref).max() <= 3 and np.abs(ours[i] - ref).mean() < 1
+
+
+@pytest.mark.cuda
+def test_drawing_on_the_gpu_equals_the_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    for seed in (0, 1):
+        cpu = random_detections(seed)
+        gpu = random_detections(seed, device="cuda")
+        assert torch.equal(annotate(*cpu, NAMES), annotate(*gpu, NAMES).cpu())
+        assert annotate(*gpu, NAMES).is_cuda
+
+
+class Spot(torch.nn.Module):
+    """A box around the bright pixels (the clip's white square)."""
+
+    def forward(self, x: torch.Tensor):
+        mask = (x.float().mean(1) > 0.5).float()
+        n = mask.sum((1, 2)).clamp(min=1)
+        cx = (mask.sum(1) * torch.arange(x.shape[-1], device=x.device)).sum(1) / n
+        cy = (mask.sum(2) * torch.arange(x.shape[-2], device=x.device)).sum(1) / n
+        boxes = torch.stack([cx - 10, cy - 10, cx + 10, cy + 10], 1)[:, None]
+        return boxes, x.new_full((x.shape[0], 1), 0.9), torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+
+
+def square_clip(path, frames: int = 30):
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for f in range(frames):
+            img = np.zeros((96, 160, 3), np.uint8)
+            img[40:52, 10 + 4 * f:22 + 4 * f] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_a_run_writes_every_frame_with_its_box_drawn(tmp_path, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    clip = square_clip(tmp_path / "square.mp4")
+    det = Detector(Config(device=device, batch_size=8, track=True), model=BoxesFamily(Spot(), ["thing"]))
+    video = tmp_path / "annotated" / "square.mp4"
+    report = run(det, [str(clip)], lambda v: open_sink("jsonl", tmp_path / "o.jsonl", v.path, v.width, v.height),
+                 video_for=lambda v: VideoSink(video, v.width, v.height, v.fps, det.classes))
+    assert not report.failed
+    with av.open(str(video)) as c:
+        frames = [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]
+    assert len(frames) == 30
+    for f, img in enumerate(frames):
+        cx = 16 + 4 * f  # the square covers x 10+4f .. 21+4f; the box is 20 px around its centre
+        left = img[40:52, round(cx - 10.5)]
+        assert (left[:, 1] > 150).all() and (left[:, 0] < 110).all() and (left[:, 2] < 110).all(), f  # green
+        assert (img[44:48, cx - 3:cx + 3] > 180).all()  # the square itself is untouched
+
+
+def test_save_video_with_worker_processes_is_refused_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    clip = square_clip(tmp_path / "square.mp4", frames=2)
+    r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "detect", str(clip), "-o", str(tmp_path / "o.jsonl"),
+                        "--save-video", str(tmp_path / "v"), "--devices", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vidpipe: error: --save-video runs in")
