@@ -11,6 +11,8 @@
 #   track   vidpipe bench (pipeline) with --track on in.mp4 and the 1080p clip ($TRACK_ARGS added)
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
+#   live    vidpipe bench --suite live on the 1080p clip ($LIVE_ARGS added)
+#   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
 #   peers   vidpipe bench --suite peers (Ultralytics' predict beside vidpipe), $PEER_MODEL (yolo11m.yaml)
 set -uo pipefail
@@ -53,6 +55,17 @@ for step in $STEPS; do
     track)
       timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 --track ${TRACK_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -10 ;;
+    live)
+      timeout ${LIVE_S:-300} $V bench --suite live "$(camera)" --weights random ${LIVE_ARGS:-} \
+        --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
+    annotate)
+      TIMEFORMAT="wall %R s, user %U s, sys %S s"
+      for args in "" "--save-video /tmp/annotated" "" "--save-video /tmp/annotated"; do
+        { time timeout 200 $V detect "$(camera)" -o /tmp/annotate.jsonl --weights random $args; } 2>&1 \
+          | grep -v "^WARNING" | tail -2 | sed "s|^|[${args:-plain}] |"
+      done | tee "$OUT/annotate.txt"
+      python3 -c "import av; c = av.open('/tmp/annotated/camera1080.mp4'); print('annotated frames:', \
+        sum(1 for _ in c.decode(video=0)))" | tee -a "$OUT/annotate.txt" ;;
     old)
       PYTHONPATH=/tmp/site:$PWD/.old/src timeout 300 $V bench .media/in.mp4 --weights random --repeats 3 \
         --results "$OUT/results-old.md" 2>&1 | tail -8 ;;

@@ -91,6 +91,7 @@ class FrameProducer:
         self._newest_lock = threading.Lock()
         self._ended: set[int] = set()  # seqs of units whose source was removed: they stop at their next frame
         self._live_lock = threading.Lock()  # self._live: the consumer counts workers down, the planner adds
+        self._seq = 0  # the next unit's number (the planner's)
         self.runtime = runtime or DeviceRuntime(device)  # the device's streams and NVDEC sessions
         self.stop = threading.Event()
         self._units: queue.Queue = queue.Queue()
@@ -104,7 +105,6 @@ class FrameProducer:
 
     # planning ----------------------------------------------------------------------------------
     def _planner(self) -> None:
-        self._seq = 0
         try:
             running = {}
             for path in self.inputs:
