@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU runs on the device tool's H200 machines (one or two GPUs), in one call: set-up, then the
-# steps named in $STEPS (default: tests). Needs the wheels in .whl/ (PyNvVideoCodec, PyAV) and
-# .media/in.mp4 + .media/make_camera_clip.py (both git-ignored, carried). Logs under $OUT.
+# steps named in $STEPS (default: tests). Needs the wheels in .whl/ (PyNvVideoCodec, PyAV), and for
+# the steps that use them .whl-yolo/ (Ultralytics) and .whl-track/ (trackers, supervision and what
+# they import that the image lacks), and .media/in.mp4 + .media/make_camera_clip.py (all git-ignored,
+# carried: the tree that travels is capped at 64 MiB). Logs under $OUT.
 #   tests   the GPU tests (cuda/nvdec marks) and the CPU ones they sit beside
 #   scale   bench --suite scale on in.mp4 and the camera-like 1080p clip (one GPU vs all)
 #   ladder  vidpipe ladder in.mp4
@@ -18,7 +20,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/vidpipe-results}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl $(ls .whl-track/*.whl 2>/dev/null) \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl $(ls .whl-track/*.whl .whl-yolo/*.whl 2>/dev/null) \
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 VIDPIPE_SHARED_CLIP=$PWD/.media/in.mp4
 V="python3 -m vidpipe.cli"
