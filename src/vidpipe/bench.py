@@ -271,6 +271,13 @@ PEER_BATCHES = (1, 32)  # Ultralytics' predict: its default, and the batch the i
 AGREE_FRAMES = 200  # frames whose detections are compared with Ultralytics' (its batch-1 loop)
 
 
+def _import_seconds() -> float:
+    """``python -c "import torch, torchvision"``'s wall time: the median of three, since the first on a
+    fresh machine reads its files cold (12.6 s against the 9.0 s the commands' own imports took on
+    4ce1990, which made the startup suite's "wall - import" negative)."""
+    return median([_wall(["-c", "import torch, torchvision"]) for _ in range(3)])
+
+
 def _wall(argv: list[str]) -> float:
     """Whole-process wall seconds of a fresh ``python`` process running ``argv``."""
     t0 = time.perf_counter()
@@ -302,7 +309,7 @@ def bench_peers(a: argparse.Namespace, cfg: Config) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-peers-"))
     outs = (tmp / f"out-{i}.jsonl" for i in itertools.count())
     rows, notes = [], []
-    imports = _wall(["-c", "import torch, torchvision"])
+    imports = _import_seconds()
     for video in bench_inputs(a, tmp):
         info = probe(video)
         family = family_for_video(cfg, video)
@@ -451,7 +458,7 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
     import os
 
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-startup-"))
-    imports = _wall(["-c", "import torch, torchvision"])
+    imports = _import_seconds()
     model = [] if cfg.model == "ssd300" else ["--model", cfg.model]
     weights = ["--weights", cfg.weights or "random"] if cfg.model == "ssd300" else []
     model += [] if cfg.device == "auto" else ["--device", cfg.device]
