@@ -6,6 +6,7 @@ never lag; all: every frame)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -186,3 +187,24 @@ def test_cli_sources_file_added_removed_and_ctrl_c(tmp_path):
         frames = [json.loads(x)["frame"] for x in (out / f"{name}.jsonl").read_text().splitlines()]
         assert frames and frames == sorted(set(frames)), name  # in order; gaps are dropped frames (CPU)
     assert f"{a}: finished" in err and f"{b}: finished" in err and not list(out.glob("*.partial")), err
+
+
+def test_a_bad_camera_among_good_ones_costs_them_nothing(tmp_path):
+    """Isolation: a camera that cannot be opened and one that sends garbage fail alone, each with a
+    one-line reason; the good cameras beside them get every frame, in order, on their clock."""
+    good = [make_clip(tmp_path / f"cam{i}.mp4", frames=15, width=64, height=48, bframes=False, seed=i)
+            for i in range(2)]
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(good[0].read_bytes()[:64] + os.urandom(20000))
+    missing = tmp_path / "missing.mp4"
+    det = Detector(Config(device="cpu", batch_size=4, realtime=True, loop=True, max_frames=30, live_policy="all"),
+                   model=BoxesFamily(Constant(), ["thing"]))
+    paths = [str(good[0]), str(garbage), str(missing), str(good[1])]
+    outs = {p: tmp_path / f"out{i}.jsonl" for i, p in enumerate(paths)}
+    t0 = time.time()
+    report = run(det, paths, lambda v: open_sink("jsonl", outs[v.path], v.path, v.width, v.height))
+    assert time.time() - t0 < 2.5  # the good cameras ran side by side, 1 s each, not held up
+    failed = {v.path: v.error for v in report.failed}
+    assert set(failed) == {str(garbage), str(missing)} and all("\n" not in e for e in failed.values()), failed
+    for p in map(str, good):
+        assert [json.loads(x)["frame"] for x in outs[p].read_text().splitlines()] == list(range(30))
