@@ -112,7 +112,7 @@ def _add_detect_parser(sub) -> None:
     d.add_argument("--sources", default=None, metavar="FILE",
                    help="instead of INPUTs: a file of sources, one per line, re-read when it changes (a source "
                         "added starts within a second, one removed is closed and its output finished); runs until "
-                        "Ctrl-C, which finishes every output. -o is a directory"),
+                        "Ctrl-C, which finishes every output. -o is a directory")
     d.add_argument("-o", "--output", required=True,
                    help="output file (one input) or directory (several inputs, or a path ending in /): "
                         "in/a/clip.mp4 found under INPUT in/ is written to OUTPUT/a/clip.jsonl")

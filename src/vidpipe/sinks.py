@@ -10,7 +10,8 @@ A text sink may also offer ``lines(...) -> str`` and ``write_lines(text, frames)
 formats each batch as soon as its detections land, and only writes the text once it is in order.
 
 Formats: ``jsonl`` (one object per frame), ``coco`` (a COCO results list; image_id = frame index),
-``parquet`` (one row per detection).
+``parquet`` (one row per detection); and :class:`VideoSink`, the frames themselves with their
+detections drawn, as an MP4 (``--save-video``).
 """
 
 from __future__ import annotations
