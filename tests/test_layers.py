@@ -13,7 +13,7 @@ import vidpipe
 LAYERS = [
     {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline"},
     {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights", "track",
-     "analytics"},  # the stages
+     "analytics", "draw"},  # the stages
     {"models", "models.ssd300", "models.yolo", "models.boxes", "models.tv"},  # detector families
     {"detector", "graphs"},
     {"engine", "engine.items", "engine.live", "engine.plan", "engine.decode", "engine.batching", "engine.order",
