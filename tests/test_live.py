@@ -208,3 +208,15 @@ def test_a_bad_camera_among_good_ones_costs_them_nothing(tmp_path):
     assert set(failed) == {str(garbage), str(missing)} and all("\n" not in e for e in failed.values()), failed
     for p in map(str, good):
         assert [json.loads(x)["frame"] for x in outs[p].read_text().splitlines()] == list(range(30))
+
+
+def test_cli_sources_refuses_what_it_does_not_do(tmp_path):
+    import subprocess
+    import sys
+
+    listing = tmp_path / "cams.txt"
+    listing.write_text("rtsp://cam1/live\n")
+    for extra in (["--save-video", str(tmp_path / "v")], ["--devices", "cpu"]):
+        r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "detect", "--sources", str(listing), "-o",
+                            str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vidpipe: error: --sources runs")

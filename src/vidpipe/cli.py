@@ -336,6 +336,9 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
 
     if not Path(a.sources).is_file():
         raise VidpipeError(f"--sources {a.sources}: no such file")
+    if a.save_video or a.devices or a.ray is not None or a.resume:
+        raise VidpipeError("--sources runs one process writing detections: --save-video, --devices, --ray and "
+                           "--resume are for INPUTs")
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise VidpipeError(f"-o {a.output}: --sources writes one output per source; give a directory")
