@@ -5,15 +5,18 @@ In: the scheduler's items (:class:`~.items.VideoStart`, :class:`~.items.BatchRes
 their final names (complete), ``.incomplete`` (an input that failed) or ``.partial`` (an
 interrupted run), and a :class:`~.items.RunReport`.
 
-Formatting JSON Lines text is the one host cost that grows with detections per frame
-(64 frames x 200 detections: ~15 ms of Python holding the GIL, which the decode and compute threads
-need). With ``formatters`` > 0 it runs in that many worker processes, so this process's threads
-keep the GIL; the text comes back in time for its turn.
+Formatting JSON Lines text and tracking are the host costs that grow with detections per frame
+(64 frames x 200 detections: ~15 ms of Python formatting; ByteTrack ~0.2 ms per frame), holding
+the GIL that the decode and compute threads need. With ``formatters`` > 0 both run in that many
+worker processes, so this process's threads keep the GIL: text comes back in time for its turn,
+and a video's tracker lives in one worker (its lane), which receives the video's batches in frame
+order and returns them with track ids.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import multiprocessing
 import queue
@@ -30,7 +33,7 @@ from ..profiling import nvtx_range
 from ..sinks import Sink, VideoSink
 from ..sources import VideoInfo
 from ..timeline import stamp
-from ..track import Tracker
+from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker
 from .items import BatchResult, FrameBudget, RunReport, VideoEnd, VideoStart
 
 SinkFactory = Callable[[VideoInfo], Sink]
@@ -47,17 +50,22 @@ class _Issued:
 
 
 class FormatPool:
-    """Worker processes that format results: ``submit(formatter, indices, times, arrays)`` returns a
-    Future of the text. Spawned (the parent holds CUDA), importing only the sinks (no torch). One
-    pool per process and size, started on first use and kept: starting one costs ~0.5 s, as much as
-    a whole short run (a pool per run halved bench's in.mp4 figure, docs/results.md)."""
+    """Worker processes ("lanes", one process each) that format results and track videos:
+    ``submit(formatter, indices, times, arrays)`` returns a Future of the text (lanes in turn);
+    ``track(lane, key, fps, arrays)`` a Future of the arrays with track ids, tracked by ``key``'s
+    tracker in that lane, which runs its tasks one at a time in submission order. Spawned (the
+    parent holds CUDA), importing only the sinks and the tracker (no torch). One pool per process
+    and size, started on first use and kept: starting one costs ~0.5 s, as much as a whole short
+    run (a pool per run halved bench's in.mp4 figure, docs/results.md)."""
 
     _shared: dict[int, FormatPool] = {}
 
     def __init__(self, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        for _ in range(workers):  # start every worker now, while the first batches are on the GPU
-            self.pool.submit(int)
+        context = multiprocessing.get_context("spawn")
+        self.lanes = [ProcessPoolExecutor(1, mp_context=context) for _ in range(workers)]
+        for lane in self.lanes:  # start every worker now, while the first batches are on the GPU
+            lane.submit(int)
+        self._turn = itertools.cycle(self.lanes)
 
     @classmethod
     def get(cls, workers: int) -> FormatPool | None:
@@ -72,13 +80,27 @@ class FormatPool:
     @classmethod
     def close_all(cls) -> None:
         for pool in cls._shared.values():
-            pool.pool.shutdown(wait=True, cancel_futures=True)
+            for lane in pool.lanes:
+                lane.shutdown(wait=True, cancel_futures=True)
         cls._shared.clear()
 
     def submit(self, formatter: Callable, indices: list[int], times: list[float],
                arrays: tuple[np.ndarray, ...]) -> Future:
-        return self.pool.submit(formatter, indices, times,
-                                *(None if a is None else np.ascontiguousarray(a) for a in arrays))
+        return next(self._turn).submit(formatter, indices, times, *_contiguous(arrays))
+
+    def track(self, lane: int, key: str, fps: float, arrays: tuple[np.ndarray, ...]) -> Future:
+        return self.lanes[lane].submit(track_in_worker, key, fps, *_contiguous(arrays))
+
+    def forget(self, lane: int, key: str) -> None:
+        """Drop ``key``'s tracker (its video has ended)."""
+        self.lanes[lane].submit(forget_tracker, key)
+
+
+def _contiguous(arrays: tuple[np.ndarray | None, ...]) -> tuple[np.ndarray | None, ...]:
+    return tuple(None if a is None else np.ascontiguousarray(a) for a in arrays)
+
+
+_video_keys = itertools.count()  # names a tracked video in the lanes, unique in this process
 
 
 def _finite(arrays: tuple[np.ndarray, ...]) -> bool:
@@ -100,7 +122,9 @@ class _Open:
     info: VideoInfo
     sink: Sink | None
     failure: str | None = None
-    tracker: Tracker | None = None
+    tracker: Tracker | None = None  # tracked here, or in lane ``lane`` of the pool under ``key``
+    lane: int | None = None
+    key: str = ""
     analytics: Analytics | None = None
     video: VideoSink | None = None  # its annotated video (--save-video)
 
@@ -169,7 +193,11 @@ class Writer:
                         r.text = self._format(video.sink, r, arrays)
         elif isinstance(item, VideoStart):
             video = self.open[id(item.info)] = _Open(item.info, None)
-            video.tracker = Tracker(item.info.fps) if self.track else None
+            if self.track and self.formatters is not None:
+                n = next(_video_keys)
+                video.key, video.lane = str(n), n % len(self.formatters.lanes)
+            elif self.track:
+                video.tracker = Tracker(item.info.fps)
             video.analytics = self.analytics() if self.analytics is not None else None
             try:
                 video.sink = self.sink_for(item.info)
@@ -204,6 +232,9 @@ class Writer:
         if video.tracker is not None:
             with nvtx_range("track"):
                 arrays = video.tracker.batch(*arrays)  # boxes, labels, scores, counts, track ids
+        elif video.lane is not None:
+            with nvtx_range("track"):
+                arrays = self.formatters.track(video.lane, video.key, video.info.fps, arrays).result()
         sink = video.sink
         track_ids = arrays[4] if len(arrays) > 4 else None
         captured = latency = counted = None
@@ -259,6 +290,8 @@ class Writer:
         video = self.open.pop(id(end.info), None) if end.info is not None else None
         if video is None:  # never started (the input could not be probed)
             return end
+        if video.lane is not None:
+            self.formatters.forget(video.lane, video.key)
         if video.analytics is not None:
             end = replace(end, analytics=video.analytics.totals())
         if video.video is not None:  # finished whatever the detections' output does
