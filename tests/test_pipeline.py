@@ -245,7 +245,8 @@ def test_gpu_pipeline_matches_cpu(random_model, tmp_path):
 
 @pytest.mark.nvdec
 def test_gpu_engine_identical_to_straightforward(shared_clip, random_model):
-    base = dict(weights="random", device="cuda", precision="fp16", compile="off", batch_size=32, max_frames=600)
+    base = dict(weights="random", device="cuda", precision="fp16", compile="off", batch_size=32, max_frames=600,
+                kernels="triton")
     simple = collect(Detector(Config(**base, overlap=False, decoder="nvdec", cuda_graphs=False), model=random_model),
                      shared_clip)
     engine = collect(Detector(Config(**base, overlap=True, decoder="nvdec", decoders=4), model=random_model),
@@ -265,7 +266,8 @@ def test_gpu_engine_mixes_files_and_sizes_in_batches(tmp_path, random_model):
 
     a = make_clip(tmp_path / "a.mp4", frames=40, width=320, height=240, gop=10)
     b = make_clip(tmp_path / "b.mp4", frames=25, width=256, height=144, gop=10, seed=3)
-    base = dict(weights="random", device="cuda", precision="fp16", compile="off", batch_size=16, decoder="nvdec")
+    base = dict(weights="random", device="cuda", precision="fp16", compile="off", batch_size=16, decoder="nvdec",
+                kernels="triton")
     simple = Detector(Config(**base, overlap=False, cuda_graphs=False), model=random_model)
     alone = {p: collect(simple, p) for p in (a, b)}
     got = list(iter_results(Detector(Config(**base, decoders=3), model=random_model), [str(a), str(b), str(a)]))
@@ -286,8 +288,8 @@ def test_gpu_engine_mixes_files_and_sizes_in_batches(tmp_path, random_model):
 def test_infer_while_a_batch_fills_the_graph_input(random_model):
     """A batch being gathered owns the CUDA graph's input: infer() on frames of the same size in
     between runs without the graph, and both give what they give alone, to the bit."""
-    det = Detector(Config(weights="random", device="cuda", precision="fp16", compile="off", batch_size=8),
-                   model=random_model)
+    det = Detector(Config(weights="random", device="cuda", precision="fp16", compile="off", batch_size=8,
+                          kernels="triton"), model=random_model)
     g = torch.Generator().manual_seed(0)
     a, b = [(torch.rand(8, 3, 96, 128, generator=g) * 255).to(torch.uint8).cuda() for _ in range(2)]
     alone_a, alone_b = det.infer(a), det.infer(b)
@@ -307,7 +309,7 @@ def test_infer_while_a_batch_fills_the_graph_input(random_model):
 
 @pytest.mark.nvdec
 def test_cuda_graphs_match_eager(shared_clip, random_model):
-    base = dict(weights="random", device="cuda", precision="fp16", batch_size=64, max_frames=300)
+    base = dict(weights="random", device="cuda", precision="fp16", batch_size=64, max_frames=300, kernels="triton")
     eager = collect(Detector(Config(**base, compile="off", cuda_graphs=False), model=random_model), shared_clip)
     graphs = collect(Detector(Config(**base, compile="on", cuda_graphs=True), model=random_model), shared_clip)
     random_model.cpu().float()

@@ -47,7 +47,7 @@ def agreement(video, frames: int, seed: int, device: str, tmp_path):
     # not two algorithms' rounding, which a random network amplifies.
     torch.backends.cudnn.allow_tf32 = False
     cfg = Config(model="yolo11n.yaml", device=device, max_frames=frames, seed=seed, decoder="pyav",
-                 precision="fp32", channels_last=False, batch_size=1)
+                 precision="fp32", channels_last=False, batch_size=1, kernels="triton")
     family = smooth_family(cfg, video)
     family.save(tmp_path / "yolo.pt")
     ours = list(detect(video, Detector(cfg, model=family)))

@@ -27,6 +27,7 @@ from .config import Config, resolve_device
 from .models import ModelFamily, build_family
 from .postprocess import Detections
 from .graphs import EAGER, MAX_GRAPHS, Batch, Chain, CudaGraphs
+from .kernels import choose as choose_kernels, compile_in_background
 from .profiling import nvtx_range
 from .runtime import DeviceRuntime, warm_up
 from .timeline import stamp
@@ -86,8 +87,12 @@ class Detector:
     """
 
     def __init__(self, config: Config = Config(), model: ModelFamily | torch.nn.Module | None = None) -> None:
-        self.config = config
         self.device = resolve_device(config.device)
+        kernels = choose_kernels(config, self.device.type)
+        # Not compiled on this machine yet: torch ops now, and Triton compiles them for the next run
+        # once the first frame size is known (_graph).
+        self._compile_kernels = config.kernels == "auto" and kernels == "torch"
+        self.config = config = config.replace(kernels=kernels)
         cpu = self.device.type == "cpu"
         # CPUs have no fast half-precision convolutions; stay exact there.
         self.dtype = torch.float32 if cpu else config.dtype
@@ -98,6 +103,10 @@ class Detector:
 
             model = SSD300Family.from_config(config, network=model)
         self.family: ModelFamily = model if model is not None else build_family(config)
+        if hasattr(self.family, "fused"):
+            self.family.fused = kernels != "torch"  # this config's choice, also for a family built elsewhere
+        else:
+            self._compile_kernels = False  # none of vidpipe's kernels to compile
         stamp("built")
         if self.device.type == "cuda":
             torch.cuda.init()  # the CUDA context, timed apart from the weights' copy (bench --suite startup)
@@ -197,7 +206,16 @@ class Detector:
             for p in parts:
                 batch.add(p)
             return self._submit(batch, host)
+        self._kernels_for(*parts[0].shape[-2:])
         return self._finish(self._infer(parts[0] if len(parts) == 1 else torch.cat(parts)), host)
+
+    def _kernels_for(self, h: int, w: int) -> None:
+        """The first frames of a run on torch ops for want of compiled kernels: have them compiled."""
+        if self._compile_kernels:
+            self._compile_kernels = False
+            if compile_in_background(self.config, str(self.device), h, w):
+                log.info("Triton kernels not compiled on this machine yet: torch ops for this run; compiling them "
+                         "in the background for the next")
 
     def _finish(self, det: Detections, host: bool) -> tuple[Detections, torch.cuda.Event | None]:
         if not host:
@@ -213,6 +231,7 @@ class Detector:
         key = (self.batch_size, h, w)
         graph = self._graphs.get(key)
         if graph is None:
+            self._kernels_for(h, w)
             graph = self._graphs[key] = self._capture(h, w)
             while len(self._graphs) > MAX_GRAPHS:  # each holds its activations; keep the recent sizes
                 _, old = self._graphs.popitem(last=False)

@@ -36,15 +36,16 @@ TILE = 512
 CHUNK = 16
 
 
-def greedy_nms(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold: float, limit: int
+def greedy_nms(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold: float, limit: int, fused: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """See the module docstring. Uses the Triton kernel for CUDA tensors when Triton is installed."""
+    """See the module docstring. Uses the Triton kernel for CUDA tensors when Triton is installed,
+    unless ``fused=False`` (the torch path, which reads the counts on the host)."""
     if boxes.dim() != 3 or boxes.shape[-1] != 4 or counts.shape != boxes.shape[:1]:
         raise ValueError(f"boxes must be Tensor[N, K, 4] and counts Tensor[N], got {tuple(boxes.shape)} and "
                          f"{tuple(counts.shape)}")
     validate("iou_threshold", iou_threshold, fraction)
     validate("limit", limit, at_least(1))
-    if boxes.is_cuda and triton is not None:
+    if boxes.is_cuda and triton is not None and fused:
         return _greedy_nms_triton(boxes.float().contiguous(), counts, iou_threshold, limit)
     return _greedy_nms_torch(boxes.float(), counts, iou_threshold, limit)
 

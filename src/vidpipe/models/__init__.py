@@ -15,7 +15,9 @@ A :class:`ModelFamily` is the one thing that differs between detectors; the engi
 * the candidate load it puts on post-processing (:meth:`~ModelFamily.candidates`), printed
   beside benchmark figures;
 * optionally ``capturable = False`` when its network cannot run inside a CUDA graph (data-dependent
-  shapes or host reads in ``forward``): the detector then launches it eagerly.
+  shapes or host reads in ``forward``): the detector then launches it eagerly;
+* optionally ``fused: bool`` when it has vidpipe's Triton kernels (:mod:`vidpipe.kernels`) and a
+  torch path for the same operations: the detector sets it from ``Config.kernels``.
 
 Adding a family is one module with a builder registered under a name (:func:`register_model`).
 Built in: ``ssd300`` (NVIDIA's SSD300), Ultralytics YOLO checkpoints and model yamls

@@ -36,7 +36,7 @@ class SSD300Family:
         self.network = network
         self.config = config
         self.max_detections = config.max_detections or MAX_DETECTIONS
-        self.graph_postprocess = config.postprocess == "gpu"
+        self.fused = config.kernels != "torch"  # Triton kernels on CUDA; else the torch ops (host reads)
         self.decode = dict(candidate_threshold=config.candidate_threshold,
                            iou_threshold=config.iou_threshold if config.iou_threshold is not None else IOU_THRESHOLD,
                            max_detections=self.max_detections, per_class_candidates=config.per_class_candidates,
@@ -52,17 +52,22 @@ class SSD300Family:
                                  random_classes=config.random_classes)
         return cls(network, config)
 
+    @property
+    def graph_postprocess(self) -> bool:
+        return self.config.postprocess == "gpu" and self.fused
+
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return INPUT_SIZE, INPUT_SIZE
 
     def preprocess(self, frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-        return preprocess(frames, dtype=dtype, normalize=self.config.normalize, channels_last=channels_last)
+        return preprocess(frames, dtype=dtype, normalize=self.config.normalize, channels_last=channels_last,
+                          fused=self.fused)
 
     def postprocess(self, outputs: tuple[torch.Tensor, ...], height: int, width: int) -> Detections:
         locs, scores = outputs
         with nvtx_range("postprocess"):
             if self.config.postprocess == "gpu":
-                det = ssd_decode_padded(locs, scores, **self.decode)
+                det = ssd_decode_padded(locs, scores, nms="auto" if self.fused else "torch", **self.decode)
             else:
                 results = ssd_decode_loop(locs, scores, host_copy=self.config.postprocess == "loop_host",
                                           **self.decode)

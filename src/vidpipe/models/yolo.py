@@ -91,8 +91,6 @@ class _Network(torch.nn.Module):
 
 
 class YoloFamily:
-    # Static shapes and no host reads, where the NMS runs as a Triton kernel.
-    graph_postprocess = CAPTURABLE
     random_load = RANDOM_CANDIDATES
 
     def __init__(self, model: torch.nn.Module, config: Config, name: str, random: bool = False) -> None:
@@ -110,7 +108,13 @@ class YoloFamily:
         self.max_detections = config.max_detections or MAX_DET
         self.agnostic = config.agnostic_nms
         self.allowed = config.classes
+        self.fused = config.kernels != "torch"  # Triton kernels on CUDA; else the torch ops (host reads)
         self.network = _Network(model.eval())
+
+    @property
+    def graph_postprocess(self) -> bool:
+        """Static shapes and no host reads, where the NMS runs as a Triton kernel."""
+        return CAPTURABLE and self.fused
 
     @classmethod
     def from_config(cls, config: Config) -> YoloFamily:
@@ -137,7 +141,7 @@ class YoloFamily:
 
     def preprocess(self, frames: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
         with nvtx_range("preprocess"):
-            return _letterboxed(frames, self.imgsz, self.stride, dtype, channels_last)
+            return _letterboxed(frames, self.imgsz, self.stride, dtype, channels_last, self.fused)
 
     def candidates(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Anchors whose best class score passes ``conf``, per frame (what enters NMS)."""
@@ -170,7 +174,7 @@ class YoloFamily:
         boxes = _xywh2xyxy(p[..., :4]).float().gather(1, order[..., None].expand(-1, -1, 4))
         labels = label.gather(1, order)
         offset = boxes if self.agnostic else boxes + labels[..., None].float() * MAX_WH
-        kept, _ = greedy_nms(offset, keep.sum(1), self.iou, d)
+        kept, _ = greedy_nms(offset, keep.sum(1), self.iou, d, fused=self.fused)
         valid = kept >= 0
         rows = kept.clamp(min=0)
         zero = torch.zeros((), device=pred.device)
@@ -249,11 +253,11 @@ def _stride(model: torch.nn.Module) -> int:
 
 
 def _letterboxed(frames: torch.Tensor, imgsz: int, stride: int, dtype: torch.dtype,
-                 channels_last: bool = False) -> torch.Tensor:
+                 channels_last: bool = False, fused: bool = True) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` RGB frames -> the letterboxed network input, RGB / 255 in ``dtype``."""
     _, _, h, w = frames.shape
     new_h, new_w, top, bottom, left, right = letterbox(h, w, imgsz, stride)
-    return letterbox_frames(frames, new_h, new_w, (top, bottom, left, right), dtype, channels_last)
+    return letterbox_frames(frames, new_h, new_w, (top, bottom, left, right), dtype, channels_last, fused)
 
 
 # Standard deviation each BatchNorm gives its layer's output in random weights. Measured on in.mp4
