@@ -1,5 +1,6 @@
-"""--kernels auto: a short run on a machine that has not compiled vidpipe's Triton kernels uses the
-torch ops and leaves the compiling to a background process; the runs after it use the kernels.
+"""--kernels auto: a run on a machine that has not compiled vidpipe's Triton kernels starts on the
+torch ops and leaves the compiling to a background process; it takes the kernels when they are
+ready, and the runs after it start with them.
 CPU tests run the background process itself (on the CPU: the plumbing, the marker, one compile at
 a time); the GPU test checks the effect on a cold Triton cache: which kernels ran in the process,
 and the next detector's choice."""
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from vidpipe import Config, Detector, kernels
+from vidpipe import detector as detector_module
 from vidpipe.agreement import agree
 from vidpipe.api import detect
 
@@ -30,14 +32,6 @@ def wait_ready(cfg: Config, seconds: float) -> bool:
 def cold_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     return tmp_path / "triton"
-
-
-def test_long_runs_and_live_streams_take_the_kernels_short_ones_decide_later():
-    cfg = Config()
-    assert cfg.for_run(None).kernels == "triton"  # a live stream: long, compiling pays
-    assert cfg.for_run(10**7).kernels == "triton"
-    assert cfg.for_run(1552).kernels == "auto"  # the detector decides, knowing the cache
-    assert Config(kernels="torch").for_run(10**7).kernels == "torch"
 
 
 def test_background_compile_writes_the_marker_once(cold_cache):
@@ -69,17 +63,25 @@ def run_profiled(det: Detector, clip) -> tuple[list, set[str]]:
 
 
 @pytest.mark.cuda
-def test_a_cold_cache_runs_torch_ops_then_the_compiled_kernels(cold_cache, clip):
+def test_a_cold_cache_runs_torch_ops_then_takes_the_compiled_kernels(cold_cache, clip):
     # Eager launches (no graphs), so the profiler sees each kernel the run launches.
     cfg = Config(weights="random", device="cuda", cuda_graphs=False)
-    first, ran = run_profiled(Detector(cfg), clip)
+    det, graphed = Detector(cfg), Detector(cfg.replace(cuda_graphs=True))
+    first, ran = run_profiled(det, clip)
     assert not ran  # the torch ops, nothing of vidpipe's compiled here
+    list(detect(clip, graphed))
+    assert all(g.post_eager is not None for g in graphed._graphs.values())  # torch ops read counts on the host
     assert wait_ready(cfg, 300), [log.read_text() for log in cold_cache.rglob("*.log")]
-    warm = Detector(cfg)
-    second, ran = run_profiled(warm, clip)
+    time.sleep(detector_module.KERNELS_POLL_S)
+    second, ran = run_profiled(det, clip)  # the same detector: it takes them
+    assert ran == set(VIDPIPE_KERNELS)
+    third = list(detect(clip, graphed))  # captured again, post-processing inside the graph now
+    assert graphed._graphs and all(g.post_eager is None for g in graphed._graphs.values())
+    _, ran = run_profiled(Detector(cfg), clip)  # a new one starts with them
     assert ran == set(VIDPIPE_KERNELS)
     frames = lambda rs: [(r.boxes, r.labels, r.scores) for r in rs]  # noqa: E731
     assert len(first) == len(second) and sum(len(r.labels) for r in first) > 0
-    a = agree(frames(second), frames(first), iou=0.9, score_tol=0.02)
-    assert a.share >= 0.97 and a.extra_share <= 0.03, a
+    for other in (second, third):
+        a = agree(frames(other), frames(first), iou=0.9, score_tol=0.02)
+        assert a.share >= 0.97 and a.extra_share <= 0.03, a
     assert np.isfinite(first[0].scores).all()

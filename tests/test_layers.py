@@ -11,7 +11,8 @@ from pathlib import Path
 import vidpipe
 
 LAYERS = [
-    {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline"},
+    {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline",
+     "kernels"},
     {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights", "track",
      "analytics", "draw"},  # the stages
     {"models", "models.ssd300", "models.yolo", "models.boxes", "models.tv"},  # detector families

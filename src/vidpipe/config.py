@@ -31,10 +31,6 @@ CPU_BATCH = 4
 # 1/4,592 - 1/6,970 s = 74 us per frame (model-only, eager vs compiled, shared/reference-h200.md),
 # so even warm it pays back only after ~95,000 frames (53 minutes of 30 fps video).
 COMPILE_MIN_FRAMES = 100_000
-# --kernels auto compiles vidpipe's Triton kernels on the critical path only for runs of at least
-# this many frames (or of unknown length: live streams); shorter runs on a machine that has not
-# compiled them use the torch ops. MEASURED BELOW.
-KERNELS_MIN_FRAMES = 100_000
 # Processes that format JSON Lines text on GPU runs, off this process's GIL. yolo11m at ~200
 # detections per frame, in.mp4: 3,033 frames/s with 0, 3,747 with 2 (docs/results.md, "Seventh
 # session", the --formatters 0 table beside the peers table).
@@ -150,10 +146,10 @@ class Config:
     cuda_graphs: bool = setting(True, "launch every kernel from Python instead of replaying captured CUDA graphs",
                                 group=MODEL)
     kernels: Literal["auto", "triton", "torch"] = setting(
-        "auto", "pre- and post-processing on GPUs: triton (vidpipe's kernels, compiled once per machine: ~15 s), "
-        "torch (the same operations as torch ops: nothing to compile, slower), auto (triton once this machine has "
-        f"compiled them or for runs of {KERNELS_MIN_FRAMES:,}+ frames; else torch, while a background process "
-        "compiles them for the next run)", group=MODEL, check=one_of("auto", "triton", "torch"))
+        "auto", "pre- and post-processing on GPUs: triton (vidpipe's kernels, compiled once per machine: ~20 s), "
+        "torch (the same operations as torch ops: nothing to compile, 0.4-0.6x the frames/s), auto (triton once "
+        "this machine has compiled them; until then torch, while a background process compiles them, and the run "
+        "takes them when they are ready)", group=MODEL, check=one_of("auto", "triton", "torch"))
     normalize: Literal["imagenet", "symmetric"] = setting(
         "imagenet", "SSD300 input normalisation: imagenet (NVIDIA's evaluation) or symmetric ([-1, 1], torch.hub's "
         "example)", group=SSD, check=one_of("imagenet", "symmetric"))
@@ -226,15 +222,10 @@ class Config:
 
     def for_run(self, planned_frames: int | None) -> Config:
         """``compile="auto"`` decided for a run of ``planned_frames`` (None: unknown, e.g. a live
-        stream): on only when the frames amortise the compile time (COMPILE_MIN_FRAMES); and
-        ``kernels="auto"`` for long runs and live streams: Triton's (the rest is decided by the
-        detector, which knows whether they are compiled: :func:`vidpipe.kernels.choose`)."""
-        cfg = self
-        if cfg.compile == "auto":
-            cfg = cfg.replace(compile="on" if (planned_frames or 0) >= COMPILE_MIN_FRAMES else "off")
-        if cfg.kernels == "auto" and (planned_frames is None or planned_frames >= KERNELS_MIN_FRAMES):
-            cfg = cfg.replace(kernels="triton")
-        return cfg
+        stream): on only when the frames amortise the compile time (COMPILE_MIN_FRAMES)."""
+        if self.compile != "auto":
+            return self
+        return self.replace(compile="on" if (planned_frames or 0) >= COMPILE_MIN_FRAMES else "off")
 
     def batch_for(self, device: torch.device) -> int:
         """The batch size on ``device``: the configured one, else GPU_BATCH or CPU_BATCH."""

@@ -10,14 +10,21 @@ On CUDA the chain is captured once per frame size as CUDA graphs with static buf
 (preprocess + model; post-processing on a second stream, overlapping the next batch's model), so
 a batch costs a few copies and two replays on the host: the issuing thread holds the GIL for well
 under a millisecond instead of the ~8 ms of launching a few hundred kernels one by one.
+
+A family's pre- and post-processing run as vidpipe's Triton kernels or as torch ops
+(``Config.kernels``); with "auto" on a machine that has not compiled the kernels yet, the detector
+starts on torch ops and takes the kernels mid-run once a background process has compiled them
+(:mod:`vidpipe.kernels`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,12 +34,15 @@ from .config import Config, resolve_device
 from .models import ModelFamily, build_family
 from .postprocess import Detections
 from .graphs import EAGER, MAX_GRAPHS, Batch, Chain, CudaGraphs
-from .kernels import choose as choose_kernels, compile_in_background
+from .kernels import choose as choose_kernels, compile_in_background, marker as kernels_marker
 from .profiling import nvtx_range
 from .runtime import DeviceRuntime, warm_up
 from .timeline import stamp
 
 log = logging.getLogger(__name__)
+# How often a run on torch ops looks for the kernels a background process compiles: one stat() a
+# second, against a compile of ~20 s.
+KERNELS_POLL_S = 1.0
 
 @dataclass
 class FrameResult:
@@ -89,9 +99,11 @@ class Detector:
     def __init__(self, config: Config = Config(), model: ModelFamily | torch.nn.Module | None = None) -> None:
         self.device = resolve_device(config.device)
         kernels = choose_kernels(config, self.device.type)
-        # Not compiled on this machine yet: torch ops now, and Triton compiles them for the next run
-        # once the first frame size is known (_graph).
-        self._compile_kernels = config.kernels == "auto" and kernels == "torch"
+        # Not compiled on this machine yet: torch ops now; a background process compiles the kernels
+        # once the first frame size is known, and _kernels_for takes them when they are ready.
+        self._kernels_ready: Path | None = (kernels_marker(config) if config.kernels == "auto" and kernels == "torch"
+                                            else None)
+        self._kernels_polled: float | None = None  # when _kernels_ready was last looked for; None: not started
         self.config = config = config.replace(kernels=kernels)
         cpu = self.device.type == "cpu"
         # CPUs have no fast half-precision convolutions; stay exact there.
@@ -106,7 +118,7 @@ class Detector:
         if hasattr(self.family, "fused"):
             self.family.fused = kernels != "torch"  # this config's choice, also for a family built elsewhere
         else:
-            self._compile_kernels = False  # none of vidpipe's kernels to compile
+            self._kernels_ready = None  # none of vidpipe's kernels to compile
         stamp("built")
         if self.device.type == "cuda":
             torch.cuda.init()  # the CUDA context, timed apart from the weights' copy (bench --suite startup)
@@ -184,10 +196,7 @@ class Detector:
         batches stay at the smaller size (graphs are recaptured for it). False: give up."""
         if n == 1:
             return False
-        for g in self._graphs.values():
-            if g is not EAGER:
-                g.drain()
-        self._graphs.clear()
+        self._drop_graphs()
         torch.cuda.empty_cache()
         self.batch_size = max(1, n // 2)
         log.warning("CUDA out of memory at batch %d; retrying with batch size %d", n, self.batch_size)
@@ -210,12 +219,26 @@ class Detector:
         return self._finish(self._infer(parts[0] if len(parts) == 1 else torch.cat(parts)), host)
 
     def _kernels_for(self, h: int, w: int) -> None:
-        """The first frames of a run on torch ops for want of compiled kernels: have them compiled."""
-        if self._compile_kernels:
-            self._compile_kernels = False
+        """On torch ops for want of compiled kernels: have them compiled (first call), and take them
+        once they are ready (looked for every KERNELS_POLL_S; the graphs are captured again)."""
+        if self._kernels_ready is None:
+            return
+        now = time.monotonic()
+        if self._kernels_polled is None:
+            self._kernels_polled = now
             if compile_in_background(self.config, str(self.device), h, w):
-                log.info("Triton kernels not compiled on this machine yet: torch ops for this run; compiling them "
-                         "in the background for the next")
+                log.info("Triton kernels not compiled on this machine yet: torch ops until a background process has "
+                         "compiled them")
+            return
+        if now - self._kernels_polled < KERNELS_POLL_S:
+            return
+        self._kernels_polled = now
+        if self._kernels_ready.is_file():
+            self._kernels_ready = None
+            self.family.fused = True
+            self.config = self.config.replace(kernels="triton")
+            self._drop_graphs()
+            log.info("Triton kernels compiled: taking them")
 
     def _finish(self, det: Detections, host: bool) -> tuple[Detections, torch.cuda.Event | None]:
         if not host:
@@ -227,11 +250,18 @@ class Detector:
         event.record()
         return det, event
 
+    def _drop_graphs(self) -> None:
+        """Forget the captured graphs (a batch being filled keeps its own until submitted)."""
+        for g in self._graphs.values():
+            if g is not EAGER:
+                g.drain()
+        self._graphs.clear()
+
     def _graph(self, h: int, w: int) -> CudaGraphs | object:
+        self._kernels_for(h, w)
         key = (self.batch_size, h, w)
         graph = self._graphs.get(key)
         if graph is None:
-            self._kernels_for(h, w)
             graph = self._graphs[key] = self._capture(h, w)
             while len(self._graphs) > MAX_GRAPHS:  # each holds its activations; keep the recent sizes
                 _, old = self._graphs.popitem(last=False)

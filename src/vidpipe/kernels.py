@@ -4,13 +4,16 @@ critical path when it has not.
 Triton compiles a kernel on its first launch and keeps it in its cache directory. SSD300's five
 post-processing kernels took 13-18 s to compile on the H200 machine (docs/results.md, "Ninth
 session"; most of it in Triton's MLIR passes, which hold the GIL, for their sorting networks),
-longer than a whole short run. So with ``Config.kernels="auto"`` a short run on a machine whose
-cache does not have them uses the torch implementation of the same operations (the reference the
-kernels are tested against; no compiling), and starts one background process that compiles the
-kernels into the cache; the runs after it find them and use them.
+longer than a whole short run. So with ``Config.kernels="auto"`` a run on a machine whose cache
+does not have them starts on the torch implementation of the same operations (the reference the
+kernels are tested against; nothing to compile, 0.4-0.6x the frames/s) and starts one background
+process that compiles the kernels into the cache; the detector takes them as soon as they are
+ready, mid-run, and the runs after find them. (Compiling on the critical path never pays: in the
+~20 s the background compile took, the torch path handled 30,000-50,000 frames.)
 
 In: a :class:`~vidpipe.config.Config` (the settings the kernels are specialised on) and a frame
-size. Out: :func:`choose` says "triton" or "torch"; :func:`compile_in_background` starts a detached
+size. Out: :func:`choose` says "triton" or "torch", :func:`marker` where the compile's marker lands;
+:func:`compile_in_background` starts a detached
 ``python -m vidpipe.kernels`` that builds a detector with Triton kernels on the same device, runs
 it once on a blank batch of that size, and then writes a marker file into Triton's cache
 directory, next to what it compiled (clearing that cache clears the marker too). Nothing here
@@ -60,13 +63,14 @@ def key(config) -> str:
     return h.hexdigest()[:32]
 
 
-def _marker(config) -> Path:
+def marker(config) -> Path:
+    """The file whose existence says a background compile of ``config``'s kernels has finished."""
     return cache_dir() / "vidpipe" / f"{key(config)}.ready"
 
 
 def ready(config) -> bool:
     """Whether a background compile for ``config``'s kernels has finished on this machine."""
-    return _marker(config).is_file()
+    return marker(config).is_file()
 
 
 def choose(config, device_type: str) -> str:
@@ -84,21 +88,21 @@ def choose(config, device_type: str) -> str:
 def compile_in_background(config, device: str, height: int, width: int) -> bool:
     """Start the process that compiles ``config``'s kernels for ``height x width`` frames on
     ``device``, unless one is already at it. True if one was started."""
-    marker = _marker(config)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    busy = marker.with_suffix(".compiling")
+    done = marker(config)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    busy = done.with_suffix(".compiling")
     try:
         if time.time() - busy.stat().st_mtime < STALE_S:
             return False
     except FileNotFoundError:
         pass
     busy.write_text(str(os.getpid()))
-    spec = {"config": dataclasses.asdict(config), "device": device, "size": [height, width], "marker": str(marker)}
+    spec = {"config": dataclasses.asdict(config), "device": device, "size": [height, width], "marker": str(done)}
     # The child finds vidpipe where this process did, whatever put it on the path.
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     # Its output goes to a log beside the marker: nobody waits on this process to read an error.
-    with open(marker.with_suffix(".log"), "wb") as log:
+    with open(done.with_suffix(".log"), "wb") as log:
         subprocess.Popen([sys.executable, "-m", "vidpipe.kernels", json.dumps(spec)], env=env, start_new_session=True,
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     return True
@@ -116,14 +120,14 @@ def _compile(spec: dict) -> None:
     fields = {f.name: f.type for f in dataclasses.fields(Config)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items() if k in fields}
     config = Config(**values).replace(kernels="triton", cuda_graphs=False, compile="off", device=spec["device"])
-    marker, busy = Path(spec["marker"]), Path(spec["marker"]).with_suffix(".compiling")
+    done, busy = Path(spec["marker"]), Path(spec["marker"]).with_suffix(".compiling")
     try:
         detector = Detector(config)
         h, w = spec["size"]
         detector.infer(torch.zeros(1, 3, h, w, dtype=torch.uint8, device=detector.device))
         if detector.device.type == "cuda":
             torch.cuda.synchronize(detector.device)
-        marker.write_text(json.dumps({"size": spec["size"], "time": time.time()}))
+        done.write_text(json.dumps({"size": spec["size"], "time": time.time()}))
     finally:
         busy.unlink(missing_ok=True)
 

@@ -159,6 +159,12 @@ def in_worker(key: str, fps: float, *arrays: np.ndarray) -> tuple[np.ndarray, ..
     return _in_worker[key].batch(*arrays)
 
 
+def text_in_worker(formatter, key: str, fps: float, indices: list[int], times: list[float],
+                   *arrays: np.ndarray) -> str:
+    """:func:`in_worker`, then ``formatter``'s text of the tracked frames: one round trip."""
+    return formatter(indices, times, *in_worker(key, fps, *arrays))
+
+
 def forget(key: str) -> None:
     """Drop video ``key``'s tracker (the video has ended)."""
     _in_worker.pop(key, None)

@@ -16,6 +16,7 @@ order and returns them with track ids.
 from __future__ import annotations
 
 import atexit
+import collections
 import itertools
 import json
 import multiprocessing
@@ -33,7 +34,7 @@ from ..profiling import nvtx_range
 from ..sinks import Sink, VideoSink
 from ..sources import VideoInfo
 from ..timeline import stamp
-from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker
+from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker, text_in_worker
 from .items import BatchResult, FrameBudget, RunReport, VideoEnd, VideoStart
 
 SinkFactory = Callable[[VideoInfo], Sink]
@@ -42,6 +43,10 @@ _STOP = object()
 # each batch's copy, so with a short queue a burst of results released by the orderer blocked the
 # compute thread until the GPU had drained (measured: 26 ms of GPU idle on in.mp4's 0.3 s).
 WRITE_QUEUE = 256
+# Tracked batches whose text is being made in the lanes while the writer goes on, at most. Waiting on
+# each one's round trip instead (two hand-overs between threads that contend for the GIL) capped a
+# tracked 1080p run at 856 frames/s against 2,391 untracked (docs/results.md, "Ninth session").
+TRACK_AHEAD = 16
 
 
 @dataclass
@@ -90,6 +95,11 @@ class FormatPool:
 
     def track(self, lane: int, key: str, fps: float, arrays: tuple[np.ndarray, ...]) -> Future:
         return self.lanes[lane].submit(track_in_worker, key, fps, *_contiguous(arrays))
+
+    def track_text(self, lane: int, key: str, fps: float, formatter: Callable, indices: list[int],
+                   times: list[float], arrays: tuple[np.ndarray, ...]) -> Future:
+        """Like :meth:`track`, then the tracked frames' text: a Future of the text."""
+        return self.lanes[lane].submit(text_in_worker, formatter, key, fps, indices, times, *_contiguous(arrays))
 
     def forget(self, lane: int, key: str) -> None:
         """Drop ``key``'s tracker (its video has ended)."""
@@ -148,6 +158,8 @@ class Writer:
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.track = track  # track ids are assigned here, in frame order, before formatting
         self.formatters = FormatPool.get(formatters)
+        # Tracked batches in the lanes, in write order: (video, result), the text a Future in r.text.
+        self.ahead: collections.deque[tuple[_Open, BatchResult]] = collections.deque()
         self.open: dict[int, _Open] = {}  # by id(info): the scheduler's items carry the video's info
         self.report = RunReport()
         self.error: BaseException | None = None
@@ -168,6 +180,7 @@ class Writer:
         while True:
             item = self.q.get()
             if item is _STOP:
+                self._catch_up(0)
                 return
             try:
                 self._handle(item)
@@ -207,6 +220,7 @@ class Writer:
         elif isinstance(item, BatchResult):
             try:
                 self._write(self.open[id(item.info)], item)
+                self._catch_up(TRACK_AHEAD)
             finally:
                 if item.pixels is not None:
                     item.pixels = None
@@ -215,6 +229,7 @@ class Writer:
             if self.on_frames:
                 self.on_frames(len(item.indices))
         elif isinstance(item, VideoEnd):
+            self._catch_up(0)
             item = self._close(item)
             self.report.videos.append(item)
             if self.on_video:
@@ -226,9 +241,18 @@ class Writer:
             return
         arrays = r.arrays()
         if r.text is None and not _finite(arrays):  # text was made only for finite results
+            self._catch_up(0)  # what came before is written first
             self._fail(video, f"{r.info.path}: the model's boxes or scores are not finite (NaN or inf) from frame "
                               f"{r.indices[0]} on; check the weights")
             return
+        if (video.lane is not None and video.analytics is None and video.video is None and r.captured is None
+                and self.formatters is not None and hasattr(video.sink, "formatter")):
+            # Tracked and formatted in the video's lane; written once done, while later batches go on.
+            r.text = self.formatters.track_text(video.lane, video.key, video.info.fps, video.sink.formatter(),
+                                                r.indices, r.times, arrays)
+            self.ahead.append((video, r))
+            return
+        self._catch_up(0)  # the lanes' batches first, in order
         if video.tracker is not None:
             with nvtx_range("track"):
                 arrays = video.tracker.batch(*arrays)  # boxes, labels, scores, counts, track ids
@@ -253,18 +277,29 @@ class Writer:
             except (OSError, UnicodeError) as e:
                 self._fail(video, f"{r.info.path}: cannot write {video.video.path} ({_reason(e)})")
                 return
+        if r.text is None and self.formatters is not None and hasattr(sink, "formatter"):
+            r.text = self._format(sink, r, arrays)
+        self._put(video, r, arrays)
+
+    def _put(self, video: _Open, r: BatchResult, arrays: tuple | None = None) -> None:
+        """``r``'s text (or ``arrays``, formatted here) into the video's sink."""
+        if video.sink is None:  # its output failed meanwhile
+            return
         try:
             with nvtx_range("write"):
-                if r.text is None and self.formatters is not None and hasattr(sink, "formatter"):
-                    r.text = self._format(sink, r, arrays)
                 text = r.text.result() if isinstance(r.text, Future) else r.text
                 if text is not None:
-                    sink.write_lines(text, len(r.indices))
+                    video.sink.write_lines(text, len(r.indices))
                 else:
-                    sink.write(r.indices, r.times, *arrays)
+                    video.sink.write(r.indices, r.times, *arrays)
                 stamp("written")
         except (OSError, UnicodeError) as e:
-            self._fail(video, f"{r.info.path}: cannot write {sink.path} ({_reason(e)})")
+            self._fail(video, f"{r.info.path}: cannot write {video.sink.path} ({_reason(e)})")
+
+    def _catch_up(self, ahead: int) -> None:
+        """Write the lanes' finished batches, in order; wait for them until at most ``ahead`` remain."""
+        while self.ahead and (len(self.ahead) > ahead or self.ahead[0][1].text.done()):
+            self._put(*self.ahead.popleft())
 
     def _format(self, sink: Sink, r: BatchResult, arrays: tuple) -> str | Future:
         """The text of ``r``'s frames: made in the formatting processes (a Future) or here."""
@@ -316,6 +351,7 @@ class Writer:
         return end
 
     def _abort(self) -> None:
+        self.ahead.clear()
         if self.keep is not None:
             self.keep.close()  # nothing will give frames back now: the scheduler must not wait for it
         for video in self.open.values():
