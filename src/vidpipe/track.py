@@ -159,6 +159,12 @@ def in_worker(key: str, fps: float, *arrays: np.ndarray) -> tuple[np.ndarray, ..
     return _in_worker[key].batch(*arrays)
 
 
+def preload() -> None:
+    """Import the tracking library in this (worker) process ahead of its first video: ~1 s, which in
+    a lane's first tracked batch held up the whole run (docs/results.md, "Ninth session")."""
+    Tracker(30.0)
+
+
 def text_in_worker(formatter, key: str, fps: float, indices: list[int], times: list[float],
                    *arrays: np.ndarray) -> str:
     """:func:`in_worker`, then ``formatter``'s text of the tracked frames: one round trip."""

@@ -34,7 +34,7 @@ from ..profiling import nvtx_range
 from ..sinks import Sink, VideoSink
 from ..sources import VideoInfo
 from ..timeline import stamp
-from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker, text_in_worker
+from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker, preload, text_in_worker
 from .items import BatchResult, FrameBudget, RunReport, VideoEnd, VideoStart
 
 SinkFactory = Callable[[VideoInfo], Sink]
@@ -71,6 +71,14 @@ class FormatPool:
         for lane in self.lanes:  # start every worker now, while the first batches are on the GPU
             lane.submit(int)
         self._turn = itertools.cycle(self.lanes)
+        self._tracking = False  # whether the lanes have imported the tracking library
+
+    def preload_tracking(self) -> None:
+        """Have every lane import the tracking library now, once, while the first batches run."""
+        if not self._tracking:
+            self._tracking = True
+            for lane in self.lanes:
+                lane.submit(preload)
 
     @classmethod
     def get(cls, workers: int) -> FormatPool | None:
@@ -158,6 +166,8 @@ class Writer:
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.track = track  # track ids are assigned here, in frame order, before formatting
         self.formatters = FormatPool.get(formatters)
+        if track and self.formatters is not None:
+            self.formatters.preload_tracking()
         # Tracked batches in the lanes, in write order: (video, result), the text a Future in r.text.
         self.ahead: collections.deque[tuple[_Open, BatchResult]] = collections.deque()
         self.open: dict[int, _Open] = {}  # by id(info): the scheduler's items carry the video's info
