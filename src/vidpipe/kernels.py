@@ -117,7 +117,7 @@ def _compile(spec: dict) -> None:
     from .config import Config
     from .detector import Detector
 
-    fields = {f.name: f.type for f in dataclasses.fields(Config)}
+    fields = {f.name for f in dataclasses.fields(Config)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items() if k in fields}
     config = Config(**values).replace(kernels="triton", cuda_graphs=False, compile="off", device=spec["device"])
     done, busy = Path(spec["marker"]), Path(spec["marker"]).with_suffix(".compiling")
