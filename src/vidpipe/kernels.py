@@ -12,12 +12,11 @@ ready, mid-run, and the runs after find them. (Compiling on the critical path ne
 ~20 s the background compile took, the torch path handled 30,000-50,000 frames.)
 
 In: a :class:`~vidpipe.config.Config` (the settings the kernels are specialised on) and a frame
-size. Out: :func:`choose` says "triton" or "torch", :func:`marker` where the compile's marker lands;
-:func:`compile_in_background` starts a detached
-``python -m vidpipe.kernels`` that builds a detector with Triton kernels on the same device, runs
-it once on a blank batch of that size, and then writes a marker file into Triton's cache
-directory, next to what it compiled (clearing that cache clears the marker too). Nothing here
-touches CUDA in this process.
+size. Out: :func:`choose` says "triton" or "torch", :func:`marker` where the compile's marker
+lands; :func:`compile_in_background` starts a detached ``python -m vidpipe.kernels`` that builds a
+detector with Triton kernels on the same device, runs it once on a blank batch of that size, and
+then writes a marker file into Triton's cache directory, next to what it compiled (clearing that
+cache clears the marker too). Nothing here touches CUDA in this process.
 """
 
 from __future__ import annotations
@@ -30,9 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
-Kernels = Literal["auto", "triton", "torch"]
 # Settings that change what Triton compiles: the kernels' constants (candidates, detections kept),
 # their integer arguments (Triton specialises an integer on divisibility by 16: the candidate
 # threshold's bits, YOLO's candidate count from imgsz), input dtypes and layouts. Float arguments
@@ -40,7 +37,9 @@ Kernels = Literal["auto", "triton", "torch"]
 _SPECIALISED = ("model", "precision", "channels_last", "imgsz", "postprocess", "candidate_threshold",
                 "per_class_candidates", "max_detections")
 _SOURCES = ("postprocess.py", "preprocess.py", "letterbox.py", "nms.py")  # vidpipe's Triton kernels
-STALE_S = 600.0  # a compiling process older than this is taken as dead (compiling took < 60 s measured)
+# A compiling process older than this is taken as dead (the background compile took 19-22 s on the
+# H200 machine, docs/results.md, "Ninth session").
+STALE_S = 600.0
 
 
 def cache_dir() -> Path:
