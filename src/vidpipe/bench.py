@@ -267,8 +267,8 @@ def bench_scale(a: argparse.Namespace, cfg: Config) -> None:
            "out of work; the speed-up is taken on it."], torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-PEER_BATCHES = (1, 32)  # Ultralytics' predict: its default, and the batch the issue's peer table measured
-AGREE_FRAMES = 200  # frames whose detections are compared with Ultralytics' (its batch-1 loop)
+PEER_BATCHES = (1, 32)  # the peers' loops: one frame at a time, and the batch the issue's peer table measured
+AGREE_FRAMES = 200  # frames whose detections are compared with the peer's
 
 
 def _import_seconds() -> float:
@@ -280,29 +280,146 @@ def _import_seconds() -> float:
 
 def _wall(argv: list[str]) -> float:
     """Whole-process wall seconds of a fresh ``python`` process running ``argv``."""
+    return _run_python(argv)[0]
+
+
+def _run_python(argv: list[str]) -> tuple[float, str]:
+    """A fresh ``python`` process running ``argv``: its wall seconds and its standard output."""
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"{argv}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
-    return time.perf_counter() - t0
+        raise RuntimeError(f"{argv[:2]}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - t0, r.stdout
 
 
 # Ultralytics' predict loop as a user writes it: argv = weights, video, batch, frames (0: all).
-_PEER_LOOP = """import itertools, sys
+_ULTRALYTICS_LOOP = """import itertools, sys
 from ultralytics import YOLO
 loop = YOLO(sys.argv[1]).predict(source=sys.argv[2], stream=True, quantize=16, batch=int(sys.argv[3]), verbose=False)
 for _ in itertools.islice(loop, int(sys.argv[4]) or None):
     pass
 """
 
+# torchvision's own loop as a user writes it: PyAV frames (threaded decode) to the GPU, model(list of
+# images) in fp16, each result read back. argv = model name, state dict, video, batch, frames (0: all),
+# device, then the first frames' results are saved to argv[7] (argv[8] of them). Prints frames and
+# seconds of the loop (the model already on the device; its first batch included).
+_TORCHVISION_LOOP = """import sys, time, av, torch
+from torchvision.models import get_model
+name, weights, video, batch, limit, device, keep_path, keep = sys.argv[1:9]
+batch, limit, keep = int(batch), int(limit), int(keep)
+model = get_model(name, weights=None, weights_backbone=None)
+model.load_state_dict(torch.load(weights, weights_only=True))
+model = model.eval().to(device)
+dtype = torch.float16 if device.startswith("cuda") else torch.float32
+model = model.to(dtype)
+kept, frames, images = [], 0, []
+def flush():
+    global frames
+    with torch.inference_mode():
+        out = model([i.to(dtype) / 255 for i in images])
+    for o in out:
+        o = {k: v.cpu() for k, v in o.items()}
+        if len(kept) < keep:
+            kept.append((o["boxes"].float().numpy(), o["labels"].numpy(), o["scores"].float().numpy()))
+    frames += len(images)
+    images.clear()
+t0 = time.perf_counter()
+with av.open(video) as c:
+    stream = c.streams.video[0]
+    stream.thread_type = "AUTO"
+    for f in c.decode(stream):
+        images.append(torch.from_numpy(f.to_ndarray(format="rgb24")).to(device).permute(2, 0, 1))
+        if len(images) == batch or (limit and frames + len(images) >= limit):
+            flush()
+        if limit and frames >= limit:
+            break
+if images:
+    flush()
+print(frames, time.perf_counter() - t0)
+if keep:
+    torch.save(kept, keep_path)
+"""
+
+
+class _UltralyticsPeer:
+    """Ultralytics' predict loop on the family's weights (a YOLO family)."""
+
+    name = "Ultralytics predict"
+
+    def __init__(self, family: ModelFamily, tmp: Path, video: str) -> None:
+        self.weights = tmp / f"{family.name}-{Path(video).stem}.pt"
+        if "model" not in family.save(self.weights):
+            raise SystemExit("vidpipe bench --suite peers: compares YOLO models with Ultralytics and torchvision "
+                             "models with torchvision; give --model *.pt, *.yaml or torchvision:NAME")
+
+    def loop(self, video: str, batch: int, device: torch.device, frames: int | None, keep: int
+             ) -> tuple[int, float, list]:
+        """Frames, frames/s (model set-up included) and the first ``keep`` frames' detections."""
+        from ultralytics import YOLO
+
+        # fp16 on a GPU, as vidpipe (quantize=16 is Ultralytics 8.4's name for half=True).
+        where, precision = ((device.index or 0), 16) if device.type == "cuda" else ("cpu", 32)
+        peer = YOLO(str(self.weights))
+        t0 = time.perf_counter()
+        n, reference = 0, []
+        for r in peer.predict(source=video, stream=True, quantize=precision, batch=batch, verbose=False,
+                              device=where):
+            if len(reference) < keep:
+                reference.append((r.boxes.xyxy.cpu().numpy(), r.boxes.cls.cpu().long().numpy(),
+                                  r.boxes.conf.cpu().numpy()))
+            n += 1
+            if frames and n == frames:
+                break
+        return n, n / (time.perf_counter() - t0), reference
+
+    def wall(self, video: str, batch: int, frames: int | None) -> float:
+        """Whole-process wall time of the loop as a script."""
+        return _wall(["-c", _ULTRALYTICS_LOOP, str(self.weights), video, str(batch), str(frames or 0)])
+
+    def vidpipe_model(self) -> list[str]:
+        return ["--model", str(self.weights)]
+
+
+class _TorchvisionPeer:
+    """torchvision's own loop (``model(list of images)``) on the family's weights, in a fresh
+    process (its frames/s and its whole-process wall time from the same run)."""
+
+    name = "torchvision model(images)"
+
+    def __init__(self, family: ModelFamily, tmp: Path, video: str) -> None:
+        self.model = family.name
+        self.weights = tmp / f"{family.name}-{Path(video).stem}.pt"
+        torch.save(family.network.model.state_dict(), self.weights)  # no tensors in the transform
+        self.tmp, self.walls = tmp, {}  # whole-process wall time per batch
+
+    def loop(self, video: str, batch: int, device: torch.device, frames: int | None, keep: int
+             ) -> tuple[int, float, list]:
+        kept = self.tmp / "kept.pt"
+        wall, out = _run_python(["-c", _TORCHVISION_LOOP, self.model, str(self.weights), video, str(batch),
+                                 str(frames or 0), str(device), str(kept), str(keep)])
+        n, seconds = out.split()[-2:]
+        self.walls[batch] = wall
+        return int(n), int(n) / float(seconds), torch.load(kept, weights_only=False) if keep else []
+
+    def wall(self, video: str, batch: int, frames: int | None) -> float:
+        """Whole-process wall time of :meth:`loop`'s run at ``batch`` (a fresh process already)."""
+        return self.walls[batch]
+
+    def vidpipe_model(self) -> list[str]:
+        return ["--model", f"torchvision:{self.model}", "--weights", str(self.weights)]
+
 
 def bench_peers(a: argparse.Namespace, cfg: Config) -> None:
-    """Ultralytics' own predict loop beside vidpipe, same weights, video and device: frames/s,
+    """The model's own ecosystem's loop beside vidpipe, same weights, video and device: Ultralytics'
+    predict for YOLO models, torchvision's ``model(images)`` for ``torchvision:NAME``. Frames/s,
     whole-process wall time, agreement and candidate load."""
-    try:
-        from ultralytics import YOLO
-    except ImportError:
-        raise SystemExit('vidpipe bench --suite peers: needs Ultralytics (pip install "vidpipe[yolo]")') from None
+    torchvision_model = cfg.model.startswith("torchvision:")
+    if not torchvision_model:
+        try:
+            import ultralytics  # noqa: F401
+        except ImportError:
+            raise SystemExit('vidpipe bench --suite peers: needs Ultralytics (pip install "vidpipe[yolo]")') from None
     from .agreement import agree
     from .ladder import first_frames
 
@@ -313,54 +430,43 @@ def bench_peers(a: argparse.Namespace, cfg: Config) -> None:
     for video in bench_inputs(a, tmp):
         info = probe(video)
         family = family_for_video(cfg, video)
-        weights = tmp / f"{family.name}-{Path(video).stem}.pt"
-        if "model" not in family.save(weights):
-            raise SystemExit("vidpipe bench --suite peers: compares YOLO models with Ultralytics; give --model "
-                             "*.pt or *.yaml")
+        peer = (_TorchvisionPeer if torchvision_model else _UltralyticsPeer)(family, tmp, video)
         det = Detector(cfg, model=family)
         f = measure(det, video, a.repeats, cfg, outs)
         label = f"{Path(video).name} {info.width}x{info.height}, {family.name}"
-        # fp16 on a GPU, as vidpipe (quantize=16 is Ultralytics 8.4's name for half=True).
-        device, precision = ((det.device.index or 0), 16) if det.device.type == "cuda" else ("cpu", 32)
-        peer_fps = {}
+        peer_fps, reference = {}, []
         for batch in PEER_BATCHES:
-            peer = YOLO(str(weights))
-            t0 = time.perf_counter()
-            loop = peer.predict(source=video, stream=True, quantize=precision, batch=batch, verbose=False,
-                                device=device)
-            n = sum(1 for _ in itertools.islice(loop, cfg.max_frames))
-            peer_fps[batch] = n / (time.perf_counter() - t0)
-            rows.append([label, f"Ultralytics predict, batch {batch}", f"{n:,}", f"{peer_fps[batch]:,.0f}", "", "", ""])
-        peer = YOLO(str(weights))
-        reference = []
-        for r in peer.predict(source=video, stream=True, quantize=precision, verbose=False, device=device):
-            reference.append((r.boxes.xyxy.cpu().numpy(), r.boxes.cls.cpu().long().numpy(), r.boxes.conf.cpu().numpy()))
-            if len(reference) == AGREE_FRAMES:
-                break
+            keep = AGREE_FRAMES if batch == max(PEER_BATCHES) else 0
+            n, peer_fps[batch], kept = peer.loop(video, batch, det.device, cfg.max_frames, keep)
+            reference = kept or reference
+            rows.append([label, f"{peer.name}, batch {batch}", f"{n:,}", f"{peer_fps[batch]:,.0f}", "", "", ""])
         ours = first_frames(f.output, len(reference))
         found = agree(ours, reference[:len(ours)], iou=0.9, score_tol=0.02)
         limit = ["--max-frames", str(cfg.max_frames)] if cfg.max_frames else []
-        walls = {"vidpipe": _wall(["-m", "vidpipe.cli", "detect", video, "-o", str(next(outs)), "--model",
-                                   str(weights), "--device", str(det.device), *limit]),
-                 "Ultralytics": _wall(["-c", _PEER_LOOP, str(weights), video, str(max(PEER_BATCHES)),
-                                       str(cfg.max_frames or 0)])}
+        walls = {"vidpipe": _wall(["-m", "vidpipe.cli", "detect", video, "-o", str(next(outs)), *peer.vidpipe_model(),
+                                   "--device", str(det.device), *limit]),
+                 "peer": peer.wall(video, max(PEER_BATCHES), cfg.max_frames)}
         best = max(peer_fps.values())
         rows.append([label, "vidpipe", f"{f.frames:,}", f"{median(f.e2e):,.0f} (±{spread(f.e2e):.0%})",
                      f"{median(f.e2e) / best:.1f}x", f"{f.ratio:.2f} (decode {median(f.decode):,.0f}, model "
                      f"{median(f.model):,.0f})", str(found)])
-        notes.append(f"{label}: {f.candidates:,.0f} candidates/frame (anchors above conf), {f.detections:.1f} "
-                     "detections/frame; whole-process wall time of one command: vidpipe detect "
-                     f"{walls['vidpipe']:.1f} s, Ultralytics predict (batch {max(PEER_BATCHES)}) "
-                     f"{walls['Ultralytics']:.1f} s, beside "
-                     f"`python -c \"import torch, torchvision\"` {imports:.1f} s on this machine.")
-    header = ["input, model", "loop", "frames", "frames/s", "vs Ultralytics' best", "(c)/min(decode, model)",
-              f"agreement with Ultralytics (first {AGREE_FRAMES} frames: same class, IoU >= 0.9, |score diff| <= 0.02)"]
-    _emit(a, "vidpipe bench: vidpipe vs Ultralytics' own predict loop", _table(header, rows),
+        notes.append(f"{label}: {f.candidates:,.0f} candidates/frame (scores above the model's threshold), "
+                     f"{f.detections:.1f} detections/frame; whole-process wall time of one command: vidpipe detect "
+                     f"{walls['vidpipe']:.1f} s, {peer.name} (batch {max(PEER_BATCHES)}) {walls['peer']:.1f} s, "
+                     f"beside `python -c \"import torch, torchvision\"` {imports:.1f} s on this machine.")
+    name = "torchvision's own model(images) loop" if torchvision_model else "Ultralytics' own predict loop"
+    header = ["input, model", "loop", "frames", "frames/s", "vs the peer's best", "(c)/min(decode, model)",
+              f"agreement with the peer (first {AGREE_FRAMES} frames: same class, IoU >= 0.9, |score diff| <= 0.02)"]
+    peer_note = ("torchvision: PyAV frames (threaded decode) to the GPU, `model(list of B images)` in fp16, each "
+                 "result read back, in a fresh process (loop timed from the first frame, model on the device; the "
+                 "wall time is that process's)" if torchvision_model else
+                 "Ultralytics: one `predict(source=video, stream=True, quantize=16, batch=B)` loop each (quantize=16: "
+                 "fp16, 8.4's name for half=True), its model set-up included")
+    _emit(a, f"vidpipe bench: vidpipe vs {name}", _table(header, rows),
           [f"vidpipe: median of {a.repeats} warm end-to-end runs writing JSON Lines, compile {det.compiled}, batch "
-           f"{det.batch_size}, {str(det.dtype).removeprefix('torch.')}; Ultralytics: one `predict(source=video, "
-           "stream=True, quantize=16, batch=B)` loop each (quantize=16: fp16, 8.4's name for half=True), its model "
-           "set-up included. Agreement: vidpipe's output "
-           "(its own decode) vs Ultralytics' predict on the same video (its own decode).", *notes], det.device)
+           f"{det.batch_size}, {str(det.dtype).removeprefix('torch.')}, CUDA graphs {det.cuda_graphs}; {peer_note}. "
+           "Agreement: vidpipe's output (its own decode) vs the peer's (its own decode) on the same video, batch "
+           f"{max(PEER_BATCHES)}.", *notes], det.device)
 
 
 def synthetic_outputs(n: int, per_image: int, device: torch.device, seed: int = 0

@@ -111,6 +111,20 @@ def restrict_classes(det: Detections, classes: tuple[int, ...]) -> Detections:
                       det.scores.gather(1, order), keep.sum(1))
 
 
+def kept_detections(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, kept: torch.Tensor
+                    ) -> Detections:
+    """The rows ``kept`` (``Tensor[N, D]`` int64, -1 past the last, as :func:`~vidpipe.nms.greedy_nms`
+    returns them) of candidates ``boxes [N, K, 4]``, ``labels [N, K]``, ``scores [N, K]``, zeros
+    past each image's count. Static shapes: it runs inside a captured CUDA graph."""
+    valid = kept >= 0
+    rows = kept.clamp(min=0)
+    zero = torch.zeros((), device=boxes.device)
+    return Detections(torch.where(valid[..., None], boxes.float().gather(1, rows[..., None].expand(-1, -1, 4)), zero),
+                      torch.where(valid, labels.gather(1, rows), 0),
+                      torch.where(valid, scores.float().gather(1, rows), zero),
+                      valid.sum(1))
+
+
 def decode_boxes(locs: torch.Tensor, dboxes: torch.Tensor) -> torch.Tensor:
     """``locs Tensor[N, 4, A]`` offsets -> ``Tensor[N, A, 4]`` ltrb boxes, float32 (NVIDIA's
     ``scale_back_batch``, with its operation order so results match it bit for bit on the CPU)."""

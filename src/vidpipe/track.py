@@ -165,12 +165,6 @@ def preload() -> None:
     Tracker(30.0)
 
 
-def text_in_worker(formatter, key: str, fps: float, indices: list[int], times: list[float],
-                   *arrays: np.ndarray) -> str:
-    """:func:`in_worker`, then ``formatter``'s text of the tracked frames: one round trip."""
-    return formatter(indices, times, *in_worker(key, fps, *arrays))
-
-
 def forget(key: str) -> None:
     """Drop video ``key``'s tracker (the video has ended)."""
     _in_worker.pop(key, None)

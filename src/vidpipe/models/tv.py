@@ -10,15 +10,19 @@ Semantics are torchvision's own ``model(images)`` on a list of frames:
   long side)`` (``recompute_scale_factor``), or to the model's ``fixed_size`` (SSD, SSDlite),
   zero-padded to a multiple of ``size_divisible``: done here for the whole batch at once (one
   frame size per batch), which is what torchvision does to each frame;
-* **network and post-processing**: the model's own code after its transform (per-level
-  ``topk_candidates``, ``score_thresh``, box decoding and clipping, ``batched_nms`` at
-  ``nms_thresh``, ``detections_per_img``), run on the batch; its detections padded to
-  ``detections_per_img`` per frame;
+* **network**: the model's backbone and head on the batch;
+* **post-processing**, for RetinaNet and SSD / SSDlite: their ``postprocess_detections`` for the
+  whole batch with static shapes (:class:`_Batched`): sigmoid scores and ``topk_candidates`` per
+  level (RetinaNet) or softmax scores and ``topk_candidates`` per class (SSD), ``score_thresh``,
+  the model's own ``box_coder`` and clipping to the resized image, class-aware greedy NMS at
+  ``nms_thresh`` (:func:`~vidpipe.nms.greedy_nms`, torchvision's NMS semantics), the best
+  ``detections_per_img``. Nothing waits for the GPU, so the whole chain is captured in CUDA graphs.
+  Other models (FCOS, Faster R-CNN) run the model's own post-processing on the batch
+  (``capturable = False``: it reads counts on the host);
 * **boxes back to the frame** as ``transform.postprocess`` (per-axis float32 ratios).
 
-Post-processing reads counts on the host inside torchvision's code, so this family is not captured
-in CUDA graphs (``capturable = False``): a first, exact path, slower than the YOLO family's.
-Labels are torchvision's COCO indices (1 = person; the names of its weights' ``categories``).
+Detections are padded to ``detections_per_img`` per frame. Labels are torchvision's COCO indices
+(1 = person; the names of its weights' ``categories``).
 
 Weights: ``--weights`` unset = the model's ``DEFAULT`` weights enum (downloaded by torchvision as
 usual); ``--weights PATH`` a state dict; ``--weights random`` seeded random weights whose class
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -38,7 +43,8 @@ import torch.nn.functional as F
 from ..coco import Classes
 from ..config import Config
 from ..errors import VidpipeError
-from ..postprocess import Detections, constant_on
+from ..nms import CAPTURABLE, greedy_nms
+from ..postprocess import Detections, constant_on, kept_detections
 from ..synth import smooth_frames
 
 log = logging.getLogger(__name__)
@@ -87,9 +93,100 @@ class _Network(torch.nn.Module):
         return boxes, scores, labels, counts
 
 
+class _Heads(torch.nn.Module):
+    """A one-stage model's backbone and head on the batch: ``cls_logits [N, A, C]`` and
+    ``bbox_regression [N, A, 4]`` in the model's dtype, anchors in the model's order (level by
+    level). Records each input size's feature map sizes, from which the anchors are made."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.grids: dict[tuple[int, int], list[tuple[int, int]]] = {}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.backbone(x)
+        features = list((OrderedDict([("0", features)]) if isinstance(features, torch.Tensor) else features).values())
+        self.grids[tuple(x.shape[-2:])] = [tuple(f.shape[-2:]) for f in features]
+        out = self.model.head(features)
+        return out["cls_logits"], out["bbox_regression"]
+
+
+class _Batched:
+    """RetinaNet's or SSD's ``postprocess_detections`` for a batch at once, static shapes (see the
+    module docstring). The candidates are each frame's top ``topk_candidates`` by score, per level
+    (RetinaNet: over anchors x classes, sigmoid) or per class (SSD: over anchors, softmax without
+    the background), those not above ``score_thresh`` marked invalid: the same set torchvision
+    takes (it thresholds first, then takes the top k of what passed; scores are monotone in the
+    logits, so the top k by logit hold them, ties aside)."""
+
+    def __init__(self, heads: _Heads, sizes: dict[tuple[int, int], tuple[int, int]]) -> None:
+        model = heads.model
+        self.heads, self.sizes = heads, sizes
+        self.retinanet = type(model).__name__ == "RetinaNet"
+        self.topk, self.nms_thresh = model.topk_candidates, model.nms_thresh
+        self.score_thresh, self.d = model.score_thresh, model.detections_per_img
+        self.box_coder, self.anchor_generator = model.box_coder, model.anchor_generator
+        self.anchors: dict[tuple, torch.Tensor] = {}
+
+    def anchors_for(self, size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The model's anchors ``[A, 4]`` for padded input ``size``, made once (on the CPU, with the
+        model's own generator, from the feature sizes its network recorded; then copied once: no
+        copy may run inside a captured graph, and the graphs' warm-up runs come first)."""
+        key = (size, dtype, device)
+        if key not in self.anchors:
+            from torchvision.models.detection.image_list import ImageList
+
+            features = [torch.empty(1, 1, *g, dtype=dtype) for g in self.heads.grids[size]]
+            images = ImageList(torch.empty(1, 3, *size, dtype=dtype), [self.sizes[size]])
+            self.anchors[key] = self.anchor_generator(images, features)[0].to(device)
+        return self.anchors[key]
+
+    def __call__(self, cls_logits: torch.Tensor, regression: torch.Tensor, size: tuple[int, int],
+                 fused: bool) -> Detections:
+        """Detections in the padded input's pixels (clipped to the resized image)."""
+        from torchvision.ops.boxes import clip_boxes_to_image
+
+        n, a, c = cls_logits.shape
+        anchors = self.anchors_for(size, cls_logits.dtype, cls_logits.device)
+        if self.retinanet:
+            scores, anchor, labels = self._per_level(cls_logits, size)
+        else:
+            probs = torch.softmax(cls_logits, dim=-1)[..., 1:].transpose(1, 2)  # [N, C - 1, A], background out
+            scores, anchor = probs.topk(min(self.topk, a), dim=2)
+            labels = torch.arange(1, c, device=cls_logits.device)[None, :, None].expand_as(anchor).reshape(n, -1)
+            scores, anchor = scores.reshape(n, -1), anchor.reshape(n, -1)
+        rel = regression.gather(1, anchor[..., None].expand(-1, -1, 4))
+        boxes = self.box_coder.decode_single(rel.reshape(-1, 4), anchors[anchor.reshape(-1)]).reshape(n, -1, 4)
+        boxes = clip_boxes_to_image(boxes, self.sizes[size]).float()
+        valid = scores > self.score_thresh  # in the scores' dtype, as torchvision compares them
+        # batched_nms: best first, the classes kept apart by an offset larger than any coordinate.
+        ranked = torch.where(valid, scores.float(), -1.0).sort(dim=1, descending=True, stable=True)
+        order = ranked.indices
+        boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        labels = labels.gather(1, order)
+        offset = boxes + labels[..., None].float() * (max(self.sizes[size]) + 1)
+        kept, _ = greedy_nms(offset, valid.sum(1), self.nms_thresh, self.d, fused=fused)
+        return kept_detections(boxes, labels, ranked.values, kept)
+
+    def _per_level(self, cls_logits: torch.Tensor, size: tuple[int, int]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RetinaNet's candidates: per level, the top ``topk_candidates`` of anchors x classes;
+        their sigmoid scores, anchor rows and labels ``[N, K]``, level after level."""
+        n, a, c = cls_logits.shape
+        cells = [h * w for h, w in self.heads.grids[size]]
+        per_cell = a // sum(cells)
+        scores, anchors, labels, start = [], [], [], 0
+        for count in (cells_l * per_cell for cells_l in cells):
+            logits = cls_logits[:, start:start + count].reshape(n, -1)
+            top, index = logits.topk(min(self.topk, logits.shape[1]), dim=1)
+            scores.append(torch.sigmoid(top))
+            anchors.append(index // c + start)
+            labels.append(index % c)
+            start += count
+        return torch.cat(scores, 1), torch.cat(anchors, 1), torch.cat(labels, 1)
+
+
 class TorchvisionFamily:
-    graph_postprocess = False
-    capturable = False  # torchvision's post-processing reads counts on the host
     random_load = RANDOM_CANDIDATES
 
     def __init__(self, model: torch.nn.Module, name: str, categories: list[str], random: bool = False) -> None:
@@ -104,7 +201,20 @@ class TorchvisionFamily:
         self.score_thresh = _score_thresh(model)
         self.sizes: dict[tuple[int, int], tuple[int, int]] = {}  # padded input size -> resized image size
         model.transform = _Passthrough(self.sizes)
-        self.network = _Network(model.eval(), self.max_detections)
+        self.batched: _Batched | None = None
+        if type(model).__name__ in ("RetinaNet", "SSD"):
+            self.network = _Heads(model.eval())
+            self.batched = _Batched(self.network, self.sizes)
+            self.fused = True  # greedy NMS as a Triton kernel on CUDA; the Detector sets it from Config.kernels
+        else:
+            self.network = _Network(model.eval(), self.max_detections)
+        # torchvision's own post-processing reads counts on the host: not in a CUDA graph.
+        self.capturable = self.batched is not None
+
+    @property
+    def graph_postprocess(self) -> bool:
+        """Static shapes and no host reads: the batched post-processing with the Triton NMS."""
+        return self.batched is not None and CAPTURABLE and self.fused
 
     @classmethod
     def from_config(cls, config: Config) -> TorchvisionFamily:
@@ -176,7 +286,11 @@ class TorchvisionFamily:
         return x.to(dtype).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def postprocess(self, outputs: tuple[torch.Tensor, ...], height: int, width: int) -> Detections:
-        boxes, scores, labels, counts = outputs
+        if self.batched is not None:
+            boxes, labels, scores, counts = self.batched(*outputs, self.input_size(height, width),
+                                                         self.fused).astuple()
+        else:
+            boxes, scores, labels, counts = outputs
         rh, rw = self._resized(height, width)
         # transform.postprocess: float32 ratios, x by the width's, y by the height's
         rx = float(torch.tensor(width, dtype=torch.float32) / torch.tensor(rw, dtype=torch.float32))
@@ -187,8 +301,13 @@ class TorchvisionFamily:
         return Detections(boxes, labels, scores.float(), counts)
 
     def candidates(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Detections kept per frame (torchvision does not expose its pre-NMS candidates)."""
-        return outputs[3]
+        """Class scores above ``score_thresh`` per frame (RetinaNet, SSD; before the top-k), or the
+        detections kept (torchvision's own post-processing does not expose its candidates)."""
+        if self.batched is None:
+            return outputs[3]
+        logits = outputs[0]
+        probs = torch.softmax(logits, -1)[..., 1:] if _softmax(self.network.model) else torch.sigmoid(logits)
+        return (probs > self.score_thresh).flatten(1).sum(1)
 
     @torch.no_grad()
     def reaim(self, frames: torch.Tensor, candidates: float, logit_std: float = 1.5) -> float:

@@ -42,7 +42,7 @@ from ..config import Config
 from ..errors import VidpipeError
 from ..letterbox import letterbox as letterbox_frames
 from ..nms import CAPTURABLE, greedy_nms
-from ..postprocess import Detections, classes_on
+from ..postprocess import Detections, classes_on, kept_detections
 from ..synth import smooth_frames
 from ..profiling import nvtx_range
 
@@ -175,13 +175,7 @@ class YoloFamily:
         labels = label.gather(1, order)
         offset = boxes if self.agnostic else boxes + labels[..., None].float() * MAX_WH
         kept, _ = greedy_nms(offset, keep.sum(1), self.iou, d, fused=self.fused)
-        valid = kept >= 0
-        rows = kept.clamp(min=0)
-        zero = torch.zeros((), device=pred.device)
-        return Detections(torch.where(valid[..., None], boxes.gather(1, rows[..., None].expand(-1, -1, 4)), zero),
-                          torch.where(valid, labels.gather(1, rows), 0),
-                          torch.where(valid, ranked.values[:, :k].gather(1, rows), zero),
-                          valid.sum(1))
+        return kept_detections(boxes, labels, ranked.values[:, :k], kept)
 
     def _end2end(self, pred: torch.Tensor) -> Detections:
         """NMS-free heads (``[N, K, 6]``: xyxy, score, class): the first ``max_det`` rows above ``conf``."""
