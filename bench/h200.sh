@@ -17,6 +17,7 @@
 #   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
 #   peers   vidpipe bench --suite peers (Ultralytics' predict beside vidpipe), $PEER_MODEL (yolo11m.yaml)
+#   tvpeers vidpipe bench --suite peers on the 1080p clip for each of $TV_MODELS (torchvision's own loop)
 set -uo pipefail
 OUT=${OUT:-/tmp/vidpipe-results}
 mkdir -p "$OUT"
@@ -51,6 +52,11 @@ for step in $STEPS; do
     peers)
       timeout ${PEERS_S:-420} $V bench --suite peers .media/in.mp4 "$(camera)" --model "${PEER_MODEL:-yolo11m.yaml}" \
         --repeats 3 ${PEER_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -16 ;;
+    tvpeers)
+      for m in ${TV_MODELS:-retinanet_resnet50_fpn_v2 ssdlite320_mobilenet_v3_large}; do
+        timeout ${PEERS_S:-420} $V bench --suite peers "$(camera)" --model "torchvision:$m" --weights random \
+          --repeats 3 ${PEER_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -8
+      done ;;
     nms)
       timeout 120 python3 bench/nms_sweep.py 2>&1 | tee "$OUT/nms_sweep.md" | tail -14 ;;
     bench)
