@@ -82,6 +82,35 @@ def test_detections_match_torchvision_on_gpu(name, monkeypatch):
     compare(name, "cuda")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])  # RetinaNet's, SSD's
+def test_box_decoding_is_torchvisions(weights, dtype):
+    """vidpipe's copy of BoxCoder.decode_single (which it cannot call inside a CUDA graph) gives
+    the same bits on fresh random offsets and anchors."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    from vidpipe.models.tv import _decode
+
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    rel = (torch.randn(2000, 4, generator=g) * 2).to(dtype)
+    corner = torch.rand(2000, 2, generator=g) * 1000
+    anchors = torch.cat([corner, corner + 1 + torch.rand(2000, 2, generator=g) * 300], 1)
+    coder = BoxCoder(weights)
+    assert torch.equal(_decode(coder, rel, anchors), coder.decode_single(rel, anchors))
+
+
+def test_random_weights_give_candidates_in_fp16():
+    """Re-aimed random SSDlite run in fp16 (as on a GPU) still has finite logits and about the
+    stated load (its random MobileNet overflows fp16 unless its BatchNorm statistics are set)."""
+    fam = family("ssdlite320_mobilenet_v3_large", int.from_bytes(os.urandom(2), "little"))
+    frames = next(PyAVSource(CLIP[0], max_frames=2).batches(2)).frames
+    net = copy.deepcopy(fam.network).half()
+    with torch.inference_mode():
+        outputs = net(fam.preprocess(frames, torch.float16, channels_last=False))
+    assert torch.isfinite(outputs[0]).all()
+    assert 100 <= float(fam.candidates(outputs).float().mean()) <= 400  # re-aimed at 200 in fp32
+
+
 def test_unknown_name_is_one_clear_error():
     with pytest.raises(vidpipe.VidpipeError, match="not a torchvision detection model"):
         Detector(Config(model="torchvision:resnet50_nope", weights="random", device="cpu"))

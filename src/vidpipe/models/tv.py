@@ -156,7 +156,7 @@ class _Batched:
             labels = torch.arange(1, c, device=cls_logits.device)[None, :, None].expand_as(anchor).reshape(n, -1)
             scores, anchor = scores.reshape(n, -1), anchor.reshape(n, -1)
         rel = regression.gather(1, anchor[..., None].expand(-1, -1, 4))
-        boxes = self.box_coder.decode_single(rel.reshape(-1, 4), anchors[anchor.reshape(-1)]).reshape(n, -1, 4)
+        boxes = _decode(self.box_coder, rel.reshape(-1, 4), anchors[anchor.reshape(-1)]).reshape(n, -1, 4)
         boxes = clip_boxes_to_image(boxes, self.sizes[size]).float()
         valid = scores > self.score_thresh  # in the scores' dtype, as torchvision compares them
         # batched_nms: best first, the classes kept apart by an offset larger than any coordinate.
@@ -184,6 +184,21 @@ class _Batched:
             labels.append(index % c)
             start += count
         return torch.cat(scores, 1), torch.cat(anchors, 1), torch.cat(labels, 1)
+
+
+def _decode(coder, rel: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """``BoxCoder.decode_single(rel [M, 4], anchors [M, 4])``, the same operations in the same
+    dtype, without the 0.5 it copies to the device on every call (no copy may run in a captured
+    graph)."""
+    anchors = anchors.to(rel.dtype)
+    widths, heights = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ctr_x, ctr_y = anchors[:, 0] + 0.5 * widths, anchors[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = coder.weights
+    dw = torch.clamp(rel[:, 2] / ww, max=coder.bbox_xform_clip)
+    dh = torch.clamp(rel[:, 3] / wh, max=coder.bbox_xform_clip)
+    x, y = rel[:, 0] / wx * widths + ctr_x, rel[:, 1] / wy * heights + ctr_y
+    half_w, half_h = 0.5 * (torch.exp(dw) * widths), 0.5 * (torch.exp(dh) * heights)
+    return torch.stack((x - half_w, y - half_h, x + half_w, y + half_h), dim=1)
 
 
 class TorchvisionFamily:
@@ -311,13 +326,15 @@ class TorchvisionFamily:
 
     @torch.no_grad()
     def reaim(self, frames: torch.Tensor, candidates: float, logit_std: float = 1.5) -> float:
-        """Random weights: scale the class logits to standard deviation ``logit_std`` (a fresh head
+        """Random weights: BatchNorm statistics from ``frames`` (:func:`_normalise_activations`), the
+        class logits scaled to standard deviation ``logit_std`` (a fresh head
         gives every anchor and class about the same logit, so no shift could pick a load; FCOS's
         box distances get a bias of one anchor size), then
         shift every class logit's bias by one amount so that ``frames`` (uint8 ``[N, 3, H, W]`` on
         the CPU) give about ``candidates`` class scores per frame above ``score_thresh``; returns the
         load found."""
         convs = _class_convs(self.network.model)
+        _normalise_activations(self.network.model, self.preprocess(frames, torch.float32, channels_last=False))
         if type(self.network.model).__name__ == "FCOS":  # fresh weights predict ~0 distances (point boxes):
             self.network.model.head.regression_head.bbox_reg.bias.fill_(1.0)  # make them about one anchor size
         x = self.preprocess(frames, torch.float32, channels_last=False)
@@ -346,6 +363,24 @@ class TorchvisionFamily:
             bias = conv.bias.view(-1, classes)
             bias[:, 0 if sigmoid else 1:] += hi
         return load(hi)
+
+
+def _normalise_activations(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Random weights: every BatchNorm's statistics from the preprocessed batch ``x`` (one cumulative
+    pass through the backbone and head), so each normalises its activations. Left at their
+    initial statistics, SSDlite's random MobileNet overflowed fp16 (non-finite logits: 0 candidates
+    per frame on the H200, where fp32 had 500)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: one batch sets the statistics
+        bn.train()
+    try:
+        features = model.backbone(x)
+        model.head(list(features.values()) if isinstance(features, dict) else [features])
+    finally:
+        for bn in norms:
+            bn.eval()
 
 
 def _detections_per_img(model: torch.nn.Module) -> int:
