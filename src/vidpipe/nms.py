@@ -69,11 +69,13 @@ def _greedy_nms_torch(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold: 
 if triton is not None:
     @triton.jit
     def _iou_above(x1, y1, x2, y2, area, bx1, by1, bx2, by2, barea, thr):
-        # torchvision's devIoU: inter / (area_a + area_b - inter) > thr (broadcasting shapes)
+        # torchvision's devIoU: inter / (area_a + area_b - inter) > thr (broadcasting shapes), the
+        # division rounded as IEEE says: Triton's plain `/` is approximate, which put the IoU of two
+        # identical boxes above 1.0 (one box too few kept at threshold 1.0 on the H200).
         w = tl.maximum(tl.minimum(x2, bx2) - tl.maximum(x1, bx1), 0.0)
         h = tl.maximum(tl.minimum(y2, by2) - tl.maximum(y1, by1), 0.0)
         inter = w * h
-        return inter / (area + barea - inter) > thr
+        return tl.math.div_rn(inter, area + barea - inter) > thr
 
     @triton.jit
     def _greedy_nms_kernel(boxes_ptr, count_ptr, kept_ptr, nkept_ptr, K, thr, LIMIT: tl.constexpr,
