@@ -11,7 +11,8 @@ Suites (``--suite``):
   torch NMS and the article's per-class loop with host reads.
 * ``model``: model-only images/s over precisions, memory formats, compile and batch sizes.
 * ``scale``: ``vidpipe detect --devices`` on a corpus of copies of each input, one GPU vs all.
-* ``peers``: Ultralytics' own predict loop beside vidpipe (YOLO models).
+* ``peers``: the model's own loop beside vidpipe: Ultralytics' predict (YOLO models), torchvision's
+  ``model(images)`` (``torchvision:NAME``).
 * ``startup``: the README's command in fresh processes, first (empty caches) and second run: wall
   time, time to the first result, where the time goes; and a folder of copies in one command.
 * ``live``: K copies of each input read as 30 fps cameras (``--realtime --loop``) in one process,

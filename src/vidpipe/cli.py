@@ -145,8 +145,9 @@ def _add_bench_parser(sub) -> None:
     b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale", "peers", "startup", "live"],
                    default="pipeline",
                    help="pipeline: ceilings and end to end per input; postprocess: ssd_decode vs the per-class loop; "
-                        "model: model-only variants; scale: one GPU vs all GPUs; peers: Ultralytics' predict loop "
-                        "beside vidpipe (YOLO models); startup: the one-command wall time in fresh processes; "
+                        "model: model-only variants; scale: one GPU vs all GPUs; peers: the model's own loop "
+                        "beside vidpipe (Ultralytics' predict, torchvision's model(images)); startup: the "
+                        "one-command wall time in fresh processes; "
                         "live: K copies of each input as live cameras in one process")
     b.add_argument("--synthetic-1080p", type=_int(0), default=0, metavar="FRAMES",
                    help="also bench a generated 1920x1080 H.264 clip of about FRAMES frames (240 encoded, "
