@@ -76,6 +76,25 @@ def build_family(config: Config) -> ModelFamily:
                        "model yaml (*.yaml), torchvision:NAME, or register one with vidpipe.models.register_model")
 
 
+def batchnorm_statistics(model: torch.nn.Module, forward: Callable[[], object]) -> list[torch.nn.Module]:
+    """Random weights: every BatchNorm of ``model`` gets its statistics from one call of
+    ``forward`` (which runs the model on real frames); returns those BatchNorms. A freshly
+    initialised network's activations shrink or grow layer by layer past what fp16 holds."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: one batch sets the statistics
+        bn.train()
+    try:
+        forward()
+    finally:
+        for bn in norms:
+            bn.eval()
+    return norms
+
+
 def _ssd300(config: Config) -> ModelFamily:
     from .ssd300 import SSD300Family
 

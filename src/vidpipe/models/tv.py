@@ -46,6 +46,7 @@ from ..errors import VidpipeError
 from ..nms import CAPTURABLE, greedy_nms
 from ..postprocess import Detections, constant_on, kept_detections
 from ..synth import smooth_frames
+from . import batchnorm_statistics
 
 log = logging.getLogger(__name__)
 PREFIX = "torchvision:"
@@ -370,17 +371,11 @@ def _normalise_activations(model: torch.nn.Module, x: torch.Tensor) -> None:
     pass through the backbone and head), so each normalises its activations. Left at their
     initial statistics, SSDlite's random MobileNet overflowed fp16 (non-finite logits: 0 candidates
     per frame on the H200, where fp32 had 500)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average: one batch sets the statistics
-        bn.train()
-    try:
+    def forward() -> None:
         features = model.backbone(x)
         model.head(list(features.values()) if isinstance(features, dict) else [features])
-    finally:
-        for bn in norms:
-            bn.eval()
+
+    batchnorm_statistics(model, forward)
 
 
 def _detections_per_img(model: torch.nn.Module) -> int:

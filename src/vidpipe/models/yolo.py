@@ -45,6 +45,7 @@ from ..nms import CAPTURABLE, greedy_nms
 from ..postprocess import Detections, classes_on, kept_detections
 from ..synth import smooth_frames
 from ..profiling import nvtx_range
+from . import batchnorm_statistics
 
 log = logging.getLogger(__name__)
 
@@ -268,16 +269,7 @@ def _normalise_activations(model: torch.nn.Module, images: torch.Tensor) -> None
     """Random weights: set every BatchNorm's statistics from ``images`` and its scale to
     RANDOM_ACTIVATION_STD. A freshly initialised network shrinks its activations layer by layer
     (to ~1e-9 at the head of yolo11m), and fp16 flushes those to zero: no anchor then passes."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average: one batch sets the statistics
-    model.train()
-    try:
-        model(images)
-    finally:
-        model.eval()
-    for bn in norms:
+    for bn in batchnorm_statistics(model, lambda: model(images)):
         bn.weight.fill_(RANDOM_ACTIVATION_STD)
         bn.bias.zero_()
 
