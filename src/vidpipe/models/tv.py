@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -105,8 +104,7 @@ class _Heads(torch.nn.Module):
         self.grids: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.backbone(x)
-        features = list((OrderedDict([("0", features)]) if isinstance(features, torch.Tensor) else features).values())
+        features = _features(self.model, x)
         self.grids[tuple(x.shape[-2:])] = [tuple(f.shape[-2:]) for f in features]
         out = self.model.head(features)
         return out["cls_logits"], out["bbox_regression"]
@@ -335,10 +333,10 @@ class TorchvisionFamily:
         the CPU) give about ``candidates`` class scores per frame above ``score_thresh``; returns the
         load found."""
         convs = _class_convs(self.network.model)
-        _normalise_activations(self.network.model, self.preprocess(frames, torch.float32, channels_last=False))
+        x = self.preprocess(frames, torch.float32, channels_last=False)
+        _normalise_activations(self.network.model, x)
         if type(self.network.model).__name__ == "FCOS":  # fresh weights predict ~0 distances (point boxes):
             self.network.model.head.regression_head.bbox_reg.bias.fill_(1.0)  # make them about one anchor size
-        x = self.preprocess(frames, torch.float32, channels_last=False)
         for conv, _ in convs:
             conv.bias.zero_()
         logits = _class_logits(self.network.model, x)
@@ -371,11 +369,14 @@ def _normalise_activations(model: torch.nn.Module, x: torch.Tensor) -> None:
     pass through the backbone and head), so each normalises its activations. Left at their
     initial statistics, SSDlite's random MobileNet overflowed fp16 (non-finite logits: 0 candidates
     per frame on the H200, where fp32 had 500)."""
-    def forward() -> None:
-        features = model.backbone(x)
-        model.head(list(features.values()) if isinstance(features, dict) else [features])
+    batchnorm_statistics(model, lambda: model.head(_features(model, x)))
 
-    batchnorm_statistics(model, forward)
+
+def _features(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The backbone's feature maps of the preprocessed batch ``x``, as the model's head takes them
+    (``forward`` of RetinaNet, FCOS and SSD: a tensor or the values of an ordered dict)."""
+    features = model.backbone(x)
+    return [features] if isinstance(features, torch.Tensor) else list(features.values())
 
 
 def _detections_per_img(model: torch.nn.Module) -> int:
@@ -409,7 +410,5 @@ def _class_convs(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, int]]:
 
 def _class_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Class logits of every anchor, ``[N, anchors, classes]``, for the preprocessed batch ``x``."""
-    features = model.backbone(x)
-    features = list(features.values()) if isinstance(features, dict) else features
-    return model.head.classification_head(features)
+    return model.head.classification_head(_features(model, x))
 
