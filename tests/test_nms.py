@@ -21,6 +21,13 @@ from torchvision.ops import nms
 from vidpipe import nms as N
 seed = int(sys.argv[1]); device = sys.argv[2]
 greedy_nms = N._greedy_nms_triton if sys.argv[3] == "kernel" else N.greedy_nms
+# IoUs of exactly 0.3, 0.6 and 0.7 against the first box: as float32 0.3 and 0.6 round above the
+# (float64) threshold, so torchvision suppresses at those thresholds; 0.7 rounds below.
+exact = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 7], [0, 0, 10, 3]]])
+for thr in (0.3, 0.6, 0.7):
+    kept, nkept = greedy_nms(exact.to(device), torch.tensor([4]).to(device), thr, 4)
+    want = nms(exact[0], torch.arange(4, 0, -1, dtype=torch.float32), thr)
+    assert kept[0, :int(nkept[0])].cpu().tolist() == want.tolist(), (thr, kept, want)
 g = torch.Generator().manual_seed(seed)
 for n, k, limit, thr in [(4, 1500, 300, 0.7), (3, 700, 40, 0.45), (2, 90, 300, 0.0), (2, 60, 300, 1.0)]:
     centre = torch.rand(n, k // 10 + 1, 1, 2, generator=g) * 600
@@ -74,16 +81,17 @@ def test_yolo_kernels_compile_for_hopper():
 
     kernels = [
         (nms._greedy_nms_kernel, dict(boxes_ptr="*fp32", count_ptr="*i64", kept_ptr="*i64", nkept_ptr="*i64",
-                                      K="i32", thr="fp32"),
-         dict(LIMIT=300, LIMIT_P2=512, TILE=nms.TILE, CHUNK=nms.CHUNK), 8),
+                                      K="i32", thr_bits="i64"),
+         dict(LIMIT=300, LIMIT_P2=512, TILE=nms.TILE, CHUNK=nms.CHUNK, TIE_UP=False), 8, False),
         (letterbox._letterbox_kernel, dict(src_ptr="*u8", out_ptr="*fp16", **{f"{a}_ptr": "*i64" for a in (
             "xi0", "xi1", "yi0", "yi1")}, **{f"{a}_ptr": "*i32" for a in ("xw0", "xw1", "yw0", "yw1")},
             **{a: "i32" for a in ("new_h", "new_w", "top", "left", "out_h", "out_w", "ss_n", "ss_c", "ss_h", "ss_w",
-                                  "so_n", "so_c", "so_h", "so_w")}, INV_255="fp32"), dict(PAD=114, BLOCK=1024), 4),
+                                  "so_n", "so_c", "so_h", "so_w")}, INV_255="fp32"),
+         dict(PAD=114, BLOCK=1024), 4, True),
     ]
-    for fn, args, consts, warps in kernels:
+    for fn, args, consts, warps, fusion in kernels:
         src = ASTSource(fn=fn, signature={**args, **{k: "constexpr" for k in consts}}, constexprs=consts)
-        triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+        triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, enable_fp_fusion=fusion))
 
 
 def test_bad_arguments_are_value_errors():

@@ -17,6 +17,8 @@ captured CUDA graph. Elsewhere ``torchvision.ops.nms`` per image computes the sa
 
 from __future__ import annotations
 
+import struct
+
 import torch
 
 from .config import at_least, fraction, validate
@@ -68,18 +70,29 @@ def _greedy_nms_torch(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold: 
 
 if triton is not None:
     @triton.jit
-    def _iou_above(x1, y1, x2, y2, area, bx1, by1, bx2, by2, barea, thr):
-        # torchvision's devIoU: inter / (area_a + area_b - inter) > thr (broadcasting shapes), the
-        # division rounded as IEEE says: Triton's plain `/` is approximate, which put the IoU of two
-        # identical boxes above 1.0 (one box too few kept at threshold 1.0 on the H200).
+    def _iou_above(x1, y1, x2, y2, area, bx1, by1, bx2, by2, barea, thr_bits, TIE_UP: tl.constexpr):
+        # torchvision's test: a float32 IoU against the float64 threshold, inter / union > thr. Not
+        # by dividing: Triton's `/` is approximate (the IoU of identical boxes came out above 1.0),
+        # the exact div_rn made the kernel 1.6x slower (docs/results.md, "Eleventh session"), and a
+        # float32 threshold rounded up (0.3, 0.6) is not torchvision's. With m the midpoint between
+        # the largest float32 <= thr and the next float32 (see _threshold), the rounded quotient is
+        # above thr iff inter > m * union (>= where that midpoint rounds up), exact in float64 (24 x
+        # 25 significant bits). union must be positive and finite, else the IoU is NaN, <= 0 or 0.
+        # (Launched without fused multiply-adds, which torchvision's rounding lacks.)
         w = tl.maximum(tl.minimum(x2, bx2) - tl.maximum(x1, bx1), 0.0)
         h = tl.maximum(tl.minimum(y2, by2) - tl.maximum(y1, by1), 0.0)
         inter = w * h
-        return tl.math.div_rn(inter, area + barea - inter) > thr
+        union = area + barea - inter
+        bound = thr_bits.to(tl.float64, bitcast=True) * union.to(tl.float64)
+        above = inter.to(tl.float64) > bound
+        if TIE_UP:
+            above = inter.to(tl.float64) >= bound
+        return above & (union > 0.0) & (union <= 3.4028234663852886e38)
 
     @triton.jit
-    def _greedy_nms_kernel(boxes_ptr, count_ptr, kept_ptr, nkept_ptr, K, thr, LIMIT: tl.constexpr,
-                           LIMIT_P2: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr):
+    def _greedy_nms_kernel(boxes_ptr, count_ptr, kept_ptr, nkept_ptr, K, thr_bits, LIMIT: tl.constexpr,
+                           LIMIT_P2: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
+                           TIE_UP: tl.constexpr):
         img = tl.program_id(0)
         n = tl.minimum(tl.load(count_ptr + img).to(tl.int32), K)
         base = boxes_ptr + img.to(tl.int64) * K * 4
@@ -104,7 +117,7 @@ if triton is not None:
                 bx2 = tl.load(base + j * 4 + 2, mask=ok, other=0.0)[:, None]
                 by2 = tl.load(base + j * 4 + 3, mask=ok, other=0.0)[:, None]
                 hit = _iou_above(x1[None, :], y1[None, :], x2[None, :], y2[None, :], area[None, :], bx1, by1, bx2,
-                                 by2, (bx2 - bx1) * (by2 - by1), thr) & ok[:, None]
+                                 by2, (bx2 - bx1) * (by2 - by1), thr_bits, TIE_UP) & ok[:, None]
                 keep = keep & (tl.max(hit.to(tl.int32), 0) == 0)
             i = tl.min(tl.where(keep, offs, TILE))
             while (i < TILE) & (nk < LIMIT):  # greedy inside the tile, best first
@@ -112,7 +125,8 @@ if triton is not None:
                 by1 = tl.load(base + (start + i) * 4 + 1)
                 bx2 = tl.load(base + (start + i) * 4 + 2)
                 by2 = tl.load(base + (start + i) * 4 + 3)
-                hit = _iou_above(x1, y1, x2, y2, area, bx1, by1, bx2, by2, (bx2 - bx1) * (by2 - by1), thr)
+                hit = _iou_above(x1, y1, x2, y2, area, bx1, by1, bx2, by2, (bx2 - bx1) * (by2 - by1),
+                                 thr_bits, TIE_UP)
                 keep = keep & ~((offs > i) & hit)
                 tl.store(kept_row + nk, (start + i).to(tl.int64))
                 nk += 1
@@ -129,6 +143,20 @@ def _greedy_nms_triton(boxes: torch.Tensor, counts: torch.Tensor, iou_threshold:
     n, k, _ = boxes.shape
     kept = torch.empty(n, limit, dtype=torch.int64, device=boxes.device)
     nkept = torch.empty(n, dtype=torch.int64, device=boxes.device)
-    _greedy_nms_kernel[(n,)](boxes, counts, kept, nkept, k, float(iou_threshold), LIMIT=limit,
-                             LIMIT_P2=triton.next_power_of_2(limit), TILE=TILE, CHUNK=CHUNK, num_warps=8)
+    thr_bits, tie_up = _threshold(iou_threshold)
+    _greedy_nms_kernel[(n,)](boxes, counts, kept, nkept, k, thr_bits, LIMIT=limit,
+                             LIMIT_P2=triton.next_power_of_2(limit), TILE=TILE, CHUNK=CHUNK, TIE_UP=tie_up,
+                             num_warps=8, enable_fp_fusion=False)
     return kept, nkept
+
+
+def _threshold(thr: float) -> tuple[int, bool]:
+    """A float64 IoU threshold ``thr`` >= 0 -> the float64 bits of the midpoint between the largest
+    float32 ``lo <= thr`` and the next float32 ``hi``, and whether that midpoint rounds to ``hi``
+    (ties to even: ``lo``'s last bit is odd). A float32 ``q`` is ``> thr`` iff ``q >= hi``, i.e.
+    iff the exact quotient it was rounded from is above the midpoint, or on it and rounding up."""
+    lo = struct.unpack("<I", struct.pack("<f", thr))[0]  # float32 bits, rounded to nearest
+    if struct.unpack("<f", struct.pack("<I", lo))[0] > thr:
+        lo -= 1
+    mid = (struct.unpack("<f", struct.pack("<I", lo))[0] + struct.unpack("<f", struct.pack("<I", lo + 1))[0]) / 2
+    return struct.unpack("<q", struct.pack("<d", mid))[0], bool(lo & 1)
