@@ -131,6 +131,17 @@ def test_formatting_processes_write_the_same_text(random_model, tmp_path):
     assert outs[2].read_text() == outs[0].read_text() and outs[0].read_text().count("\n") == 20
 
 
+@pytest.mark.parametrize("cores, expected", [(1, 2), (8, 2), (12, 3), (16, 4), (128, 4)])
+def test_default_formatters_follow_the_cores(monkeypatch, cores, expected):
+    """GPU runs format in one process per 4 CPU cores, 2 to 4; CPU runs and --no-overlap in the
+    writer thread; --formatters wins."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert Config().formatters_for(torch.device("cuda")) == expected
+    assert Config().formatters_for(torch.device("cpu")) == 0
+    assert Config(overlap=False).formatters_for(torch.device("cuda")) == 0
+    assert Config(formatters=1).formatters_for(torch.device("cuda")) == 1
+
+
 def test_interrupted_sink_stays_partial(tmp_path):
     sink = open_sink("jsonl", tmp_path / "x.jsonl", "v", 10, 10)
     sink.write([0], [0.0], np.zeros((1, 1, 4), np.float32), np.ones((1, 1), np.int64),

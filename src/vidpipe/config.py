@@ -10,6 +10,7 @@ Imports no torch: ``vidpipe --help`` reads these fields.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -31,10 +32,10 @@ CPU_BATCH = 4
 # 1/4,592 - 1/6,970 s = 74 us per frame (model-only, eager vs compiled, shared/reference-h200.md),
 # so even warm it pays back only after ~95,000 frames (53 minutes of 30 fps video).
 COMPILE_MIN_FRAMES = 100_000
-# Processes that format JSON Lines text on GPU runs, off this process's GIL. yolo11m at ~200
-# detections per frame, in.mp4: 3,033 frames/s with 0, 3,747 with 2 (docs/results.md, "Seventh
-# session", the --formatters 0 table beside the peers table).
-FORMATTERS = 2
+# Processes that format JSON Lines text on GPU runs, off this process's GIL: one per 4 CPU cores, 2 to
+# 4. yolo11m at ~200 detections per frame, in.mp4: 3,033 frames/s with 0, 3,747 with 2 (docs/results.md,
+# "Seventh session"); on the 16-core H200 machine 3,312 with 2 and 3,857 with 4 ("Eleventh session").
+FORMATTERS = (2, 4)
 
 
 class ConfigError(VidpipeError, ValueError):
@@ -174,8 +175,9 @@ class Config:
         "latest", "live sources (streams, --realtime files): latest = a frame the GPU could not take before a "
         "newer one came is dropped and counted, so results never lag; all = every frame, in a bounded buffer "
         "(lag shows in latency_ms)", group=DATA, check=one_of("latest", "all"))
-    formatters: int | None = setting(None, f"processes formatting output text, off the GIL (default {FORMATTERS} on "
-                                     "a GPU, 0 on a CPU: formatted in the writer thread)", group=DATA,
+    formatters: int | None = setting(None, "processes formatting output text, off the GIL (default on a GPU: one "
+                                     f"per 4 CPU cores, {FORMATTERS[0]} to {FORMATTERS[1]}; 0 on a CPU: formatted "
+                                     "in the writer thread)", group=DATA,
                                      check=at_least(0), metavar="N")
     # post-processing, every family
     score_threshold: float | None = setting(None, "detections scoring below P are dropped (SSD300 0.3, YOLO 0.25)",
@@ -232,11 +234,15 @@ class Config:
         return self.batch_size or (CPU_BATCH if device.type == "cpu" else GPU_BATCH)
 
     def formatters_for(self, device: torch.device) -> int:
-        """Formatting processes for a run on ``device``: the configured number, else FORMATTERS on a
-        GPU with the threaded engine (a CPU run's model is far slower than its formatting)."""
+        """Formatting processes for a run on ``device``: the configured number, else one per 4 of this
+        machine's CPU cores within FORMATTERS on a GPU with the threaded engine (a CPU run's model is
+        far slower than its formatting)."""
         if self.formatters is not None:
             return self.formatters
-        return FORMATTERS if device.type == "cuda" and self.overlap else 0
+        if device.type != "cuda" or not self.overlap:
+            return 0
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(max(cores // 4, FORMATTERS[0]), FORMATTERS[1])
 
     @property
     def dtype(self) -> torch.dtype:
