@@ -31,8 +31,9 @@ class _LimitHits(logging.Handler):
 
 logging.getLogger("torch._dynamo.convert_frame").addHandler(_LimitHits())
 
-print("| frame size | network input | graphs | graph breaks | functions past the recompile limit | (totals) |")
-print("|---|---|---|---|---|---|")
+print("| frame size | network input | graphs so far | graph breaks so far | "
+      "functions past the recompile limit so far |")
+print("|---|---|---|---|---|")
 for size in a.sizes.split(","):
     h, w = map(int, size.split("x"))
     det = Detector(Config(model=a.model, device=a.device, compile="on", batch_size=2))
@@ -42,4 +43,4 @@ for size in a.sizes.split(","):
             det.model(x)
         det.forward(x)
     print(f"| {h}x{w} | {tuple(x.shape[2:])} | {counters['stats']['unique_graphs']} | "
-          f"{sum(counters['graph_break'].values())} | {_LimitHits.hits} | |", flush=True)
+          f"{sum(counters['graph_break'].values())} | {_LimitHits.hits} |", flush=True)
