@@ -142,6 +142,22 @@ def test_default_formatters_follow_the_cores(monkeypatch, cores, expected):
     assert Config(formatters=1).formatters_for(torch.device("cuda")) == 1
 
 
+def test_closing_the_pools_stops_every_lane():
+    """FormatPool.close_all (run before the CLI leaves with os._exit) stops and reaps every worker
+    of every pool: none is left running or a zombie."""
+    from vidpipe.engine.write import FormatPool
+
+    pools = [FormatPool.get(2), FormatPool.get(3)]
+    pids = {lane.submit(os.getpid).result() for pool in pools for lane in pool.lanes}
+    assert len(pids) == 5 and os.getpid() not in pids
+    FormatPool.close_all()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):  # reaped: not even a zombie
+            os.kill(pid, 0)
+    assert FormatPool.get(2) is not pools[0]  # a later run starts a new pool
+    FormatPool.close_all()
+
+
 def test_interrupted_sink_stays_partial(tmp_path):
     sink = open_sink("jsonl", tmp_path / "x.jsonl", "v", 10, 10)
     sink.write([0], [0.0], np.zeros((1, 1, 4), np.float32), np.ones((1, 1), np.int64),
