@@ -34,6 +34,18 @@ def cold_cache(tmp_path, monkeypatch):
     return tmp_path / "triton"
 
 
+def test_the_marker_follows_what_the_kernels_are_specialised_on():
+    """An IoU threshold whose float32 midpoint rounds the other way compiles another NMS kernel
+    (TIE_UP), so it has its own marker; a score threshold (a float argument) does not."""
+    pytest.importorskip("triton")
+    from vidpipe.nms import _threshold
+
+    assert _threshold(0.7)[1] != _threshold(0.45)[1]  # the two thresholds do compile differently
+    yolo = Config(model="yolo11m.yaml")
+    assert kernels.key(yolo.replace(iou_threshold=0.7)) != kernels.key(yolo.replace(iou_threshold=0.45))
+    assert kernels.key(yolo.replace(score_threshold=0.3)) == kernels.key(yolo.replace(score_threshold=0.4))
+
+
 def test_background_compile_writes_the_marker_once(cold_cache):
     triton = pytest.importorskip("triton")  # noqa: F841 - the key names Triton's version
     cfg = Config(weights="random", device="cpu", batch_size=2)

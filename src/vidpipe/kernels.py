@@ -30,12 +30,13 @@ import sys
 import time
 from pathlib import Path
 
-# Settings that change what Triton compiles: the kernels' constants (candidates, detections kept),
-# their integer arguments (Triton specialises an integer on divisibility by 16: the candidate
-# threshold's bits, YOLO's candidate count from imgsz), input dtypes and layouts. Float arguments
-# (IoU, score thresholds) and everything about inputs, outputs and scheduling do not.
+# Settings that change what Triton compiles: the kernels' constants (candidates, detections kept,
+# how the NMS threshold's float32 midpoint rounds), their integer arguments (Triton specialises an
+# integer on divisibility by 16: the candidate threshold's bits, YOLO's candidate count from imgsz),
+# input dtypes and layouts. Float arguments (score thresholds, SSD300's IoU) and everything about
+# inputs, outputs and scheduling do not.
 _SPECIALISED = ("model", "precision", "channels_last", "imgsz", "postprocess", "candidate_threshold",
-                "per_class_candidates", "max_detections")
+                "per_class_candidates", "max_detections", "iou_threshold")
 _SOURCES = ("postprocess.py", "preprocess.py", "letterbox.py", "nms.py")  # vidpipe's Triton kernels
 # A compiling process older than this is taken as dead (the background compile took 19-22 s on the
 # H200 machine, docs/results.md, "Ninth session").
