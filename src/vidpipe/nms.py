@@ -17,8 +17,7 @@ captured CUDA graph. Elsewhere ``torchvision.ops.nms`` per image computes the sa
 
 from __future__ import annotations
 
-import struct
-
+import numpy as np
 import torch
 
 from .config import at_least, fraction, validate
@@ -155,8 +154,8 @@ def _threshold(thr: float) -> tuple[int, bool]:
     float32 ``lo <= thr`` and the next float32 ``hi``, and whether that midpoint rounds to ``hi``
     (ties to even: ``lo``'s last bit is odd). A float32 ``q`` is ``> thr`` iff ``q >= hi``, i.e.
     iff the exact quotient it was rounded from is above the midpoint, or on it and rounding up."""
-    lo = struct.unpack("<I", struct.pack("<f", thr))[0]  # float32 bits, rounded to nearest
-    if struct.unpack("<f", struct.pack("<I", lo))[0] > thr:
-        lo -= 1
-    mid = (struct.unpack("<f", struct.pack("<I", lo))[0] + struct.unpack("<f", struct.pack("<I", lo + 1))[0]) / 2
-    return struct.unpack("<q", struct.pack("<d", mid))[0], bool(lo & 1)
+    lo = np.float32(thr)  # rounded to nearest
+    if float(lo) > thr:  # compared in float64 (a Python float would be cast to float32)
+        lo = np.nextafter(lo, np.float32(0))
+    mid = (float(lo) + float(np.nextafter(lo, np.float32(np.inf)))) / 2  # exact in float64
+    return int(np.float64(mid).view(np.int64)), bool(lo.view(np.int32) & 1)
