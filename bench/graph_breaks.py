@@ -1,8 +1,9 @@
 """How torch.compile sees a detector's network: graphs compiled and graph breaks after one call per
 frame size, each size on a new detector as `vidpipe bench` builds them (docs/results.md, "Eleventh
-session"). --eager-first runs the network once eagerly per size before the compiled call, which
-lets Ultralytics' head make its anchors outside the trace. Runs on the CPU (batch 2) or on a GPU.
-Usage: python bench/graph_breaks.py [--model yolov8n.yaml] [--device cpu] [--eager-first]"""
+session"). Detector.network runs the network once eagerly per new input shape before the compiled
+call (Ultralytics' head makes its anchors outside the trace); --compiled-only calls the compiled
+network alone, as the detector did before. Runs on the CPU (batch 2) or on a GPU.
+Usage: python bench/graph_breaks.py [--model yolov8n.yaml] [--device cpu] [--compiled-only]"""
 
 import argparse
 import logging
@@ -15,7 +16,7 @@ from vidpipe import Config, Detector
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="yolov8n.yaml")
 p.add_argument("--device", default="cpu")
-p.add_argument("--eager-first", action="store_true")
+p.add_argument("--compiled-only", action="store_true")
 p.add_argument("--sizes", default="288x384,1080x1920", help="frame sizes HxW, one detector each")
 a = p.parse_args()
 
@@ -39,8 +40,6 @@ for size in a.sizes.split(","):
     det = Detector(Config(model=a.model, device=a.device, compile="on", batch_size=2))
     x = torch.zeros(2, 3, *det.family.input_size(h, w), device=det.device, dtype=det.dtype)
     with torch.inference_mode():
-        if a.eager_first:
-            det.model(x)
-        det.forward(x)
+        (det.forward if a.compiled_only else det.network)(x)
     print(f"| {h}x{w} | {tuple(x.shape[2:])} | {counters['stats']['unique_graphs']} | "
           f"{sum(counters['graph_break'].values())} | {_LimitHits.hits} |", flush=True)

@@ -11,6 +11,7 @@
 #   old     vidpipe bench on in.mp4 with the tree in .old/src (git archive of $OLD: the commit
 #           before, measured in the same call)
 #   track   vidpipe bench (pipeline) with --track on in.mp4 and the 1080p clip ($TRACK_ARGS added)
+#   tracklong vidpipe bench without and with --track on the 1080p clip repeated 4 times (3,600 frames)
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   live    vidpipe bench --suite live on the 1080p clip ($LIVE_ARGS added)
@@ -34,6 +35,11 @@ python3 -c "import time; t = time.time(); import torch, torchvision; print(f'imp
 camera() {  # the camera-like 1080p H.264 clip (900 frames), made once per machine
   [ -f /tmp/camera1080.mp4 ] || python3 .media/make_camera_clip.py .media/in.mp4 /tmp/camera1080.mp4 h264 900 >/dev/null
   echo /tmp/camera1080.mp4
+}
+camera4() {  # that clip 4 times in a row, packets copied
+  [ -f /tmp/camera1080x4.mp4 ] || python3 -c "import sys; from vidpipe.synth import repeat_clip; \
+repeat_clip(sys.argv[1], sys.argv[2], 4)" "$(camera)" /tmp/camera1080x4.mp4
+  echo /tmp/camera1080x4.mp4
 }
 
 for step in $STEPS; do
@@ -65,6 +71,11 @@ for step in $STEPS; do
     track)
       timeout 300 $V bench .media/in.mp4 "$(camera)" --weights random --repeats 3 --track ${TRACK_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -10 ;;
+    tracklong)
+      for args in "" --track; do
+        timeout 300 $V bench "$(camera4)" --weights random --repeats 3 $args --results "$OUT/results.md" 2>&1 \
+          | grep -v "^WARNING" | tail -6
+      done ;;
     live)
       timeout ${LIVE_S:-300} $V bench --suite live "$(camera)" --weights random ${LIVE_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;

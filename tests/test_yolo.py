@@ -232,3 +232,55 @@ sys.exit(main(["detect", {str(video)!r}, "-o", {str(tmp_path / 'o.jsonl')!r}, "-
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and 'pip install "vidpipe[yolo]"' in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compiled_yolo_is_one_graph_per_frame_size_without_graph_breaks(monkeypatch):
+    """Ultralytics' head makes its anchors on first sight of an input shape, reading its strides on
+    the host: traced, that broke YOLO into 23 graphs. The detector runs each new shape once eagerly
+    first, so the trace holds the whole network, also when frame sizes alternate. Traced by Dynamo
+    with its eager backend: what Inductor would compile, without the minutes of compiling it."""
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    from vidpipe import Detector
+
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    det = Detector(Config(model="yolo11n.yaml", device="cpu", compile="on", batch_size=1))
+    rng = np.random.default_rng()
+    a, b = [(int(rng.integers(64, 200)), int(rng.integers(64, 200))) for _ in range(2)]
+    while det.family.input_size(*b) == det.family.input_size(*a):
+        b = (b[0] + 32, b[1])
+    for h, w in (a, b, a):
+        det.infer(torch.from_numpy(rng.integers(0, 256, (1, 3, h, w), dtype=np.uint8)))
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.cuda
+def test_compiled_graphs_are_the_eager_network_when_frame_sizes_alternate(monkeypatch):
+    """torch.compile with CUDA graphs against the eager network, on fresh random scenes of two frame
+    sizes taken in turn: each size's graph replays after the head has made the other size's
+    anchors. fp32 without TF32, so only Inductor's rounding differs."""
+    from vidpipe import Detector
+    from vidpipe.synth import smooth_frames
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    base = dict(model="yolo11n.yaml", device="cuda", precision="fp32", channels_last=False, batch_size=4,
+                kernels="triton")
+    eager = Detector(Config(**base, compile="off", cuda_graphs=False))
+    compiled = Detector(Config(**base, compile="on", cuda_graphs=True))
+    seed = int(np.random.default_rng().integers(1 << 30))
+    scenes = {size: smooth_frames(4, seed + i, *size, detail=0.2).cuda() for i, size in enumerate([(288, 384),
+                                                                                                  (1080, 1920)])}
+    ours, reference = [], []
+    for size in [(288, 384), (1080, 1920), (288, 384)]:
+        for det, out in ((compiled, ours), (eager, reference)):
+            out += [(b.cpu().numpy(), lab.cpu().numpy(), s.cpu().numpy()) for b, lab, s in
+                    det.infer(scenes[size]).split()]
+    found = agree(ours, reference, iou=0.9, score_tol=0.02)
+    assert found.reference > 100
+    assert found.share >= 0.97 and found.extra_share <= 0.03, (seed, found)

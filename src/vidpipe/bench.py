@@ -109,7 +109,7 @@ def model_only(det: Detector, repeats: int, height: int = 1080, width: int = 192
 
     @torch.inference_mode()
     def step():
-        det.forward(x)
+        det.network(x)
 
     if det.device.type == "cuda":
         return [det.batch_size * 1000 / ms for ms in gpu_ms(step, iters=20, repeats=repeats, warmup=5)]

@@ -130,10 +130,8 @@ class Detector:
         # "auto" is decided per run where its length is known (Config.for_run); here it means off.
         self.compiled = config.compile == "on"
         self.cuda_graphs = config.cuda_graphs and not cpu and getattr(self.family, "capturable", True)
-        if self.compiled:
-            self.forward = torch.compile(network, dynamic=False)
-        else:
-            self.forward = network
+        self.forward = torch.compile(network, dynamic=False) if self.compiled else network
+        self._eager_shape: torch.Size | None = None  # the input shape the network last ran on eagerly
         self.batch_size = config.batch_for(self.device)
         self.runtime = DeviceRuntime(self.device)  # streams, NVDEC sessions and the capture gate of this device
         self.post_stream = torch.cuda.Stream(self.device, priority=-1) if self.cuda_graphs else None
@@ -299,8 +297,21 @@ class Detector:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
         with nvtx_range("inference"):
-            outputs = self.forward(x)
+            outputs = self.network(x)
         return tuple(o[:n] for o in outputs)
+
+    def network(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The network alone on a preprocessed batch ``x`` (``[B, 3, h, w]`` in this detector's
+        dtype and memory format, on its device), compiled where configured."""
+        if self.compiled and x.shape != self._eager_shape:
+            # A network may cache state per input shape on first sight of one (Ultralytics' head
+            # makes its anchors, reading its strides on the host). Run eagerly once per change of
+            # shape, that stays out of the trace: YOLO compiles to one graph per shape instead of
+            # 23 graphs and 7 breaks, after which a process's second detector passed Dynamo's
+            # recompile limit and ran eagerly (bench/graph_breaks.py).
+            self.model(x)
+            self._eager_shape = x.shape
+        return self.forward(x)
 
     def _post(self, outputs: tuple[torch.Tensor, ...], h: int, w: int) -> Detections:
         return self.family.postprocess(outputs, h, w)

@@ -77,7 +77,9 @@ def letterbox(height: int, width: int, imgsz: int, stride: int) -> tuple[int, in
 class _Network(torch.nn.Module):
     """The detection model returning ``(predictions,)``. The head caches its anchors per input
     shape on itself; a frame size's anchors are kept here too, so a CUDA graph captured for one
-    frame size keeps reading live memory after the head moves on to another size."""
+    frame size keeps reading live memory after the head moves on to another size. Kept on eager
+    calls only: traced, the dict would guard the compiled graph on its length (a recompile per
+    size), and the detector runs each new shape eagerly before its compiled call."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -87,7 +89,8 @@ class _Network(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         y = self.model(x)
         head = self.model.model[-1]
-        self._anchors[tuple(x.shape)] = (getattr(head, "anchors", None), getattr(head, "strides", None))
+        if not torch.compiler.is_compiling():
+            self._anchors[tuple(x.shape)] = (getattr(head, "anchors", None), getattr(head, "strides", None))
         return (y[0] if isinstance(y, (tuple, list)) else y,)
 
 
