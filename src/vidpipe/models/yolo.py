@@ -75,22 +75,30 @@ def letterbox(height: int, width: int, imgsz: int, stride: int) -> tuple[int, in
 
 
 class _Network(torch.nn.Module):
-    """The detection model returning ``(predictions,)``. The head caches its anchors per input
-    shape on itself; a frame size's anchors are kept here too, so a CUDA graph captured for one
-    frame size keeps reading live memory after the head moves on to another size. Kept on eager
-    calls only: traced, the dict would guard the compiled graph on its length (a recompile per
-    size), and the detector runs each new shape eagerly before its compiled call."""
+    """The detection model returning ``(predictions,)``. The head makes its anchors when the input
+    shape differs from its last one, and keeps only those. Here each shape's anchors are made once
+    and kept: an eager call on a known shape gives the head that shape's anchors back instead of
+    new ones, so a CUDA graph captured for a size keeps reading the same live memory whatever sizes
+    run in between. Outside traces only: traced, the dict would guard the compiled graph (a
+    recompile per size), and the detector runs each new shape eagerly before its compiled call."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
-        self._anchors: dict[tuple[int, ...], tuple] = {}
+        # (input shape, device, dtype) -> the head's (shape, anchors, strides)
+        self._anchors: dict[tuple, tuple] = {}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        y = self.model(x)
         head = self.model.model[-1]
-        if not torch.compiler.is_compiling():
-            self._anchors[tuple(x.shape)] = (getattr(head, "anchors", None), getattr(head, "strides", None))
+        key = (tuple(x.shape), x.device, x.dtype)  # the anchors are made on the input's device, in its dtype
+        eager = not torch.compiler.is_compiling() and hasattr(head, "anchors")
+        if eager and key in self._anchors:
+            head.shape, head.anchors, head.strides = self._anchors[key]
+        elif eager:
+            head.shape = None  # new: the head makes its anchors anew (its own test compares shapes only)
+        y = self.model(x)
+        if eager:
+            self._anchors.setdefault(key, (head.shape, head.anchors, head.strides))
         return (y[0] if isinstance(y, (tuple, list)) else y,)
 
 
