@@ -193,3 +193,44 @@ sys.exit(main(["detect", {str(moving_square(tmp_path / 'm.mp4'))!r}, "-o", {str(
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and 'pip install "vidpipe[track]"' in r.stderr and "Traceback" not in r.stderr
+
+
+def test_batches_that_land_while_the_lane_tracks_go_to_it_together(tmp_path, monkeypatch):
+    """Batches put faster than the lanes track them go in groups (fewer tasks than batches), and the
+    output is what tracking each batch in turn gives: every frame once, in order, the same ids."""
+    from fractions import Fraction
+
+    from vidpipe.engine.items import BatchResult, VideoEnd, VideoStart
+    from vidpipe.engine.write import FormatPool, Writer
+    from vidpipe.postprocess import Detections
+    from vidpipe.sinks import JsonlSink
+    from vidpipe.sources import VideoInfo
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    frames, n = trajectories(seed, 240, 20), 8
+    d = max(len(s) for _, _, s in frames)
+    pad = lambda a, shape: np.concatenate([a, np.zeros((d - len(a), *shape), a.dtype)])  # noqa: E731
+    chunks = [frames[i:i + n] for i in range(0, len(frames), n)]
+    batches = [(*(np.stack(x) for x in zip(*[(pad(b, (4,)), pad(lab, ()), pad(s, ())) for b, lab, s in chunk])),
+                np.array([len(s) for _, _, s in chunk])) for chunk in chunks]
+    sent = []
+    track_text = FormatPool.track_text
+    monkeypatch.setattr(FormatPool, "track_text", lambda self, *a: sent.append(a[4]) or track_text(self, *a))
+    out = tmp_path / "o.jsonl"
+    info = VideoInfo(str(out), 640, 480, len(frames), 30.0, "h264", Fraction(1, 30))
+    writer = Writer(lambda i: JsonlSink(out, i.path, i.width, i.height), True, None, None, formatters=2, track=True)
+    writer.put(VideoStart(info))
+    for k, (b, lab, s, c) in enumerate(batches):
+        det = Detections(*(torch.from_numpy(a) for a in (b, lab, s, c)))
+        writer.put(BatchResult(info, list(range(k * n, (k + 1) * n)), [0.0] * n, det, None))
+    writer.put(VideoEnd(info.path, len(frames), len(frames), info=info))
+    report = writer.finish(True)
+    assert report.frames == len(frames) and not report.failed
+    assert sum(sent, []) == [n] * len(batches) and len(sent) <= len(batches) // 2, (seed, sent)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(len(frames)))
+    ours = Tracker(30.0)
+    for k, arrays in enumerate(batches):
+        *_, c, ids = ours.batch(*arrays)
+        for i in range(n):
+            assert [x["track_id"] for x in lines[k * n + i]["detections"]] == ids[i, :c[i]].tolist(), (seed, k, i)

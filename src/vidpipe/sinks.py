@@ -23,7 +23,7 @@ from fractions import Fraction
 from functools import lru_cache, partial
 from itertools import chain
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 
@@ -174,6 +174,18 @@ def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels,
         head = head.replace('"detections": [', '%s"detections": [', 1)
     tracked = track_ids is not None
     return "".join(head + _dets_template(c, tracked) for c in counts) % tuple(values)
+
+
+def texts(formatter: Callable[..., str], sizes: list[int], indices, times, *arrays) -> list[str]:
+    """``formatter`` on consecutive runs of ``sizes`` frames of batch-first arrays (None stays None):
+    the text of each run, as if each had been formatted alone."""
+    out, start = [], 0
+    for n in sizes:
+        stop = start + n
+        out.append(formatter(indices[start:stop], times[start:stop], *(a if a is None else a[start:stop]
+                                                                         for a in arrays)))
+        start = stop
+    return out
 
 
 @lru_cache(maxsize=None)

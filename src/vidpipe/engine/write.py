@@ -24,14 +24,14 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from ..analytics import Analytics
 from ..profiling import nvtx_range
-from ..sinks import Sink, VideoSink
+from ..sinks import Sink, VideoSink, texts as batch_texts
 from ..sources import VideoInfo
 from ..timeline import stamp
 from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker, preload
@@ -47,6 +47,13 @@ WRITE_QUEUE = 256
 # each one's round trip instead (two hand-overs between threads that contend for the GIL) capped a
 # tracked 1080p run at 856 frames/s against 2,391 untracked (docs/results.md, "Ninth session").
 TRACK_AHEAD = 16
+# A video's tracked batches that go to its lane as one task, at most. Sent one by one, each batch
+# waited for two hand-overs between this process's threads, each for the GIL (the executor's threads:
+# ~40 ms a batch with the decode and compute threads running), and the lane, tracking a batch in
+# ~12 ms, sat idle: 1,561 frames/s tracked against 2,681 untracked on a 3,600-frame 1080p input
+# (docs/results.md, "Twelfth session"). Batches that land while the lane is busy wait and go
+# together, so the hand-overs are paid per group; the cap bounds a group's latency (~0.1 s).
+TRACK_GROUP = 8
 
 
 @dataclass
@@ -110,24 +117,27 @@ class FormatPool:
     def track(self, lane: int, key: str, fps: float, arrays: tuple[np.ndarray, ...]) -> Future:
         return self.lanes[lane].submit(track_in_worker, key, fps, *_contiguous(arrays))
 
-    def track_text(self, lane: int, key: str, fps: float, formatter: Callable, indices: list[int],
-                   times: list[float], arrays: tuple[np.ndarray, ...]) -> Future:
-        """Like :meth:`track`, then the tracked frames' text, made in the next lane (another process,
-        where there is one): a Future of the text. Tracking is sequential per video, formatting is
-        not: one lane doing both capped a tracked 1080p run at 1,430 frames/s (docs/results.md)."""
+    def track_text(self, lane: int, key: str, fps: float, formatter: Callable, sizes: list[int], indices: list[int],
+                   times: list[float], arrays: tuple[np.ndarray, ...]) -> tuple[Future, Future]:
+        """Like :meth:`track` for consecutive batches of one video (``sizes`` frames each, their arrays
+        concatenated), then each batch's text, made in the next lane (another process, where there is
+        one): Futures of the tracking (done when the lane is free) and of the list of texts. Tracking
+        is sequential per video, formatting is not: one lane doing both capped a tracked 1080p run at
+        1,430 frames/s (docs/results.md)."""
         text: Future = Future()
         other = self.lanes[(lane + 1) % len(self.lanes)]
 
         def tracked(f: Future) -> None:  # in the executor's result thread, as soon as the lane is done
             try:
-                formatted = other.submit(formatter, indices, times, *f.result())
+                formatted = other.submit(batch_texts, formatter, sizes, indices, times, *f.result())
             except BaseException as e:
                 text.set_exception(e)
                 return
             formatted.add_done_callback(lambda g: _settle(text, g))
 
-        self.track(lane, key, fps, arrays).add_done_callback(tracked)
-        return text
+        tracking = self.track(lane, key, fps, arrays)
+        tracking.add_done_callback(tracked)
+        return tracking, text
 
     def forget(self, lane: int, key: str) -> None:
         """Drop ``key``'s tracker (its video has ended)."""
@@ -142,6 +152,17 @@ def _settle(future: Future, done: Future) -> None:
         future.set_exception(e)
     else:
         future.set_result(result)
+
+
+def _spread(texts: Future, futures: list[Future]) -> None:
+    """Each of ``futures`` gets its text from the list ``texts`` gives, or its exception."""
+    try:
+        for future, text in zip(futures, texts.result(), strict=True):
+            future.set_result(text)
+    except BaseException as e:
+        for future in futures:
+            if not future.done():
+                future.set_exception(e)
 
 
 def _contiguous(arrays: tuple[np.ndarray | None, ...]) -> tuple[np.ndarray | None, ...]:
@@ -175,6 +196,9 @@ class _Open:
     key: str = ""
     analytics: Analytics | None = None
     video: VideoSink | None = None  # its annotated video (--save-video)
+    # Tracked in a lane: batches waiting to go to it as one group, and the groups sent (their tracking).
+    pending: list[tuple[BatchResult, tuple[np.ndarray, ...]]] = field(default_factory=list)
+    tracking: list[Future] = field(default_factory=list)
 
 
 class Writer:
@@ -288,10 +312,12 @@ class Writer:
         if (video.lane is not None and video.analytics is None and video.video is None and r.captured is None
                 and self.formatters is not None and hasattr(video.sink, "formatter")):
             # Tracked and formatted in the video's lane; written once done, while later batches go on.
-            r.text = self.formatters.track_text(video.lane, video.key, video.info.fps, video.sink.formatter(),
-                                                r.indices, r.times, arrays)
+            if video.pending and video.pending[0][1][0].shape[1:] != arrays[0].shape[1:]:
+                self._send(video)  # a group's arrays are concatenated: one padded width
+            r.text = Future()
+            video.pending.append((r, arrays))
             self.ahead.append((video, r))
-            return
+            return  # sent by _catch_up, which follows
         self._catch_up(0)  # the lanes' batches first, in order
         if video.tracker is not None:
             with nvtx_range("track"):
@@ -336,9 +362,33 @@ class Writer:
         except (OSError, UnicodeError) as e:
             self._fail(video, f"{r.info.path}: cannot write {video.sink.path} ({_reason(e)})")
 
+    def _send_ready(self, waiting: bool) -> None:
+        """Pending tracked batches to their lanes: a video's once fewer than two of its groups are out
+        (the lane then has the next one queued as it finishes one) or TRACK_GROUP are pending; every
+        video's when the writer is about to wait for them."""
+        for video in self.open.values():
+            if video.pending and video.sink is not None:  # a failed video's are not written
+                video.tracking = [f for f in video.tracking if not f.done()]
+                if waiting or len(video.tracking) < 2 or len(video.pending) >= TRACK_GROUP:
+                    self._send(video)
+
+    def _send(self, video: _Open) -> None:
+        """The video's pending batches to its lane, as one task."""
+        group, video.pending = video.pending, []
+        results = [r for r, _ in group]
+        arrays = tuple(np.concatenate(parts) for parts in zip(*(a for _, a in group)))
+        tracking, texts = self.formatters.track_text(
+            video.lane, video.key, video.info.fps, video.sink.formatter(), [len(r.indices) for r in results],
+            [i for r in results for i in r.indices], [t for r in results for t in r.times], arrays)
+        video.tracking.append(tracking)
+        texts.add_done_callback(lambda f: _spread(f, [r.text for r in results]))
+
     def _catch_up(self, ahead: int) -> None:
         """Write the lanes' finished batches, in order; wait for them until at most ``ahead`` remain."""
+        self._send_ready(False)
         while self.ahead and (len(self.ahead) > ahead or self.ahead[0][1].text.done()):
+            if not self.ahead[0][1].text.done():
+                self._send_ready(True)  # about to wait: every batch on its way
             self._put(*self.ahead.popleft())
 
     def _format(self, sink: Sink, r: BatchResult, arrays: tuple) -> str | Future:
