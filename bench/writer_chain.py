@@ -2,8 +2,10 @@
 the 1080p clip) put at a fixed rate into the engine's Writer (threaded, with formatting lanes),
 tracked and untracked, beside a thread that holds the GIL in bursts as the parent's decode and
 compute threads do. Prints each run's wall time, its tail (last batch put to the writer done) and
-its frames/s; a tracked run falls short of the untracked one by its tail (docs/results.md,
-"Eleventh session"). Usage: python bench/writer_chain.py [--lanes 2] [--fps 2300] [--hog-ms 4]"""
+its frames/s (docs/results.md, "Eleventh session"). On this 2-core machine it showed a tail only;
+on the H200 a tracked run was throughput-bound (its lane waiting for the parent's threads, fixed by
+grouping batches: "Twelfth session"), which this single GIL-holding thread does not reproduce.
+Usage: python bench/writer_chain.py [--lanes 2] [--fps 2300] [--hog-ms 4]"""
 
 import argparse
 import tempfile
