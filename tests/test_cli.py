@@ -53,7 +53,7 @@ def test_every_config_field_has_a_flag_that_sets_it():
     parser = build_parser()
     detect = {a.dest: a for _, a in _options(parser) if _.endswith("detect")}
     values = {"int": "96", "float": "0.5", "tuple[int, ...]": "3,4", "lines": "door:0,0,9,9",
-              "zones": "lobby:0,0,9,0,9,9"}
+              "zones": "lobby:0,0,9,0,9,9", "gil_interval_ms": "2"}
     needs = {"lines": ["--track"]}  # crossings are counted per track
     for f in fields(Config):
         action = detect[f.name]
@@ -81,5 +81,5 @@ def test_timeline_records_the_phases_of_a_run_in_order(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     stamps = json.loads((tmp_path / "t.json").read_text())
-    order = ["cli", "imports", "built", "model", "decoded", "issued", "written", "done"]  # no CUDA, no graphs
+    order = ["cli", "imports", "built", "model", "opened", "decoded", "issued", "written", "done"]  # no CUDA, no graphs
     assert sorted(stamps, key=stamps.get) == order

@@ -542,6 +542,10 @@ _PHASES = [("cli", "python + vidpipe.cli"), ("imports", "imports (torch, pipelin
            ("built", "network built (its imports, weights on the CPU)"), ("cuda", "CUDA init"),
            ("model", "weights to the GPU"),
            ("captured", "decoder start + graph capture"), ("done", "decode + detect + write"), ("exit", "exit")]
+# Phases between "model" and "done" that overlap (decode threads beside the capture), in the notes.
+_AFTER_MODEL = [("opened", "first decoder opened"), ("decoded", "first frames decoded"),
+                ("warmed", "graph warm-up run"), ("captured", "graphs captured"), ("issued", "first batch issued"),
+                ("written", "first result written")]
 FOLDER_CLIPS = 20  # copies of the input in the folder run, as issue 17's target names it
 
 
@@ -606,6 +610,9 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
                 last = t.get(phase, last)
             rows.append([Path(video).name, str(frames), which, f"{t['exit']:.2f}", f"{t['exit'] - imports:.2f}",
                          f"{t['written']:.2f}", *spans])
+            overlapping = [f"{name} +{t[phase] - t['model']:.2f}" for phase, name in _AFTER_MODEL if phase in t]
+            notes.append(f"{Path(video).name}, {which} run, s after the weights were on the GPU: "
+                         + ", ".join(overlapping) + ".")
         folder = tmp / f"folder-{i}"
         folder.mkdir()
         for k in range(FOLDER_CLIPS):

@@ -36,6 +36,11 @@ COMPILE_MIN_FRAMES = 100_000
 # 4. yolo11m at ~200 detections per frame, in.mp4: 3,033 frames/s with 0, 3,747 with 2 (docs/results.md,
 # "Seventh session"); on the 16-core H200 machine 3,312 with 2 and 3,857 with 4 ("Eleventh session").
 FORMATTERS = (2, 4)
+# How long a thread may keep the GIL while another waits for it, during a run. Decode threads let go of
+# the GIL in every decoder and CUDA call and then wait for it back: at Python's 5 ms, behind any thread
+# running Python, one NVDEC decode of one frame per call fell from 512 to 40 frames/s on the H200
+# (.exp GIL probe, docs/results.md "Thirteenth session").
+GIL_INTERVAL_MS = 0.5
 
 
 class ConfigError(VidpipeError, ValueError):
@@ -63,6 +68,12 @@ def below_one(value: float) -> None:
     """A number in [0, 1)."""
     if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
         raise ValueError(f"must be a number in [0, 1), got {value!r}")
+
+
+def positive(value: float) -> None:
+    """A finite number > 0."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"must be a number > 0, got {value!r}")
 
 
 def one_of(*choices: str) -> Check:
@@ -179,6 +190,9 @@ class Config:
                                      f"per 4 CPU cores, {FORMATTERS[0]} to {FORMATTERS[1]}; 0 on a CPU: formatted "
                                      "in the writer thread)", group=DATA,
                                      check=at_least(0), metavar="N")
+    gil_interval_ms: float = setting(
+        GIL_INTERVAL_MS, "while a run goes on, the longest a thread keeps Python's GIL once another waits for it, in "
+        "ms (Python's own: 5; sys.setswitchinterval)", group=DATA, check=positive, metavar="MS")
     # post-processing, every family
     score_threshold: float | None = setting(None, "detections scoring below P are dropped (SSD300 0.3, YOLO 0.25)",
                                             group=POST, flags=("--conf", "--score-threshold"), check=fraction,

@@ -159,13 +159,20 @@ class Detector:
         """An empty batch for frames of ``h x w``: :meth:`Batch.add` frames, then :meth:`submit` it.
         One open batch per frame size at a time (with CUDA graphs it fills the graph's input; a
         batch left unsubmitted is overwritten by the next)."""
-        graph = EAGER
-        if self.cuda_graphs:
-            try:
-                graph = self._graph(h, w)
-            except torch.cuda.OutOfMemoryError:
-                pass  # submit() meets it again and retries in smaller batches
+        graph = self.prepare(h, w)
         return Batch(self.batch_size, None if graph is EAGER else graph)
+
+    @torch.inference_mode()
+    def prepare(self, h: int, w: int) -> CudaGraphs | object:
+        """The CUDA graphs for frames of ``h x w`` at the current batch size, captured now if they
+        were not (``EAGER``: none: a CPU, graphs off, or a capture that failed). A run calls it for its
+        first input's size while its decoders start, so the capture does not wait for the first frames."""
+        if not self.cuda_graphs:
+            return EAGER
+        try:
+            return self._graph(h, w)
+        except torch.cuda.OutOfMemoryError:
+            return EAGER  # submit() meets it again and retries in smaller batches
 
     @torch.inference_mode()
     def submit(self, batch: Batch) -> tuple[Detections, torch.cuda.Event | None]:

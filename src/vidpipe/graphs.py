@@ -69,6 +69,7 @@ class CudaGraphs:
             for _ in range(2):
                 chain.post(chain.model(frames), h, w)
         current.wait_stream(side)
+        stamp("warmed")
         self.size = h, w
         # Per pair: the model's graph, the post-processing's (None: eager), and the static outputs
         # the next step reads (the model's, or the detections).

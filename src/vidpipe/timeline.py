@@ -4,8 +4,9 @@ With ``VIDPIPE_TIMELINE=FILE`` in the environment, :func:`stamp` records the wal
 (``time.time()``) at which each phase was first reached, and :func:`save` writes them to FILE as a
 JSON object. Without it both do nothing. Phases: ``cli`` (command line parsed), ``imports`` (torch
 and the pipeline imported), ``built`` (the family's network built on the CPU, weights loaded),
-``cuda`` (CUDA initialised), ``model`` (detector ready: weights on the device), ``decoded`` (first
-frames decoded), ``captured`` (first CUDA graphs captured), ``issued`` (first batch issued),
+``cuda`` (CUDA initialised), ``model`` (detector ready: weights on the device), ``opened`` (first
+decoder opened), ``decoded`` (first frames decoded), ``warmed`` (the first graphs' eager warm-up
+run), ``captured`` (first CUDA graphs captured), ``issued`` (first batch issued),
 ``written`` (first result written), ``done`` (every input finished). Stdlib only.
 """
 

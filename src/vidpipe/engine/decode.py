@@ -37,6 +37,7 @@ from ..errors import VidpipeError
 from ..inputs import is_stream_url
 from ..runtime import DeviceRuntime
 from ..sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, open_source, probe, resolve_decoder
+from ..timeline import stamp
 from .items import Chunk, Unit, UnitEnd
 from .live import POLL, LiveSources
 from .plan import default_decoders, plan_units
@@ -102,6 +103,7 @@ class FrameProducer:
         # The first input, probed to choose the worker count, kept for its planning (files' probes
         # are cached anyway; a stream URL's are not).
         self._probed: dict[str, VideoInfo] = {}
+        self.first_info: VideoInfo | None = None  # the first input's, once started (threaded) and probed
 
     # planning ----------------------------------------------------------------------------------
     def _planner(self) -> None:
@@ -228,10 +230,12 @@ class FrameProducer:
         admitted = not self._keeps_newest(unit.path)
         try:
             src = self._source(unit)
+            stamp("opened")
+            uploads = self.device.type == "cuda" and not isinstance(src, NvdecSource)
             for batch in self._passes(unit, src):
-                if self.device.type == "cuda":
-                    # The compute stream reads the chunk without waiting on this worker's stream
-                    # (PyAV's upload runs here; NVDEC sessions synchronise their own stream).
+                if uploads:
+                    # The compute stream reads the chunk without waiting on this worker's stream, where
+                    # PyAV's upload runs (NVDEC sessions synchronise their own).
                     torch.cuda.current_stream(self.device).synchronize()
                 decoded += len(batch)
                 yield Chunk(unit, batch, admitted)
@@ -309,7 +313,7 @@ class FrameProducer:
         if not self.threaded:
             self._serial_items = self._serial()
             return
-        info = self._first_info()
+        info = self.first_info = self._first_info()
         # A live input holds its worker for as long as it runs: each gets one, and the files keep theirs.
         live = sum(self._is_live(p) for p in self.inputs)
         self.workers = self.workers or default_decoders(info, self.decoder, self.device) + live

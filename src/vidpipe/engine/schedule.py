@@ -16,8 +16,10 @@ another.
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
 import torch
@@ -68,7 +70,12 @@ class Scheduler:
 
     def items(self) -> Iterator[VideoStart | BatchResult | VideoEnd]:
         try:
-            with torch.cuda.stream(self.compute) if self.compute is not None else nullcontext():
+            with (torch.cuda.stream(self.compute) if self.compute is not None else nullcontext(),
+                  switch_interval(self.detector.config.gil_interval_ms / 1000)):
+                self.producer.start()
+                if (info := self.producer.first_info) is not None:
+                    # Captured while the decoders start (NVDEC sessions, the first frames), not after.
+                    self.detector.prepare(info.height, info.width)
                 while (item := self.producer.get(timeout=0.001 if self.batcher.open else None)) is not DONE:
                     if isinstance(item, Chunk):
                         stamp("decoded")
@@ -136,6 +143,30 @@ class Scheduler:
             if self.on_issue is not None:
                 self.on_issue(result)
             row += len(r.indices)
+
+
+_interval_lock = threading.Lock()
+_interval_runs = 0  # runs going on in this process (each in its own thread)
+_interval_before = 0.0  # the process's switch interval before the first of them
+
+
+@contextmanager
+def switch_interval(seconds: float) -> Iterator[None]:
+    """Python's switch interval set to ``seconds`` while the block runs, and given back when the
+    last of the process's runs that set it ends."""
+    global _interval_runs, _interval_before
+    with _interval_lock:
+        if _interval_runs == 0:
+            _interval_before = sys.getswitchinterval()
+        _interval_runs += 1
+        sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        with _interval_lock:
+            _interval_runs -= 1
+            if _interval_runs == 0:
+                sys.setswitchinterval(_interval_before)
 
 
 def process(detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,

@@ -99,15 +99,16 @@ class FormatPool:
 
     @classmethod
     def close_all(cls) -> None:
-        """Stop every lane, all at once: each worker's exit (its interpreter's teardown) overlaps the
-        others' instead of adding to the command's wall time one after another."""
-        # Plain threads: at exit (atexit) concurrent.futures takes no new work.
-        closing = [threading.Thread(target=lane.shutdown, kwargs=dict(wait=True, cancel_futures=True))
-                   for pool in cls._shared.values() for lane in pool.lanes]
-        for thread in closing:
-            thread.start()
-        for thread in closing:
-            thread.join()
+        """Stop and reap every lane. Called at exit, when no result is awaited: each worker is
+        terminated instead of asked to finish, since a worker's orderly exit (its interpreter's
+        teardown, the executor's hand-shake) took 0.7 s on the 2-core CI machine, in the command's
+        wall time (terminated and reaped, four lanes: 0.08 s)."""
+        lanes = [lane for pool in cls._shared.values() for lane in pool.lanes]
+        for lane in lanes:
+            for process in list(lane._processes.values()):  # the executor keeps no public handle on them
+                process.terminate()
+        for lane in lanes:  # the executor reaps them; at exit (atexit) it takes no new work meanwhile
+            lane.shutdown(wait=True, cancel_futures=True)
         cls._shared.clear()
 
     def submit(self, formatter: Callable, indices: list[int], times: list[float],
@@ -255,15 +256,15 @@ class Writer:
 
     def issue(self, result: BatchResult) -> None:
         """``result`` as soon as its batch is issued (it comes again in its turn, in order)."""
-        self.put(_Issued(result))
+        if result.captured is None:  # a live result is formatted in its turn (its latency is to its write)
+            self.put(_Issued(result))
 
     def _handle(self, item) -> None:
         if isinstance(item, _Issued):
             r = item.result
             video = self.open.get(id(r.info))  # a video not yet started: formatted in its turn
-            # Not ahead of time: track ids need the frames before, a live frame's latency is to its write.
-            if (video is not None and hasattr(video.sink, "formatter") and not self.track and r.captured is None
-                    and self.analytics is None):
+            # Not ahead of time: track ids need the frames before.
+            if video is not None and hasattr(video.sink, "formatter") and not self.track and self.analytics is None:
                 arrays = r.arrays()
                 if _finite(arrays):  # else its turn fails the video
                     with nvtx_range("format"):
@@ -319,6 +320,9 @@ class Writer:
             self.ahead.append((video, r))
             return  # sent by _catch_up, which follows
         self._catch_up(0)  # the lanes' batches first, in order
+        if r.captured is not None and video.lane is not None:
+            # A live result is a frame or two of one camera: tracked here, as its text is made (below).
+            video.tracker, video.lane = Tracker(video.info.fps), None
         if video.tracker is not None:
             with nvtx_range("track"):
                 arrays = video.tracker.batch(*arrays)  # boxes, labels, scores, counts, track ids
@@ -343,7 +347,10 @@ class Writer:
             except (OSError, UnicodeError) as e:
                 self._fail(video, f"{r.info.path}: cannot write {video.video.path} ({_reason(e)})")
                 return
-        if r.text is None and self.formatters is not None and hasattr(sink, "formatter"):
+        # A live result's text is made here, not in the formatting processes: it is a frame or two, and
+        # waiting for its round trip to a process, result after result, capped a CPU run of 16 cameras
+        # at 24 frames/s each (29 made here; docs/results.md, "Thirteenth session").
+        if r.text is None and r.captured is None and self.formatters is not None and hasattr(sink, "formatter"):
             r.text = self._format(sink, r, arrays)
         self._put(video, r, arrays)
 
