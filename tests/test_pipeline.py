@@ -55,6 +55,19 @@ def test_overlap_matches_serial(random_model, tmp_path):
         np.testing.assert_allclose(a.boxes, b.boxes, rtol=1e-5, atol=1e-4)
 
 
+def test_runs_shorten_the_gil_interval_and_the_last_one_gives_it_back(random_model, tmp_path):
+    """While runs go on, Python's switch interval is Config.gil_interval_ms (decode threads waiting for the
+    GIL get it back sooner); when two overlap, the first to end leaves it, the last restores the process's."""
+    clip = make_clip(tmp_path / "c.mp4", frames=6, width=64, height=48)
+    before = sys.getswitchinterval()
+    one = vidpipe.detect(clip, detector(random_model, gil_interval_ms=0.25))
+    two = vidpipe.detect(clip, detector(random_model, gil_interval_ms=0.25))
+    next(one), next(two)
+    assert sys.getswitchinterval() == pytest.approx(0.00025)
+    assert len(list(one)) == 5 and sys.getswitchinterval() == pytest.approx(0.00025)  # `two` still runs
+    assert len(list(two)) == 5 and sys.getswitchinterval() == before
+
+
 def test_sinks_write_atomically(random_model, tmp_path):
     clip = make_clip(tmp_path / "c.mp4", frames=5, width=64, height=48)
     det = detector(random_model)
