@@ -220,3 +220,20 @@ def test_cli_sources_refuses_what_it_does_not_do(tmp_path):
         r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "detect", "--sources", str(listing), "-o",
                             str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vidpipe: error: --sources runs")
+
+
+def test_a_tracked_camera_gets_the_ids_its_file_gets(tmp_path):
+    """--track on a live source (tracked in the writer, not in a formatting process's lane): every
+    frame written once, in order, with the track ids the same clip gets read as a file."""
+    clip = make_clip(tmp_path / "a.mp4", frames=12, width=64, height=48, bframes=False)
+    ids = {}
+    for realtime in (False, True):
+        det = Detector(Config(device="cpu", batch_size=4, track=True, formatters=1, realtime=realtime,
+                              live_policy="all"), model=BoxesFamily(Constant(), ["thing"]))
+        out = tmp_path / f"{realtime}.jsonl"
+        report = run(det, [str(clip)], lambda v: open_sink("jsonl", out, v.path, v.width, v.height, tracked=True))
+        assert not report.failed, report.failed
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [x["frame"] for x in lines] == list(range(12)) and ("latency_ms" in lines[0]) == realtime
+        ids[realtime] = [[d["track_id"] for d in x["detections"]] for x in lines]
+    assert ids[True] == ids[False] and ids[True][-1] == [0]  # a confirmed track (ids start at 0)

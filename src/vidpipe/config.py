@@ -37,9 +37,10 @@ COMPILE_MIN_FRAMES = 100_000
 # "Seventh session"); on the 16-core H200 machine 3,312 with 2 and 3,857 with 4 ("Eleventh session").
 FORMATTERS = (2, 4)
 # How long a thread may keep the GIL while another waits for it, during a run. Decode threads let go of
-# the GIL in every decoder and CUDA call and then wait for it back: at Python's 5 ms, behind any thread
-# running Python, one NVDEC decode of one frame per call fell from 512 to 40 frames/s on the H200
-# (.exp GIL probe, docs/results.md "Thirteenth session").
+# the GIL in every decoder and CUDA call and then wait to get it back: beside one thread running Python,
+# NVDEC decoding one frame per call fell from 504 to 41 frames/s at Python's 5 ms, 424 at 0.5 ms, 493 at
+# 0.2 ms (bench/nvdec_gil.py on the H200). 48 live 1080p cameras: 21.6 / 25.9 / 27.8 frames/s each; files
+# unchanged at 0.5 (docs/results.md, "Thirteenth session"; 0.2 was not measured on files).
 GIL_INTERVAL_MS = 0.5
 
 

@@ -105,7 +105,7 @@ class FormatPool:
         wall time (terminated and reaped, four lanes: 0.08 s)."""
         lanes = [lane for pool in cls._shared.values() for lane in pool.lanes]
         for lane in lanes:
-            for process in list(lane._processes.values()):  # the executor keeps no public handle on them
+            for process in list((lane._processes or {}).values()):  # the executor keeps no public handle on them
                 process.terminate()
         for lane in lanes:  # the executor reaps them; at exit (atexit) it takes no new work meanwhile
             lane.shutdown(wait=True, cancel_futures=True)
@@ -348,8 +348,9 @@ class Writer:
                 self._fail(video, f"{r.info.path}: cannot write {video.video.path} ({_reason(e)})")
                 return
         # A live result's text is made here, not in the formatting processes: it is a frame or two, and
-        # waiting for its round trip to a process, result after result, capped a CPU run of 16 cameras
-        # at 24 frames/s each (29 made here; docs/results.md, "Thirteenth session").
+        # waiting for its round trip to a process, result after result, held 32 cameras on the H200 at 19
+        # frames/s each (24 made here) and 16 on the 2-core CPU machine at 24 (28); docs/results.md,
+        # "Thirteenth session".
         if r.text is None and r.captured is None and self.formatters is not None and hasattr(sink, "formatter"):
             r.text = self._format(sink, r, arrays)
         self._put(video, r, arrays)
