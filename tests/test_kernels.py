@@ -7,7 +7,9 @@ and the next detector's choice."""
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -97,3 +99,39 @@ def test_a_cold_cache_runs_torch_ops_then_takes_the_compiled_kernels(cold_cache,
         a = agree(frames(other), frames(first), iou=0.9, score_tol=0.02)
         assert a.share >= 0.97 and a.extra_share <= 0.03, a
     assert np.isfinite(first[0].scores).all()
+
+
+@pytest.fixture
+def key_calls(monkeypatch):
+    """Triton's key function, recorded: the thread of each call; the key cleared, so it is computed anew."""
+    cache = pytest.importorskip("triton.runtime.cache")
+    original = cache.triton_key
+    original.cache_clear()
+    calls: list[str] = []
+
+    def recorded():
+        calls.append(threading.current_thread().name)
+        return original()
+
+    monkeypatch.setattr(cache, "triton_key", recorded)
+    yield calls, original
+    original.cache_clear()
+
+
+def test_the_triton_key_is_computed_on_a_thread_at_a_short_switch_interval(key_calls, monkeypatch):
+    calls, original = key_calls
+    intervals = []
+    monkeypatch.setattr(kernels, "switch_interval", lambda s: (intervals.append(s), nullcontext())[1])
+    thread = kernels.key_ahead(0.0002)
+    thread.join()
+    assert calls == ["vidpipe-triton-key"] and original.cache_info().currsize == 1
+    assert intervals == [0.0002]
+
+
+@pytest.mark.cuda
+def test_a_detector_launches_its_first_kernel_with_the_key_computed_ahead(key_calls, clip):
+    """The key is computed once, on the detector's thread, before its first batch (not by the first launch)."""
+    calls, original = key_calls
+    det = Detector(Config(weights="random", device="cuda", kernels="triton"))
+    assert len(list(detect(clip, det))) > 0
+    assert calls[0] == "vidpipe-triton-key" and original.cache_info().misses == 1

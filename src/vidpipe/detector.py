@@ -34,7 +34,7 @@ from .config import Config, resolve_device
 from .models import ModelFamily, build_family
 from .postprocess import Detections
 from .graphs import EAGER, MAX_GRAPHS, Batch, Chain, CudaGraphs
-from .kernels import choose as choose_kernels, compile_in_background, marker as kernels_marker
+from .kernels import choose as choose_kernels, compile_in_background, key_ahead, marker as kernels_marker
 from .profiling import nvtx_range
 from .runtime import DeviceRuntime, warm_up
 from .timeline import stamp
@@ -110,6 +110,9 @@ class Detector:
         self.dtype = torch.float32 if cpu else config.dtype
         self.channels_last = config.channels_last and not cpu
         warm_up(self.device)  # CUDA and its libraries load while the model is built
+        # And Triton's key, when this run launches vidpipe's kernels: joined before the first batch.
+        triton = self.device.type == "cuda" and kernels == "triton"
+        self._triton_key = key_ahead(config.gil_interval_ms / 1000) if triton else None
         if isinstance(model, torch.nn.Module):
             from .models.ssd300 import SSD300Family
 
@@ -293,6 +296,9 @@ class Detector:
         return self._post(self._model(frames), h, w)
 
     def _model(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self._triton_key is not None:
+            self._triton_key.join()
+            self._triton_key = None
         n = frames.shape[0]
         with nvtx_range("preprocess"):
             x = self.family.preprocess(frames, self.dtype, self.channels_last)

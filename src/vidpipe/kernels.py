@@ -27,8 +27,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from .gil import switch_interval
 
 # Settings that change what Triton compiles: the kernels' constants (candidates, detections kept,
 # how the NMS threshold's float32 midpoint rounds), their integer arguments (Triton specialises an
@@ -83,6 +86,29 @@ def choose(config, device_type: str) -> str:
     except ImportError:
         return "triton"
     return "triton" if device_type != "cuda" or ready(config) else "torch"
+
+
+def key_ahead(switch_s: float) -> threading.Thread | None:
+    """Start, on a daemon thread, the key Triton computes on a process's first kernel launch (even one
+    served from its cache): a hash of Triton's own files, ``libtriton.so`` (~0.5 GB) among them, 0.42 s
+    on the H200 machine and ~1 s on the CI machine, before any first batch could run (docs/results.md,
+    "Fourteenth session"). Started as the detector is built, it overlaps the model's build (torchvision's
+    import); hashlib lets go of the GIL, and the thread takes it back once per MB read and hashed, sooner
+    with the switch interval at ``switch_s`` (at Python's 5 ms, beside the import, the hash took 3.6-4.6
+    s). Join the thread before the first launch: Triton caches the key once computed, and a launch meanwhile
+    would compute it again. None without Triton's key function (another Triton version)."""
+    try:
+        from triton.runtime.cache import triton_key
+    except ImportError:
+        return None
+
+    def work() -> None:
+        with switch_interval(switch_s):
+            triton_key()
+
+    thread = threading.Thread(target=work, name="vidpipe-triton-key", daemon=True)
+    thread.start()
+    return thread
 
 
 def compile_in_background(config, device: str, height: int, width: int) -> bool:

@@ -16,15 +16,14 @@ another.
 
 from __future__ import annotations
 
-import sys
-import threading
 from collections import deque
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Callable, Iterator
 
 import torch
 
 from ..detector import Detector
+from ..gil import switch_interval
 from ..graphs import Batch
 from ..profiling import nvtx_range
 from ..sources import VideoInfo
@@ -143,30 +142,6 @@ class Scheduler:
             if self.on_issue is not None:
                 self.on_issue(result)
             row += len(r.indices)
-
-
-_interval_lock = threading.Lock()
-_interval_runs = 0  # runs going on in this process (each in its own thread)
-_interval_before = 0.0  # the process's switch interval before the first of them
-
-
-@contextmanager
-def switch_interval(seconds: float) -> Iterator[None]:
-    """Python's switch interval set to ``seconds`` while the block runs, and given back when the
-    last of the process's runs that set it ends."""
-    global _interval_runs, _interval_before
-    with _interval_lock:
-        if _interval_runs == 0:
-            _interval_before = sys.getswitchinterval()
-        _interval_runs += 1
-        sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        with _interval_lock:
-            _interval_runs -= 1
-            if _interval_runs == 0:
-                sys.setswitchinterval(_interval_before)
 
 
 def process(detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,
