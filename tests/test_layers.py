@@ -11,7 +11,7 @@ from pathlib import Path
 import vidpipe
 
 LAYERS = [
-    {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline",
+    {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline", "gil",
      "kernels"},
     {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights", "track",
      "analytics", "draw"},  # the stages
