@@ -195,6 +195,22 @@ sys.exit(main(["detect", {str(moving_square(tmp_path / 'm.mp4'))!r}, "-o", {str(
     assert r.returncode == 2 and 'pip install "vidpipe[track]"' in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_tracked_file_leaves_the_tracking_library_to_the_formatting_processes(tmp_path):
+    """With formatting processes the run's own process never imports the tracking library (its import
+    took over a second of a tracked run's start): the lanes track, and the ids are written."""
+    script = f"""
+import json, sys
+from vidpipe.cli import main
+code = main(["detect", {str(moving_square(tmp_path / 'm.mp4'))!r}, "-o", {str(tmp_path / 'o.jsonl')!r},
+             "--weights", "random", "--device", "cpu", "--track", "--formatters", "2"])
+print(json.dumps([code, "trackers" in sys.modules]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert json.loads(r.stdout.splitlines()[-1]) == [0, False], r.stderr
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and any(d["track_id"] >= 0 for x in lines for d in x["detections"])
+
+
 def test_batches_that_land_while_the_lane_tracks_go_to_it_together(tmp_path, monkeypatch):
     """Batches put faster than the lanes track them go in groups (fewer tasks than batches), and the
     output is what tracking each batch in turn gives: every frame once, in order, the same ids."""

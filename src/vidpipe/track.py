@@ -21,6 +21,8 @@ dependency: ``pip install "vidpipe[track]"``.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from .errors import VidpipeError
@@ -48,6 +50,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _NONE = np.empty(0, np.int64)  # no rows, no columns
+_MISSING = '--track needs the trackers package: pip install "vidpipe[track]"'
+
+
+def check_installed() -> None:
+    """Fail in one line when the tracking library is missing, without importing it: the import took
+    1.1-1.3 s of a tracked run's start on the H200 machine (docs/results.md, "Fourteenth session"),
+    in the process that does not track files (its formatting processes do, and import it there)."""
+    if any(importlib.util.find_spec(name) is None for name in ("trackers", "scipy")):
+        raise VidpipeError(_MISSING)
 
 
 class Tracker:
@@ -60,7 +71,7 @@ class Tracker:
             from trackers import ByteTrackTracker
             from trackers.core.bytetrack.tracklet import ByteTrackTracklet
         except ImportError:
-            raise VidpipeError('--track needs the trackers package: pip install "vidpipe[track]"') from None
+            raise VidpipeError(_MISSING) from None
         ref = ByteTrackTracker(frame_rate=fps if fps and fps > 0 else 30.0)
         self._assign = linear_sum_assignment
         self.max_missed = ref.maximum_frames_without_update

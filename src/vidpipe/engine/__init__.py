@@ -26,7 +26,7 @@ from ..errors import VidpipeError
 from ..sinks import VideoSink
 from ..sources import VideoInfo
 from ..timeline import stamp
-from ..track import Tracker
+from ..track import Tracker, check_installed
 from .decode import DONE, FrameProducer
 from .items import BatchResult, Chunk, FrameBudget, RunReport, Unit, UnitEnd, VideoEnd, VideoStart
 from .live import LiveSources
@@ -71,7 +71,7 @@ def run(detector: Detector, inputs: list[str] | LiveSources, sink_for: SinkFacto
     None for none). On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
     cfg = detector.config
     if cfg.track:
-        Tracker(30.0)  # a missing tracking library fails the run here, in one line, before any work
+        check_installed()  # a missing tracking library fails the run here, in one line, before any work
     analytics = None
     if cfg.lines or cfg.zones:
         analytics = partial(Analytics, cfg.lines, cfg.zones, detector.classes)
