@@ -3,7 +3,6 @@ sinks, and the detect command."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
@@ -67,21 +66,6 @@ def test_runs_shorten_the_gil_interval_and_the_last_one_gives_it_back(random_mod
     assert sys.getswitchinterval() == pytest.approx(0.00025)
     assert len(list(one)) == 5 and sys.getswitchinterval() == pytest.approx(0.00025)  # `two` still runs
     assert len(list(two)) == 5 and sys.getswitchinterval() == before
-
-
-def test_a_run_keeps_the_objects_before_it_out_of_the_collectors_passes(random_model, tmp_path):
-    """Config.gc_freeze: while a run goes on, the objects that existed when it started (torch's, the model's)
-    are frozen (gc.freeze), and given back when it ends; with --no-gc-freeze they are not."""
-    clip = make_clip(tmp_path / "c.mp4", frames=6, width=64, height=48)
-    assert gc.get_freeze_count() == 0
-    run = vidpipe.detect(clip, detector(random_model))
-    next(run)
-    assert gc.get_freeze_count() > 10_000  # torch's modules and functions at least
-    assert len(list(run)) == 5 and gc.get_freeze_count() == 0
-    run = vidpipe.detect(clip, detector(random_model, gc_freeze=False))
-    next(run)
-    assert gc.get_freeze_count() == 0
-    list(run)
 
 
 def test_sinks_write_atomically(random_model, tmp_path):

@@ -194,8 +194,6 @@ class Config:
     gil_interval_ms: float = setting(
         GIL_INTERVAL_MS, "while a run goes on, the longest a thread keeps Python's GIL once another waits for it, in "
         "ms (Python's own: 5; sys.setswitchinterval)", group=DATA, check=positive, metavar="MS")
-    gc_freeze: bool = setting(True, "let Python's garbage collector walk the objects that existed before the run "
-                              "(torch's, the model's) while it goes on (gc.freeze)", group=DATA)
     # post-processing, every family
     score_threshold: float | None = setting(None, "detections scoring below P are dropped (SSD300 0.3, YOLO 0.25)",
                                             group=POST, flags=("--conf", "--score-threshold"), check=fraction,

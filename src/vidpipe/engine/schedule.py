@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..detector import Detector
-from ..gil import frozen_heap, switch_interval
+from ..gil import switch_interval
 from ..graphs import Batch
 from ..profiling import nvtx_range
 from ..sources import VideoInfo
@@ -70,8 +70,7 @@ class Scheduler:
     def items(self) -> Iterator[VideoStart | BatchResult | VideoEnd]:
         try:
             with (torch.cuda.stream(self.compute) if self.compute is not None else nullcontext(),
-                  switch_interval(self.detector.config.gil_interval_ms / 1000),
-                  frozen_heap() if self.detector.config.gc_freeze else nullcontext()):
+                  switch_interval(self.detector.config.gil_interval_ms / 1000)):
                 self.producer.start()
                 if (info := self.producer.first_info) is not None:
                     # Captured while the decoders start (NVDEC sessions, the first frames), not after.
