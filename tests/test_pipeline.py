@@ -144,6 +144,83 @@ def test_formatting_processes_write_the_same_text(random_model, tmp_path):
     assert outs[2].read_text() == outs[0].read_text() and outs[0].read_text().count("\n") == 20
 
 
+@pytest.mark.cuda
+def test_the_first_calls_of_network_and_preprocessing_overlap():
+    """Before a capture's warm-up, the network's first call runs on the capturing thread while the
+    preprocessing's runs on another: the preprocessing waits (up to 20 s) to see the network
+    entered; on a detector that called them in turn it is left alone."""
+    import threading
+
+    det = Detector(Config(weights="random", device="cuda"))
+    entered, seen = threading.Event(), {}
+    network, preprocess = det.network, det.family.preprocess
+
+    def net(x):
+        seen.setdefault("network", threading.get_ident())
+        entered.set()
+        return network(x)
+
+    def pre(*args):
+        seen.setdefault("preprocess", threading.get_ident())
+        seen.setdefault("overlapped", entered.wait(20))
+        return preprocess(*args)
+
+    det.network, det.family.preprocess = net, pre
+    det.prepare(48, 64)
+    assert seen["overlapped"] and seen["preprocess"] != seen["network"] == threading.get_ident(), seen
+
+
+def _formatted_beside_another(marks: str, formatter, indices, *args) -> str:
+    """Marks this batch's formatting as started, then waits (up to 20 s) until another batch's has
+    started too; a batch that never saw one is marked ``alone``."""
+    (Path(marks) / f"start-{indices[0]}").touch()
+    deadline = time.monotonic() + 20
+    while len(list(Path(marks).glob("start-*"))) < 2:
+        if time.monotonic() > deadline:
+            (Path(marks) / f"alone-{indices[0]}").touch()
+            break
+        time.sleep(0.01)
+    return formatter(indices, *args)
+
+
+def test_batches_are_formatted_in_several_lanes_at_once(tmp_path):
+    """Results put in the scheduler's order (each issued, then in its turn) are formatted in two
+    lanes at once: the writer does not wait for one batch's text before the next batch goes out.
+    The first batch's formatting waits until another's has started: on a writer that waited for
+    each text in turn, it is left alone for 20 s. The output is every frame once, in order."""
+    from fractions import Fraction
+
+    from vidpipe.engine.items import BatchResult, VideoEnd, VideoStart
+    from vidpipe.engine.write import Writer
+    from vidpipe.postprocess import Detections
+    from vidpipe.sources import VideoInfo
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    class Waiting(JsonlSink):
+        def formatter(self):
+            return partial(_formatted_beside_another, str(marks), super().formatter())
+
+    out, n, batches = tmp_path / "o.jsonl", 4, 6
+    info = VideoInfo(str(out), 64, 48, n * batches, 30.0, "h264", Fraction(1, 30))
+    writer = Writer(lambda i: Waiting(out, i.path, i.width, i.height), True, None, None, formatters=2)
+    writer.put(VideoStart(info))
+    rng = np.random.default_rng()
+    for k in range(batches):
+        det = Detections(torch.from_numpy(rng.random((n, 3, 4), dtype=np.float32) * 48),
+                         torch.zeros(n, 3, dtype=torch.int64), torch.from_numpy(rng.random((n, 3), dtype=np.float32)),
+                         torch.full((n,), 3))
+        result = BatchResult(info, list(range(k * n, (k + 1) * n)), [0.0] * n, det, None)
+        writer.issue(result)
+        writer.put(result)
+    writer.put(VideoEnd(info.path, n * batches, n * batches, info=info))
+    report = writer.finish(True)
+    assert report.frames == n * batches and not report.failed
+    assert not list(marks.glob("alone-*"))
+    assert [json.loads(line)["frame"] for line in out.read_text().splitlines()] == list(range(n * batches))
+
+
 @pytest.mark.parametrize("cores, expected", [(1, 2), (8, 2), (12, 3), (16, 4), (128, 4)])
 def test_default_formatters_follow_the_cores(monkeypatch, cores, expected):
     """GPU runs format in one process per 4 CPU cores, 2 to 4; CPU runs and --no-overlap in the
@@ -153,6 +230,35 @@ def test_default_formatters_follow_the_cores(monkeypatch, cores, expected):
     assert Config().formatters_for(torch.device("cpu")) == 0
     assert Config(overlap=False).formatters_for(torch.device("cuda")) == 0
     assert Config(formatters=1).formatters_for(torch.device("cuda")) == 1
+
+
+def test_lanes_import_what_they_format_with_as_they_start():
+    """A pool's lanes import the sinks (and NumPy) as they start, not when the first batch's text is
+    wanted: asked before any batch, each lane has them."""
+    from vidpipe.engine.write import FormatPool
+
+    pool = FormatPool.get(2)
+    try:
+        assert [lane.submit(eval, "'vidpipe.sinks' in __import__('sys').modules").result()
+                for lane in pool.lanes] == [True, True]
+    finally:
+        FormatPool.close_all()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2, reason="needs Linux, 2+ cores")
+def test_lanes_run_numpy_in_one_thread():
+    """A lane has NumPy loaded and one thread: no BLAS thread per core in each lane (they spun beside
+    the GPU's warm-up), whatever this process's own environment says."""
+    from vidpipe.engine.write import FormatPool
+
+    before = dict(os.environ)
+    pool = FormatPool.get(2)
+    try:
+        assert [lane.submit(eval, "len(__import__('os').listdir('/proc/self/task'))").result()
+                for lane in pool.lanes] == [1, 1]
+        assert dict(os.environ) == before  # this process's environment is left as it was
+    finally:
+        FormatPool.close_all()
 
 
 def test_closing_the_pools_stops_every_lane():

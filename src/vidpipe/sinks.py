@@ -176,6 +176,12 @@ def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels,
     return "".join(head + _dets_template(c, tracked) for c in counts) % tuple(values)
 
 
+def loaded() -> bool:
+    """True. A formatting process runs it as it starts, so that this module and NumPy are imported
+    before the first batch's text is wanted (the first task imports them otherwise)."""
+    return True
+
+
 def texts(formatter: Callable[..., str], sizes: list[int], indices, times, *arrays) -> list[str]:
     """``formatter`` on consecutive runs of ``sizes`` frames of batch-first arrays (None stays None):
     the text of each run, as if each had been formatted alone."""

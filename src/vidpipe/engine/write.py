@@ -20,18 +20,20 @@ import collections
 import itertools
 import json
 import multiprocessing
+import os
 import queue
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..analytics import Analytics
 from ..profiling import nvtx_range
-from ..sinks import Sink, VideoSink, texts as batch_texts
+from ..sinks import Sink, VideoSink, loaded as sinks_loaded, texts as batch_texts
 from ..sources import VideoInfo
 from ..timeline import stamp
 from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker, preload
@@ -39,14 +41,18 @@ from .items import BatchResult, FrameBudget, RunReport, VideoEnd, VideoStart
 
 SinkFactory = Callable[[VideoInfo], Sink]
 _STOP = object()
+_IDLE = object()  # nothing came within AHEAD_POLL_S
 # Results waiting for the writer, at most (a few kB each). Generous on purpose: the writer waits for
 # each batch's copy, so with a short queue a burst of results released by the orderer blocked the
 # compute thread until the GPU had drained (measured: 26 ms of GPU idle on in.mp4's 0.3 s).
 WRITE_QUEUE = 256
-# Tracked batches whose text is being made in the lanes while the writer goes on, at most. Waiting on
-# each one's round trip instead (two hand-overs between threads that contend for the GIL) capped a
-# tracked 1080p run at 856 frames/s against 2,391 untracked (docs/results.md, "Ninth session").
-TRACK_AHEAD = 16
+# Batches whose text is being made in the lanes while the writer goes on, at most. Waiting on each
+# one's round trip instead (two hand-overs between threads that contend for the GIL) capped a tracked
+# 1080p run at 856 frames/s against 2,391 untracked (docs/results.md, "Ninth session"), and left one
+# lane of four busy at a time untracked (a batch's text was awaited before the next went out).
+AHEAD = 16
+# While batches are in the lanes and nothing new comes, the writer looks for finished ones this often.
+AHEAD_POLL_S = 0.005
 # A video's tracked batches that go to its lane as one task, at most. Sent one by one, each batch
 # waited for two hand-overs between this process's threads, each for the GIL (the executor's threads:
 # ~40 ms a batch with the decode and compute threads running), and the lane, tracking a batch in
@@ -54,6 +60,27 @@ TRACK_AHEAD = 16
 # (docs/results.md, "Twelfth session"). Batches that land while the lane is busy wait and go
 # together, so the hand-overs are paid per group; the cap bounds a group's latency (~0.1 s).
 TRACK_GROUP = 8
+
+
+# A lane formats and tracks in one thread. Without these, NumPy's OpenBLAS starts a thread per core
+# in each lane as it is imported, and they spin for a while: 4 lanes x 16 threads on the 16-core H200
+# machine, beside the GPU's warm-up in this process.
+LANE_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in this process's environment meanwhile (processes started then inherit them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass
@@ -75,8 +102,9 @@ class FormatPool:
     def __init__(self, workers: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.lanes = [ProcessPoolExecutor(1, mp_context=context) for _ in range(workers)]
-        for lane in self.lanes:  # start every worker now, while the first batches are on the GPU
-            lane.submit(int)
+        with _environ(LANE_ENV):  # the environment a worker starts with (on its first task)
+            for lane in self.lanes:  # start every worker now, and import what it formats with, while the GPU warms up
+                lane.submit(sinks_loaded)
         self._turn = itertools.cycle(self.lanes)
         self._tracking = False  # whether the lanes have imported the tracking library
 
@@ -243,7 +271,10 @@ class Writer:
 
     def _loop(self) -> None:
         while True:
-            item = self.q.get()
+            try:
+                item = self.q.get(timeout=AHEAD_POLL_S) if self.ahead else self.q.get()
+            except queue.Empty:
+                item = _IDLE
             if item is _STOP:
                 self._catch_up(0)
                 return
@@ -260,7 +291,9 @@ class Writer:
             self.put(_Issued(result))
 
     def _handle(self, item) -> None:
-        if isinstance(item, _Issued):
+        if item is _IDLE:
+            self._catch_up(AHEAD)  # what the lanes have finished, written
+        elif isinstance(item, _Issued):
             r = item.result
             video = self.open.get(id(r.info))  # a video not yet started: formatted in its turn
             # Not ahead of time: track ids need the frames before.
@@ -285,7 +318,7 @@ class Writer:
         elif isinstance(item, BatchResult):
             try:
                 self._write(self.open[id(item.info)], item)
-                self._catch_up(TRACK_AHEAD)
+                self._catch_up(AHEAD)
             finally:
                 if item.pixels is not None:
                     item.pixels = None
@@ -319,9 +352,10 @@ class Writer:
             video.pending.append((r, arrays))
             self.ahead.append((video, r))
             return  # sent by _catch_up, which follows
-        self._catch_up(0)  # the lanes' batches first, in order
         if r.captured is not None and video.lane is not None:
-            # A live result is a frame or two of one camera: tracked here, as its text is made (below).
+            # A live result is a frame or two of one camera: tracked here, as its text is made (below),
+            # once the batches before it in its lane are done.
+            self._catch_up(0)
             video.tracker, video.lane = Tracker(video.info.fps), None
         if video.tracker is not None:
             with nvtx_range("track"):
@@ -345,6 +379,7 @@ class Writer:
                 with nvtx_range("annotate"):
                     video.video.write(r.pixels, r.pixels_ready, r.indices, *arrays[:5])
             except (OSError, UnicodeError) as e:
+                self._catch_up(0)  # what came before is written first
                 self._fail(video, f"{r.info.path}: cannot write {video.video.path} ({_reason(e)})")
                 return
         # A live result's text is made here, not in the formatting processes: it is a frame or two, and
@@ -353,6 +388,10 @@ class Writer:
         # "Thirteenth session".
         if r.text is None and r.captured is None and self.formatters is not None and hasattr(sink, "formatter"):
             r.text = self._format(sink, r, arrays)
+        if isinstance(r.text, Future):  # made in a lane: written in its turn once done, while later batches go on
+            self.ahead.append((video, r))
+            return
+        self._catch_up(0)  # the lanes' batches first, in order
         self._put(video, r, arrays)
 
     def _put(self, video: _Open, r: BatchResult, arrays: tuple | None = None) -> None:
