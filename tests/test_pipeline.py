@@ -144,32 +144,6 @@ def test_formatting_processes_write_the_same_text(random_model, tmp_path):
     assert outs[2].read_text() == outs[0].read_text() and outs[0].read_text().count("\n") == 20
 
 
-@pytest.mark.cuda
-def test_the_first_calls_of_network_and_preprocessing_overlap():
-    """Before a capture's warm-up, the network's first call runs on the capturing thread while the
-    preprocessing's runs on another: the preprocessing waits (up to 20 s) to see the network
-    entered; on a detector that called them in turn it is left alone."""
-    import threading
-
-    det = Detector(Config(weights="random", device="cuda"))
-    entered, seen = threading.Event(), {}
-    network, preprocess = det.network, det.family.preprocess
-
-    def net(x):
-        seen.setdefault("network", threading.get_ident())
-        entered.set()
-        return network(x)
-
-    def pre(*args):
-        seen.setdefault("preprocess", threading.get_ident())
-        seen.setdefault("overlapped", entered.wait(20))
-        return preprocess(*args)
-
-    det.network, det.family.preprocess = net, pre
-    det.prepare(48, 64)
-    assert seen["overlapped"] and seen["preprocess"] != seen["network"] == threading.get_ident(), seen
-
-
 def _formatted_beside_another(marks: str, formatter, indices, *args) -> str:
     """Marks this batch's formatting as started, then waits (up to 20 s) until another batch's has
     started too; a batch that never saw one is marked ``alone``."""

@@ -280,7 +280,6 @@ class Detector:
 
     def _capture(self, h: int, w: int) -> CudaGraphs | object:
         frames = torch.zeros(self.batch_size, 3, h, w, dtype=torch.uint8, device=self.device)
-        self._first_calls(frames)
         chain = Chain(self._model, self._post, self.family.graph_postprocess, self.family.max_detections,
                       self.post_stream, self.post_thread, self.runtime.gate)
         for _ in range(3):
@@ -291,26 +290,6 @@ class Detector:
         log.warning("CUDA graph capture failed at %dx%d (%s); launching kernels one by one instead",
                     w, h, str(error).splitlines()[0])
         return EAGER
-
-    def _first_calls(self, frames: torch.Tensor) -> None:
-        """The chain's two slow first calls, overlapped before the graphs' warm-up: the network's (cuDNN
-        builds its plans in C++, without the GIL; on this thread, where the capture runs, since PyTorch
-        keeps them per thread) beside the preprocessing's on the post-processing thread (the process's
-        first Triton launches: Python, under the GIL). In turn they took 0.25-0.38 s and 0.13-0.18 s of
-        a second run's warm-up on the H200 (docs/results.md, "Fourteenth session")."""
-        stream = torch.cuda.current_stream(self.device)
-
-        @torch.inference_mode()
-        def preprocess() -> None:
-            with torch.cuda.stream(stream):
-                self._join_key()
-                self.family.preprocess(frames, self.dtype, self.channels_last)
-
-        first = self.post_thread.submit(preprocess)
-        x = torch.zeros(self.batch_size, 3, *self.family.input_size(*frames.shape[-2:]), dtype=self.dtype,
-                        device=self.device)
-        self.network(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
-        first.result()
 
     def _join_key(self) -> None:
         """Wait for Triton's key (:func:`~vidpipe.kernels.key_ahead`), once: before a first Triton launch."""
