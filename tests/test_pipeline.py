@@ -220,11 +220,14 @@ def test_lanes_import_what_they_format_with_as_they_start():
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2, reason="needs Linux, 2+ cores")
-def test_lanes_run_numpy_in_one_thread():
+def test_lanes_run_numpy_in_one_thread(monkeypatch):
     """A lane has NumPy loaded and one thread: no BLAS thread per core in each lane (they spun beside
-    the GPU's warm-up), whatever this process's own environment says."""
-    from vidpipe.engine.write import FormatPool
+    the GPU's warm-up), though this process's environment does not ask for one."""
+    from vidpipe.engine.write import LANE_ENV, FormatPool
 
+    FormatPool.close_all()  # lanes started now, in this environment
+    for name in LANE_ENV:
+        monkeypatch.delenv(name, raising=False)
     before = dict(os.environ)
     pool = FormatPool.get(2)
     try:
