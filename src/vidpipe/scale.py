@@ -26,6 +26,7 @@ import torch
 
 from .config import Config
 from .engine import RunReport, VideoEnd
+from .environ import child_environ
 from .errors import VidpipeError
 from .sinks import INCOMPLETE, concat_outputs
 from .inputs import is_stream_url
@@ -114,24 +115,13 @@ def parse_devices(spec: str) -> list[Assignment]:
     return out
 
 
-_SPAWN_ENV = threading.Lock()
-
-
 def start_worker(ctx, assignment: Assignment, target: Callable, args: tuple) -> BaseProcess:
     """Start ``target(*args)`` in a new process whose environment names only ``assignment``'s GPU
     from its first instruction, before any import could start CUDA (CUDA reads
     ``CUDA_VISIBLE_DEVICES`` once, when it starts)."""
     proc = ctx.Process(target=target, args=args, daemon=True)
-    with _SPAWN_ENV:  # the child copies this process's environment as it starts
-        before = os.environ.get("CUDA_VISIBLE_DEVICES")
-        os.environ["CUDA_VISIBLE_DEVICES"] = assignment.visible
-        try:
-            proc.start()
-        finally:
-            if before is None:
-                del os.environ["CUDA_VISIBLE_DEVICES"]
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = before
+    with child_environ({"CUDA_VISIBLE_DEVICES": assignment.visible}):
+        proc.start()
     return proc
 
 

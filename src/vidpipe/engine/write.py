@@ -20,18 +20,17 @@ import collections
 import itertools
 import json
 import multiprocessing
-import os
 import queue
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from ..analytics import Analytics
+from ..environ import child_environ
 from ..profiling import nvtx_range
 from ..sinks import Sink, VideoSink, loaded as sinks_loaded, texts as batch_texts
 from ..sources import VideoInfo
@@ -68,21 +67,6 @@ TRACK_GROUP = 8
 LANE_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """``values`` set in this process's environment meanwhile (processes started then inherit them)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @dataclass
 class _Issued:
     result: BatchResult
@@ -102,7 +86,7 @@ class FormatPool:
     def __init__(self, workers: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.lanes = [ProcessPoolExecutor(1, mp_context=context) for _ in range(workers)]
-        with _environ(LANE_ENV):  # the environment a worker starts with (on its first task)
+        with child_environ(LANE_ENV):  # the environment a worker starts with (on its first task)
             for lane in self.lanes:  # start every worker now, and import what it formats with, while the GPU warms up
                 lane.submit(sinks_loaded)
         self._turn = itertools.cycle(self.lanes)
