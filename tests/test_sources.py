@@ -315,6 +315,60 @@ def test_pooled_nvdec_sessions_switch_files(tmp_path):
             assert torch.equal(torch.cat([i.frames.cpu() for i in g[1:-1]]), expect[g[0].info.path])
 
 
+@pytest.mark.nvdec
+def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path):
+    """A decode thread keeps opening pooled NVDEC sessions (each one's first decode creates NVDEC's
+    decoder) and freeing them (the runtime's close) while this thread captures CUDA graphs on the same
+    device, as a detector does: every capture succeeds. Without the gate around those calls, captures
+    failed ("operation failed due to a previous error during capture") on the H200."""
+    import threading
+
+    from vidpipe.runtime import DeviceRuntime
+
+    clips = [make_clip(tmp_path / "a.mp4", frames=8, width=1920, height=1080),
+             make_clip(tmp_path / "b.mp4", frames=8, width=384, height=288, seed=1)]
+    runtime = DeviceRuntime("cuda")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 3, padding=1))
+    net = net.cuda().half().eval()
+    x = torch.randn(8, 3, 540, 960, device="cuda", dtype=torch.half)
+    opened, worker_error = [], []
+
+    def decode() -> None:
+        try:
+            for i in range(48):
+                src = NvdecSource(clips[i % 2], "cuda", runtime=runtime, slot=i % 4)
+                next(src.batches(4))
+                opened.append(i)
+                if i % 4 == 3:
+                    runtime.close()  # frees the four sessions
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            worker_error.append(e)
+
+    with torch.inference_mode():
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            expect = net(x)
+        torch.cuda.synchronize()
+        worker = threading.Thread(target=decode)
+        worker.start()
+        failures, captures = [], 0
+        while worker.is_alive():
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with runtime.gate.capture(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    y = net(x)
+                graph.replay()
+                torch.cuda.current_stream().synchronize()
+                assert torch.allclose(y, expect, atol=1e-2)  # the graph computes what eager did
+                captures += 1
+            except RuntimeError as e:
+                failures.append(str(e).splitlines()[0])
+        worker.join()
+    assert not worker_error and len(opened) == 48
+    assert captures >= 20, "the captures did not overlap the sessions' set-up"
+    assert failures == []
+
+
 def test_capture_gate_lets_setups_overlap_and_captures_wait_for_them():
     import threading
 

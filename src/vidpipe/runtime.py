@@ -18,8 +18,11 @@ import torch
 
 
 class CaptureGate:
-    """NVDEC calls that may synchronise the whole device (creating, re-pointing, seeking a session)
-    would invalidate a CUDA graph being captured. They run inside :meth:`setup`, which does not
+    """NVDEC calls that may synchronise the whole device would invalidate a CUDA graph being captured
+    on another thread: creating, re-pointing, seeking and freeing a session, and a session's first
+    decode after those (where NVDEC creates its decoder). Measured on the H200 (docs/results.md,
+    "Sixteenth session"): captures beside fresh sessions' ungated first decodes failed 4 times in 61
+    sessions, beside ungated frees 10 in 34; gated, none. They run inside :meth:`setup`, which does not
     exclude other setups (a lock would add its own queue to the GIL's: ``seek_to_index`` holds the
     GIL, ~1.5 ms measured, so in practice seeks still run one after another); the detector captures
     inside :meth:`capture`, which waits for running setups and holds new ones."""
@@ -112,6 +115,6 @@ class DeviceRuntime:
 
     def close(self) -> None:
         """Drop the pooled sessions and streams (their memory goes back once nothing uses them)."""
-        with self._lock:
+        with self.gate.setup(), self._lock:  # a session freed here frees device memory: a device-wide sync
             self._sessions.clear()
             self._streams.clear()

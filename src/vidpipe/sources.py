@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from bisect import bisect_left
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
@@ -366,6 +367,8 @@ def _nvdec_session(path: str, runtime: DeviceRuntime, slot: int | None):
         else:
             dec = create(stream)
     except Exception:
+        with runtime.gate.setup():
+            dec = None  # freed inside the gate: freeing a decoder's memory synchronises the device
         dec = create(stream)
     runtime.put_session(slot, (dec, stream, key))
     return dec, stream, fresh
@@ -374,7 +377,8 @@ def _nvdec_session(path: str, runtime: DeviceRuntime, slot: int | None):
 class NvdecSource:
     """PyNvVideoCodec hardware decode of one video (or of frames ``[start, stop)`` of it).
     ``slot`` names a reusable decoder session (one per decode thread) in ``runtime``, the device's
-    :class:`~vidpipe.runtime.DeviceRuntime` (a private one when None); None opens a private session."""
+    :class:`~vidpipe.runtime.DeviceRuntime` (a private one when None); None opens a private session,
+    freed when the source is (outside the capture gate: beside a detector's captures, use a slot)."""
 
     name = "nvdec"
 
@@ -404,12 +408,15 @@ class NvdecSource:
         """Frames ``[start, stop)`` in batches; ``admit`` is called before each batch is stacked
         out of the decoder's surfaces into new device memory (back-pressure: it may block)."""
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
-        if start != self._next:
-            with self.runtime.gate.setup():
-                self._dec.seek_to_index(start)
         pos = start
         while pos < stop:
-            with nvtx_range("decode"), torch.cuda.stream(self.stream):
+            # The first call after the session's set-up (opened, re-pointed or sought) is where NVDEC
+            # meets the stream's first packets and creates its decoder, which would invalidate a
+            # capture as the set-up itself would: it runs inside the gate too.
+            with (self.runtime.gate.setup() if pos == start else nullcontext()), nvtx_range("decode"), \
+                    torch.cuda.stream(self.stream):
+                if pos != self._next:
+                    self._dec.seek_to_index(pos)
                 frames = self._dec.get_batch_frames(min(batch_size, stop - pos))
             if not frames:
                 break
