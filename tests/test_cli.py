@@ -67,6 +67,37 @@ def test_every_config_field_has_a_flag_that_sets_it():
         assert sorted(changed) == sorted([f.name, *(x[2:] for x in needs.get(f.name, []))]), (f.name, changed)
 
 
+def test_a_config_gives_back_the_options_that_made_it():
+    """Config.argv(), which bench passes to the command it times: parsed again, the same Config, for
+    random sets of options (each of a random value where the option has choices)."""
+    import random
+    from dataclasses import fields
+
+    from vidpipe.cli import build_parser, config_from_args
+    from vidpipe.config import Config
+
+    parser = build_parser()
+    detect = {a.dest: a for _, a in _options(parser) if _.endswith("detect")}
+    values = {"int": ["96", "160"], "float": ["0.25", "0.5"], "tuple[int, ...]": ["3,4", "0"],
+              "lines": ["door:0,0,9,9"], "zones": ["lobby:0,0,9,0,9,9", "hall:1,1,5,1,5,5"],
+              "gil_interval_ms": ["2", "0.2"], "device": ["cuda:0", "cpu"]}
+    rng = random.Random()
+    assert Config().argv() == []
+    for _ in range(20):
+        argv = ["detect", "x.mp4", "-o", "o.jsonl"]
+        for f in rng.sample(fields(Config), rng.randint(1, 12)):
+            action = detect[f.name]
+            argv.append(rng.choice(action.option_strings))
+            if f.type != "bool":
+                pool = values.get(f.name) or values.get(f.type.removesuffix(" | None")) or ["some.pt", "yolo11m.yaml"]
+                argv.append(rng.choice(list(action.choices) if action.choices else pool))
+        if "--line" in argv and "--track" not in argv:
+            argv.append("--track")
+        cfg = config_from_args(parser.parse_args(argv))
+        again = config_from_args(parser.parse_args(["detect", "x.mp4", "-o", "o.jsonl", *cfg.argv()]))
+        assert again == cfg, argv
+
+
 def test_timeline_records_the_phases_of_a_run_in_order(tmp_path):
     """VIDPIPE_TIMELINE (what `bench --suite startup` reads): every phase of a CPU run, in order."""
     import json

@@ -124,8 +124,13 @@ def test_sources_added_and_removed_while_running(tmp_path):
     ends = {v.path: v for v in report.videos}
     lines = {p: [json.loads(x) for x in o.read_text().splitlines()] for p, o in outs.items()}
     for p in outs:  # every output finished, each frame once and in order from the first
-        assert [x["frame"] for x in lines[p]] == list(range(len(lines[p]))) and ends[p].stopped
+        frames = [x["frame"] for x in lines[p]]
+        assert frames[0] == 0 and frames == sorted(set(frames)) and ends[p].stopped
         assert ends[p].decoded == len(lines[p])
+        # Every frame before the last written was written or dropped and counted (live policy "latest":
+        # a frame the busy machine did not take before the next one came; the 2-core CI machine dropped
+        # one at times); none lost silently.
+        assert frames[-1] + 1 - len(frames) <= ends[p].dropped <= 3, (p, frames, ends[p].dropped)
     # a ran ~1 s, b ~2 s, c ~1 s from when it was added (at 30 frames/s, starting within a poll)
     assert 20 <= len(lines[str(a)]) <= 40 and 50 <= len(lines[str(b)]) <= 70 and 20 <= len(lines[str(c)]) <= 37
     assert lines[str(c)][0]["captured_at"] - lines[str(b)][0]["captured_at"] < 1.0 + 0.3

@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .config import Check, Config, at_least
+from .config import Check, Config, at_least, flags_of
 from .errors import VidpipeError
 from .inputs import EXTENSIONS, check_input, check_outputs, expand_inputs, is_stream_url, output_paths
 from .timeline import save as save_timeline
@@ -79,21 +79,19 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         meta = f.metadata
         group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
-        name = f.name.replace("_", "-")
         if f.type == "bool":
-            flags = meta["flags"] or ((f"--no-{name}",) if f.default else (f"--{name}",))
-            group.add_argument(*flags, dest=f.name, action="store_false" if f.default else "store_true",
+            group.add_argument(*flags_of(f), dest=f.name, action="store_false" if f.default else "store_true",
                                help=meta["help"])
             continue
         kind, expected = _KINDS.get(f.type.removesuffix(" | None"), (str, "text"))
         check = meta["check"]
         if f.type == "tuple[str, ...]":  # a repeated option, each value checked alone
-            group.add_argument(*meta["flags"], dest=f.name, action="append", default=None,
+            group.add_argument(*flags_of(f), dest=f.name, action="append", default=None,
                                type=_typed(str, "text", lambda v, check=check: check((v,))),
                                metavar=meta["metavar"], help=meta["help"])
             continue
         default = "" if f.default is None else f" (default {f.default})"
-        group.add_argument(*(meta["flags"] or (f"--{name}",)), dest=f.name, default=f.default,
+        group.add_argument(*flags_of(f), dest=f.name, default=f.default,
                            type=_typed(kind, expected, check), choices=getattr(check, "choices", None),
                            metavar=meta["metavar"], help=meta["help"] + default)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from .errors import VidpipeError
@@ -120,6 +120,16 @@ def setting(default: Any, help: str, *, group: str, flags: tuple[str, ...] = (),
     defaults to True gets ``--no-field-name``), ``help``, the option ``group`` and a ``check`` of
     non-None values."""
     return field(default=default, metadata=dict(help=help, group=group, flags=flags, check=check, metavar=metavar))
+
+
+def flags_of(f: Field) -> tuple[str, ...]:
+    """A Config field's command-line flags, the first the canonical one."""
+    name = f.name.replace("_", "-")
+    if f.metadata["flags"]:
+        return f.metadata["flags"]
+    if f.type == "bool":
+        return (f"--no-{name}",) if f.default else (f"--{name}",)
+    return (f"--{name}",)
 
 
 MODEL, DATA, POST, SSD, AFTER = ("model", "decoding and scheduling", "post-processing (every model)", "SSD300",
@@ -270,6 +280,24 @@ class Config:
 
     def asdict(self) -> dict:
         return asdict(self)
+
+    def argv(self) -> list[str]:
+        """The command-line options that give this configuration: a flag for each field not at its
+        default (what ``vidpipe bench`` passes to the ``vidpipe detect`` it times in a fresh process)."""
+        out: list[str] = []
+        for f in fields(self):
+            value, flag = getattr(self, f.name), flags_of(f)[0]
+            if value == f.default:
+                continue
+            if f.type == "bool":
+                out.append(flag)
+            elif f.type == "tuple[str, ...]":  # a repeated option
+                out += [item for v in value for item in (flag, v)]
+            elif f.type == "tuple[int, ...] | None":
+                out += [flag, ",".join(map(str, value))]
+            else:
+                out += [flag, str(value)]
+        return out
 
 
 def resolve_device(device: str) -> torch.device:
