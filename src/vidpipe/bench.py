@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -184,8 +185,6 @@ def measure(det: Detector, video: str, repeats: int, cfg: Config, outs: Iterator
 
 
 def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
-    import os
-
     from .cli import config_from_args
 
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-bench-"))
@@ -606,8 +605,6 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
     ``--repeats`` processes), time to the
     first result written, and where the time goes; then a folder of FOLDER_CLIPS copies of each
     input in one command, its frames over the wall beside its rate while busy."""
-    import os
-
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-startup-"))
     imports = _import_seconds()
     model = [] if cfg.model == "ssd300" else ["--model", cfg.model]
