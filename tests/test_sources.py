@@ -401,6 +401,31 @@ def test_capture_gate_lets_setups_overlap_and_captures_wait_for_them():
     assert sorted(events[:2]) == ["setup0", "setup1"] and events[2] == "capture"
 
 
+def test_runtimes_on_one_gpu_share_its_capture_gate():
+    """An NVDEC call of one detector's runtime holds a capture of another detector on the same GPU
+    (it would invalidate it), not one on another GPU. No CUDA needed: the gates are chosen by index."""
+    import threading
+
+    from vidpipe.runtime import DeviceRuntime
+
+    a, b, other = DeviceRuntime("cuda:0"), DeviceRuntime("cuda:0"), DeviceRuntime("cuda:1")
+    captured = {"b": threading.Event(), "other": threading.Event()}
+
+    def capture(runtime, name):
+        with runtime.gate.capture():
+            captured[name].set()
+
+    with a.gate.setup():
+        threads = [threading.Thread(target=capture, args=(r, n)) for r, n in ((b, "b"), (other, "other"))]
+        for t in threads:
+            t.start()
+        assert captured["other"].wait(timeout=5)  # another GPU's capture goes on
+        assert not captured["b"].wait(timeout=0.3)  # this GPU's waits for the set-up
+    assert captured["b"].wait(timeout=5)
+    for t in threads:
+        t.join(timeout=5)
+
+
 def test_packet_scan_and_probe_follow_a_file_replaced_under_its_name(tmp_path):
     path = make_clip(tmp_path / "v.mp4", frames=10, width=64)
     assert len(scan_packets(str(path)).times) == 10 and probe(path).num_frames == 10

@@ -1,11 +1,12 @@
 """The GPU state of one device in one process: streams, pooled NVDEC sessions, the capture gate.
 
 In: a ``torch.device``. Out: a :class:`DeviceRuntime` that hands out one CUDA stream per role, keeps
-NVDEC sessions per decode slot, and owns the :class:`CaptureGate` that keeps NVDEC set-up calls out
-of CUDA-graph captures on that device. Nothing here is module-level state: a
-:class:`~vidpipe.detector.Detector` owns one runtime for its device, so two detectors on two GPUs
-in one process share nothing by accident, and tests create a runtime and :meth:`~DeviceRuntime.close`
-it. Nothing touches CUDA until a stream or session is asked for.
+NVDEC sessions per decode slot, and gives the :class:`CaptureGate` that keeps NVDEC's
+device-synchronising calls out of CUDA-graph captures on that device. A
+:class:`~vidpipe.detector.Detector` owns one runtime for its device (tests create one and
+:meth:`~DeviceRuntime.close` it); the one thing runtimes share is the gate, one per GPU in the process
+(:func:`device_gate`), since an NVDEC call invalidates a capture on its GPU whichever detector made
+either. Nothing touches CUDA until a stream, session or gate is asked for.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ class CaptureGate:
                 self._cond.notify_all()
 
 
+_gates: dict[int, CaptureGate] = {}
+_gates_lock = threading.Lock()
+
+
+def device_gate(device: torch.device) -> CaptureGate:
+    """The process's capture gate for a GPU (``cuda`` without an index: the current one)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _gates_lock:
+        return _gates.setdefault(index, CaptureGate())
+
+
 def warm_up(device: torch.device) -> threading.Thread | None:
     """Start, on a daemon thread, what a device's first batch would otherwise wait for: the CUDA
     context and cuDNN's and cuBLAS's libraries (loaded on their first call). torch releases the GIL
@@ -85,13 +97,20 @@ class DeviceRuntime:
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self.gate = CaptureGate()
+        self._gate: CaptureGate | None = None
         # NVDEC session creation and re-pointing, one at a time: creations do not run in parallel
         # in the driver anyway, and interleaved ones failed.
         self.create_lock = threading.Lock()
         self._lock = threading.Lock()
         self._streams: dict[object, torch.cuda.Stream] = {}
         self._sessions: dict[int, tuple] = {}
+
+    @property
+    def gate(self) -> CaptureGate:
+        """The device's capture gate (shared by every runtime on this GPU in the process)."""
+        if self._gate is None:
+            self._gate = device_gate(self.device) if self.device.type == "cuda" else CaptureGate()
+        return self._gate
 
     def stream(self, role: object) -> torch.cuda.Stream | None:
         """One stream per ``role`` (None on a CPU). The caching allocator keeps freed blocks per
