@@ -401,9 +401,10 @@ def test_capture_gate_lets_setups_overlap_and_captures_wait_for_them():
     assert sorted(events[:2]) == ["setup0", "setup1"] and events[2] == "capture"
 
 
-def test_runtimes_on_one_gpu_share_its_capture_gate():
+def test_runtimes_on_one_gpu_share_its_guards():
     """An NVDEC call of one detector's runtime holds a capture of another detector on the same GPU
-    (it would invalidate it), not one on another GPU. No CUDA needed: the gates are chosen by index."""
+    (it would invalidate it), not one on another GPU; and session creations on one GPU take turns
+    whichever runtime makes them. No CUDA needed: the guards are chosen by index."""
     import threading
 
     from vidpipe.runtime import DeviceRuntime
@@ -424,6 +425,10 @@ def test_runtimes_on_one_gpu_share_its_capture_gate():
     assert captured["b"].wait(timeout=5)
     for t in threads:
         t.join(timeout=5)
+    with a.create_lock:
+        assert not b.create_lock.acquire(timeout=0.1)
+        assert other.create_lock.acquire(timeout=5)
+        other.create_lock.release()
 
 
 def test_packet_scan_and_probe_follow_a_file_replaced_under_its_name(tmp_path):

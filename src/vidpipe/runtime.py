@@ -4,9 +4,10 @@ In: a ``torch.device``. Out: a :class:`DeviceRuntime` that hands out one CUDA st
 NVDEC sessions per decode slot, and gives the :class:`CaptureGate` that keeps NVDEC's
 device-synchronising calls out of CUDA-graph captures on that device. A
 :class:`~vidpipe.detector.Detector` owns one runtime for its device (tests create one and
-:meth:`~DeviceRuntime.close` it); the one thing runtimes share is the gate, one per GPU in the process
-(:func:`device_gate`), since an NVDEC call invalidates a capture on its GPU whichever detector made
-either. Nothing touches CUDA until a stream, session or gate is asked for.
+:meth:`~DeviceRuntime.close` it); what runtimes share is what guards the GPU itself, one per GPU in
+the process (:class:`GpuGuards`): the gate, since an NVDEC call invalidates a capture on its GPU
+whichever detector made either, and the lock that keeps NVDEC session creations one at a time.
+Nothing touches CUDA until a stream, session or guard is asked for.
 """
 
 from __future__ import annotations
@@ -58,15 +59,25 @@ class CaptureGate:
                 self._cond.notify_all()
 
 
-_gates: dict[int, CaptureGate] = {}
-_gates_lock = threading.Lock()
+class GpuGuards:
+    """What every runtime on one GPU in the process shares: the capture gate, and the lock that keeps
+    NVDEC session creation and re-pointing one at a time (creations do not run in parallel in the
+    driver anyway, and interleaved ones failed)."""
+
+    def __init__(self) -> None:
+        self.gate = CaptureGate()
+        self.create_lock = threading.Lock()
 
 
-def device_gate(device: torch.device) -> CaptureGate:
-    """The process's capture gate for a GPU (``cuda`` without an index: the current one)."""
+_guards: dict[int, GpuGuards] = {}
+_guards_lock = threading.Lock()
+
+
+def gpu_guards(device: torch.device) -> GpuGuards:
+    """The process's guards of a GPU (``cuda`` without an index: the current one)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    with _gates_lock:
-        return _gates.setdefault(index, CaptureGate())
+    with _guards_lock:
+        return _guards.setdefault(index, GpuGuards())
 
 
 def warm_up(device: torch.device) -> threading.Thread | None:
@@ -97,10 +108,7 @@ class DeviceRuntime:
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self._gate: CaptureGate | None = None
-        # NVDEC session creation and re-pointing, one at a time: creations do not run in parallel
-        # in the driver anyway, and interleaved ones failed.
-        self.create_lock = threading.Lock()
+        self._guards: GpuGuards | None = None
         self._lock = threading.Lock()
         self._streams: dict[object, torch.cuda.Stream] = {}
         self._sessions: dict[int, tuple] = {}
@@ -108,9 +116,17 @@ class DeviceRuntime:
     @property
     def gate(self) -> CaptureGate:
         """The device's capture gate (shared by every runtime on this GPU in the process)."""
-        if self._gate is None:
-            self._gate = device_gate(self.device) if self.device.type == "cuda" else CaptureGate()
-        return self._gate
+        return self._shared().gate
+
+    @property
+    def create_lock(self) -> threading.Lock:
+        """Held while an NVDEC session is created or re-pointed on this GPU (by any runtime)."""
+        return self._shared().create_lock
+
+    def _shared(self) -> GpuGuards:
+        if self._guards is None:
+            self._guards = gpu_guards(self.device) if self.device.type == "cuda" else GpuGuards()
+        return self._guards
 
     def stream(self, role: object) -> torch.cuda.Stream | None:
         """One stream per ``role`` (None on a CPU). The caching allocator keeps freed blocks per
