@@ -104,7 +104,8 @@ def warm_up(device: torch.device) -> threading.Thread | None:
 
 
 class DeviceRuntime:
-    """What one device's work shares within a process. Thread-safe."""
+    """One detector's state on its device (streams, pooled sessions), and the GPU's shared guards.
+    Thread-safe."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
