@@ -291,18 +291,14 @@ class Detector:
                     w, h, str(error).splitlines()[0])
         return EAGER
 
-    def _join_key(self) -> None:
-        """Wait for Triton's key (:func:`~vidpipe.kernels.key_ahead`), once: before a first Triton launch."""
-        if self._triton_key is not None:
-            self._triton_key.join()
-            self._triton_key = None
-
     def _infer(self, frames: torch.Tensor) -> Detections:
         _, _, h, w = frames.shape
         return self._post(self._model(frames), h, w)
 
     def _model(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self._join_key()
+        if self._triton_key is not None:
+            self._triton_key.join()
+            self._triton_key = None
         n = frames.shape[0]
         with nvtx_range("preprocess"):
             x = self.family.preprocess(frames, self.dtype, self.channels_last)
