@@ -19,7 +19,7 @@ LAYERS = [
     {"detector", "graphs"},
     {"engine", "engine.items", "engine.live", "engine.plan", "engine.decode", "engine.batching", "engine.order",
      "engine.schedule", "engine.write"},  # schedules the stages
-    {"scale"},
+    {"scale", "livescale"},
     {"api", "bench", "ladder", "cli", "__init__"},  # commands and the API on top
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -10,6 +10,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from vidpipe import Config, Detector
@@ -154,9 +155,11 @@ def test_sources_file_is_followed(tmp_path):
     assert sources.snapshot() == ([], True)
 
 
-def test_cli_sources_file_added_removed_and_ctrl_c(tmp_path):
+@pytest.mark.parametrize("procs", [[], ["--procs-per-device", "2"]], ids=["one-process", "two-processes"])
+def test_cli_sources_file_added_removed_and_ctrl_c(tmp_path, procs):
     """vidpipe detect --sources FILE: rewriting the file closes the camera taken out (its output
-    finished while the run goes on) and starts the one put in; SIGINT finishes the rest, exit 0."""
+    finished while the run goes on) and starts the one put in; SIGINT finishes the rest, exit 0. In
+    one process, and spread over two (livescale)."""
     import os
     import signal
     import subprocess
@@ -168,7 +171,8 @@ def test_cli_sources_file_added_removed_and_ctrl_c(tmp_path):
     listing.write_text(f"{a}\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "vidpipe.cli", "detect", "--sources", str(listing), "-o", str(out),
-                             "--weights", "random", "--device", "cpu", "--realtime", "--loop", "--batch-size", "1"],
+                             "--weights", "random", "--device", "cpu", "--realtime", "--loop", "--batch-size", "1",
+                             *procs],
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         def wait_for(check, what: str, timeout: float = 120) -> None:
@@ -221,10 +225,10 @@ def test_cli_sources_refuses_what_it_does_not_do(tmp_path):
 
     listing = tmp_path / "cams.txt"
     listing.write_text("rtsp://cam1/live\n")
-    for extra in (["--save-video", str(tmp_path / "v")], ["--devices", "cpu"]):
+    for extra in (["--save-video", str(tmp_path / "v")], ["--ray"]):
         r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "detect", "--sources", str(listing), "-o",
                             str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vidpipe: error: --sources runs")
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vidpipe: error: --sources writes")
 
 
 def test_a_tracked_camera_gets_the_ids_its_file_gets(tmp_path):

@@ -17,10 +17,10 @@ Suites (``--suite``):
   ``model(images)`` (``torchvision:NAME``).
 * ``startup``: the README's command in fresh processes, first (empty caches) and second run: wall
   time, time to the first result, where the time goes; and a folder of copies in one command.
-* ``live``: K copies of each input read as 30 fps cameras (``--realtime --loop``) in one process,
-  K from ``--live-streams`` in turn until one does not hold (a stream processed below
-  ``LIVE_FPS`` or p99 latency above ``LIVE_P99_MS``): per-stream rate, latency, dropped frames,
-  NVDEC and GPU utilisation.
+* ``live``: K copies of each input read as 30 fps cameras (``--realtime --loop``) in one process
+  (or spread over ``--procs-per-device`` processes), K from ``--live-streams`` in turn until one
+  does not hold (a stream processed below ``LIVE_FPS`` or p99 latency above ``LIVE_P99_MS``):
+  per-stream rate, latency, dropped frames, NVDEC and GPU utilisation.
 
 Each figure is the median of ``--repeats`` runs (spread printed). ``--results FILE`` appends the
 tables, with device, versions, command and date, to a Markdown file.
@@ -46,7 +46,7 @@ import torch
 
 from .config import Config
 from .detector import Detector
-from .engine import Chunk, FrameProducer, run
+from .engine import Chunk, FrameProducer, RunReport, run
 from .models import ModelFamily, build_family
 from .postprocess import class_probs, ssd_decode_loop, ssd_decode_padded
 from .profiling import GilLoad, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
@@ -683,9 +683,34 @@ def _live_figures(outputs: list[Path], fps: float) -> tuple[list[float], list[fl
     return rates, latencies
 
 
+def _live_processes(cfg: Config, video: str, k: int, procs: int, tmp: Path) -> tuple[list[Path], RunReport]:
+    """K copies of ``video`` as live cameras spread over ``procs`` worker processes on the device
+    (``vidpipe detect --procs-per-device``), until each has run ``cfg.max_frames`` frames."""
+    from .engine import LiveSources
+    from .livescale import run_live_processes
+    from .scale import parse_devices
+
+    cams = [tmp / f"cam-{k}-{i}{Path(video).suffix}" for i in range(k)]  # one name per camera: one output each
+    for cam in cams:
+        cam.unlink(missing_ok=True)
+        cam.symlink_to(Path(video).resolve())
+    targets = {str(c): c.with_suffix(".jsonl") for c in cams}
+    sources, ended = LiveSources(list(targets)), set()
+
+    def on_video(end) -> None:
+        ended.add(end.path)
+        if ended >= targets.keys():
+            sources.close()
+
+    report = run_live_processes(cfg, sources, "jsonl", targets.__getitem__, parse_devices(cfg.device), procs,
+                                on_video=on_video)
+    return list(targets.values()), report
+
+
 def bench_live(a: argparse.Namespace, cfg: Config) -> None:
-    """K copies of each input as live cameras in one process, for ``--live-seconds`` each, K taken
-    from ``--live-streams`` in turn until one does not hold."""
+    """K copies of each input as live cameras in one process (or spread over ``--procs-per-device``
+    processes), for ``--live-seconds`` each, K taken from ``--live-streams`` in turn until one does not
+    hold."""
     from .profiling import GpuUtilization
 
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-live-"))
@@ -693,20 +718,25 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
     for video in bench_inputs(a, tmp):
         info = probe(video)
         live = cfg.replace(realtime=True, loop=True)
-        det = Detector(live.replace(max_frames=round(info.fps)), model=family_for_video(cfg, video))
-        device = det.device
-        end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
-        det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
+        if a.procs_per_device == 1:
+            det = Detector(live.replace(max_frames=round(info.fps)), model=family_for_video(cfg, video))
+            device = det.device
+            end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
+            det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
         for k in a.live_streams:
-            outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
-            paths: list[Path] = []
-
-            def sink(v):
-                paths.append(next(outs))
-                return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
-
             with GpuUtilization() as util:
-                report = run(det, [video] * k, sink)
+                if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds
+                    paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
+                                                    video, k, a.procs_per_device, tmp)
+                else:
+                    outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
+                    paths = []
+
+                    def sink(v):
+                        paths.append(next(outs))
+                        return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
+
+                    report = run(det, [video] * k, sink)
             if report.failed:
                 raise RuntimeError(report.failed[0].error)
             rates, latencies = _live_figures(paths, info.fps)
@@ -715,7 +745,8 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
             holds = min(rates) >= LIVE_FPS and p99 <= LIVE_P99_MS
             nvdec = [v for xs in util.decoder.values() for _, v in xs]
             busy = [v for xs in util.gpu.values() for _, v in xs]
-            rows.append([Path(video).name, f"{info.width}x{info.height}", str(k), f"{k * info.fps:,.0f}",
+            rows.append([Path(video).name, f"{info.width}x{info.height}", str(k), str(a.procs_per_device),
+                         f"{k * info.fps:,.0f}",
                          f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
                          f"{dropped:,} ({dropped / max(dropped + report.frames, 1):.1%})",
                          f"{median(nvdec):.0f}%" if nvdec else "n/a", f"{median(busy):.0f}%" if busy else "n/a",
@@ -723,15 +754,17 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
             print(" | ".join(rows[-1]), flush=True)
             if not holds:
                 break
-    header = ["input", "size", "streams", "frames/s offered", "per-stream frames/s (min / median)",
+    header = ["input", "size", "streams", "processes", "frames/s offered", "per-stream frames/s (min / median)",
               "latency p50 / p99 ms", "dropped (latest policy)", "NVDEC util (median)", "GPU util (median)",
               "holds"]
-    _emit(a, "vidpipe bench: live streams (K cameras in one process)", _table(header, rows),
+    _emit(a, "vidpipe bench: live streams (K cameras on one GPU)", _table(header, rows),
           [f"Each stream: the input read at its frame rate and looped (--realtime --loop) for {a.live_seconds:g} s, "
            f"--live-policy {cfg.live_policy}, JSON Lines per stream; figures over each stream's frames after its "
            f"first {LIVE_WARM_S:g} s. Holds: every stream processed at >= {LIVE_FPS} frames/s and p99 latency "
-           f"(capture to line written) <= {LIVE_P99_MS:.0f} ms. Utilisation: NVML samples every 0.2 s."],
-          device or torch.device("cpu"))
+           f"(capture to line written) <= {LIVE_P99_MS:.0f} ms. Utilisation: NVML samples every 0.2 s. "
+           f"Processes: engines on the GPU, each batching its own share of the streams (--procs-per-device); "
+           f"one process captures its graphs before the streams start, several in their streams' first seconds."],
+          device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def main(a: argparse.Namespace) -> int:

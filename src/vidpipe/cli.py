@@ -128,7 +128,9 @@ def _add_detect_parser(sub) -> None:
                    help="one worker process per listed GPU (numbered as nvidia-smi numbers them), inputs handed "
                         "out dynamically; 'cpu' entries run CPU workers")
     g.add_argument("--procs-per-device", type=_int(1), default=1, metavar="N",
-                   help="worker processes per device (with --devices)")
+                   help="worker processes per device: files are handed out to them as they finish; live sources "
+                        "(streams, --realtime or --loop files, --sources) are spread over them, each process "
+                        "batching its own (many cameras: one process's Python is the limit at ~32 1080p streams)")
     g.add_argument("--split-frames", type=_int(1), default=4096, metavar="N",
                    help="with several workers, share out files of at least 2N frames in parts of >= N frames")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -146,7 +148,7 @@ def _add_bench_parser(sub) -> None:
                         "model: model-only variants; scale: one GPU vs all GPUs; peers: the model's own loop "
                         "beside vidpipe (Ultralytics' predict, torchvision's model(images)); startup: the "
                         "one-command wall time in fresh processes; "
-                        "live: K copies of each input as live cameras in one process")
+                        "live: K copies of each input as live cameras on the GPU, in one process or --procs-per-device")
     b.add_argument("--synthetic-1080p", type=_int(0), default=0, metavar="FRAMES",
                    help="also bench a generated 1920x1080 H.264 clip of about FRAMES frames (240 encoded, "
                         "then repeated without re-encoding)")
@@ -160,6 +162,8 @@ def _add_bench_parser(sub) -> None:
                    help="--suite live: stream counts tried in turn until one does not hold")
     b.add_argument("--live-seconds", type=float, default=20.0, metavar="S",
                    help="--suite live: how long each count runs (default 20)")
+    b.add_argument("--procs-per-device", type=_int(1), default=1, metavar="N",
+                   help="--suite live: spread the streams over N processes on the GPU (default 1)")
     b.add_argument("--results", default=None, metavar="FILE", help="append the tables to this Markdown file")
     add_config_args(b)
 
@@ -271,6 +275,18 @@ def _interruptible() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+def _close_on_signals(sources) -> None:
+    """Ctrl-C or SIGTERM closes ``sources`` (the run finishes every output and ends); a second one
+    interrupts."""
+    def close(signum, frame) -> None:
+        sources.close()
+        signal.signal(signum, _raise_interrupt)
+
+    _interruptible()
+    signal.signal(signal.SIGINT, close)
+    signal.signal(signal.SIGTERM, close)
+
+
 def cmd_detect(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if a.sources is not None:
@@ -335,43 +351,65 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
 
     if not Path(a.sources).is_file():
         raise VidpipeError(f"--sources {a.sources}: no such file")
-    if a.save_video or a.devices or a.ray is not None or a.resume:
-        raise VidpipeError("--sources runs one process writing detections: --save-video, --devices, --ray and "
-                           "--resume are for INPUTs")
+    if a.save_video or a.ray is not None or a.resume:
+        raise VidpipeError("--sources writes detections: --save-video, --ray and --resume are for INPUTs")
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise VidpipeError(f"-o {a.output}: --sources writes one output per source; give a directory")
     out.mkdir(parents=True, exist_ok=True)
     cfg = config_from_args(a).for_run(None)
-    detector = Detector(cfg)
     sources = LiveSources.watch(a.sources)
     seen: dict[str, int] = {}
-    targets: dict[int, Path] = {}
+    targets: dict[str, Path] = {}  # source -> its output, the latest one when it was added again
 
-    def sink_for(info):
-        name = expand_inputs([info.path])[0].name
+    def target_for(path: str) -> Path:
+        name = expand_inputs([path])[0].name
         seen[name] = seen.get(name, 0) + 1
-        target = out / f"{name}{'' if seen[name] == 1 else f'-{seen[name]}'}{EXTENSIONS[a.format]}"
-        targets[id(info)] = target
-        return open_sink(a.format, target, info.path, info.width, info.height, detector.classes, cfg.track)
+        targets[path] = out / f"{name}{'' if seen[name] == 1 else f'-{seen[name]}'}{EXTENSIONS[a.format]}"
+        return targets[path]
 
     def on_video(end) -> None:
         said = f"error: {end.error}" if end.error else f"{end.path}: finished, {end.decoded} frames" + (
-            f" ({end.dropped} dropped to stay current)" if end.dropped else "") + f" -> {targets.get(id(end.info))}" + (
+            f" ({end.dropped} dropped to stay current)" if end.dropped else "") + f" -> {targets.get(end.path)}" + (
             f"; {json.dumps(end.analytics)}" if end.analytics else "")
         print(f"vidpipe: {said}", file=sys.stderr, flush=True)
 
-    def close(signum, frame) -> None:
-        sources.close()
-        signal.signal(signum, _raise_interrupt)  # a second one interrupts
+    _close_on_signals(sources)
+    if a.devices or a.procs_per_device > 1:
+        from .livescale import run_live_processes
+        from .scale import parse_devices
 
-    _interruptible()
-    signal.signal(signal.SIGINT, close)
-    signal.signal(signal.SIGTERM, close)
-    report = run(detector, sources, sink_for, on_video=on_video)
+        report = run_live_processes(cfg, sources, a.format, target_for, parse_devices(a.devices or cfg.device),
+                                    a.procs_per_device, on_video=on_video)
+    else:
+        detector = Detector(cfg)
+        report = run(detector, sources, lambda info: open_sink(a.format, target_for(info.path), info.path, info.width,
+                                                               info.height, detector.classes, cfg.track),
+                     on_video=on_video)
     print(f"vidpipe: {report.frames} frames from {len(report.videos)} sources in {time.perf_counter() - t0:.2f} s"
           + (f"; {len(report.failed)} failed" if report.failed else ""), file=sys.stderr)
     return 1 if report.failed and not a.allow_failures else 0
+
+
+def _detect_live_processes(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video):
+    """Live INPUTs (streams, ``--realtime`` or ``--loop`` files) spread over the worker processes, each
+    running its share at once until they end; Ctrl-C or SIGTERM closes them all, outputs finished."""
+    from .engine import LiveSources
+    from .livescale import run_live_processes
+    from .scale import parse_devices
+
+    sources = LiveSources(list(todo))
+    ended: set[str] = set()
+
+    def on_end(end) -> None:
+        ended.add(end.path)
+        if ended >= todo.keys():  # every input's output is finished: the run is over
+            sources.close()
+        on_video(end)
+
+    _close_on_signals(sources)
+    return run_live_processes(cfg, sources, a.format, todo.__getitem__, parse_devices(a.devices or cfg.device),
+                              a.procs_per_device, on_frames=on_frames, on_video=on_end)
 
 
 def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video,
@@ -384,6 +422,8 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
         from .scale import run_ray
         _interruptible()
         return run_ray(cfg, todo, a.format, a.ray or None, on_video=on_video)
+    if (a.devices or a.procs_per_device > 1) and (cfg.realtime or cfg.loop or any(map(is_stream_url, todo))):
+        return _detect_live_processes(a, cfg, todo, on_frames, on_video)
     if a.devices or a.procs_per_device > 1:
         from .scale import parse_devices, run_processes
         devices = parse_devices(a.devices or cfg.device)

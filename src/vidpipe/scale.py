@@ -125,7 +125,7 @@ def start_worker(ctx, assignment: Assignment, target: Callable, args: tuple) -> 
     return proc
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """End this worker when the process that started it dies, even by SIGKILL (no orphan keeps a
     GPU busy and writes outputs nobody waits for)."""
     if sys.platform.startswith("linux"):
@@ -143,6 +143,23 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def frames_reporter(results, worker: int, device: torch.device) -> Callable[[int], None]:
+    """A worker's ``on_frames``: each batch's frame count to the parent as ``("frames", worker, n)``,
+    after a first ``("device", worker, uuid)``: the GPU that computed the first batch, as CUDA names it
+    in this process (``cpu`` on the CPU)."""
+    told = False
+
+    def on_frames(n: int) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            uuid = f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else "cpu"
+            results.put(("device", worker, uuid))
+        results.put(("frames", worker, n))
+
+    return on_frames
 
 
 def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int], None] | None = None,
@@ -183,7 +200,7 @@ def plan_tasks(targets: dict[str, Path], workers: int, split_frames: int) -> lis
 
 def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Queue,
             parent: int) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     from .detector import Detector
 
     logging.basicConfig(level=logging.WARNING, format="vidpipe: %(message)s")
@@ -195,16 +212,7 @@ def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, r
     except Exception as e:  # a worker that cannot start gives its inputs back to the others
         results.put(("dead", worker, f"{type(e).__name__}: {e}"))
         return
-    told = False
-
-    def on_frames(n: int) -> None:
-        nonlocal told
-        if not told:  # the device that computed the first batch, as CUDA names it
-            told = True
-            uuid = f"GPU-{torch.cuda.get_device_properties(det.device).uuid}" if det.device.type == "cuda" else "cpu"
-            results.put(("device", worker, uuid))
-        results.put(("frames", worker, n))
-
+    on_frames = frames_reporter(results, worker, det.device)
     while True:
         task = tasks.get()
         if task is None:

@@ -1,0 +1,192 @@
+"""Live sources spread over worker processes: several engines per GPU for many cameras.
+
+In: a :class:`~vidpipe.engine.LiveSources` (streams, ``--realtime`` files; it may change while it
+runs), the output path each source gets, and the devices with a process count per device. Out:
+the outputs (each written by the process that runs its source) and a
+:class:`~vidpipe.engine.RunReport` with every source's :class:`~vidpipe.engine.VideoEnd`.
+
+One process's live frames each cost it Python work under its one GIL (a decode call, hand-overs
+between threads, a batch copy, a line of text): 32 camera-like 1080p streams held on one H200, 48 did
+not, with NVDEC at 37% and the GPU at 24% (docs/results.md, "Thirteenth session"). So each worker
+process here runs the same engine as a one-process run over its share of the sources, batching its
+streams' frames together; a source is given to the process with the fewest and stays there until it
+is removed. A worker that cannot start gives its sources to the others. The parent only follows the
+set and collects what the workers report.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable
+
+from .config import Config
+from .engine import LiveSources, RunReport, VideoEnd
+from .engine.live import POLL
+from .scale import Assignment, die_with_parent, frames_reporter, start_worker
+
+log = logging.getLogger(__name__)
+
+
+def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_for: Callable[[str], Path],
+                       devices: list[Assignment], per_device: int = 1, *,
+                       on_frames: Callable[[int], None] | None = None,
+                       on_video: Callable[[VideoEnd], None] | None = None,
+                       on_message: Callable[[str, int, object], None] | None = None) -> RunReport:
+    """Run ``sources`` on ``per_device`` worker processes per device until the set is closed and every
+    worker has finished its outputs. ``target_for(source)`` names a source's output when it is added
+    (called once per addition, in the order of additions). ``on_message(kind, worker, payload)`` sees
+    every worker message: ``hello`` (its pid), ``device`` (the GPU's UUID that computed its first batch,
+    or ``cpu``), ``frames``, ``video`` (a VideoEnd's fields), ``done``, ``dead`` (why it failed)."""
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    results = ctx.Queue()
+    workers = [d for d in devices for _ in range(per_device)]
+    controls = [ctx.Queue() for _ in workers]
+    cfg = {k: v for k, v in config.asdict().items() if k != "device"}
+    procs = [start_worker(ctx, d, _live_worker, (i, d.device, cfg, fmt, controls[i], results, os.getpid()))
+             for i, d in enumerate(workers)]
+    dispatch = _Dispatch(sources, controls, target_for)
+    thread = threading.Thread(target=dispatch.run, name="vidpipe-live-dispatch", daemon=True)
+    thread.start()
+    report, finished = RunReport(), set()
+    try:
+        while len(finished) < len(procs):
+            try:
+                messages = [results.get(timeout=1.0)]
+            except queue.Empty:
+                messages = []
+            # A worker gone without a word (killed, crashed; one that ends well exits 0 after "done"):
+            # looked for at every message too, since the others' messages keep coming.
+            messages += [("dead", i, f"exit code {p.exitcode}") for i, p in enumerate(procs)
+                         if i not in finished and not p.is_alive() and p.exitcode]
+            for kind, worker, payload in messages:
+                if on_message:
+                    on_message(kind, worker, payload)
+                if kind == "device":
+                    log.info("live worker %d (%s) computes on %s", worker, workers[worker].label, payload)
+                elif kind == "frames":
+                    report.frames += payload
+                    if on_frames:
+                        on_frames(payload)
+                elif kind == "video":
+                    end = VideoEnd(**payload)
+                    dispatch.ended(end.path)
+                    report.videos.append(end)
+                    if on_video:
+                        on_video(end)
+                elif kind == "dead" and worker not in finished:
+                    log.error("live worker %d on %s failed: %s", worker, workers[worker].label, payload)
+                    finished.add(worker)
+                    if dispatch.lost(worker):  # no worker left: nothing will run
+                        sources.close()
+                elif kind == "done":
+                    finished.add(worker)
+    finally:
+        sources.close()
+        thread.join(timeout=5)
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+    for path in dispatch.orphans():  # added, but no worker ever reported on it
+        end = VideoEnd(path, error=f"{path}: no live worker could run it", fatal=True)
+        report.videos.append(end)
+        if on_video:
+            on_video(end)
+    return report
+
+
+class _Dispatch:
+    """The parent's side: each source of the set on one worker (the one with the fewest), told to it
+    through the worker's control queue as ``("add", source, target)`` / ``("remove", source, None)``;
+    None closes the worker's set once the parent's is closed."""
+
+    def __init__(self, sources: LiveSources, controls: list, target_for: Callable[[str], Path]) -> None:
+        self.sources, self.controls, self.target_for = sources, controls, target_for
+        self._lock = threading.Lock()
+        self._where: dict[str, int] = {}  # source -> its worker
+        self._alive = set(range(len(controls)))
+        self._moved: list[str] = []  # a dead worker's sources, to be added again elsewhere
+        self._ended: set[str] = set()  # sources whose output is finished (kept until removed, as one process does)
+
+    def run(self) -> None:
+        seen = -1
+        while True:
+            seen = self.sources.wait(seen, POLL)
+            wanted, closed = self.sources.snapshot()
+            with self._lock:
+                for path in [p for p in self._where if p not in wanted]:
+                    self.controls[self._where.pop(path)].put(("remove", path, None))
+                    self._ended.discard(path)  # added again later, it starts again
+                for path in [p for p in wanted if p not in self._where or p in self._moved]:
+                    if not self._alive:  # no worker left: reported as not run
+                        self._where[path] = -1
+                        continue
+                    worker = min(self._alive, key=lambda w: (sum(v == w for v in self._where.values()), w))
+                    self._where[path] = worker
+                    self.controls[worker].put(("add", path, str(self.target_for(path))))
+                self._moved.clear()
+            if closed:
+                for control in self.controls:
+                    control.put(None)
+                return
+
+    def ended(self, path: str) -> None:
+        with self._lock:
+            self._ended.add(path)
+
+    def lost(self, worker: int) -> bool:
+        """``worker`` failed: its sources still running go to the others. Whether none is left."""
+        with self._lock:
+            self._alive.discard(worker)
+            self._moved += [p for p, w in self._where.items() if w == worker and p not in self._ended]
+            return not self._alive
+
+    def orphans(self) -> list[str]:
+        """Sources left on a failed worker (or on none) with no output finished."""
+        with self._lock:
+            return [p for p, w in self._where.items() if w not in self._alive and p not in self._ended]
+
+
+def _live_worker(worker: int, device: str, config: dict, fmt: str, control, results, parent: int) -> None:
+    """A worker process: one detector, one engine run over the sources the parent gives it."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches every process: the parent closes the set
+    from .detector import Detector
+    from .engine import run
+    from .sinks import open_sink
+
+    logging.basicConfig(level=logging.WARNING, format="vidpipe: %(message)s")
+    results.put(("hello", worker, os.getpid()))
+    sources, targets = LiveSources(), {}
+
+    def follow() -> None:
+        while (message := control.get()) is not None:
+            op, path, target = message
+            if op == "add":
+                targets[path] = Path(target)
+                sources.add(path)
+            else:
+                sources.remove(path)
+        sources.close()
+
+    threading.Thread(target=follow, name="vidpipe-live-control", daemon=True).start()
+
+    def on_video(end: VideoEnd) -> None:
+        results.put(("video", worker, {f.name: getattr(end, f.name) for f in fields(end) if f.name != "info"}))
+
+    try:
+        det = Detector(Config(**{**config, "device": device}))
+        run(det, sources, lambda i: open_sink(fmt, targets[i.path], i.path, i.width, i.height, det.classes,
+                                              det.config.track),
+            on_frames=frames_reporter(results, worker, det.device), on_video=on_video)
+    except Exception as e:  # its sources still running go to the other workers
+        results.put(("dead", worker, f"{type(e).__name__}: {e}"))
+        return
+    results.put(("done", worker, None))

@@ -1,0 +1,123 @@
+"""Live sources spread over worker processes (``--procs-per-device`` with live sources): each source
+runs in one worker, workers run side by side in their own processes, every source's output is
+complete and in order, and a worker that dies hands its sources to the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import pytest
+
+from vidpipe import Config
+from vidpipe.engine import LiveSources
+from vidpipe.livescale import run_live_processes
+from vidpipe.scale import Assignment
+from vidpipe.synth import make_clip
+
+CPU = [Assignment("cpu", "", "cpu")]
+
+
+def run_until_ended(cfg: Config, paths: list[str], targets: dict, per_device: int, on_message=None, devices=CPU):
+    """As ``vidpipe detect INPUT... --procs-per-device N`` runs live inputs: the set closes once
+    every input's output is finished."""
+    sources, ended = LiveSources(paths), set()
+
+    def on_video(end) -> None:
+        ended.add(end.path)
+        if ended >= set(paths):
+            sources.close()
+
+    return run_live_processes(cfg, sources, "jsonl", targets.__getitem__, devices, per_device, on_video=on_video,
+                              on_message=on_message)
+
+
+def frames(path) -> list[int]:
+    return [json.loads(x)["frame"] for x in path.read_text().splitlines()]
+
+
+def test_sources_run_in_their_own_worker_processes(tmp_path):
+    clips = [make_clip(tmp_path / f"cam{i}.mp4", frames=6, width=64, height=48, bframes=False, seed=i)
+             for i in range(4)]
+    targets = {str(c): tmp_path / f"{c.stem}.jsonl" for c in clips}
+    pids, ran_on = {}, defaultdict(set)
+
+    def on_message(kind, worker, payload) -> None:
+        if kind == "hello":
+            pids[worker] = payload
+        elif kind == "video":
+            ran_on[worker].add(payload["path"])
+
+    cfg = Config(device="cpu", weights="random", batch_size=2, realtime=True, max_frames=6, live_policy="all")
+    report = run_until_ended(cfg, list(targets), targets, 2, on_message)
+    assert not report.failed and report.frames == 24, report
+    # Two processes, neither this one, two sources each (the one with the fewest gets the next).
+    assert len(set(pids.values()) - {os.getpid()}) == 2, pids
+    assert sorted(map(len, ran_on.values())) == [2, 2] and set().union(*ran_on.values()) == set(targets), ran_on
+    for target in targets.values():
+        assert frames(target) == list(range(6)), target
+
+
+def test_a_dead_worker_hands_its_sources_to_the_others(tmp_path):
+    clips = [make_clip(tmp_path / f"cam{i}.mp4", frames=6, width=64, height=48, bframes=False, seed=i)
+             for i in range(2)]
+    targets = {str(c): tmp_path / f"{c.stem}.jsonl" for c in clips}
+    pids, events = {}, []
+
+    def on_message(kind, worker, payload) -> None:
+        events.append((kind, worker))
+        if kind == "hello":
+            pids[worker] = payload
+        elif kind == "frames" and worker == 0 and 0 in pids:  # worker 0 has started its source: kill it
+            os.kill(pids.pop(0), signal.SIGKILL)
+
+    cfg = Config(device="cpu", weights="random", batch_size=2, realtime=True, max_frames=6, live_policy="all")
+    t0 = time.time()
+    report = run_until_ended(cfg, list(targets), targets, 2, on_message)
+    assert time.time() - t0 < 300
+    assert ("dead", 0) in events, events
+    assert not report.failed and {v.path for v in report.videos} == set(targets), report
+    for target in targets.values():  # the killed worker's source ran again, whole, on the other
+        assert frames(target) == list(range(6)), target
+
+
+def test_cli_live_inputs_over_processes(tmp_path):
+    """vidpipe detect CAM... --realtime --procs-per-device 2: one output per input, every frame in
+    order (--live-policy all), exit 0."""
+    clips = [make_clip(tmp_path / f"cam{i}.mp4", frames=5, width=64, height=48, bframes=False, seed=i)
+             for i in range(3)]
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "detect", *map(str, clips), "-o", f"{out}/",
+                        "--weights", "random", "--device", "cpu", "--batch-size", "2", "--realtime",
+                        "--live-policy", "all", "--procs-per-device", "2"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "15 frames from 3 of 3 inputs" in r.stderr, r.stderr
+    for c in clips:
+        assert frames(out / f"{c.stem}.jsonl") == list(range(5))
+
+
+@pytest.mark.nvdec
+def test_cameras_spread_over_processes_on_one_gpu(tmp_path):
+    """Two engines on one GPU, NVDEC decoding in each: both compute on that GPU, every frame of every
+    camera written once, in order."""
+    from vidpipe.scale import parse_devices
+
+    gpu = parse_devices("0")
+    clips = [make_clip(tmp_path / f"cam{i}.mp4", frames=30, width=320, height=240, bframes=False, seed=i)
+             for i in range(4)]
+    targets = {str(c): tmp_path / f"{c.stem}.jsonl" for c in clips}
+    messages = []
+    cfg = Config(weights="random", batch_size=4, compile="off", realtime=True, max_frames=60, loop=True,
+                 live_policy="all")
+    report = run_until_ended(cfg, list(targets), targets, 2, lambda *m: messages.append(m), gpu)
+    assert not report.failed and report.frames == 240, report
+    assert sorted(p for kind, _, p in messages if kind == "device") == [gpu[0].visible] * 2, messages
+    assert len({p for kind, _, p in messages if kind == "hello"}) == 2
+    for target in targets.values():
+        assert frames(target) == list(range(60)), target
