@@ -49,7 +49,7 @@ from .detector import Detector
 from .engine import Chunk, FrameProducer, RunReport, run
 from .models import ModelFamily, build_family
 from .postprocess import class_probs, ssd_decode_loop, ssd_decode_padded
-from .profiling import GilLoad, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
+from .profiling import GilLoad, HostCpu, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
 from .runtime import DeviceRuntime
 from .sinks import JsonlSink
 from .sources import PyAVSource, probe
@@ -667,20 +667,33 @@ LIVE_P99_MS = 200.0  # capture to written, 99th percentile
 LIVE_WARM_S = 2.0  # each stream's first seconds (decoder start) are left out of the figures
 
 
-def _live_figures(outputs: list[Path], fps: float) -> tuple[list[float], list[float]]:
-    """Per stream, frames written per second of its steady window (after ``LIVE_WARM_S``); and the
-    latencies (ms) of every frame in those windows."""
-    rates, latencies = [], []
+@dataclass
+class LiveFigures:
+    rates: list[float]  # per stream, frames written per second of its steady window (after LIVE_WARM_S)
+    latencies: list[float]  # ms, of every frame in those windows
+    dropped: int  # frames missing from those windows (gaps in frame numbers: --live-policy latest)
+    window: tuple[float, float]  # time.time() span in which every stream was in its window
+
+
+def _live_figures(outputs: list[Path], fps: float) -> LiveFigures:
+    """The figures of one live run, read from its JSON Lines outputs."""
+    f = LiveFigures([], [], 0, (0.0, 0.0))
+    starts, ends = [], []
     for out in outputs:
         lines = [json.loads(x) for x in out.read_text().splitlines()]
         if not lines:
-            rates.append(0.0)
+            f.rates.append(0.0)
             continue
         start, end = lines[0]["captured_at"] + LIVE_WARM_S, lines[-1]["captured_at"]
         window = [x for x in lines if x["captured_at"] >= start]
-        rates.append(len(window) / max(end - start + 1 / fps, 1e-9))
-        latencies += [x["latency_ms"] for x in window]
-    return rates, latencies
+        f.rates.append(len(window) / max(end - start + 1 / fps, 1e-9))
+        f.latencies += [x["latency_ms"] for x in window]
+        if window:
+            f.dropped += window[-1]["frame"] - window[0]["frame"] + 1 - len(window)
+        starts.append(start)
+        ends.append(end)
+    f.window = (max(starts, default=0.0), min(ends, default=0.0))
+    return f
 
 
 def _live_processes(cfg: Config, video: str, k: int, procs: int, tmp: Path) -> tuple[list[Path], RunReport]:
@@ -724,7 +737,7 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
             end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
             det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
         for k in a.live_streams:
-            with GpuUtilization() as util:
+            with GpuUtilization() as util, HostCpu() as cpu:
                 if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds
                     paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
                                                     video, k, a.procs_per_device, tmp)
@@ -739,29 +752,35 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
                     report = run(det, [video] * k, sink)
             if report.failed:
                 raise RuntimeError(report.failed[0].error)
-            rates, latencies = _live_figures(paths, info.fps)
-            p50, p99 = (float(np.percentile(latencies, q)) if latencies else float("nan") for q in (50, 99))
+            fig = _live_figures(paths, info.fps)
+            rates = fig.rates
+            p50, p99 = (float(np.percentile(fig.latencies, q)) if fig.latencies else float("nan") for q in (50, 99))
             dropped = sum(v.dropped for v in report.videos)
             holds = min(rates) >= LIVE_FPS and p99 <= LIVE_P99_MS
-            nvdec = [v for xs in util.decoder.values() for _, v in xs]
-            busy = [v for xs in util.gpu.values() for _, v in xs]
+            t0, t1 = (t - (time.time() - time.perf_counter()) for t in fig.window)
+            nvdec = [v for xs in util.decoder.values() for t, v in xs if t0 <= t <= t1]  # all streams steady
+            busy = [v for xs in util.gpu.values() for t, v in xs if t0 <= t <= t1]
+            cores = cpu.busy(t0, t1)
             rows.append([Path(video).name, f"{info.width}x{info.height}", str(k), str(a.procs_per_device),
                          f"{k * info.fps:,.0f}",
                          f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
-                         f"{dropped:,} ({dropped / max(dropped + report.frames, 1):.1%})",
+                         f"{fig.dropped / max(fig.dropped + len(fig.latencies), 1):.1%} / "
+                         f"{dropped / max(dropped + report.frames, 1):.1%}",
                          f"{median(nvdec):.0f}%" if nvdec else "n/a", f"{median(busy):.0f}%" if busy else "n/a",
-                         "yes" if holds else "**no**"])
+                         f"{cores:.1f}" if cores is not None else "n/a", "yes" if holds else "**no**"])
             print(" | ".join(rows[-1]), flush=True)
             if not holds:
                 break
     header = ["input", "size", "streams", "processes", "frames/s offered", "per-stream frames/s (min / median)",
-              "latency p50 / p99 ms", "dropped (latest policy)", "NVDEC util (median)", "GPU util (median)",
-              "holds"]
+              "latency p50 / p99 ms", "dropped: steady / whole run", "NVDEC util (median)", "GPU util (median)",
+              "host cores busy", "holds"]
     _emit(a, "vidpipe bench: live streams (K cameras on one GPU)", _table(header, rows),
           [f"Each stream: the input read at its frame rate and looped (--realtime --loop) for {a.live_seconds:g} s, "
            f"--live-policy {cfg.live_policy}, JSON Lines per stream; figures over each stream's frames after its "
            f"first {LIVE_WARM_S:g} s. Holds: every stream processed at >= {LIVE_FPS} frames/s and p99 latency "
-           f"(capture to line written) <= {LIVE_P99_MS:.0f} ms. Utilisation: NVML samples every 0.2 s. "
+           f"(capture to line written) <= {LIVE_P99_MS:.0f} ms. Utilisation (NVML) and host cores busy "
+           f"(/proc/stat, of {os.cpu_count()}): samples every 0.2 s while every stream was past its first seconds. "
+           f"Dropped (--live-policy latest): frames missing in the streams' steady windows, and over the whole run. "
            f"Processes: engines on the GPU, each batching its own share of the streams (--procs-per-device); "
            f"one process captures its graphs before the streams start, several in their streams' first seconds."],
           device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))

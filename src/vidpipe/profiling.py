@@ -207,6 +207,33 @@ class GpuUtilization(_Sampler):
         return "; ".join(parts) or "no NVML samples"
 
 
+class HostCpu(_Sampler):
+    """The whole host's CPU time, read from ``/proc/stat`` every ``interval`` s inside a ``with``:
+    :meth:`busy` gives the cores busy on average between two ``perf_counter`` times. Linux only
+    (elsewhere no samples)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []  # (perf_counter, busy jiffies, all jiffies)
+
+    def _tick(self) -> None:
+        try:
+            with open("/proc/stat") as f:
+                jiffies = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return
+        idle = jiffies[3] + (jiffies[4] if len(jiffies) > 4 else 0)  # idle + iowait
+        self.samples.append((time.perf_counter(), sum(jiffies) - idle, sum(jiffies)))
+
+    def busy(self, t0: float = 0.0, t1: float = float("inf")) -> float | None:
+        """Cores busy on average between ``t0`` and ``t1`` (None without two samples there)."""
+        inside = [x for x in self.samples if t0 <= x[0] <= t1]
+        if len(inside) < 2:
+            return None
+        (_, b0, a0), (_, b1, a1) = inside[0], inside[-1]
+        return (b1 - b0) / max(a1 - a0, 1) * (os.cpu_count() or 1)
+
+
 def machine_facts(device: torch.device) -> dict[str, str]:
     facts = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
