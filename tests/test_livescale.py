@@ -121,3 +121,50 @@ def test_cameras_spread_over_processes_on_one_gpu(tmp_path):
     assert len({p for kind, _, p in messages if kind == "hello"}) == 2
     for target in targets.values():
         assert frames(target) == list(range(60)), target
+
+
+class Control(list):
+    put = list.append
+
+
+def test_dispatch_balances_moves_and_reports_what_no_worker_can_run(tmp_path):
+    """The parent's bookkeeping alone (no processes): a source goes to the worker running the fewest,
+    a removed one is removed from its worker, a failed worker's running sources go to the others
+    (not those whose output it finished), and with no worker left the rest are reported."""
+    import threading
+
+    from vidpipe.livescale import _Dispatch
+
+    controls = [Control(), Control()]
+    sources = LiveSources(["a", "b", "c"])
+    names = iter(range(100))
+    dispatch = _Dispatch(sources, controls, lambda p: tmp_path / f"{p}-{next(names)}")
+    thread = threading.Thread(target=dispatch.run, daemon=True)
+    thread.start()
+
+    def told() -> list[list[tuple]]:
+        return [[m[:2] for m in c] for c in controls]
+
+    def soon(check) -> bool:  # within a few of the dispatcher's looks (POLL apart)
+        t = time.time() + 5
+        while not check() and time.time() < t:
+            time.sleep(0.05)
+        return check()
+
+    assert soon(lambda: told() == [[("add", "a"), ("add", "c")], [("add", "b")]]), told()
+    dispatch.ended("a")  # a's and c's outputs are finished: worker 0 runs nothing now
+    dispatch.ended("c")
+    sources.add("d")
+    assert soon(lambda: told()[0] == [("add", "a"), ("add", "c"), ("add", "d")]), told()
+    sources.remove("a")
+    assert soon(lambda: told()[0][-1] == ("remove", "a")), told()
+    assert not dispatch.lost(0)  # d moves to worker 1; nothing of c (finished) runs again
+    assert soon(lambda: told()[1] == [("add", "b"), ("add", "d")]), told()
+    assert dispatch.lost(1)  # no worker left
+    sources.add("e")
+    assert soon(lambda: sorted(dispatch.orphans()) == ["b", "d", "e"]), dispatch.orphans()
+    time.sleep(0.3)
+    assert len(told()[0]) == 4 and len(told()[1]) == 2  # nothing more to the failed workers
+    sources.close()
+    thread.join(5)
+    assert not thread.is_alive() and controls[0][-1] is None and controls[1][-1] is None

@@ -16,6 +16,7 @@ set and collects what the workers report.
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing as mp
 import os
@@ -122,13 +123,15 @@ class _Dispatch:
             wanted, closed = self.sources.snapshot()
             with self._lock:
                 for path in [p for p in self._where if p not in wanted]:
-                    self.controls[self._where.pop(path)].put(("remove", path, None))
+                    if (worker := self._where.pop(path)) in self._alive:
+                        self.controls[worker].put(("remove", path, None))
                     self._ended.discard(path)  # added again later, it starts again
                 for path in [p for p in wanted if p not in self._where or p in self._moved]:
                     if not self._alive:  # no worker left: reported as not run
                         self._where[path] = -1
                         continue
-                    worker = min(self._alive, key=lambda w: (sum(v == w for v in self._where.values()), w))
+                    running = collections.Counter(w for p, w in self._where.items() if p not in self._ended)
+                    worker = min(self._alive, key=lambda w: (running[w], w))
                     self._where[path] = worker
                     self.controls[worker].put(("add", path, str(self.target_for(path))))
                 self._moved.clear()
