@@ -130,7 +130,8 @@ def _add_detect_parser(sub) -> None:
     g.add_argument("--procs-per-device", type=_int(1), default=1, metavar="N",
                    help="worker processes per device: files are handed out to them as they finish; live sources "
                         "(streams, --realtime or --loop files, --sources) are spread over them, each process "
-                        "batching its own (many cameras: one process's Python is the limit at ~32 1080p streams)")
+                        "batching its own (past ~32 1080p cameras per GPU, where one process's Python is the "
+                        "limit; 3 measured best on an H200, README: Live streams)")
     g.add_argument("--split-frames", type=_int(1), default=4096, metavar="N",
                    help="with several workers, share out files of at least 2N frames in parts of >= N frames")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
