@@ -30,7 +30,7 @@ from typing import Callable
 from .config import Config
 from .engine import LiveSources, RunReport, VideoEnd
 from .engine.live import POLL
-from .scale import Assignment, die_with_parent, frames_reporter, start_worker
+from .scale import Assignment, die_with_parent, frames_reporter, reported, start_worker
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,9 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
             for kind, worker, payload in messages:
                 if on_message:
                     on_message(kind, worker, payload)
-                if kind == "device":
-                    log.info("live worker %d (%s) computes on %s", worker, workers[worker].label, payload)
-                elif kind == "frames":
-                    report.frames += payload
-                    if on_frames:
-                        on_frames(payload)
-                elif kind == "video":
+                if reported(kind, worker, payload, workers, report, on_frames):
+                    continue
+                if kind == "video":
                     end = VideoEnd(**payload)
                     dispatch.ended(end.path)
                     report.videos.append(end)

@@ -162,6 +162,19 @@ def frames_reporter(results, worker: int, device: torch.device) -> Callable[[int
     return on_frames
 
 
+def reported(kind: str, worker: int, payload, workers: list[Assignment], report: RunReport,
+             on_frames: Callable[[int], None] | None) -> bool:
+    """The parent's side of :func:`frames_reporter`: a ``device`` message logged, a ``frames`` one
+    counted into ``report`` and passed to ``on_frames``. Whether the message was one of those."""
+    if kind == "device":
+        log.info("worker %d (%s) computes on %s", worker, workers[worker].label, payload)
+    elif kind == "frames":
+        report.frames += payload
+        if on_frames:
+            on_frames(payload)
+    return kind in ("device", "frames")
+
+
 def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int], None] | None = None,
                  frames: tuple[int, int] | None = None) -> list[VideoEnd]:
     from .engine import run
@@ -310,13 +323,9 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
                 continue
             if on_message:
                 on_message(kind, worker, payload)
-            if kind == "device":
-                log.info("worker %d (%s) computes on %s", worker, workers[worker].label, payload)
-            elif kind == "frames":
-                report.frames += payload
-                if on_frames:
-                    on_frames(payload)
-            elif kind == "video":
+            if reported(kind, worker, payload, workers, report, on_frames):
+                continue
+            if kind == "video":
                 fields, part_target, part, parts = payload
                 end = VideoEnd(**fields)
                 if parts > 1:
