@@ -736,6 +736,9 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
             device = det.device
             end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
             det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
+        elif hasattr(family := family_for_video(cfg, video), "save"):
+            # The workers load these weights: re-aimed on this video, the load one process gets.
+            live = live.replace(**family.save(tmp / f"weights-{Path(video).stem}.pt"))
         for k in a.live_streams:
             with GpuUtilization() as util, HostCpu() as cpu:
                 if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds
