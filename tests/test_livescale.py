@@ -16,7 +16,7 @@ import pytest
 
 from vidpipe import Config
 from vidpipe.engine import LiveSources
-from vidpipe.livescale import run_live_processes
+from vidpipe.livescale import run_live_processes, until_ended
 from vidpipe.scale import Assignment
 from vidpipe.synth import make_clip
 
@@ -26,13 +26,7 @@ CPU = [Assignment("cpu", "", "cpu")]
 def run_until_ended(cfg: Config, paths: list[str], targets: dict, per_device: int, on_message=None, devices=CPU):
     """As ``vidpipe detect INPUT... --procs-per-device N`` runs live inputs: the set closes once
     every input's output is finished."""
-    sources, ended = LiveSources(paths), set()
-
-    def on_video(end) -> None:
-        ended.add(end.path)
-        if ended >= set(paths):
-            sources.close()
-
+    sources, on_video = until_ended(paths)
     return run_live_processes(cfg, sources, "jsonl", targets.__getitem__, devices, per_device, on_video=on_video,
                               on_message=on_message)
 

@@ -699,8 +699,7 @@ def _live_figures(outputs: list[Path], fps: float) -> LiveFigures:
 def _live_processes(cfg: Config, video: str, k: int, procs: int, tmp: Path) -> tuple[list[Path], RunReport]:
     """K copies of ``video`` as live cameras spread over ``procs`` worker processes on the device
     (``vidpipe detect --procs-per-device``), until each has run ``cfg.max_frames`` frames."""
-    from .engine import LiveSources
-    from .livescale import run_live_processes
+    from .livescale import run_live_processes, until_ended
     from .scale import parse_devices
 
     cams = [tmp / f"cam-{k}-{i}{Path(video).suffix}" for i in range(k)]  # one name per camera: one output each
@@ -708,13 +707,7 @@ def _live_processes(cfg: Config, video: str, k: int, procs: int, tmp: Path) -> t
         cam.unlink(missing_ok=True)
         cam.symlink_to(Path(video).resolve())
     targets = {str(c): c.with_suffix(".jsonl") for c in cams}
-    sources, ended = LiveSources(list(targets)), set()
-
-    def on_video(end) -> None:
-        ended.add(end.path)
-        if ended >= targets.keys():
-            sources.close()
-
+    sources, on_video = until_ended(list(targets))
     report = run_live_processes(cfg, sources, "jsonl", targets.__getitem__, parse_devices(cfg.device), procs,
                                 on_video=on_video)
     return list(targets.values()), report

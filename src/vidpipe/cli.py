@@ -395,19 +395,10 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
 def _detect_live_processes(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video):
     """Live INPUTs (streams, ``--realtime`` or ``--loop`` files) spread over the worker processes, each
     running its share at once until they end; Ctrl-C or SIGTERM closes them all, outputs finished."""
-    from .engine import LiveSources
-    from .livescale import run_live_processes
+    from .livescale import run_live_processes, until_ended
     from .scale import parse_devices
 
-    sources = LiveSources(list(todo))
-    ended: set[str] = set()
-
-    def on_end(end) -> None:
-        ended.add(end.path)
-        if ended >= todo.keys():  # every input's output is finished: the run is over
-            sources.close()
-        on_video(end)
-
+    sources, on_end = until_ended(list(todo), on_video)
     _close_on_signals(sources)
     return run_live_processes(cfg, sources, a.format, todo.__getitem__, parse_devices(a.devices or cfg.device),
                               a.procs_per_device, on_frames=on_frames, on_video=on_end)

@@ -99,6 +99,23 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
     return report
 
 
+def until_ended(paths: list[str], on_video: Callable[[VideoEnd], None] | None = None
+                ) -> tuple[LiveSources, Callable[[VideoEnd], None]]:
+    """Live inputs run to their ends (``--max-frames``, a stream that stops for good): their set, and
+    an ``on_video`` for :func:`run_live_processes` that closes the set once every input's output is
+    finished, after passing each end on to ``on_video``."""
+    sources, ended = LiveSources(paths), set()
+
+    def on_end(end: VideoEnd) -> None:
+        if on_video:
+            on_video(end)
+        ended.add(end.path)
+        if ended >= set(paths):
+            sources.close()
+
+    return sources, on_end
+
+
 class _Dispatch:
     """The parent's side: each source of the set on one worker (the one with the fewest), told to it
     through the worker's control queue as ``("add", source, target)`` / ``("remove", source, None)``;
