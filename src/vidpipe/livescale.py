@@ -9,9 +9,12 @@ One process's live frames each cost it Python work under its one GIL (a decode c
 between threads, a batch copy, a line of text): 32 camera-like 1080p streams held on one H200, 48 did
 not, with NVDEC at 37% and the GPU at 24% (docs/results.md, "Thirteenth session"). So each worker
 process here runs the same engine as a one-process run over its share of the sources, batching its
-streams' frames together; a source is given to the process with the fewest and stays there until it
-is removed. A worker that cannot start gives its sources to the others. The parent only follows the
-set and collects what the workers report.
+streams' frames together; a source is given to the process running the fewest and stays there until
+it is removed. A worker that fails (cannot start, crashes, is killed) hands its running sources to the
+others, where they start again. The parent only follows the set and collects what the workers report.
+The processes share the GPU by time slices (separate CUDA contexts, whose kernels never overlap): on
+an H200, 3 processes took 48 cameras to 29.3-29.6 frames/s each against 10-25 in one, and 6 did worse
+than 3 (docs/results.md, "Seventeenth session").
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
             p.join(timeout=10)
             if p.is_alive():
                 p.terminate()
-    for path in dispatch.orphans():  # added, but no worker ever reported on it
+    for path in dispatch.orphans():  # left on a failed worker (or none left) with no output finished
         end = VideoEnd(path, error=f"{path}: no live worker could run it", fatal=True)
         report.videos.append(end)
         if on_video:
