@@ -49,7 +49,8 @@ from .detector import Detector
 from .engine import Chunk, FrameProducer, RunReport, run
 from .models import ModelFamily, build_family
 from .postprocess import class_probs, ssd_decode_loop, ssd_decode_padded
-from .profiling import GilLoad, HostCpu, PeakMemory, gpu_ms, machine_facts, median, spread, sync, time_repeats
+from .profiling import (GilLoad, HostCpu, HostMemory, PeakMemory, gpu_ms, machine_facts, median, peak, spread, sync,
+                        time_repeats)
 from .runtime import DeviceRuntime
 from .sinks import JsonlSink
 from .sources import PyAVSource, probe
@@ -665,6 +666,7 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
 LIVE_FPS = 29.5  # a 30 fps camera is kept up with (issue 18's bar)
 LIVE_P99_MS = 200.0  # capture to written, 99th percentile
 LIVE_WARM_S = 2.0  # each stream's first seconds (decoder start) are left out of the figures
+LIVE_MEMORY_S = 60.0  # memory peaks are compared after this long and at the end (issue 18: 1 min vs 10 min)
 
 
 @dataclass
@@ -733,7 +735,7 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
             # The workers load these weights: re-aimed on this video, the load one process gets.
             live = live.replace(**family.save(tmp / f"weights-{Path(video).stem}.pt"))
         for k in a.live_streams:
-            with GpuUtilization() as util, HostCpu() as cpu:
+            with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
                 if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds
                     paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
                                                     video, k, a.procs_per_device, tmp)
@@ -757,19 +759,25 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
             nvdec = [v for xs in util.decoder.values() for t, v in xs if t0 <= t <= t1]  # all streams steady
             busy = [v for xs in util.gpu.values() for t, v in xs if t0 <= t <= t1]
             cores = cpu.busy(t0, t1)
+            memory = "n/a"
+            if t1 - t0 >= LIVE_MEMORY_S + 30:  # peaks once every stream has run a minute, and at the end
+                gpu_memory = [x for xs in util.memory.values() for x in xs]
+                memory = " / ".join(f"{a / 2**20:,.0f} → {b / 2**20:,.0f} MiB ({b / a - 1:+.1%})"
+                                    for a, b in ((peak(xs, 0, t0 + LIVE_MEMORY_S), peak(xs)) for xs in
+                                                 (host.samples, gpu_memory)) if a and b)
             rows.append([Path(video).name, f"{info.width}x{info.height}", str(k), str(a.procs_per_device),
                          f"{k * info.fps:,.0f}",
                          f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
                          f"{fig.dropped / max(fig.dropped + len(fig.latencies), 1):.1%} / "
                          f"{dropped / max(dropped + report.frames, 1):.1%}",
                          f"{median(nvdec):.0f}%" if nvdec else "n/a", f"{median(busy):.0f}%" if busy else "n/a",
-                         f"{cores:.1f}" if cores is not None else "n/a", "yes" if holds else "**no**"])
+                         f"{cores:.1f}" if cores is not None else "n/a", memory, "yes" if holds else "**no**"])
             print(" | ".join(rows[-1]), flush=True)
             if not holds:
                 break
     header = ["input", "size", "streams", "processes", "frames/s offered", "per-stream frames/s (min / median)",
               "latency p50 / p99 ms", "dropped: steady / whole run", "NVDEC util (median)", "GPU util (median)",
-              "host cores busy", "holds"]
+              "host cores busy", "memory peak, host / GPU: first minute → whole run", "holds"]
     _emit(a, "vidpipe bench: live streams (K cameras on one GPU)", _table(header, rows),
           [f"Each stream: the input read at its frame rate and looped (--realtime --loop) for {a.live_seconds:g} s, "
            f"--live-policy {cfg.live_policy}, JSON Lines per stream; figures over each stream's frames after its "
@@ -777,6 +785,9 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
            f"(capture to line written) <= {LIVE_P99_MS:.0f} ms. Utilisation (NVML) and host cores busy "
            f"(/proc/stat, of {os.cpu_count()}): samples every 0.2 s while every stream was past its first seconds. "
            f"Dropped (--live-policy latest): frames missing in the streams' steady windows, and over the whole run. "
+           f"Memory (runs of {LIVE_MEMORY_S + 30:.0f} s and more): the peak until every stream had run "
+           f"{LIVE_MEMORY_S:.0f} s steady, then over the whole run; host: resident memory of the bench and every "
+           f"process it started, GPU: used as NVML reports it (every process). "
            f"Processes: engines on the GPU, each batching its own share of the streams (--procs-per-device); "
            f"one process captures its graphs before the streams start, several in their streams' first seconds."],
           device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))

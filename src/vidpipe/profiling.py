@@ -165,6 +165,7 @@ class GpuUtilization(_Sampler):
         self.interval = interval
         self.gpu: dict[str, list[tuple[float, int]]] = {}
         self.decoder: dict[str, list[tuple[float, int]]] = {}
+        self.memory: dict[str, list[tuple[float, int]]] = {}  # bytes used on the GPU, by every process
         self._handles: dict[str, object] = {}
 
     def __enter__(self) -> GpuUtilization:
@@ -186,6 +187,7 @@ class GpuUtilization(_Sampler):
             now = time.perf_counter()
             self.gpu.setdefault(uuid, []).append((now, self._nvml.nvmlDeviceGetUtilizationRates(h).gpu))
             self.decoder.setdefault(uuid, []).append((now, self._nvml.nvmlDeviceGetDecoderUtilization(h)[0]))
+            self.memory.setdefault(uuid, []).append((now, self._nvml.nvmlDeviceGetMemoryInfo(h).used))
 
     def __exit__(self, *exc) -> None:
         super().__exit__(*exc)
@@ -205,6 +207,41 @@ class GpuUtilization(_Sampler):
             if vs:
                 parts.append(f"{uuid[:12]}…: median {statistics.median(vs):.0f}% (min {min(vs)}%, {len(vs)} samples)")
         return "; ".join(parts) or "no NVML samples"
+
+
+class HostMemory(_Sampler):
+    """Resident memory of this process and every process it started (worker processes, formatting
+    processes), summed, sampled every ``interval`` s inside a ``with``. Linux only (elsewhere no samples)."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []  # (perf_counter, bytes)
+
+    def _tick(self) -> None:
+        parents: dict[int, int] = {}
+        rss: dict[int, int] = {}
+        for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            pid = int(entry.name)
+            parents[pid], rss[pid] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        tree, grew = {os.getpid()}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in tree} - tree
+            tree |= more
+            grew = bool(more)
+        if rss:
+            self.samples.append((time.perf_counter(), sum(rss.get(pid, 0) for pid in tree)))
+
+
+def peak(samples: list[tuple[float, int]], t0: float = 0.0, t1: float = float("inf")) -> int | None:
+    """The largest of ``(time, value)`` samples taken between ``t0`` and ``t1`` (None if none)."""
+    return max((v for t, v in samples if t0 <= t <= t1), default=None)
 
 
 class HostCpu(_Sampler):
