@@ -13,7 +13,7 @@ streams' frames together; a source is given to the process running the fewest an
 it is removed. A worker that fails (cannot start, crashes, is killed) hands its running sources to the
 others, where they start again. The parent only follows the set and collects what the workers report.
 The processes share the GPU by time slices (separate CUDA contexts, whose kernels never overlap): on
-an H200, 3 processes took 48 cameras to 29.3-29.6 frames/s each against 10-25 in one, and 6 did worse
+an H200, 3 processes took 48 cameras to 29.1-29.6 frames/s each against 10-25 in one, and 6 did worse
 than 3 (docs/results.md, "Seventeenth session").
 """
 
