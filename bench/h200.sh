@@ -11,7 +11,8 @@
 #   old     vidpipe bench on in.mp4 with the tree in .old/src (git archive of $OLD: the commit
 #           before, measured in the same call)
 #   track   vidpipe bench (pipeline) with --track on in.mp4 and the 1080p clip ($TRACK_ARGS added)
-#   tracklong vidpipe bench without and with --track on the 1080p clip repeated 4 times (3,600 frames)
+#   tracklong vidpipe bench without and with --track on the 1080p clip repeated $TRACKLONG_TIMES times
+#           (default 10: 9,000 frames)
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   live    vidpipe bench --suite live on the 1080p clip ($LIVE_ARGS added)
@@ -36,10 +37,10 @@ camera() {  # the camera-like 1080p H.264 clip (900 frames), made once per machi
   [ -f /tmp/camera1080.mp4 ] || python3 .media/make_camera_clip.py .media/in.mp4 /tmp/camera1080.mp4 h264 900 >/dev/null
   echo /tmp/camera1080.mp4
 }
-camera4() {  # that clip 4 times in a row, packets copied
-  [ -f /tmp/camera1080x4.mp4 ] || python3 -c "import sys; from vidpipe.synth import repeat_clip; \
-repeat_clip(sys.argv[1], sys.argv[2], 4)" "$(camera)" /tmp/camera1080x4.mp4
-  echo /tmp/camera1080x4.mp4
+camera_times() {  # that clip $1 times in a row, packets copied
+  [ -f /tmp/camera1080x$1.mp4 ] || python3 -c "import sys; from vidpipe.synth import repeat_clip; \
+repeat_clip(sys.argv[1], sys.argv[2], int(sys.argv[3]))" "$(camera)" /tmp/camera1080x$1.mp4 $1
+  echo /tmp/camera1080x$1.mp4
 }
 
 for step in $STEPS; do
@@ -73,7 +74,7 @@ for step in $STEPS; do
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -10 ;;
     tracklong)
       for args in "" --track; do
-        timeout 300 $V bench "$(camera4)" --weights random --repeats 3 $args --results "$OUT/results.md" 2>&1 \
+        timeout 300 $V bench "$(camera_times ${TRACKLONG_TIMES:-10})" --weights random --repeats 3 $args --results "$OUT/results.md" 2>&1 \
           | grep -v "^WARNING" | tail -6
       done ;;
     live)

@@ -13,6 +13,7 @@ from vidpipe.graphs import Batch
 from vidpipe.engine import BatchResult, Chunk, FrameProducer, Unit, UnitEnd, VideoEnd, VideoStart
 from vidpipe.engine.batching import Batcher, padding
 from vidpipe.engine.order import Orderer
+from vidpipe.engine.plan import TRACKED_SEGMENT_FRAMES, plan_units
 from vidpipe.errors import VidpipeError
 from vidpipe.sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, probe, scan_packets
 from vidpipe.synth import make_clip, repeat_clip
@@ -288,6 +289,49 @@ def test_nvdec_matches_pyav(tmp_path, name):
     assert t_nv == pytest.approx(t_av, abs=1e-6)
     # NVDEC's and FFmpeg's YUV->RGB conversions differ by rounding, not by frame
     assert (f_nv.float() - f_av.float()).abs().mean() < 3.0
+
+
+def one_interval_each(units, keyframes: list[int], segment_min: int) -> bool:
+    """Whether every unit starts on a keyframe and holds no later keyframe it could have been cut at."""
+    return all(u.start in keyframes and not any(u.start + segment_min <= k < u.stop for k in keyframes) for u in units)
+
+
+def test_a_tracked_file_is_cut_at_every_keyframe(tmp_path):
+    """A file NVDEC decodes in parallel parts (plan only, no GPU): untracked, about two parts per worker;
+    for a tracked run one keyframe interval each, so that parts finish in order one after another
+    instead of in waves that the video's tracker, taking frames in order only, gets at once."""
+    path = make_clip(tmp_path / "c.mp4", frames=200, width=64, height=48, gop=10)
+    keyframes = scan_packets(path).keyframes
+    for tracked in (False, True):
+        units = plan_units(str(path), None, "nvdec", 4, segment_min=8,
+                           **({"segment_max": TRACKED_SEGMENT_FRAMES} if tracked else {}))
+        assert units[0].start == 0 and units[-1].stop == 200 and units[0].first and units[-1].last
+        assert all(a.stop == b.start for a, b in zip(units, units[1:]))
+        assert one_interval_each(units, keyframes, 8) == tracked, [(u.start, u.stop) for u in units]
+
+
+@pytest.mark.nvdec
+def test_a_tracked_run_decodes_its_file_one_keyframe_interval_per_part(tmp_path, monkeypatch, random_model):
+    """What the decode workers of a whole run take: a tracked run's parts are one keyframe interval
+    each, an untracked run's longer; every frame is written either way."""
+    pytest.importorskip("trackers")
+    from vidpipe import Config, Detector
+    from vidpipe.engine import run
+    from vidpipe.sinks import JsonlSink
+
+    path = make_clip(tmp_path / "c.mp4", frames=160, width=320, height=240, gop=10)
+    keyframes = scan_packets(path).keyframes
+    decoded, decode = [], FrameProducer._decode
+    monkeypatch.setattr(FrameProducer, "_decode", lambda self, unit: decoded.append(unit) or decode(self, unit))
+    for track in (False, True):
+        decoded.clear()
+        det = Detector(Config(weights="random", device="cuda", decoder="nvdec", decoders=2, compile="off",
+                              batch_size=16, track=track), model=random_model)
+        out = tmp_path / f"{track}.jsonl"
+        report = run(det, [str(path)], lambda v: JsonlSink(out, v.path, v.width, v.height, det.classes))
+        assert report.frames == 160 and not report.failed and len(out.read_text().splitlines()) == 160
+        assert len(decoded) > 1, decoded  # 40-frame parts untracked (2 workers), 20 tracked (keyframes 10 apart)
+        assert one_interval_each(decoded, keyframes, 16) == track, [(u.start, u.stop) for u in decoded]
 
 
 @pytest.mark.nvdec

@@ -734,6 +734,11 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
         elif hasattr(family := family_for_video(cfg, video), "save"):
             # The workers load these weights: re-aimed on this video, the load one process gets.
             live = live.replace(**family.save(tmp / f"weights-{Path(video).stem}.pt"))
+        if a.procs_per_device > 1:
+            # A warm-up as the one-process path has: workers on a machine's empty Triton cache compile their
+            # kernels in their streams' first seconds, which a timed run would count as dropped frames.
+            _live_processes(live.replace(max_frames=round(2 * info.fps)), video, a.procs_per_device,
+                            a.procs_per_device, tmp)
         for k in a.live_streams:
             with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
                 if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds

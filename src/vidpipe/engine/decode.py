@@ -40,7 +40,7 @@ from ..sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, open_sourc
 from ..timeline import stamp
 from .items import Chunk, Unit, UnitEnd
 from .live import POLL, LiveSources
-from .plan import default_decoders, plan_units
+from .plan import SEGMENT_FRAMES, default_decoders, plan_units
 
 DONE = object()  # FrameProducer.get: every input is decoded
 _STOP = object()  # a worker's or the planner's last item
@@ -69,7 +69,7 @@ class FrameProducer:
 
     def __init__(self, inputs: list[str] | LiveSources, decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
-                 segment_min: int = 16, frames: tuple[int, int] | None = None,
+                 segment_min: int = 16, segment_max: int = SEGMENT_FRAMES, frames: tuple[int, int] | None = None,
                  runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False,
                  live_policy: str = "latest", in_order: bool = False) -> None:
         # A changing set: its sources now, followed by the planner (each added one gets a worker).
@@ -82,7 +82,7 @@ class FrameProducer:
         self.workers = workers
         self.threaded = threaded
         self.max_frames = max_frames
-        self.segment_min = segment_min
+        self.segment_min, self.segment_max = segment_min, segment_max  # a file's parts (plan_units)
         self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
         self.realtime, self.loop = realtime, loop  # files paced at their frame rate / started over at their end
         self.live_policy = live_policy
@@ -124,7 +124,8 @@ class FrameProducer:
         # A paced or looping file is one unit: its frames come in order, at its own rate.
         workers = 1 if self.realtime or self.loop or self.in_order else self.workers
         units = plan_units(path, self._probed.pop(path, None), self.decoder, workers,
-                           segment_min=self.segment_min, frames=self.frames, max_frames=self.max_frames)
+                           segment_min=self.segment_min, segment_max=self.segment_max, frames=self.frames,
+                           max_frames=self.max_frames)
         for unit in units:
             # At most `window` units open: what is held for ordering stays bounded.
             while not self._window.acquire(timeout=0.1):

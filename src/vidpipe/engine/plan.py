@@ -17,6 +17,12 @@ from ..sources import VideoInfo, probe, scan_packets
 from .items import Unit
 
 SEGMENT_FRAMES = 1024  # longest part of one file a worker decodes alone; cuts fall on keyframes
+# A tracked file's parts: one keyframe interval each. Workers decode their parts side by side, so
+# parts finish in waves of about (workers x part) frames, and a video's tracker, which takes frames
+# in order only, gets each wave at once: it tracks the last wave after decoding has ended. With
+# 1024-frame parts that tail is ~12 x 1024 frames x 0.2 ms (~2.5 s); with one interval, 12 x 60
+# frames at the camera clip's GOP of 60.
+TRACKED_SEGMENT_FRAMES = 1
 
 
 def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device) -> int:
@@ -30,9 +36,11 @@ def default_decoders(info: VideoInfo | None, decoder: str, device: torch.device)
 
 
 def plan_units(path: str, info: VideoInfo | None, decoder: str, workers: int, *, segment_min: int = 16,
-               frames: tuple[int, int] | None = None, max_frames: int | None = None) -> list[Unit]:
+               segment_max: int = SEGMENT_FRAMES, frames: tuple[int, int] | None = None,
+               max_frames: int | None = None) -> list[Unit]:
     """Cut a file NVDEC decodes into keyframe-aligned units for parallel decode: about two per
-    worker, at least ``segment_min`` and at most about ``SEGMENT_FRAMES`` frames each. ``info``:
+    worker, at least ``segment_min`` frames each, and no longer than ``segment_max`` where keyframes
+    allow (each cut is the first keyframe at least that far from the one before). ``info``:
     the input's probe if already made; ``frames``: only frames ``[a, b)`` (a part of a split file).
     An input that cannot be probed is one unit carrying the error."""
     try:
@@ -45,7 +53,7 @@ def plan_units(path: str, info: VideoInfo | None, decoder: str, workers: int, *,
     scan = scan_packets(path)
     lo, n = frames or (0, len(scan.times))
     n = min(n, len(scan.times), max_frames or n)
-    target = max(segment_min, min(SEGMENT_FRAMES, -(-(n - lo) // (2 * workers))))
+    target = max(segment_min, min(segment_max, -(-(n - lo) // (2 * workers))))
     bounds = [lo]
     for k in scan.keyframes:
         if k >= n:

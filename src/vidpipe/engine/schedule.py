@@ -33,6 +33,7 @@ from .decode import DONE, FrameProducer
 from .items import BatchResult, Chunk, FrameBudget, UnitEnd, VideoEnd, VideoStart
 from .live import LiveSources
 from .order import Orderer
+from .plan import SEGMENT_FRAMES, TRACKED_SEGMENT_FRAMES
 
 IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it busy, bounds memory
 
@@ -49,7 +50,8 @@ class Scheduler:
         self.producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
                                       workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames,
                                       frames=frames, runtime=detector.runtime, realtime=cfg.realtime,
-                                      loop=cfg.loop, live_policy=cfg.live_policy, in_order=keep is not None)
+                                      loop=cfg.loop, live_policy=cfg.live_policy, in_order=keep is not None,
+                                      segment_max=TRACKED_SEGMENT_FRAMES if cfg.track else SEGMENT_FRAMES)
         self.order = Orderer(self.producer.release, self.expected)
         self.batcher = Batcher(detector.batch)
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
