@@ -298,8 +298,8 @@ def one_interval_each(units, keyframes: list[int], segment_min: int) -> bool:
 
 def test_a_tracked_file_is_cut_at_every_keyframe(tmp_path):
     """A file NVDEC decodes in parallel parts (plan only, no GPU): untracked, about two parts per worker;
-    for a tracked run one keyframe interval each, so that parts finish in order one after another
-    instead of in waves that the video's tracker, taking frames in order only, gets at once."""
+    for a tracked run one keyframe interval each: the parts that workers finish together (a wave the
+    video's tracker, taking frames in order only, gets at once) then hold few frames, not thousands."""
     path = make_clip(tmp_path / "c.mp4", frames=200, width=64, height=48, gop=10)
     keyframes = scan_packets(path).keyframes
     for tracked in (False, True):
