@@ -13,6 +13,8 @@
 #   track   vidpipe bench (pipeline) with --track on in.mp4 and the 1080p clip ($TRACK_ARGS added)
 #   tracklong vidpipe bench without and with --track on the 1080p clip repeated $TRACKLONG_TIMES times
 #           (default 10: 9,000 frames)
+#   trackrate bench/track_rate.py (the tracker beside the library's, this machine's CPU) and the
+#           tracker's exactness tests on this machine's NumPy
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   live    vidpipe bench --suite live on the 1080p clip ($LIVE_ARGS added)
@@ -91,6 +93,9 @@ for step in $STEPS; do
     old)
       PYTHONPATH=/tmp/site:$PWD/.old/src timeout 300 $V bench .media/in.mp4 --weights random --repeats 3 \
         --results "$OUT/results-old.md" 2>&1 | tail -8 ;;
+    trackrate)
+      timeout 120 python3 -m pytest -q tests/test_track.py -k random_trajectories -p no:cacheprovider 2>&1 | tail -2
+      timeout 200 python3 bench/track_rate.py 2>&1 | tee "$OUT/track_rate.md" ;;
     startup)
       timeout ${STARTUP_S:-300} $V bench --suite startup .media/in.mp4 "$(camera)" ${STARTUP_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | tail -12 ;;

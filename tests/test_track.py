@@ -24,35 +24,8 @@ from vidpipe import Config, Detector  # noqa: E402
 from vidpipe.engine import run  # noqa: E402
 from vidpipe.models.boxes import BoxesFamily  # noqa: E402
 from vidpipe.sinks import open_sink  # noqa: E402
+from vidpipe.synth import trajectories  # noqa: E402
 from vidpipe.track import Tracker  # noqa: E402
-
-
-def trajectories(seed: int, frames: int, objects: int):
-    """Per frame (boxes [D, 4], labels [D], scores [D]): objects moving at constant speed with
-    jitter, each sometimes missed for a frame and sometimes hidden for 20-60 frames (past the
-    library's 30-frame lost-track budget, or not), seen at confidences on both sides of ByteTrack's
-    thresholds (0.6 high, 0.7 activation), plus clutter, shuffled."""
-    g = np.random.default_rng(seed)
-    start = g.uniform(0, 400, (objects, 2))
-    speed = g.uniform(-6, 6, (objects, 2))
-    size = g.uniform(20, 60, (objects, 2))
-    labels = g.integers(0, 3, objects)
-    hidden_from = g.integers(0, frames, objects)
-    hidden_for = g.integers(20, 60, objects)
-    out = []
-    for f in range(frames):
-        hidden = (f >= hidden_from) & (f < hidden_from + hidden_for)
-        seen = (g.random(objects) > 0.1) & ~hidden
-        xy = start[seen] + f * speed[seen] + g.normal(0, 1.5, (seen.sum(), 2))
-        boxes = np.concatenate([xy, xy + size[seen]], 1)
-        scores = g.uniform(0.3, 0.95, seen.sum())
-        clutter = g.uniform(0, 400, (2, 2))
-        boxes = np.concatenate([boxes, np.concatenate([clutter, clutter + 10], 1)]).astype(np.float32)
-        scores = np.concatenate([scores, g.uniform(0.1, 0.4, 2)]).astype(np.float32)
-        lab = np.concatenate([labels[seen], [0, 1]]).astype(np.int64)
-        order = g.permutation(len(scores))
-        out.append((boxes[order], lab[order], scores[order]))
-    return out
 
 
 @pytest.mark.parametrize("frames, objects", [(40, 6), (240, 25)])
@@ -81,6 +54,14 @@ def test_ids_are_the_librarys_on_random_trajectories(frames, objects):
             assert np.array_equal(lab[i, :c[i]], ref.class_id[order]), seed
             assert np.all(np.diff(s[i, :c[i]]) <= 0), seed  # best first
         assert len(ours.ids) == len(theirs.tracks), seed  # the same tracks alive
+        # The same Kalman states, bit for bit: box, velocity and every coordinate's covariance.
+        kfs = [t.state_estimator.kf for t in theirs.tracks]
+        state = np.array([kf.state[:, 0] for kf in kfs]).reshape(-1, 8)
+        assert np.array_equal(ours.box, state[:, :4]) and np.array_equal(ours.vel, state[:, 4:]), (seed, start)
+        for c in range(4):
+            at = [c, c, c + 4, c + 4], [c, c + 4, c, c + 4]  # pp, pv, vp, vv of coordinate c
+            cov = np.array([kf.state_covariance[at] for kf in kfs]).reshape(-1, 4)
+            assert np.array_equal(ours.cov, cov.T), (seed, start, c)
         confirmed += int((ids >= 0).sum())
     assert confirmed, seed
 

@@ -2,7 +2,8 @@
 
 ``make_clip`` encodes moving noise over a gradient (H.264 or HEVC, optional B-frames, variable
 frame rate, rotation metadata); ``repeat_clip`` remuxes a file N times end to end without
-re-encoding (a long input with the same content).
+re-encoding (a long input with the same content). ``trajectories`` makes per-frame detections of
+objects in motion, for the tracker's tests and benchmark.
 """
 
 from __future__ import annotations
@@ -85,3 +86,31 @@ def smooth_frames(n: int, seed: int, height: int, width: int, detail: float = 0.
         fine = torch.rand(n, 3, height // 8, width // 8, generator=g)
         img = img * (1 - detail) + F.interpolate(fine, size=(height, width)) * detail
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def trajectories(seed: int, frames: int, objects: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per frame (boxes [D, 4], labels [D], scores [D]): objects moving at constant speed with
+    jitter, each sometimes missed for a frame and sometimes hidden for 20-60 frames (past the
+    library's 30-frame lost-track budget, or not), seen at confidences on both sides of ByteTrack's
+    thresholds (0.6 high, 0.7 activation), plus clutter, shuffled."""
+    g = np.random.default_rng(seed)
+    start = g.uniform(0, 400, (objects, 2))
+    speed = g.uniform(-6, 6, (objects, 2))
+    size = g.uniform(20, 60, (objects, 2))
+    labels = g.integers(0, 3, objects)
+    hidden_from = g.integers(0, frames, objects)
+    hidden_for = g.integers(20, 60, objects)
+    out = []
+    for f in range(frames):
+        hidden = (f >= hidden_from) & (f < hidden_from + hidden_for)
+        seen = (g.random(objects) > 0.1) & ~hidden
+        xy = start[seen] + f * speed[seen] + g.normal(0, 1.5, (seen.sum(), 2))
+        boxes = np.concatenate([xy, xy + size[seen]], 1)
+        scores = g.uniform(0.3, 0.95, seen.sum())
+        clutter = g.uniform(0, 400, (2, 2))
+        boxes = np.concatenate([boxes, np.concatenate([clutter, clutter + 10], 1)]).astype(np.float32)
+        scores = np.concatenate([scores, g.uniform(0.1, 0.4, 2)]).astype(np.float32)
+        lab = np.concatenate([labels[seen], [0, 1]]).astype(np.int64)
+        order = g.permutation(len(scores))
+        out.append((boxes[order], lab[order], scores[order]))
+    return out

@@ -11,10 +11,10 @@ of supervision's ByteTrack) at a fixed frame rate, with its defaults and its Kal
 from the library, and its IoU's arithmetic. What vidpipe changes is only how the arithmetic is laid
 out: the library keeps one Python object and one Kalman filter per track (~0.9 ms per frame at 15
 tracks on the 2-core CI machine, half of it in ``KalmanFilter.update``); here every track's state
-is a row of one array, and predict and update run once per frame for all tracks, with the same
-operations per track (the observation matrix's products as the slices they equal), so the ids are
-the library's (``tests/test_track.py`` compares them frame by frame on fresh random trajectories):
-0.19 ms per frame at 20 detections and ~35 tracks on the H200 machine's CPU. The engine's
+is a row of a few arrays, and predict and update run once per frame for all tracks, as the
+element-wise operations the library's matrix products reduce to, so the states and ids are the
+library's (``tests/test_track.py`` compares them frame by frame on fresh random trajectories).
+``bench/track_rate.py`` measures both on the same detections. The engine's
 writer feeds it in frame order, after parallel segments are put back in order. Optional
 dependency: ``pip install "vidpipe[track]"``.
 """
@@ -83,15 +83,27 @@ class Tracker:
         est = ByteTrackTracklet(np.zeros(4, np.float32)).state_estimator
         est.motion.apply(est.kf, 1.0, None)
         kf = est.kf
-        if not np.array_equal(kf.observation_mtx, np.eye(4, kf.dim_x)):
-            raise VidpipeError("--track: this trackers version observes its Kalman state differently; vidpipe "
+        q, r, p0 = kf.process_noise[0, 0], kf.measurement_noise[0, 0], kf.state_covariance[0, 0]
+        eye, zero = np.eye(4), np.zeros((4, 4))
+        if not (np.array_equal(kf.observation_mtx, np.eye(4, 8)) and not kf.state.any()
+                and np.array_equal(kf.transition_mtx, np.block([[eye, eye], [zero, eye]]))
+                and np.array_equal(kf.process_noise, q * np.eye(8)) and np.array_equal(kf.measurement_noise, r * eye)
+                and np.array_equal(kf.state_covariance, p0 * np.eye(8))):
+            raise VidpipeError("--track: this trackers version models its Kalman state differently; vidpipe "
                                "needs trackers 2.6 (pip install \"vidpipe[track]\")")
-        # The observation matrix H = [I 0] selects the box: H @ a, a @ H.T and K @ H are slices of a
-        # (exactly: the other terms are products with 0.0), which saves a third of the calls per frame.
-        self.F, self.Q, self.R = kf.transition_mtx, kf.process_noise, kf.measurement_noise
-        self.P0, self.x0, self.eye = kf.state_covariance, kf.state, np.eye(kf.dim_x)
-        self.x = np.empty((0, *self.x0.shape))  # [T, 8, 1] state
-        self.P = np.empty((0, *self.P0.shape))  # [T, 8, 8] covariance
+        # With these matrices the 8-dimensional filter is four identical (position, velocity) filters,
+        # one per box coordinate, whose 2 x 2 covariances stay equal (they never depend on the
+        # measurements). So a track's state is its box, its velocity and one 2 x 2 covariance, and
+        # predict and update are a few element-wise operations on all tracks at once instead of
+        # stacked 8 x 8 products (a quarter less time per frame, bench/track_rate.py, docs/results.md
+        # "Nineteenth session"). Each element is computed with the operations the library's products
+        # reduce to: every sum there has at most two non-zero terms, the later one (in the products'
+        # order) a product with 1.0, so fused multiply-adds change nothing. The states are the
+        # library's bit for bit, which tests/test_track.py checks on its tracklets.
+        self.q, self.r, self.p0 = q, r, p0
+        self.box = np.empty((0, 4))  # [T, 4] float64: the state's box (x1, y1, x2, y2)
+        self.vel = np.empty((0, 4))  # [T, 4] float64: its velocity per frame
+        self.cov = np.empty((4, 0))  # [4, T] float64: each coordinate's covariance, [[pp, pv], [vp, vv]] flattened
         self.ids = np.empty(0, np.int64)  # -1 until confirmed
         self.hits = np.empty(0, np.int64)  # consecutive successful updates
         self.missed = np.empty(0, np.int64)  # frames since the last update
@@ -107,16 +119,36 @@ class Tracker:
         ok = iou[rows, cols] >= self.match_iou
         return rows[ok], cols[ok]
 
+    def _predict(self) -> None:
+        """Every track one frame ahead: ``F @ x`` and ``F @ P @ F.T + Q`` per coordinate."""
+        self.box += self.vel
+        pp, pv, vp, vv = self.cov  # views: updated in place, each from the values before
+        pv_vv = pv + vv
+        pp += vp
+        pp += pv_vv
+        pp += self.q
+        pv[:] = pv_vv
+        vp += vv
+        vv += self.q
+
     def _update(self, rows: np.ndarray, z: np.ndarray) -> None:
-        """The Kalman update of tracks ``rows`` with measurements ``z float64[k, 4, 1]``
-        (``KalmanFilter.update``'s operations, Joseph form, one stacked call each; H as slices)."""
-        x, P, R = self.x[rows], self.P[rows], self.R
-        PHT = P[:, :, :4]  # P @ H.T
-        K = PHT @ np.linalg.inv(PHT[:, :4] + R)  # H @ PHT + R
-        self.x[rows] = x + K @ (z - x[:, :4])  # z - H @ x
-        I_KH = np.repeat(self.eye[None], len(rows), 0)
-        I_KH[:, :, :4] -= K  # eye - K @ H
-        self.P[rows] = I_KH @ P @ np.swapaxes(I_KH, 1, 2) + K @ R @ np.swapaxes(K, 1, 2)
+        """The Kalman update of tracks ``rows`` with measured boxes ``z float64[k, 4]``:
+        ``KalmanFilter.update``'s Joseph form per coordinate, with ``K`` = ``(kp, kv)``."""
+        pp, pv, vp, vv = self.cov[:, rows]
+        inv = 1.0 / (pp + self.r)  # the innovation covariance is diagonal: its inverse is exactly this
+        kp, kv = pp * inv, vp * inv
+        innovation = z - self.box[rows]
+        self.box[rows] += kp[:, None] * innovation
+        self.vel[rows] += kv[:, None] * innovation
+        e, f = 1.0 - kp, -kv  # I - K @ H
+        a00, a01, a10, a11 = e * pp, e * pv, f * pp + vp, f * pv + vv  # (I - K @ H) @ P
+        kpr, kvr = kp * self.r, kv * self.r  # K @ R
+        cov = np.empty((4, len(rows)))
+        np.add(a00 * e, kpr * kp, out=cov[0])
+        np.add(a00 * f + a01, kpr * kv, out=cov[1])
+        np.add(a10 * e, kvr * kp, out=cov[2])
+        np.add(a10 * f + a11, kvr * kv, out=cov[3])
+        self.cov[:, rows] = cov
 
     def frame(self, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -126,11 +158,10 @@ class Tracker:
         if len(self.ids) == 0 and len(scores) == 0:
             return boxes, labels.astype(np.int64), scores, _NONE
         # Predict every track one frame ahead; a track missed last frame restarts its hit count.
-        self.x = self.F @ self.x
-        self.P = self.F @ self.P @ self.F.T + self.Q
+        self._predict()
         self.hits[self.missed > 0] = 0
         self.missed += 1
-        predicted = self.x[:, :4, 0]
+        predicted = self.box
         confident = scores >= self.high
         high, low = np.flatnonzero(confident), np.flatnonzero(~confident)
         # Stage 1: confident detections against every track; stage 2: the rest against the rest.
@@ -140,7 +171,7 @@ class Tracker:
         rows = np.concatenate([rows1, left[rows2]])
         dets = np.concatenate([high[cols1], low[cols2]])
         if len(rows):
-            self._update(rows, boxes[dets].astype(np.float64)[:, :, None])
+            self._update(rows, boxes[dets].astype(np.float64))
             self.missed[rows] = 0
             self.hits[rows] += 1
             confirm = rows[(self.hits[rows] >= self.min_hits) & (self.ids[rows] == -1)]  # ids in match order
@@ -151,18 +182,18 @@ class Tracker:
         low_left, high_left = _unused(len(low), cols2), _unused(len(high), cols1)
         new = high[high_left][scores[high[high_left]] >= self.activation]
         if len(new):
-            x = np.repeat(self.x0[None], len(new), 0)
-            x[:, :4, 0] = boxes[new]
-            self.x = np.concatenate([self.x, x])
-            self.P = np.concatenate([self.P, np.repeat(self.P0[None], len(new), 0)])
+            self.box = np.concatenate([self.box, boxes[new]])
+            self.vel = np.concatenate([self.vel, np.zeros((len(new), 4))])
+            self.cov = np.concatenate([self.cov, np.tile([[self.p0], [0.0], [0.0], [self.p0]], len(new))], 1)
             self.ids = np.concatenate([self.ids, np.full(len(new), -1)])
             self.hits = np.concatenate([self.hits, np.ones(len(new), np.int64)])
             self.missed = np.concatenate([self.missed, np.zeros(len(new), np.int64)])
         alive = (self.missed <= self.max_missed) & ((self.ids != -1) | (self.hits >= self.min_hits)
                                                     | (self.missed == 0))
         if not alive.all():
-            self.x, self.P, self.ids, self.hits, self.missed = (a[alive] for a in (self.x, self.P, self.ids, self.hits,
-                                                                                    self.missed))
+            self.box, self.vel, self.ids, self.hits, self.missed = (
+                a[alive] for a in (self.box, self.vel, self.ids, self.hits, self.missed))
+            self.cov = self.cov[:, alive]
         # The library's output order, then best first (stable, so ties keep that order).
         index = np.concatenate([dets, low[low_left], high[high_left]])
         ids = np.concatenate([out_ids, np.full(len(index) - len(dets), -1)])
