@@ -17,7 +17,7 @@
 #           tracker's exactness tests on this machine's NumPy
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
-#   live    vidpipe bench --suite live on the 1080p clip ($LIVE_ARGS added)
+#   live    vidpipe bench --suite live on the 1080p clip ($LIVE_CODEC: h264 or hevc; $LIVE_ARGS added)
 #   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
 #   peers   vidpipe bench --suite peers (Ultralytics' predict beside vidpipe), $PEER_MODEL (yolo11m.yaml)
@@ -35,9 +35,11 @@ cat "$OUT/machine.txt"
 python3 -c "import time; t = time.time(); import torch, torchvision; print(f'import torch, torchvision: \
 {time.time() - t:.1f} s')" | tee -a "$OUT/machine.txt"
 
-camera() {  # the camera-like 1080p H.264 clip (900 frames), made once per machine
-  [ -f /tmp/camera1080.mp4 ] || python3 .media/make_camera_clip.py .media/in.mp4 /tmp/camera1080.mp4 h264 900 >/dev/null
-  echo /tmp/camera1080.mp4
+camera() {  # the camera-like 1080p clip, made once per machine: H.264 (900 frames), or with $1 = hevc HEVC (600)
+  local f=/tmp/camera1080.mp4 codec=${1:-h264} frames=900
+  [ "$codec" = hevc ] && f=/tmp/camera1080-hevc.mp4 frames=600
+  [ -f $f ] || python3 .media/make_camera_clip.py .media/in.mp4 $f $codec $frames >/dev/null
+  echo $f
 }
 camera_times() {  # that clip $1 times in a row, packets copied
   [ -f /tmp/camera1080x$1.mp4 ] || python3 -c "import sys; from vidpipe.synth import repeat_clip; \
@@ -80,7 +82,7 @@ for step in $STEPS; do
           | grep -v "^WARNING" | tail -6
       done ;;
     live)
-      timeout ${LIVE_S:-300} $V bench --suite live "$(camera)" --weights random ${LIVE_ARGS:-} \
+      timeout ${LIVE_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random ${LIVE_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
     annotate)
       TIMEFORMAT="wall %R s, user %U s, sys %S s"
