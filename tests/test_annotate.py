@@ -1,6 +1,7 @@
 """Annotated video: detections drawn on the frames' device (outlines exact on fresh random boxes,
-labels spelled as Python formats them, GPU equal to CPU), converted to yuv420p as FFmpeg converts,
-and a run's MP4 decoded back: every frame there, the box drawn where it was detected."""
+labels spelled as Python formats them, GPU equal to CPU), lines and zones with their counts glyph
+for glyph, converted to yuv420p as FFmpeg converts, and a run's MP4 decoded back: every frame
+there, the box drawn where it was detected, the line where it was given."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from vidpipe import Config, Detector
-from vidpipe.draw import _cover, _labels, annotate, to_yuv420
+from vidpipe.analytics import parse_line, parse_zone
+from vidpipe.draw import BAR, REGION, TEXT, Regions, _atlas, _cover, _labels, annotate, to_yuv420
 from vidpipe.engine import run
 from vidpipe.models.boxes import BoxesFamily
 from vidpipe.sinks import VideoSink, open_sink
@@ -75,6 +77,42 @@ def test_outlines_are_drawn_and_the_rest_is_untouched():
                     | (bottom == 255).all(0)).all()
 
 
+def test_lines_and_zones_are_drawn_with_their_counts():
+    """A line and a zone on frames without detections: the outlines in their colour, everything else
+    untouched but the labels, and each label spelled glyph for glyph from that frame's (fresh random)
+    counts."""
+    g = np.random.default_rng(int.from_bytes(__import__("os").urandom(4), "little"))
+    n, h, w = 4, 120, 200
+    frames = torch.from_numpy(g.integers(0, 256, (n, 3, h, w), dtype=np.uint8))
+    line, zone = parse_line("door:20,60,60,110"), parse_zone("lobby:120,95,190,95,190,118,120,118")
+    regions = Regions.make(h, w, [line], [zone], torch.device("cpu"))
+    counted = [{"lines": {"door": {"in": {"person": int(g.integers(0, 50)), "car": int(g.integers(0, 50))},
+                                   "out": {"person": int(g.integers(0, 50))}}},
+                "zones": {"lobby": {"car": int(g.integers(0, 9))}}} for _ in range(n)]
+    texts = regions.labels(counted, n)
+    zeros = torch.zeros(n, 0)
+    out = annotate(frames, zeros.view(n, 0, 4), zeros.long(), zeros, torch.zeros(n, dtype=torch.long), None, NAMES,
+                   regions, texts)
+    atlas, gh, gw = _atlas("cpu")
+    labelled = torch.zeros(h, w, dtype=torch.bool)
+    for i in range(n):
+        c = counted[i]
+        crossed = sum(c["lines"]["door"]["in"].values()), c["lines"]["door"]["out"]["person"]
+        assert texts[i] == ["door in {} out {}".format(*crossed), f"lobby {c['zones']['lobby']['car']}"]
+        for text, x, top in zip(texts[i], regions.x.tolist(), regions.top.tolist()):
+            labelled[top:top + gh, x:x + len(text) * gw] = True
+            for k, ch in enumerate(text):
+                cell = out[i, :, top:top + gh, x + k * gw:x + (k + 1) * gw]
+                on = atlas[ord(ch)][:, :cell.shape[-1]]
+                assert (cell[:, on] == torch.tensor(TEXT)[:, None]).all() and \
+                    (cell[:, ~on] == torch.tensor(BAR)[:, None]).all(), (i, text, k)
+    outline = regions.outline & ~labelled
+    assert outline[90, 40:50].any() and outline[95, 150] and outline[110, 190]  # the line, the zone's edges
+    assert (out.permute(0, 2, 3, 1)[:, outline] == torch.tensor(REGION)).all()
+    rest = ~(regions.outline | labelled)
+    assert torch.equal(out.permute(0, 2, 3, 1)[:, rest], frames.permute(0, 2, 3, 1)[:, rest])
+
+
 def test_yuv420_as_ffmpeg_converts():
     """On smooth random pictures (chroma subsampling filters differ only on pixel noise)."""
     coarse = torch.rand(4, 3, 8, 12, generator=torch.Generator().manual_seed(3)) * 255
@@ -90,11 +128,17 @@ def test_yuv420_as_ffmpeg_converts():
 def test_drawing_on_the_gpu_equals_the_cpu():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    line, zone = parse_line("door:5,5,120,80"), parse_zone("lobby:60,40,125,40,125,85")
     for seed in (0, 1):
         cpu = random_detections(seed)
         gpu = random_detections(seed, device="cuda")
         assert torch.equal(annotate(*cpu, NAMES), annotate(*gpu, NAMES).cpu())
         assert annotate(*gpu, NAMES).is_cuda
+        n, _, h, w = cpu[0].shape
+        texts = [[f"door in {i} out {seed}", f"lobby {i + 1}"] for i in range(n)]
+        on_cpu = annotate(*cpu, NAMES, Regions.make(h, w, [line], [zone], torch.device("cpu")), texts)
+        on_gpu = annotate(*gpu, NAMES, Regions.make(h, w, [line], [zone], torch.device("cuda")), texts)
+        assert torch.equal(on_cpu, on_gpu.cpu()) and not torch.equal(on_cpu, annotate(*cpu, NAMES))
 
 
 class Spot(torch.nn.Module):
@@ -140,6 +184,38 @@ def test_a_run_writes_every_frame_with_its_box_drawn(tmp_path, device):
         left = img[40:52, round(cx - 10.5)]
         assert (left[:, 1] > 150).all() and (left[:, 0] < 110).all() and (left[:, 2] < 110).all(), f  # green
         assert (img[44:48, cx - 3:cx + 3] > 180).all()  # the square itself is untouched
+
+
+def test_a_run_draws_its_line_and_zone_in_every_frame(tmp_path):
+    """The run's own counts reach its video: the zone's label shows, frame by frame, the number of
+    objects the JSON output says were inside (the square enters the zone half-way)."""
+    import json
+
+    pytest.importorskip("supervision")
+    clip = square_clip(tmp_path / "square.mp4", frames=20)
+    lines, zones = ("door:80,0,80,95",), ("right:60,30,158,30,158,94,60,94",)
+    det = Detector(Config(device="cpu", batch_size=8, track=True, lines=lines, zones=zones),
+                   model=BoxesFamily(Spot(), ["thing"]))
+    video = tmp_path / "annotated" / "square.mp4"
+    report = run(det, [str(clip)], lambda v: open_sink("jsonl", tmp_path / "o.jsonl", v.path, v.width, v.height),
+                 video_for=lambda v: VideoSink(video, v.width, v.height, v.fps, det.classes, lines, zones))
+    assert not report.failed
+    inside = [sum(json.loads(x)["zones"]["right"].values()) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert 0 in inside and 1 in inside
+    with av.open(str(video)) as c:
+        frames = [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]
+    assert len(frames) == 20
+    regions = Regions.make(96, 160, [], [parse_zone(zones[0])], torch.device("cpu"))
+    atlas, gh, gw = _atlas("cpu")
+    x, top = int(regions.x[0]) + len("right ") * gw, int(regions.top[0])
+    digits = {n: atlas[ord(str(n))].numpy() for n in (0, 1)}
+    for f, img in enumerate(frames):
+        for y, x0 in ((75, 80), (90, 80), (78, 158), (94, 130)):  # the line, the zone's right and bottom edges
+            r, g, b = img[y, x0]
+            assert r > 150 and g < 110 and b > 150, (f, y, x0, img[y, x0])  # magenta
+        bright = img[top:top + gh, x:x + gw].mean(-1) > 128  # the count's glyph, white on the dark bar
+        shown = max(digits, key=lambda n: (digits[n] == bright).sum())
+        assert shown == inside[f], f
 
 
 def test_save_video_with_worker_processes_is_refused_in_one_line(tmp_path):

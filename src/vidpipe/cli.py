@@ -438,7 +438,8 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
     video_for = None
     if videos is not None:
         def video_for(info):
-            return VideoSink(videos[info.path], info.width, info.height, info.fps, detector.classes)
+            return VideoSink(videos[info.path], info.width, info.height, info.fps, detector.classes, cfg.lines,
+                             cfg.zones)
     return run(detector, list(todo), lambda info: open_sink(a.format, todo[info.path], info.path, info.width,
                                                             info.height, detector.classes, cfg.track),
                on_frames=on_frames, on_video=on_video, video_for=video_for)

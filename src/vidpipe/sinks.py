@@ -322,13 +322,18 @@ class VideoSink(_AtomicFile):
     drawn on their device (:mod:`vidpipe.draw`), are converted to yuv420p there and copied to the
     host once, then encoded by libx264 (PyAV) on the CPU's threads: H100 and H200 have no NVENC.
     Frame ``i`` is shown at ``i / fps`` (a live source's dropped frames leave their gap). Odd frame
-    sizes lose their last row or column (4:2:0 needs even sizes)."""
+    sizes lose their last row or column (4:2:0 needs even sizes). ``lines`` and ``zones`` (``--line``
+    / ``--zone`` specs) are drawn on every frame, labelled with the counts :meth:`write` gets."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
-                 classes: Classes = SSD300_CLASSES) -> None:
+                 classes: Classes = SSD300_CLASSES, lines: tuple[str, ...] = (), zones: tuple[str, ...] = ()) -> None:
         import av
 
+        from .analytics import parse_line, parse_zone
+
+        self.lines, self.zones = [parse_line(x) for x in lines], [parse_zone(x) for x in zones]
         super().__init__(path, binary=True)
+        self.regions = None  # drawn lines and zones, made on the frames' device by the first write
         self.names = tuple(classes.names)
         self.container = av.open(self.file, "w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(30)
@@ -338,19 +343,23 @@ class VideoSink(_AtomicFile):
         self.stream.options = {"preset": X264_PRESET, "crf": "23"}
         self.stream.codec_context.thread_count = 0  # libx264's own threads, as many as it sees fit
 
-    def write(self, frames, ready, indices, boxes, labels, scores, counts, track_ids=None) -> None:
+    def write(self, frames, ready, indices, boxes, labels, scores, counts, track_ids=None, counted=None) -> None:
         """``frames`` uint8 [n, 3, H, W] on their device (usable once ``ready``, a CUDA event or
-        None, has completed); the detections as the other sinks get them (host arrays)."""
+        None, has completed); the detections as the other sinks get them (host arrays), and
+        ``counted``, the analytics' counts of each frame when there are lines or zones."""
         import av
         import torch
 
-        from .draw import annotate, to_yuv420
+        from .draw import Regions, annotate, to_yuv420
 
         if ready is not None:
             torch.cuda.current_stream(frames.device).wait_event(ready)
+        if self.regions is None and (self.lines or self.zones):
+            self.regions = Regions.make(*frames.shape[2:], self.lines, self.zones, frames.device)
         on = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(frames.device)  # noqa: E731
         drawn = annotate(frames, on(boxes), on(labels), on(scores), on(counts),
-                         None if track_ids is None else on(track_ids), self.names)
+                         None if track_ids is None else on(track_ids), self.names, self.regions,
+                         None if self.regions is None else self.regions.labels(counted, len(indices)))
         planes = to_yuv420(drawn[..., :self.stream.height, :self.stream.width]).cpu().numpy()
         for frame, plane in zip(indices, planes):
             picture = av.VideoFrame.from_ndarray(plane, format="yuv420p")

@@ -361,7 +361,7 @@ class Writer:
         if video.video is not None and r.pixels is not None:
             try:
                 with nvtx_range("annotate"):
-                    video.video.write(r.pixels, r.pixels_ready, r.indices, *arrays[:5])
+                    video.video.write(r.pixels, r.pixels_ready, r.indices, *arrays[:5], counted=counted)
             except (OSError, UnicodeError) as e:
                 self._catch_up(0)  # what came before is written first
                 self._fail(video, f"{r.info.path}: cannot write {video.video.path} ({_reason(e)})")
