@@ -15,7 +15,7 @@ from vidpipe.analytics import parse_line, parse_zone
 from vidpipe.draw import BAR, REGION, TEXT, Regions, _atlas, _cover, _labels, annotate, to_yuv420
 from vidpipe.engine import run
 from vidpipe.models.boxes import BoxesFamily
-from vidpipe.sinks import VideoSink, open_sink
+from vidpipe.sinks import RollingVideoSink, VideoSink, open_sink
 
 NAMES = ("person", "bicycle", "traffic light")
 
@@ -216,6 +216,52 @@ def test_a_run_draws_its_line_and_zone_in_every_frame(tmp_path):
         bright = img[top:top + gh, x:x + gw].mean(-1) > 128  # the count's glyph, white on the dark bar
         shown = max(digits, key=lambda n: (digits[n] == bright).sum())
         assert shown == inside[f], f
+
+
+def test_a_live_video_rolls_into_files_of_its_seconds(tmp_path):
+    """Frames 0..34 of a 10 frames/s stream (frame 12 dropped) in batches that straddle the cuts, one
+    second per file: four files cut at frames 10, 20 and 30, each starting at time 0, each frame
+    where its index says (its brightness encodes the index)."""
+    sink = RollingVideoSink(tmp_path / "v", "cam", 64, 48, 10.0, seconds=1.0)
+    indices = [i for i in range(35) if i != 12]
+    for batch in ([0, 7], [7, 16], [16, 30], [30, 35]):
+        idx = [i for i in indices if batch[0] <= i < batch[1]]
+        frames = torch.tensor([i * 7 for i in idx], dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 48, 64)
+        n = len(idx)
+        sink.write(frames, None, idx, np.zeros((n, 0, 4), np.float32), np.zeros((n, 0), np.int64),
+                   np.zeros((n, 0), np.float32), np.zeros(n, np.int64))
+    sink.close(complete=True)
+    assert [p.name for p in sink.files] == [f"cam-{k:07d}.mp4" for k in (0, 10, 20, 30)]
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == [p.name for p in sink.files]  # no partials
+    for first, path in zip((0, 10, 20, 30), sink.files):
+        with av.open(str(path)) as c:
+            got = [(round(float(f.time) * 10), f.to_ndarray(format="rgb24").mean()) for f in c.decode(video=0)]
+        expect = [i for i in indices if first <= i < first + 10]
+        assert [t for t, _ in got] == [i - first for i in expect], path
+        assert all(abs(m - i * 7) < 4 for (_, m), i in zip(got, expect)), path
+
+
+def test_save_video_of_a_live_input_rolls(tmp_path):
+    """The command line: a --loop input (live) with --save-video writes files of --video-segment
+    seconds, every frame in one of them; a file input writes one."""
+    import subprocess
+    import sys
+
+    from vidpipe.synth import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=12, width=64, height=48, fps=30, bframes=False)
+    base = [sys.executable, "-m", "vidpipe.cli", "detect", str(clip), "--weights", "random", "--device", "cpu"]
+    r = subprocess.run([*base, "-o", str(tmp_path / "o.jsonl"), "--loop", "--max-frames", "24", "--live-policy", "all",
+                        "--save-video", str(tmp_path / "v"), "--video-segment", "0.4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    files = sorted((tmp_path / "v").iterdir())
+    assert [p.name for p in files] == ["clip-0000000.mp4", "clip-0000012.mp4"]
+    for path in files:
+        with av.open(str(path)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 12
+    r = subprocess.run([*base, "-o", str(tmp_path / "f.jsonl"), "--save-video", str(tmp_path / "w")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and [p.name for p in (tmp_path / "w").iterdir()] == ["clip.mp4"], r.stderr
 
 
 def test_save_video_with_worker_processes_is_refused_in_one_line(tmp_path):

@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -159,7 +160,8 @@ def test_sources_file_is_followed(tmp_path):
 def test_cli_sources_file_added_removed_and_ctrl_c(tmp_path, procs):
     """vidpipe detect --sources FILE: rewriting the file closes the camera taken out (its output
     finished while the run goes on) and starts the one put in; SIGINT finishes the rest, exit 0. In
-    one process, and spread over two (livescale)."""
+    one process (with --save-video: every frame written is in the camera's rolled video files too),
+    and spread over two (livescale)."""
     import os
     import signal
     import subprocess
@@ -172,7 +174,7 @@ def test_cli_sources_file_added_removed_and_ctrl_c(tmp_path, procs):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "vidpipe.cli", "detect", "--sources", str(listing), "-o", str(out),
                              "--weights", "random", "--device", "cpu", "--realtime", "--loop", "--batch-size", "1",
-                             *procs],
+                             *(procs or ["--save-video", str(tmp_path / "v"), "--video-segment", "0.2"])],
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         def wait_for(check, what: str, timeout: float = 120) -> None:
@@ -196,6 +198,17 @@ def test_cli_sources_file_added_removed_and_ctrl_c(tmp_path, procs):
         frames = [json.loads(x)["frame"] for x in (out / f"{name}.jsonl").read_text().splitlines()]
         assert frames and frames == sorted(set(frames)), name  # in order; gaps are dropped frames (CPU)
     assert f"{a}: finished" in err and f"{b}: finished" in err and not list(out.glob("*.partial")), err
+    if not procs:  # files of 6 frames (0.2 s at 30 frames/s), named by their first frame; none left partial
+        for name in "ab":
+            written = [json.loads(x)["frame"] for x in (out / f"{name}.jsonl").read_text().splitlines()]
+            files = sorted((tmp_path / "v").glob(f"{name}-*.mp4"))
+            assert [p.name for p in files] == [f"{name}-{k:07d}.mp4" for k in sorted({f // 6 * 6 for f in written})]
+            shown = 0
+            for path in files:
+                with av.open(str(path)) as c:
+                    shown += sum(1 for _ in c.decode(video=0))
+            assert shown == len(written), name
+        assert not list((tmp_path / "v").glob("*.partial"))
 
 
 def test_a_bad_camera_among_good_ones_costs_them_nothing(tmp_path):
@@ -225,10 +238,11 @@ def test_cli_sources_refuses_what_it_does_not_do(tmp_path):
 
     listing = tmp_path / "cams.txt"
     listing.write_text("rtsp://cam1/live\n")
-    for extra in (["--save-video", str(tmp_path / "v")], ["--ray"]):
+    for extra, says in ((["--save-video", str(tmp_path / "v"), "--procs-per-device", "2"], "--save-video runs in one"),
+                        (["--ray"], "--sources: --ray")):
         r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "detect", "--sources", str(listing), "-o",
                             str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vidpipe: error: --sources writes")
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"vidpipe: error: {says}")
 
 
 def test_a_tracked_camera_gets_the_ids_its_file_gets(tmp_path):

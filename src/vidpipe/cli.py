@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .config import Check, Config, at_least, flags_of
+from .config import Check, Config, at_least, flags_of, positive
 from .errors import VidpipeError
 from .inputs import EXTENSIONS, check_input, check_outputs, expand_inputs, is_stream_url, output_paths
 from .timeline import save as save_timeline
@@ -122,7 +122,11 @@ def _add_detect_parser(sub) -> None:
                    help="exit 0 even when some inputs failed (they are still listed)")
     d.add_argument("--save-video", default=None, metavar="DIR",
                    help="also write each input as an MP4 under DIR (named as its output, .mp4) with boxes, class "
-                        "names, scores and track ids drawn (on the GPU; encoded with libx264 on the CPU)")
+                        "names, scores, track ids, lines and zones drawn (on the GPU; encoded with libx264 on the "
+                        "CPU); a live source as consecutive files, NAME-<first frame>.mp4")
+    d.add_argument("--video-segment", type=_typed(float, "seconds", positive), default=300.0, metavar="SECONDS",
+                   help="with --save-video, a live source's video is cut into files of this much of the stream "
+                        "(default: %(default)g)")
     g = d.add_argument_group("scale-out")
     g.add_argument("--devices", default=None, metavar="all|0,1,...",
                    help="one worker process per listed GPU (numbered as nvidia-smi numbers them), inputs handed "
@@ -352,8 +356,10 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
 
     if not Path(a.sources).is_file():
         raise VidpipeError(f"--sources {a.sources}: no such file")
-    if a.save_video or a.ray is not None or a.resume:
-        raise VidpipeError("--sources writes detections: --save-video, --ray and --resume are for INPUTs")
+    if a.ray is not None or a.resume:
+        raise VidpipeError("--sources: --ray and --resume are for INPUTs")
+    if a.save_video and (a.devices or a.procs_per_device > 1):
+        raise VidpipeError("--save-video runs in one process: drop --devices and --procs-per-device")
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise VidpipeError(f"-o {a.output}: --sources writes one output per source; give a directory")
@@ -384,9 +390,11 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
                                     a.procs_per_device, on_video=on_video)
     else:
         detector = Detector(cfg)
+        video_for = None if not a.save_video else lambda info: _video_sink(
+            a, cfg, detector, info, Path(a.save_video) / f"{targets[info.path].stem}.mp4", True)
         report = run(detector, sources, lambda info: open_sink(a.format, target_for(info.path), info.path, info.width,
                                                                info.height, detector.classes, cfg.track),
-                     on_video=on_video)
+                     on_video=on_video, video_for=video_for)
     print(f"vidpipe: {report.frames} frames from {len(report.videos)} sources in {time.perf_counter() - t0:.2f} s"
           + (f"; {len(report.failed)} failed" if report.failed else ""), file=sys.stderr)
     return 1 if report.failed and not a.allow_failures else 0
@@ -424,7 +432,7 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
                              on_video=on_video, split_frames=a.split_frames)
     from .detector import Detector
     from .engine import run
-    from .sinks import VideoSink, open_sink
+    from .sinks import open_sink
 
     stamp("imports")
     detector = Detector(cfg)
@@ -435,14 +443,23 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
     log.info("device %s, %s, batch %d, compile %s", detector.device, detector.dtype,
              detector.batch_size, detector.compiled)
     _interruptible()
-    video_for = None
-    if videos is not None:
-        def video_for(info):
-            return VideoSink(videos[info.path], info.width, info.height, info.fps, detector.classes, cfg.lines,
-                             cfg.zones)
+    live = cfg.realtime or cfg.loop
+    video_for = None if videos is None else lambda info: _video_sink(a, cfg, detector, info, videos[info.path],
+                                                                   live or is_stream_url(info.path))
     return run(detector, list(todo), lambda info: open_sink(a.format, todo[info.path], info.path, info.width,
                                                             info.height, detector.classes, cfg.track),
                on_frames=on_frames, on_video=on_video, video_for=video_for)
+
+
+def _video_sink(a: argparse.Namespace, cfg, detector, info, path: Path, live: bool):
+    """``--save-video``'s sink for one input: one MP4 at ``path``, or for a live source files of
+    ``--video-segment`` seconds beside it (``path``'s stem, then each file's first frame)."""
+    from .sinks import RollingVideoSink, VideoSink
+
+    if live:
+        return RollingVideoSink(path.parent, path.stem, info.width, info.height, info.fps, detector.classes,
+                                cfg.lines, cfg.zones, a.video_segment)
+    return VideoSink(path, info.width, info.height, info.fps, detector.classes, cfg.lines, cfg.zones)
 
 
 def main(argv: list[str] | None = None) -> int:

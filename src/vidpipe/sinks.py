@@ -11,7 +11,8 @@ formats each batch as soon as its detections land, and only writes the text once
 
 Formats: ``jsonl`` (one object per frame), ``coco`` (a COCO results list; image_id = frame index),
 ``parquet`` (one row per detection); and :class:`VideoSink`, the frames themselves with their
-detections drawn, as an MP4 (``--save-video``).
+detections drawn, as an MP4 (``--save-video``), or for a live stream :class:`RollingVideoSink`, a new
+MP4 every so many seconds of the stream.
 """
 
 from __future__ import annotations
@@ -326,7 +327,9 @@ class VideoSink(_AtomicFile):
     / ``--zone`` specs) are drawn on every frame, labelled with the counts :meth:`write` gets."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
-                 classes: Classes = SSD300_CLASSES, lines: tuple[str, ...] = (), zones: tuple[str, ...] = ()) -> None:
+                 classes: Classes = SSD300_CLASSES, lines: tuple[str, ...] = (), zones: tuple[str, ...] = (),
+                 start: int = 0) -> None:
+        """``start``: the frame index shown at time 0 (a rolling file's first frame)."""
         import av
 
         from .analytics import parse_line, parse_zone
@@ -334,6 +337,7 @@ class VideoSink(_AtomicFile):
         self.lines, self.zones = [parse_line(x) for x in lines], [parse_zone(x) for x in zones]
         super().__init__(path, binary=True)
         self.regions = None  # drawn lines and zones, made on the frames' device by the first write
+        self.start = start
         self.names = tuple(classes.names)
         self.container = av.open(self.file, "w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(30)
@@ -363,7 +367,7 @@ class VideoSink(_AtomicFile):
         planes = to_yuv420(drawn[..., :self.stream.height, :self.stream.width]).cpu().numpy()
         for frame, plane in zip(indices, planes):
             picture = av.VideoFrame.from_ndarray(plane, format="yuv420p")
-            picture.pts = frame
+            picture.pts = frame - self.start
             self.container.mux(self.stream.encode(picture))
         self.frames += len(indices)
 
@@ -380,6 +384,64 @@ class VideoSink(_AtomicFile):
             except Exception:  # noqa: BLE001 - the partial file is set aside as it is
                 pass
         return super().fail()
+
+
+class RollingVideoSink:
+    """A live stream's annotated video as consecutive MP4s of ``seconds`` of the stream each:
+    ``folder/<stem>-<first frame, 7 digits>.mp4``, cut at frame indices that are multiples of
+    ``round(seconds * fps)`` (the stream's own numbering: a file is never longer, and a dropped
+    frame leaves its gap). Each file is a :class:`VideoSink`, finished (complete, playable) when the
+    stream's first frame of the next one comes, the last one when the stream ends; one that failed
+    is kept as ``.incomplete`` as a VideoSink's is. ``files``: the finished ones, in order."""
+
+    def __init__(self, folder: str | os.PathLike, stem: str, width: int, height: int, fps: float,
+                 classes: Classes = SSD300_CLASSES, lines: tuple[str, ...] = (), zones: tuple[str, ...] = (),
+                 seconds: float = 300.0) -> None:
+        self.folder, self.stem = Path(folder), stem
+        self.open = partial(VideoSink, width=width, height=height, fps=fps, classes=classes, lines=lines, zones=zones)
+        self.per = max(1, round(seconds * (fps if fps and fps > 0 else 30.0)))  # frames per file
+        self.current: VideoSink | None = None
+        self.files: list[Path] = []
+        self.frames = 0
+
+    @property
+    def path(self) -> Path:
+        return self.current.path if self.current is not None else self.folder / f"{self.stem}-*.mp4"
+
+    def write(self, frames, ready, indices, boxes, labels, scores, counts, track_ids=None, counted=None) -> None:
+        """As :meth:`VideoSink.write`; a batch that spans a cut goes to both files."""
+        part = [i // self.per for i in indices]  # indices ascend: each file's frames are one run
+        at = 0
+        while at < len(indices):
+            end = at + 1
+            while end < len(part) and part[end] == part[at]:
+                end += 1
+            first = part[at] * self.per
+            if self.current is None or self.current.start != first:
+                self._finish()
+                self.current = self.open(self.folder / f"{self.stem}-{first:07d}.mp4", start=first)
+            rows = slice(at, end)
+            self.current.write(frames[rows], ready, indices[rows], boxes[rows], labels[rows], scores[rows],
+                               counts[rows], None if track_ids is None else track_ids[rows],
+                               None if counted is None else counted[rows])
+            at = end
+        self.frames += len(indices)
+
+    def _finish(self) -> None:
+        if self.current is not None:
+            self.current.close(complete=True)
+            self.files.append(self.current.path)
+            self.current = None
+
+    def close(self, complete: bool) -> None:
+        if self.current is not None and not complete:
+            self.current.close(complete=False)
+            self.current = None
+        self._finish()
+
+    def fail(self) -> Path | None:
+        current, self.current = self.current, None
+        return current.fail() if current is not None else None
 
 
 class NullSink:
