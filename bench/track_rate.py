@@ -1,7 +1,8 @@
 """The tracker's rate: ms per frame of vidpipe's ByteTrack (``vidpipe.track.Tracker``, batches of 64
 frames as the engine feeds it) beside the library's own ``ByteTrackTracker.update`` frame by frame,
 on the same synthetic detections (``vidpipe.synth.trajectories``: objects in motion, misses,
-occlusions, clutter). Both give the same ids (tests/test_track.py). Median of ``--repeats``.
+occlusions, clutter). Both give the same ids (tests/test_track.py). Median of ``--repeats`` (± the
+spread, (max - min) / median).
 
     python bench/track_rate.py [--objects 10 20 40] [--frames 3000] [--repeats 5]
 """
@@ -70,8 +71,8 @@ def main() -> None:
                 t.update(d)
 
         (m1, s1), (m2, s2) = ms_per_frame(ours, len(frames), a.repeats), ms_per_frame(theirs, len(frames), a.repeats)
-        print(f"| {objects} | {np.mean([len(s) for _, _, s in frames]):.1f} | {m1:.3f} (±{s1 / 2:.0%}) | "
-              f"{m2:.3f} (±{s2 / 2:.0%}) | {m2 / m1:.1f}x |")
+        print(f"| {objects} | {np.mean([len(s) for _, _, s in frames]):.1f} | {m1:.3f} (±{s1:.0%}) | "
+              f"{m2:.3f} (±{s2:.0%}) | {m2 / m1:.1f}x |")
 
 
 if __name__ == "__main__":
