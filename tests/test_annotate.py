@@ -5,6 +5,8 @@ there, the box drawn where it was detected, the line where it was given."""
 
 from __future__ import annotations
 
+import os
+
 import av
 import numpy as np
 import pytest
@@ -81,7 +83,7 @@ def test_lines_and_zones_are_drawn_with_their_counts():
     """A line and a zone on frames without detections: the outlines in their colour, everything else
     untouched but the labels, and each label spelled glyph for glyph from that frame's (fresh random)
     counts."""
-    g = np.random.default_rng(int.from_bytes(__import__("os").urandom(4), "little"))
+    g = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
     n, h, w = 4, 120, 200
     frames = torch.from_numpy(g.integers(0, 256, (n, 3, h, w), dtype=np.uint8))
     line, zone = parse_line("door:20,60,60,110"), parse_zone("lobby:120,95,190,95,190,118,120,118")
