@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import PyAVSource, probe
+from vidpipe.sources import NvdecSource, NvdecStreamSource, PyAVSource, open_source, probe
 from vidpipe.synth import make_clip
 
 CLI = [sys.executable, "-m", "vidpipe.cli", "detect"]
@@ -203,28 +204,38 @@ class _ClipServer(BaseHTTPRequestHandler):
         self.wfile.write(chunk)
 
 
-@pytest.fixture
-def http_clip(tmp_path):
-    clip = make_clip(tmp_path / "c.mp4", frames=60, width=128, height=96, faststart=True)
+@contextmanager
+def served(clip: Path):
+    """``clip`` served over HTTP on loopback: (handler class, server, URL)."""
     handler = type("H", (_ClipServer,), {"data": clip.read_bytes(), "drop_after": None, "requests": 0,
                                          "gone_after_drop": False})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield clip, handler, server, f"http://127.0.0.1:{server.server_address[1]}/c.mp4"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield handler, server, f"http://127.0.0.1:{server.server_address[1]}/{clip.name}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
-def _decode(source) -> tuple[list[int], torch.Tensor]:
+@pytest.fixture
+def http_clip(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=60, width=128, height=96, faststart=True)
+    with served(clip) as (handler, server, url):
+        yield clip, handler, server, url
+
+
+def _decode(source) -> tuple[list[int], torch.Tensor, list[float]]:
     batches = list(source.batches(16))
-    return [i for b in batches for i in b.indices], torch.cat([b.frames for b in batches])
+    return ([i for b in batches for i in b.indices], torch.cat([b.frames.cpu() for b in batches]),
+            [t for b in batches for t in b.times])
 
 
 def test_http_stream_matches_file(http_clip):
     clip, _, _, url = http_clip
-    idx, frames = _decode(PyAVSource(url))
-    ref_idx, ref = _decode(PyAVSource(clip))
+    idx, frames, _ = _decode(PyAVSource(url))
+    ref_idx, ref, _ = _decode(PyAVSource(clip))
     assert idx == ref_idx == list(range(60)) and torch.equal(frames, ref)
 
 
@@ -232,8 +243,8 @@ def test_http_stream_reconnects_after_a_drop(http_clip):
     clip, handler, _, url = http_clip
     source = PyAVSource(url)
     handler.drop_after = len(handler.data) // 2
-    idx, frames = _decode(source)
-    _, ref = _decode(PyAVSource(clip))
+    idx, frames, _ = _decode(source)
+    _, ref, _ = _decode(PyAVSource(clip))
     assert idx == list(range(60)) and torch.equal(frames, ref)  # every frame exactly once
     assert handler.drop_after is None and source.reconnections >= 1  # the drop happened, and was mended
 
@@ -249,6 +260,64 @@ def test_http_server_gone_mid_stream(http_clip):
     assert "gave up after 2 reconnects" in str(e.value) and "\n" not in str(e.value)
     assert indices == list(range(len(indices))) and len(indices) < 60
     assert source.reconnections == 2
+
+
+STREAM_CLIPS = {  # what cameras send: B-frames or none, HEVC (NVDEC's minimum height 144), variable rate
+    "h264-bframes": dict(frames=40, width=128, height=96),
+    "h264-no-bframes": dict(frames=40, width=128, height=96, bframes=False),
+    "hevc": dict(frames=24, width=192, height=144, codec="libx265"),
+    "vfr": dict(frames=30, width=128, height=96, vfr=True),
+}
+
+
+@pytest.mark.nvdec
+@pytest.mark.parametrize("name", sorted(STREAM_CLIPS))
+def test_a_stream_on_nvdec_gives_the_files_frames(tmp_path, name):
+    """A URL decoded by NVDEC packet by packet gives, frame for frame and bit for bit, what NVDEC gives
+    for the file itself, with the same indices and times; FFmpeg's frames differ (its own YUV->RGB
+    rounding), so a stream that fell back to FFmpeg fails here."""
+    clip = make_clip(tmp_path / f"{name}.mp4", faststart=True, **STREAM_CLIPS[name])
+    ref_idx, ref, ref_t = _decode(NvdecSource(clip, "cuda"))
+    with served(clip) as (_, _, url):
+        idx, frames, t = _decode(NvdecStreamSource(url, "cuda"))
+        _, av_frames, _ = _decode(PyAVSource(url, "cuda"))
+    assert idx == ref_idx == list(range(STREAM_CLIPS[name]["frames"])) and t == ref_t
+    assert torch.equal(frames, ref) and not torch.equal(av_frames, ref)
+
+
+@pytest.mark.nvdec
+def test_a_stream_on_nvdec_reconnects_after_a_drop(http_clip):
+    clip, handler, _, url = http_clip
+    source = NvdecStreamSource(url, "cuda")
+    handler.drop_after = len(handler.data) // 2
+    idx, frames, _ = _decode(source)
+    _, ref, _ = _decode(NvdecSource(clip, "cuda"))
+    assert idx == list(range(60)) and torch.equal(frames, ref)  # every frame exactly once
+    assert handler.drop_after is None and source.reconnections >= 1
+
+
+@pytest.mark.nvdec
+def test_the_engine_decodes_a_stream_on_nvdec(http_clip):
+    """A URL in a run on NVDEC: every frame once, one per chunk as a camera's, NVDEC's bits."""
+    from vidpipe.engine import Chunk, FrameProducer
+
+    clip, _, _, url = http_clip
+    chunks = [i for i in FrameProducer([url], "nvdec", torch.device("cuda"), 8, live_policy="all")
+              if isinstance(i, Chunk)]
+    _, ref, _ = _decode(NvdecSource(clip, "cuda"))
+    assert [i for c in chunks for i in c.batch.indices] == list(range(60)) and {len(c.batch) for c in chunks} == {1}
+    assert torch.equal(torch.cat([c.batch.frames.cpu() for c in chunks]), ref)
+
+
+def test_nvdec_streams_are_h264_or_hevc(tmp_path, caplog):
+    """Other codecs are refused in one line before any CUDA call (this runs without a GPU), and with
+    the automatic decoder choice fall back to FFmpeg with a warning."""
+    clip = make_clip(tmp_path / "v.mp4", frames=4, codec="libvpx-vp9")
+    with pytest.raises(VidpipeError, match="NVDEC reads H.264 and HEVC streams here, not vp9"):
+        NvdecStreamSource(clip, "cuda")
+    src = open_source(str(clip), "nvdec", torch.device("cuda"), fallback=True, live=True)
+    assert src.name == "pyav" and "decoding it with FFmpeg on the CPU instead" in caplog.text
+
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"

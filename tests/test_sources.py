@@ -15,7 +15,7 @@ from vidpipe.engine.batching import Batcher, padding
 from vidpipe.engine.order import Orderer
 from vidpipe.engine.plan import TRACKED_SEGMENT_FRAMES, plan_units
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import FrameBatch, NvdecSource, PyAVSource, VideoInfo, probe, scan_packets
+from vidpipe.sources import FrameBatch, NvdecSource, NvdecStreamSource, PyAVSource, VideoInfo, probe, scan_packets
 from vidpipe.synth import make_clip, repeat_clip
 
 CLIPS = {
@@ -360,11 +360,13 @@ def test_pooled_nvdec_sessions_switch_files(tmp_path):
 
 
 @pytest.mark.nvdec
-def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path):
-    """A decode thread keeps opening pooled NVDEC sessions (each one's first decode creates NVDEC's
-    decoder) and freeing them (the runtime's close) while this thread captures CUDA graphs on the same
-    device, as a detector does: every capture succeeds. Without the gate around those calls, captures
-    failed ("operation failed due to a previous error during capture") on the H200."""
+@pytest.mark.parametrize("kind", ["pooled", "stream"])
+def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path, kind):
+    """A decode thread keeps opening NVDEC sessions (each one's first decode creates NVDEC's decoder)
+    and freeing them (pooled ones: the runtime's close; a stream's: when its pass ends) while this
+    thread captures CUDA graphs on the same device, as a detector does: every capture succeeds.
+    Without the gate around those calls, captures failed ("operation failed due to a previous error
+    during capture") on the H200."""
     import threading
 
     from vidpipe.runtime import DeviceRuntime
@@ -380,10 +382,13 @@ def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path):
     def decode() -> None:
         try:
             for i in range(48):
-                src = NvdecSource(clips[i % 2], "cuda", runtime=runtime, slot=i % 4)
-                next(src.batches(4))
+                if kind == "pooled":
+                    src = NvdecSource(clips[i % 2], "cuda", runtime=runtime, slot=i % 4)
+                else:
+                    src = NvdecStreamSource(clips[i % 2], "cuda", runtime=runtime)
+                next(src.batches(4))  # a stream's session is freed as the pass is dropped here
                 opened.append(i)
-                if i % 4 == 3:
+                if kind == "pooled" and i % 4 == 3:
                     runtime.close()  # frees the four sessions
         except Exception as e:  # noqa: BLE001 - reported by the assertion below
             worker_error.append(e)

@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Literal
 
 import av
 import numpy as np
+from av.bitstream import BitStreamFilterContext
 import torch
 
 from .errors import VidpipeError
@@ -204,8 +205,8 @@ class PyAVSource:
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", *,
                  threads: int = 0, max_frames: int | None = None, reconnects: int = 5,
-                 timeout: float = NET_TIMEOUT) -> None:
-        self.info = probe(path)
+                 timeout: float = NET_TIMEOUT, info: VideoInfo | None = None) -> None:
+        self.info = info or probe(path)
         self.device = torch.device(device)
         self.threads = threads
         self.max_frames = max_frames
@@ -227,7 +228,7 @@ class PyAVSource:
         self.decoded = start
         frames = self._timed_frames() if start == 0 and stop is None else self._range(start, stop)
         for frame, t in frames:
-            buf.append(frame.to_ndarray(format="rgb24"))
+            buf.append(self._image(frame))
             times.append(t)
             if len(buf) == batch_size:
                 yield self._batch(buf, times, pin, admit)
@@ -319,6 +320,9 @@ class PyAVSource:
                 return
             except av.error.FFmpegError:  # a corrupt packet costs its frames, not the file
                 self.corrupt_packets += 1
+
+    def _image(self, frame: av.VideoFrame) -> np.ndarray:
+        return frame.to_ndarray(format="rgb24")
 
     def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool,
                admit: Callable[[], None] | None) -> FrameBatch:
@@ -433,11 +437,115 @@ class NvdecSource:
             admit()
         with nvtx_range("stack"), torch.cuda.stream(self.stream):
             # The stack copies out of the decoder's surface pool, which the next call reuses.
-            # Capsules are asked for directly: torch.from_dlpack(frame) first tries keyword
-            # arguments this producer rejects, and each TypeError costs the GIL, per frame.
-            batch = torch.stack([torch.from_dlpack(f.__dlpack__(stream=self.stream.cuda_stream)) for f in frames])
+            batch = torch.stack([_surface(f, self.stream) for f in frames])
             self.stream.synchronize()
         return batch
+
+
+def _surface(frame, stream: torch.cuda.Stream) -> torch.Tensor:
+    """A decoded frame's ``uint8 [3, H, W]`` in the session's surface (reused by its next decode).
+    The capsule is asked for directly: torch.from_dlpack(frame) first tries keyword arguments this
+    producer rejects, and each TypeError costs the GIL, per frame."""
+    return torch.from_dlpack(frame.__dlpack__(stream=stream.cuda_stream))
+
+
+# NVDEC's codecs, by FFmpeg's names, and the filter that writes MP4/MKV's length-prefixed NAL units as
+# the start-code (Annex B) stream NVDEC's parser reads; streams that already are (RTSP, MPEG-TS) pass
+# through it unchanged.
+_PACKET_CODECS = {"h264": ("H264", "h264_mp4toannexb"), "hevc": ("HEVC", "hevc_mp4toannexb")}
+_NO_PTS = -(1 << 62)  # a packet without a timestamp (an RTSP stream's first): NVDEC carries it to the frame
+
+
+@dataclass
+class _DeviceFrame:
+    """A frame NVDEC decoded from a demuxed packet: its own ``uint8 [3, H, W]`` copy on the device."""
+
+    pts: int | None
+    time_base: Fraction
+    image: torch.Tensor
+
+
+class NvdecStreamSource(PyAVSource):
+    """A stream URL or a live file read by FFmpeg as :class:`PyAVSource` reads it (timeouts,
+    reconnects with back-off, timestamps, replayed frames skipped) and decoded by NVDEC packet by
+    packet: H.264 and HEVC, the cameras' codecs. A session per connection (or pass of a file), its
+    frames copied out of the session's surfaces on a high-priority stream; the frames are NVDEC's,
+    bit-identical to :class:`NvdecSource`'s for the same bitstream. ``runtime``: the device's
+    :class:`~vidpipe.runtime.DeviceRuntime`, whose capture gate the session's creation, first decodes
+    and release go through (a private one when None)."""
+
+    name = "nvdec"
+
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *,
+                 max_frames: int | None = None, runtime: DeviceRuntime | None = None, **kwargs) -> None:
+        super().__init__(path, device, max_frames=max_frames, **kwargs)
+        if self.device.type != "cuda":
+            raise VidpipeError("the nvdec decoder needs a CUDA device")
+        if self.info.codec not in _PACKET_CODECS:
+            raise VidpipeError(f"{self.info.path}: NVDEC reads H.264 and HEVC streams here, not {self.info.codec}")
+        self.runtime = runtime or DeviceRuntime(self.device)
+        gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.stream = torch.cuda.Stream(gpu, priority=-1)  # as NvdecSource's: its kernels go between the model's
+
+    def _session(self, stream: av.video.stream.VideoStream):
+        import PyNvVideoCodec as nvc
+
+        latency = nvc.DisplayDecodeLatencyType
+        with self.runtime.gate.setup(), self.runtime.create_lock:
+            return nvc.CreateDecoder(
+                gpuid=self.stream.device.index, codec=getattr(nvc.cudaVideoCodec, _PACKET_CODECS[self.info.codec][0]),
+                cudacontext=0, cudastream=self.stream.cuda_stream, usedevicememory=True,
+                outputColorType=nvc.OutputColorType.RGBP,
+                # No reordering to wait for without B-frames: each frame comes out of its own packet.
+                latency=latency.NATIVE if stream.codec_context.has_b_frames else latency.LOW)
+
+    def _decode(self, c: av.container.InputContainer, stream) -> Iterator[_DeviceFrame]:
+        import PyNvVideoCodec as nvc
+
+        dec = self._session(stream)
+        annexb = BitStreamFilterContext(_PACKET_CODECS[self.info.codec][1], stream)
+        started = False  # NVDEC creates its decoder at the first frame: a device-wide sync, gated until then
+        try:
+            for packet in c.demux(stream):
+                for p in annexb.filter(packet if packet.size else None):  # None: the filter's end
+                    data = np.frombuffer(p, np.uint8)  # read by Decode before it returns
+                    pd = nvc.PacketData()
+                    pd.bsl_data, pd.bsl = data.ctypes.data, data.size
+                    pd.pts = p.pts if p.pts is not None else _NO_PTS
+                    with self.runtime.gate.setup() if not started else nullcontext():
+                        frames = self._packet(dec, pd, stream.time_base)
+                    started = started or bool(frames)
+                    yield from frames
+            # An empty packet: the frames NVDEC still holds for reordering.
+            yield from self._packet(dec, nvc.PacketData(), stream.time_base)
+        finally:
+            with self.runtime.gate.setup():
+                dec = None  # freeing a session's memory synchronises the device
+
+    def _packet(self, dec, pd, time_base: Fraction) -> list[_DeviceFrame]:
+        with nvtx_range("decode"), torch.cuda.stream(self.stream):
+            try:
+                frames = dec.Decode(pd)
+            except Exception:  # a damaged packet costs its frames, not the stream
+                self.corrupt_packets += 1
+                return []
+            # Copied before the next Decode reuses the surfaces (same stream, so in order).
+            return [_DeviceFrame(None if f.timestamp == _NO_PTS else f.timestamp, time_base,
+                                 _surface(f, self.stream).clone()) for f in frames]
+
+    def _image(self, frame: _DeviceFrame) -> torch.Tensor:
+        return frame.image
+
+    def _batch(self, frames: list[torch.Tensor], times: list[float], pin: bool,
+               admit: Callable[[], None] | None) -> FrameBatch:
+        if admit is not None:
+            admit()
+        # A live frame comes alone: its own copy is the batch.
+        batch = frames[0][None] if len(frames) == 1 else torch.stack(frames)
+        self.stream.synchronize()
+        start = self.decoded
+        self.decoded += len(frames)
+        return FrameBatch(self.info.path, batch, list(range(start, start + len(frames))), times)
 
 
 def nvdec_available() -> bool:
@@ -469,14 +577,18 @@ def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", 
 def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
                 max_frames: int | None = None, info: VideoInfo | None = None,
                 fallback: bool = False, runtime: DeviceRuntime | None = None,
-                slot: int | None = None) -> PyAVSource | NvdecSource:
-    """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
+                slot: int | None = None, live: bool = False) -> PyAVSource | NvdecSource:
+    """A source for ``path``; ``live``: read as a camera (frames in order as they come, no seeking),
+    as a stream URL always is. With ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
     FFmpeg instead, with a warning."""
-    if decoder == "nvdec" and not is_stream_url(path):
+    info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
+    if decoder == "nvdec":
         try:
+            if live or is_stream_url(path):
+                return NvdecStreamSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)
         except VidpipeError as e:
             if not fallback:
                 raise
             log.warning("%s; decoding it with FFmpeg on the CPU instead", e)
-    return PyAVSource(path, device, max_frames=max_frames)
+    return PyAVSource(path, device, max_frames=max_frames, info=info)

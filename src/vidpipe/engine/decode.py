@@ -175,7 +175,8 @@ class FrameProducer:
         if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
             return cached  # one NVDEC session per worker and file: segments seek instead of reopening
         src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
-                          fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1))
+                          fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1),
+                          live=self._clocked(unit.path))
         self._local.source = src
         return src
 
@@ -232,7 +233,7 @@ class FrameProducer:
         try:
             src = self._source(unit)
             stamp("opened")
-            uploads = self.device.type == "cuda" and not isinstance(src, NvdecSource)
+            uploads = self.device.type == "cuda" and src.name != "nvdec"
             for batch in self._passes(unit, src):
                 if uploads:
                     # The compute stream reads the chunk without waiting on this worker's stream, where
