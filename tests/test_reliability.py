@@ -312,10 +312,11 @@ def test_the_engine_decodes_a_stream_on_nvdec(http_clip):
 def test_nvdec_streams_are_h264_or_hevc(tmp_path, caplog):
     """Other codecs are refused in one line before any CUDA call (this runs without a GPU), and with
     the automatic decoder choice fall back to FFmpeg with a warning."""
-    clip = make_clip(tmp_path / "v.mp4", frames=4, codec="libvpx-vp9")
-    with pytest.raises(VidpipeError, match="NVDEC reads H.264 and HEVC streams here, not vp9"):
-        NvdecStreamSource(clip, "cuda")
-    src = open_source(str(clip), "nvdec", torch.device("cuda"), fallback=True, live=True)
+    clip = make_clip(tmp_path / "v.mp4", frames=4, codec="libvpx-vp9", faststart=True)
+    with served(clip) as (_, _, url):
+        with pytest.raises(VidpipeError, match="NVDEC reads H.264 and HEVC streams here, not vp9"):
+            NvdecStreamSource(url, "cuda")
+        src = open_source(url, "nvdec", torch.device("cuda"), fallback=True)
     assert src.name == "pyav" and "decoding it with FFmpeg on the CPU instead" in caplog.text
 
 

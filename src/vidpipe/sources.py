@@ -466,7 +466,7 @@ class _DeviceFrame:
 
 
 class NvdecStreamSource(PyAVSource):
-    """A stream URL or a live file read by FFmpeg as :class:`PyAVSource` reads it (timeouts,
+    """A stream URL (or a file) read by FFmpeg as :class:`PyAVSource` reads it (timeouts,
     reconnects with back-off, timestamps, replayed frames skipped) and decoded by NVDEC packet by
     packet: H.264 and HEVC, the cameras' codecs. A session per connection (or pass of a file), its
     frames copied out of the session's surfaces on a high-priority stream; the frames are NVDEC's,
@@ -577,14 +577,16 @@ def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", 
 def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
                 max_frames: int | None = None, info: VideoInfo | None = None,
                 fallback: bool = False, runtime: DeviceRuntime | None = None,
-                slot: int | None = None, live: bool = False) -> PyAVSource | NvdecSource:
-    """A source for ``path``; ``live``: read as a camera (frames in order as they come, no seeking),
-    as a stream URL always is. With ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
-    FFmpeg instead, with a warning."""
+                slot: int | None = None) -> PyAVSource | NvdecSource | NvdecStreamSource:
+    """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
+    FFmpeg instead, with a warning. On NVDEC a file is decoded by PyNvVideoCodec's demuxer (seekable,
+    frames in batches), a stream URL by FFmpeg's demuxer and NVDEC packet by packet. ``--realtime``
+    files stay on the first: one call per frame, where the packet path's Python per frame held 32
+    live cameras at 28.7 frames/s each on the H200 (30.0 before; docs/results.md, "Twentieth session")."""
     info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
     if decoder == "nvdec":
         try:
-            if live or is_stream_url(path):
+            if is_stream_url(path):
                 return NvdecStreamSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)
         except VidpipeError as e:

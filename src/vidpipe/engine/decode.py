@@ -175,8 +175,7 @@ class FrameProducer:
         if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
             return cached  # one NVDEC session per worker and file: segments seek instead of reopening
         src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
-                          fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1),
-                          live=self._clocked(unit.path))
+                          fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1))
         self._local.source = src
         return src
 
