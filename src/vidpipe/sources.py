@@ -160,6 +160,9 @@ class PacketIndex:
     times: tuple[float, ...]
     keyframes: tuple[int, ...]
     pts: tuple[int, ...] = ()  # sorted presentation timestamps (empty for raw streams)
+    # Leading pictures: frames after a keyframe in decode order but shown before it (an open GOP,
+    # x265's default), which PyNvVideoCodec's SimpleDecoder gets wrong (see open_source).
+    leading: bool = False
 
 
 def _file_key(path: str) -> tuple:
@@ -184,11 +187,15 @@ def _scan_packets(path: str, mtime_ns: int, size: int) -> PacketIndex:
     if any(pts is None for pts, _ in packets):  # raw elementary streams carry no timestamps
         return PacketIndex(tuple(i / fps for i in range(len(packets))),
                            tuple(i for i, (_, key) in enumerate(packets) if key))
+    leading, key_pts = False, None
+    for pts, key in packets:  # decode order
+        key_pts = pts if key else key_pts
+        leading = leading or (key_pts is not None and pts < key_pts)
     packets.sort()
     first = packets[0][0] if packets else 0
     return PacketIndex(tuple(float((pts - first) * tb) for pts, _ in packets),
                        tuple(i for i, (_, key) in enumerate(packets) if key),
-                       tuple(pts for pts, _ in packets))
+                       tuple(pts for pts, _ in packets), leading)
 
 
 class PyAVSource:
@@ -579,14 +586,17 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
                 fallback: bool = False, runtime: DeviceRuntime | None = None,
                 slot: int | None = None) -> PyAVSource | NvdecSource | NvdecStreamSource:
     """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
-    FFmpeg instead, with a warning. On NVDEC a file is decoded by PyNvVideoCodec's demuxer (seekable,
-    frames in batches), a stream URL by FFmpeg's demuxer and NVDEC packet by packet. ``--realtime``
-    files stay on the first: one call per frame, where the packet path's Python per frame held 32
-    live cameras at 28.7 frames/s each on the H200 (30.0 before; docs/results.md, "Twentieth session")."""
+    FFmpeg instead, with a warning. On NVDEC a file is decoded by PyNvVideoCodec's SimpleDecoder
+    (seekable, frames in batches), a stream URL by FFmpeg's demuxer and NVDEC packet by packet.
+    ``--realtime`` files stay on the first: one call per frame, where the packet path's Python per
+    frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). Files with leading
+    pictures take the second: SimpleDecoder gave wrong frames for them (HEVC open GOPs: mean
+    difference 8-16 levels from FFmpeg's frames on those, 0.7 on every other frame and on the packet
+    path's; docs/results.md, "Twentieth session")."""
     info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
     if decoder == "nvdec":
         try:
-            if is_stream_url(path):
+            if is_stream_url(path) or scan_packets(path).leading:
                 return NvdecStreamSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)
         except VidpipeError as e:
