@@ -4,7 +4,8 @@ Out: :class:`FrameBatch` with ``frames Tensor[N, 3, H, W]`` uint8 RGB on the req
 frame indices (0-based, presentation order) and times (seconds since the first frame).
 
 * ``nvdec``: PyNvVideoCodec hardware decode into GPU memory, handed to torch through DLPack;
-  frames never touch host memory. Sessions are pooled per decode thread.
+  frames never touch host memory. Files: its SimpleDecoder, sessions pooled per decode thread.
+  Stream URLs and files with leading pictures: FFmpeg demuxes, NVDEC decodes packet by packet.
 * ``pyav``: FFmpeg decode on the CPU with FFmpeg's threads; on a GPU the batch is staged in pinned
   host memory and copied asynchronously. Corrupt packets are skipped and counted, not fatal;
   network streams reconnect.
