@@ -31,8 +31,8 @@ from typing import Callable, Iterator, Literal
 
 import av
 import numpy as np
-from av.bitstream import BitStreamFilterContext
 import torch
+from av.bitstream import BitStreamFilterContext
 
 from .errors import VidpipeError
 from .inputs import check_input, is_stream_url
