@@ -322,7 +322,6 @@ def test_nvdec_streams_are_h264_or_hevc(tmp_path, caplog):
     assert src.name == "pyav" and "decoding it with FFmpeg on the CPU instead" in caplog.text
 
 
-
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SERVER = Path(__file__).parent / "servers" / "rtsp_server.py"
 

@@ -15,7 +15,8 @@ from vidpipe.engine.batching import Batcher, padding
 from vidpipe.engine.order import Orderer
 from vidpipe.engine.plan import TRACKED_SEGMENT_FRAMES, plan_units
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import FrameBatch, NvdecSource, NvdecStreamSource, PyAVSource, VideoInfo, probe, scan_packets
+from vidpipe.sources import (FrameBatch, NvdecSource, NvdecStreamSource, PyAVSource, VideoInfo, open_source, probe,
+                             scan_packets)
 from vidpipe.synth import make_clip, repeat_clip
 
 CLIPS = {
@@ -304,8 +305,6 @@ def test_nvdec_decodes_leading_pictures_whole_and_in_parts(tmp_path):
     """An open-GOP HEVC file on NVDEC: every frame is FFmpeg's but for YUV->RGB rounding (PyNvVideoCodec's
     SimpleDecoder was 8-16 levels off on the two frames before the second keyframe), and parts cut at
     the keyframe reassemble the whole exactly."""
-    from vidpipe.sources import open_source
-
     path = str(make_clip(tmp_path / "h.mp4", frames=24, width=192, height=144, codec="libx265", gop=12))
     whole, idx, _ = decode_all(open_source(path, "nvdec", torch.device("cuda")))
     ref, *_ = decode_all(PyAVSource(path, "cuda"))

@@ -336,13 +336,16 @@ class PyAVSource:
                admit: Callable[[], None] | None) -> FrameBatch:
         if admit is not None:
             admit()
-        # Stacked straight into (pinned, for a GPU) memory: one host copy, then an async upload.
-        host = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=pin)
-        np.stack(frames, out=host.numpy())
-        dev = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        dev = self._stack(frames, pin)
         start = self.decoded
         self.decoded += len(frames)
         return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
+
+    def _stack(self, frames: list[np.ndarray], pin: bool) -> torch.Tensor:
+        # Stacked straight into (pinned, for a GPU) memory: one host copy, then an async upload.
+        host = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=pin)
+        np.stack(frames, out=host.numpy())
+        return host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
 
 
 def _nvdec_session(path: str, runtime: DeviceRuntime, slot: int | None):
@@ -544,16 +547,11 @@ class NvdecStreamSource(PyAVSource):
     def _image(self, frame: _DeviceFrame) -> torch.Tensor:
         return frame.image
 
-    def _batch(self, frames: list[torch.Tensor], times: list[float], pin: bool,
-               admit: Callable[[], None] | None) -> FrameBatch:
-        if admit is not None:
-            admit()
+    def _stack(self, frames: list[torch.Tensor], pin: bool) -> torch.Tensor:
         # A live frame comes alone: its own copy is the batch.
         batch = frames[0][None] if len(frames) == 1 else torch.stack(frames)
         self.stream.synchronize()
-        start = self.decoded
-        self.decoded += len(frames)
-        return FrameBatch(self.info.path, batch, list(range(start, start + len(frames))), times)
+        return batch
 
 
 def nvdec_available() -> bool:
