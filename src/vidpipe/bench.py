@@ -17,8 +17,9 @@ Suites (``--suite``):
   ``model(images)`` (``torchvision:NAME``).
 * ``startup``: the README's command in fresh processes, first (empty caches) and second run: wall
   time, time to the first result, where the time goes; and a folder of copies in one command.
-* ``live``: K copies of each input read as 30 fps cameras (``--realtime --loop``) in one process
-  (or spread over ``--procs-per-device`` processes), K from ``--live-streams`` in turn until one
+* ``live``: K copies of each input read as 30 fps cameras (``--realtime --loop``, or with
+  ``--live-cameras http`` served as live streams by :mod:`vidpipe.cameras`) in one process (or
+  spread over ``--procs-per-device`` processes), K from ``--live-streams`` in turn until one
   does not hold (a stream processed below ``LIVE_FPS`` or p99 latency above ``LIVE_P99_MS``):
   per-stream rate, latency, dropped frames, NVDEC and GPU utilisation.
 
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -698,17 +700,25 @@ def _live_figures(outputs: list[Path], fps: float) -> LiveFigures:
     return f
 
 
-def _live_processes(cfg: Config, video: str, k: int, procs: int, tmp: Path) -> tuple[list[Path], RunReport]:
-    """K copies of ``video`` as live cameras spread over ``procs`` worker processes on the device
-    (``vidpipe detect --procs-per-device``), until each has run ``cfg.max_frames`` frames."""
-    from .livescale import run_live_processes, until_ended
-    from .scale import parse_devices
-
-    cams = [tmp / f"cam-{k}-{i}{Path(video).suffix}" for i in range(k)]  # one name per camera: one output each
+def _cameras(video: str, k: int, tmp: Path, server) -> list[str]:
+    """K stand-in cameras showing ``video``, each under a name of its own (one output each): the
+    ``server``'s URLs (a :class:`~vidpipe.cameras.CameraServer`), else links to the file."""
+    if server is not None:
+        return [server.url(i) for i in range(k)]
+    cams = [tmp / f"cam-{k}-{i}{Path(video).suffix}" for i in range(k)]
     for cam in cams:
         cam.unlink(missing_ok=True)
         cam.symlink_to(Path(video).resolve())
-    targets = {str(c): c.with_suffix(".jsonl") for c in cams}
+    return [str(c) for c in cams]
+
+
+def _live_processes(cfg: Config, cams: list[str], procs: int, tmp: Path) -> tuple[list[Path], RunReport]:
+    """The cameras ``cams`` spread over ``procs`` worker processes on the device (``vidpipe detect
+    --procs-per-device``), until each has run ``cfg.max_frames`` frames."""
+    from .livescale import run_live_processes, until_ended
+    from .scale import parse_devices
+
+    targets = {c: tmp / f"cam-{len(cams)}-{i}.jsonl" for i, c in enumerate(cams)}
     sources, on_video = until_ended(list(targets))
     report = run_live_processes(cfg, sources, "jsonl", targets.__getitem__, parse_devices(cfg.device), procs,
                                 on_video=on_video)
@@ -719,76 +729,27 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
     """K copies of each input as live cameras in one process (or spread over ``--procs-per-device``
     processes), for ``--live-seconds`` each, K taken from ``--live-streams`` in turn until one does not
     hold."""
-    from .profiling import GpuUtilization
+    from .cameras import CameraServer
 
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-live-"))
     rows, device = [], None
     for video in bench_inputs(a, tmp):
-        info = probe(video)
-        live = cfg.replace(realtime=True, loop=True)
-        if a.procs_per_device == 1:
-            det = Detector(live.replace(max_frames=round(info.fps)), model=family_for_video(cfg, video))
-            device = det.device
-            end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
-            det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
-        elif hasattr(family := family_for_video(cfg, video), "save"):
-            # The workers load these weights: re-aimed on this video, the load one process gets.
-            live = live.replace(**family.save(tmp / f"weights-{Path(video).stem}.pt"))
-        if a.procs_per_device > 1:
-            # A warm-up as the one-process path has: workers on a machine's empty Triton cache compile their
-            # kernels in their streams' first seconds, which a timed run would count as dropped frames.
-            _live_processes(live.replace(max_frames=round(2 * info.fps)), video, a.procs_per_device,
-                            a.procs_per_device, tmp)
-        for k in a.live_streams:
-            with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
-                if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds
-                    paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
-                                                    video, k, a.procs_per_device, tmp)
-                else:
-                    outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
-                    paths = []
-
-                    def sink(v):
-                        paths.append(next(outs))
-                        return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
-
-                    report = run(det, [video] * k, sink)
-            if report.failed:
-                raise RuntimeError(report.failed[0].error)
-            fig = _live_figures(paths, info.fps)
-            rates = fig.rates
-            p50, p99 = (float(np.percentile(fig.latencies, q)) if fig.latencies else float("nan") for q in (50, 99))
-            dropped = sum(v.dropped for v in report.videos)
-            holds = min(rates) >= LIVE_FPS and p99 <= LIVE_P99_MS
-            t0, t1 = (t - (time.time() - time.perf_counter()) for t in fig.window)
-            nvdec = [v for xs in util.decoder.values() for t, v in xs if t0 <= t <= t1]  # all streams steady
-            busy = [v for xs in util.gpu.values() for t, v in xs if t0 <= t <= t1]
-            cores = cpu.busy(t0, t1)
-            memory = "n/a"
-            if t1 - t0 >= LIVE_MEMORY_S + 30:  # peaks once every stream has run a minute, and at the end
-                gpu_memory = [x for xs in util.memory.values() for x in xs]
-                memory = " / ".join(f"{a / 2**20:,.0f} → {b / 2**20:,.0f} MiB ({b / a - 1:+.1%})"
-                                    for a, b in ((peak(xs, 0, t0 + LIVE_MEMORY_S), peak(xs)) for xs in
-                                                 (host.samples, gpu_memory)) if a and b)
-            rows.append([Path(video).name, f"{info.width}x{info.height}", str(k), str(a.procs_per_device),
-                         f"{k * info.fps:,.0f}",
-                         f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
-                         f"{fig.dropped / max(fig.dropped + len(fig.latencies), 1):.1%} / "
-                         f"{dropped / max(dropped + report.frames, 1):.1%}",
-                         f"{median(nvdec):.0f}%" if nvdec else "n/a", f"{median(busy):.0f}%" if busy else "n/a",
-                         f"{cores:.1f}" if cores is not None else "n/a", memory, "yes" if holds else "**no**"])
-            print(" | ".join(rows[-1]), flush=True)
-            if not holds:
-                break
-    header = ["input", "size", "streams", "processes", "frames/s offered", "per-stream frames/s (min / median)",
+        with CameraServer(video) if a.live_cameras == "http" else nullcontext() as server:
+            device = _live_counts(a, cfg, video, tmp, server, rows) or device
+    header = ["input", "cameras", "size", "streams", "processes", "frames/s offered",
+              "per-stream frames/s (min / median)",
               "latency p50 / p99 ms", "dropped: steady / whole run", "NVDEC util (median)", "GPU util (median)",
               "host cores busy", "memory peak, host / GPU: first minute → whole run", "holds"]
     _emit(a, "vidpipe bench: live streams (K cameras on one GPU)", _table(header, rows),
-          [f"Each stream: the input read at its frame rate and looped (--realtime --loop) for {a.live_seconds:g} s, "
-           f"--live-policy {cfg.live_policy}, JSON Lines per stream; figures over each stream's frames after its "
-           f"first {LIVE_WARM_S:g} s. Holds: every stream processed at >= {LIVE_FPS} frames/s and p99 latency "
-           f"(capture to line written) <= {LIVE_P99_MS:.0f} ms. Utilisation (NVML) and host cores busy "
-           f"(/proc/stat, of {os.cpu_count()}): samples every 0.2 s while every stream was past its first seconds. "
+          [f"Each stream: the input as a camera for {a.live_seconds:g} s (cameras: file, the input read at its "
+           "frame rate and looped, --realtime --loop; http, served by another process over loopback HTTP as "
+           "live MPEG-TS at its frame rate, looped, which vidpipe reads as a camera's stream: FFmpeg demuxes, "
+           f"NVDEC decodes packet by packet), --live-policy {cfg.live_policy}, JSON Lines per stream; figures "
+           f"over each stream's frames after its first {LIVE_WARM_S:g} s. Holds: every stream processed at >= "
+           f"{LIVE_FPS} frames/s and p99 latency (capture to line written; a stream's capture: the moment its "
+           f"frame was decoded) <= {LIVE_P99_MS:.0f} ms. Utilisation (NVML) and host cores busy "
+           f"(/proc/stat, of {os.cpu_count()}, the camera server's included): samples every 0.2 s while every "
+           f"stream was past its first seconds. "
            f"Dropped (--live-policy latest): frames missing in the streams' steady windows, and over the whole run. "
            f"Memory (runs of {LIVE_MEMORY_S + 30:.0f} s and more): the peak until every stream had run "
            f"{LIVE_MEMORY_S:.0f} s steady, then over the whole run; host: resident memory of the bench and every "
@@ -796,6 +757,72 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
            f"Processes: engines on the GPU, each batching its own share of the streams (--procs-per-device); "
            f"one process captures its graphs before the streams start, several in their streams' first seconds."],
           device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, server,
+                 rows: list[list[str]]) -> torch.device | None:
+    """``bench_live`` for one input (``server``: its camera server, None for ``--live-cameras file``):
+    a row for each K until one does not hold; the device used."""
+    from .profiling import GpuUtilization
+
+    info, device = probe(video), None
+    live = cfg.replace(realtime=True, loop=True)
+    if a.procs_per_device == 1:
+        det = Detector(live.replace(max_frames=round(info.fps)), model=family_for_video(cfg, video))
+        device = det.device
+        end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
+        det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
+    elif hasattr(family := family_for_video(cfg, video), "save"):
+        # The workers load these weights: re-aimed on this video, the load one process gets.
+        live = live.replace(**family.save(tmp / f"weights-{Path(video).stem}.pt"))
+    if a.procs_per_device > 1:
+        # A warm-up as the one-process path has: workers on a machine's empty Triton cache compile their
+        # kernels in their streams' first seconds, which a timed run would count as dropped frames.
+        _live_processes(live.replace(max_frames=round(2 * info.fps)),
+                        _cameras(video, a.procs_per_device, tmp, server), a.procs_per_device, tmp)
+    for k in a.live_streams:
+        cams = _cameras(video, k, tmp, server)
+        with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
+            if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds
+                paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
+                                                cams, a.procs_per_device, tmp)
+            else:
+                outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
+                paths = []
+
+                def sink(v):
+                    paths.append(next(outs))
+                    return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
+
+                report = run(det, cams, sink)
+        if report.failed:
+            raise RuntimeError(report.failed[0].error)
+        fig = _live_figures(paths, info.fps)
+        rates = fig.rates
+        p50, p99 = (float(np.percentile(fig.latencies, q)) if fig.latencies else float("nan") for q in (50, 99))
+        dropped = sum(v.dropped for v in report.videos)
+        holds = min(rates) >= LIVE_FPS and p99 <= LIVE_P99_MS
+        t0, t1 = (t - (time.time() - time.perf_counter()) for t in fig.window)
+        nvdec = [v for xs in util.decoder.values() for t, v in xs if t0 <= t <= t1]  # all streams steady
+        busy = [v for xs in util.gpu.values() for t, v in xs if t0 <= t <= t1]
+        cores = cpu.busy(t0, t1)
+        memory = "n/a"
+        if t1 - t0 >= LIVE_MEMORY_S + 30:  # peaks once every stream has run a minute, and at the end
+            gpu_memory = [x for xs in util.memory.values() for x in xs]
+            memory = " / ".join(f"{a / 2**20:,.0f} → {b / 2**20:,.0f} MiB ({b / a - 1:+.1%})"
+                                for a, b in ((peak(xs, 0, t0 + LIVE_MEMORY_S), peak(xs)) for xs in
+                                             (host.samples, gpu_memory)) if a and b)
+        rows.append([Path(video).name, a.live_cameras, f"{info.width}x{info.height}", str(k), str(a.procs_per_device),
+                     f"{k * info.fps:,.0f}",
+                     f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
+                     f"{fig.dropped / max(fig.dropped + len(fig.latencies), 1):.1%} / "
+                     f"{dropped / max(dropped + report.frames, 1):.1%}",
+                     f"{median(nvdec):.0f}%" if nvdec else "n/a", f"{median(busy):.0f}%" if busy else "n/a",
+                     f"{cores:.1f}" if cores is not None else "n/a", memory, "yes" if holds else "**no**"])
+        print(" | ".join(rows[-1]), flush=True)
+        if not holds:
+            break
+    return device
 
 
 def main(a: argparse.Namespace) -> int:

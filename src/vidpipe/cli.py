@@ -169,6 +169,11 @@ def _add_bench_parser(sub) -> None:
                    help="--suite live: how long each count runs (default 20)")
     b.add_argument("--procs-per-device", type=_int(1), default=1, metavar="N",
                    help="--suite live: spread the streams over N processes on the GPU (default 1)")
+    b.add_argument("--live-cameras", choices=["file", "http"], default="file",
+                   help="--suite live: the stand-in cameras: file: the input read at its frame rate "
+                        "(--realtime --loop; NVDEC's file decoder); http: the input served over loopback "
+                        "HTTP as live MPEG-TS at its frame rate by another process (a camera's path: "
+                        "demuxed by FFmpeg, NVDEC packet by packet)")
     b.add_argument("--results", default=None, metavar="FILE", help="append the tables to this Markdown file")
     add_config_args(b)
 

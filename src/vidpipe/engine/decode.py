@@ -11,11 +11,15 @@ finished unit) and at most ``workers + 2`` chunks exist at once, fewer when that
 ``READY_BYTES`` (a worker waits for room before it allocates one; the consumer calls :meth:`free`).
 With ``threaded=False`` the same items come serially from the calling thread.
 
-Live frames (a stream, a ``realtime`` file) come one per chunk. Under the ``latest`` policy they
-take no place for chunks and never wait: each unit has one slot for its newest frame; a frame that
-arrives while the one before still waits for the consumer replaces it, and the older is dropped and
-counted (:attr:`UnitEnd.dropped`), so results never fall behind the camera. Under ``all`` they wait
-for room like a file's (every frame, in a bounded buffer; the lag shows in their latency).
+Live frames (a stream, a ``realtime`` file) come one per chunk, handed over before their copy out of
+the decoder has run (:attr:`~vidpipe.sources.FrameBatch.ready`; the consumer's stream waits on it): a
+host wait per frame lets go of the GIL and waits to get it back, and one more of those per frame held
+32 live cameras at 24 frames/s each on the H200 (30 without; docs/results.md, "Thirteenth session").
+Under the ``latest`` policy they take no place for chunks and never wait: each unit has one slot for
+its newest frame; a frame that arrives while the one before still waits for the consumer replaces it,
+and the older is dropped and counted (:attr:`UnitEnd.dropped`), so results never fall behind the
+camera. Under ``all`` they wait for room like a file's (every frame, in a bounded buffer; the lag
+shows in their latency).
 
 With :class:`~.live.LiveSources` the planner follows the set: an added source gets a worker of its
 own and is planned; a removed one's units stop at their next frame (``UnitEnd.stopped``).
@@ -27,6 +31,7 @@ import itertools
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Iterator
@@ -100,15 +105,16 @@ class FrameProducer:
         self._local = threading.local()
         self._started = False
         self._serial_items: Iterator | None = None
-        # The first input, probed to choose the worker count, kept for its planning (files' probes
-        # are cached anyway; a stream URL's are not).
-        self._probed: dict[str, VideoInfo] = {}
+        # Probes made ahead of planning (the first input's, to choose the worker count; stream URLs',
+        # all at once), or why one failed. Files' probes are cached anyway; a stream URL's are not.
+        self._probed: dict[str, VideoInfo | VidpipeError] = {}
         self.first_info: VideoInfo | None = None  # the first input's, once started (threaded) and probed
 
     # planning ----------------------------------------------------------------------------------
     def _planner(self) -> None:
         try:
             running = {}
+            self._probe_streams(self.inputs)
             for path in self.inputs:
                 if (units := self._plan(path)) is None:
                     return
@@ -123,9 +129,11 @@ class FrameProducer:
         """Queue ``path``'s units (None: the producer is closing)."""
         # A paced or looping file is one unit: its frames come in order, at its own rate.
         workers = 1 if self.realtime or self.loop or self.in_order else self.workers
-        units = plan_units(path, self._probed.pop(path, None), self.decoder, workers,
-                           segment_min=self.segment_min, segment_max=self.segment_max, frames=self.frames,
-                           max_frames=self.max_frames)
+        if isinstance(probed := self._probed.pop(path, None), VidpipeError):
+            units = [Unit(-1, None, path, error=str(probed))]
+        else:
+            units = plan_units(path, probed, self.decoder, workers, segment_min=self.segment_min,
+                               segment_max=self.segment_max, frames=self.frames, max_frames=self.max_frames)
         for unit in units:
             # At most `window` units open: what is held for ordering stays bounded.
             while not self._window.acquire(timeout=0.1):
@@ -138,6 +146,23 @@ class FrameProducer:
                 self._units.put(unit)
         return units
 
+    def _probe_streams(self, paths: list[str]) -> None:
+        """Stream URLs probed side by side before they are planned in turn: FFmpeg reads a live stream
+        for its probe (~0.7 s of a 30 fps camera stand-in), so 48 cameras probed one after another
+        started over ~34 s."""
+        urls = [p for p in paths if is_stream_url(p) and p not in self._probed]
+        if len(urls) < 2:
+            return
+
+        def attempt(path: str) -> VideoInfo | VidpipeError:
+            try:
+                return probe(path)
+            except VidpipeError as e:
+                return e
+
+        with ThreadPoolExecutor(min(len(urls), 64), thread_name_prefix="vidpipe-probe") as pool:
+            self._probed.update(zip(urls, pool.map(attempt, urls)))
+
     def _follow(self, running: dict[str, list[Unit]]) -> None:
         """A changing set of sources: an added one is planned on a worker of its own, a removed one's
         units stop at their next frame; until the set is closed (which removes them all)."""
@@ -147,6 +172,7 @@ class FrameProducer:
             wanted, closed = self.sources.snapshot()
             for path in [p for p in running if p not in wanted]:
                 self._ended.update(u.seq for u in running.pop(path))
+            self._probe_streams([p for p in wanted if p not in running])
             for path in [p for p in wanted if p not in running]:
                 if self._is_live(path):
                     self._add_worker()
@@ -201,7 +227,8 @@ class FrameProducer:
         looping = self.loop and not is_stream_url(unit.path)
         while True:
             n, last = 0, 0.0
-            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit):
+            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit,
+                                     wait=not self._clocked(unit.path)):
                 if unit.seq in self._ended:  # its source was removed
                     return
                 n, last = n + len(batch), batch.times[-1]
@@ -232,14 +259,7 @@ class FrameProducer:
         try:
             src = self._source(unit)
             stamp("opened")
-            uploads = self.device.type == "cuda" and src.name != "nvdec"
             for batch in self._passes(unit, src):
-                if uploads:
-                    # The compute stream reads the chunk without waiting on this worker's stream, where
-                    # PyAV's upload runs. NVDEC sessions synchronise their own: one more call per frame that
-                    # lets go of the GIL and waits to get it back held 32 live cameras at 24 frames/s each
-                    # on the H200 (30 without; docs/results.md, "Thirteenth session").
-                    torch.cuda.current_stream(self.device).synchronize()
                 decoded += len(batch)
                 yield Chunk(unit, batch, admitted)
                 del batch  # not held while the next chunk decodes (12 workers x 31 MB at 1080p)

@@ -1,0 +1,66 @@
+"""Stand-in cameras (:mod:`vidpipe.cameras`): a file served as a live stream at its frame rate,
+looped with its clock running on; and many camera URLs starting side by side in one run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from vidpipe.cameras import CameraServer
+from vidpipe.engine import Chunk, FrameProducer, UnitEnd
+from vidpipe.engine import decode as decode_module
+from vidpipe.engine import plan as plan_module
+from vidpipe.errors import VidpipeError
+from vidpipe.sources import PyAVSource, probe
+from vidpipe.synth import make_clip
+
+
+def test_a_served_camera_loops_the_file_at_its_rate(tmp_path):
+    """Every frame the file's, looped; frame times run on across the loop a frame apart; the frames
+    come no faster than the file's rate."""
+    clip = make_clip(tmp_path / "c.mp4", frames=20, width=96, height=64)
+    ref = [b.frames for b in PyAVSource(str(clip)).batches(1)]
+    with CameraServer(str(clip)) as cams:
+        src = PyAVSource(cams.url(0), max_frames=50)
+        t0 = time.monotonic()
+        batches = list(src.batches(1))
+        wall = time.monotonic() - t0
+    assert [b.indices[0] for b in batches] == list(range(50)) and src.corrupt_packets == 0
+    assert all(torch.equal(b.frames, ref[i % 20]) for i, b in enumerate(batches))
+    times = [b.times[0] for b in batches]
+    assert max(abs(t - i / 30) for i, t in enumerate(times)) < 1e-6
+    assert wall >= 49 / 30 - 0.2  # paced: the 50th frame is sent ~1.6 s after the first
+
+
+def test_a_file_that_cannot_be_served_is_one_line(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(VidpipeError, match="bad.mp4: cannot be served as a camera"):
+        CameraServer(str(bad)).__enter__()
+
+
+def test_camera_urls_are_probed_side_by_side(tmp_path, monkeypatch):
+    """FFmpeg reads a live stream for ~0.7 s to probe it; a run's cameras are probed at once, not one
+    after another (48 cameras took ~34 s to start), and each then delivers its frames."""
+    clip = make_clip(tmp_path / "c.mp4", frames=30, width=96, height=64)
+    spans: dict[str, tuple[float, float]] = {}
+
+    def timed(path):
+        start = time.monotonic()
+        try:
+            return probe(path)
+        finally:
+            spans[str(path)] = (start, time.monotonic())
+
+    monkeypatch.setattr(decode_module, "probe", timed)
+    monkeypatch.setattr(plan_module, "probe", timed)  # where a path not probed ahead is
+    with CameraServer(str(clip)) as cams:
+        urls = [cams.url(i) for i in range(5)]
+        items = list(FrameProducer(urls, "pyav", torch.device("cpu"), 4, max_frames=3))
+    later = [spans[u] for u in urls[1:]]  # the first is probed alone, to choose the worker count
+    assert max(s for s, _ in later) < min(e for _, e in later)  # every probe overlapped every other
+    ends = {i.unit.path: i for i in items if isinstance(i, UnitEnd)}
+    assert sorted(ends) == sorted(urls) and all(e.decoded == 3 and e.error is None for e in ends.values())
+    assert sum(len(i.batch) for i in items if isinstance(i, Chunk)) == 15
