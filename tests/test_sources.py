@@ -146,6 +146,21 @@ def test_batches_mix_units_and_results_come_back_in_order(seed):
     assert sorted(starts) == ["v0", "v1", "v2"]  # each once; inputs interleave, each in its own order
 
 
+def test_a_replaced_live_chunk_counts_each_of_its_frames_dropped():
+    """Policy "latest": a live chunk replaced before it was taken counts its frames (two when a decode
+    call gave two), not one."""
+    producer = FrameProducer(["cam"], "pyav", torch.device("cpu"), 4)
+    unit = Unit(0, None, "cam")
+
+    def chunk(first: int, n: int) -> Chunk:
+        frames = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
+        return Chunk(unit, FrameBatch("cam", frames, list(range(first, first + n)), [0.0] * n), admitted=False)
+
+    assert producer._newest_in(chunk(0, 2)) is not None  # the unit's place in the queue
+    assert producer._newest_in(chunk(2, 1)) is None  # replaces the waiting two
+    assert producer._dropped == {0: 2}
+
+
 def test_an_input_that_has_not_ended_holds_back_no_other():
     """A live stream never ends: the inputs after it are emitted, each whole and in its own order,
     while its own results keep coming out as they are ready."""

@@ -246,7 +246,7 @@ class PyAVSource:
         for frame, t in frames:
             buf.append(self._image(frame))
             times.append(t)
-            if len(buf) == batch_size:
+            if len(buf) >= batch_size and not self._more(frame):
                 yield self._batch(buf, times, pin, admit, wait)
                 buf, times = [], []
             if self.decoded + len(buf) == limit:
@@ -339,6 +339,10 @@ class PyAVSource:
 
     def _image(self, frame: av.VideoFrame) -> np.ndarray:
         return frame.to_ndarray(format="rgb24")
+
+    def _more(self, frame: av.VideoFrame) -> bool:
+        """Another frame came out of the decoder with this one (kept in its batch)."""
+        return False
 
     def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool,
                admit: Callable[[], None] | None, wait: bool) -> FrameBatch:
@@ -494,11 +498,13 @@ _NO_PTS = -(1 << 62)  # a packet without a timestamp (an RTSP stream's first): N
 
 @dataclass
 class _DeviceFrame:
-    """A frame NVDEC decoded from a demuxed packet: its own ``uint8 [3, H, W]`` copy on the device."""
+    """A frame NVDEC decoded from a demuxed packet: its own ``uint8 [3, H, W]`` copy on the device;
+    ``more``: the same packet gave the frame after it too."""
 
     pts: int | None
     time_base: Fraction
     image: torch.Tensor
+    more: bool
 
 
 class NvdecStreamSource(PyAVSource):
@@ -567,10 +573,17 @@ class NvdecStreamSource(PyAVSource):
                 return []
             # Copied before the next Decode reuses the surfaces (same stream, so in order).
             return [_DeviceFrame(None if f.timestamp == _NO_PTS else f.timestamp, time_base,
-                                 _surface(f, self.stream).clone()) for f in frames]
+                                 _surface(f, self.stream).clone(), i < len(frames) - 1)
+                    for i, f in enumerate(frames)]
 
     def _image(self, frame: _DeviceFrame) -> torch.Tensor:
         return frame.image
+
+    def _more(self, frame: _DeviceFrame) -> bool:
+        # With B-frames NVDEC gives some packets' frames two at a time (a B-frame and the P-frame shown
+        # after it): in one batch they reach the engine together, where a live stream's second would
+        # replace its first under --live-policy latest as if the GPU had fallen behind.
+        return frame.more
 
     def _stack(self, frames: list[torch.Tensor], pin: bool) -> tuple[torch.Tensor, torch.cuda.Stream]:
         with torch.cuda.stream(self.stream):

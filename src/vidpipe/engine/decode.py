@@ -11,13 +11,14 @@ finished unit) and at most ``workers + 2`` chunks exist at once, fewer when that
 ``READY_BYTES`` (a worker waits for room before it allocates one; the consumer calls :meth:`free`).
 With ``threaded=False`` the same items come serially from the calling thread.
 
-Live frames (a stream, a ``realtime`` file) come one per chunk, handed over before their copy out of
-the decoder has run (:attr:`~vidpipe.sources.FrameBatch.ready`; the consumer's stream waits on it): a
-host wait per frame lets go of the GIL and waits to get it back, and one more of those per frame held
-32 live cameras at 24 frames/s each on the H200 (30 without; docs/results.md, "Thirteenth session").
-Under the ``latest`` policy they take no place for chunks and never wait: each unit has one slot for
-its newest frame; a frame that arrives while the one before still waits for the consumer replaces it,
-and the older is dropped and counted (:attr:`UnitEnd.dropped`), so results never fall behind the
+Live frames (a stream, a ``realtime`` file) come one per chunk (frames one decode call gives together:
+one chunk), handed over before their copy out of the decoder has run
+(:attr:`~vidpipe.sources.FrameBatch.ready`; the consumer's stream waits on it): a host wait per frame
+lets go of the GIL and waits to get it back, and one more of those per frame held 32 live cameras at
+24 frames/s each on the H200 (30 without; docs/results.md, "Thirteenth session"). Under the
+``latest`` policy they take no place for chunks and never wait: each unit has one slot for its
+newest chunk; one that arrives while the one before still waits for the consumer replaces it, and
+the older's frames are dropped and counted (:attr:`UnitEnd.dropped`), so results never fall behind the
 camera. Under ``all`` they wait for room like a file's (every frame, in a bounded buffer; the lag
 shows in their latency).
 
@@ -308,14 +309,14 @@ class FrameProducer:
         self._ready.put((*key, item))
 
     def _newest_in(self, chunk: Chunk) -> _Newest | None:
-        """``latest`` policy: ``chunk`` becomes its unit's waiting frame. The frame it replaces, if
-        any, is dropped and counted, and already has its place in the queue (None); else it gets one."""
+        """``latest`` policy: ``chunk`` becomes its unit's waiting chunk. The one it replaces, if any,
+        is dropped and its frames counted, and already has its place in the queue (None); else it gets one."""
         seq = chunk.unit.seq
         with self._newest_lock:
             waiting = self._newest.get(seq)
             self._newest[seq] = chunk
             if waiting is not None:
-                self._dropped[seq] = self._dropped.get(seq, 0) + 1
+                self._dropped[seq] = self._dropped.get(seq, 0) + len(waiting.batch)
                 return None
         return _Newest(chunk.unit)
 
