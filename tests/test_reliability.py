@@ -313,8 +313,6 @@ def test_the_engine_decodes_a_stream_on_nvdec(http_clip, monkeypatch):
     _, ref, _ = _decode(NvdecSource(clip, "cuda"))
     assert [i for c in chunks for i in c.batch.indices] == list(range(60))
     assert [len(c.batch) for c in chunks] == [len(f) for f in calls if f] and max(map(len, calls)) >= 2
-    for c in chunks:
-        c.batch.wait()  # a live frame is handed over before its copy out of the decoder has run
     assert torch.equal(torch.cat([c.batch.frames.cpu() for c in chunks]), ref)
 
 

@@ -329,29 +329,6 @@ def test_nvdec_decodes_leading_pictures_whole_and_in_parts(tmp_path):
     assert torch.equal(torch.cat(parts), whole)
 
 
-@pytest.mark.nvdec
-@pytest.mark.parametrize("kind", [NvdecSource, NvdecStreamSource])
-def test_a_batch_handed_over_early_is_whole_once_waited_for(tmp_path, kind):
-    """``batches(wait=False)`` (live frames) hands each batch over before its copy out of the decoder
-    has run, held back here by a sleep queued on the decoder's stream; a reader on another stream that
-    calls ``wait()`` gets every frame bit for bit (without it the reader copied memory not yet written)."""
-    clip = str(make_clip(tmp_path / "c.mp4", frames=12, width=640, height=480))
-    ref = torch.cat([b.frames.cpu() for b in kind(clip, "cuda").batches(1)])
-    src, reader, got = kind(clip, "cuda"), torch.cuda.Stream(), []
-    batches = src.batches(1, wait=False)
-    while True:
-        with torch.cuda.stream(src.stream):
-            torch.cuda._sleep(20_000_000)  # ~10 ms of the decoder's stream before its next copy
-        if (b := next(batches, None)) is None:
-            break
-        assert b.ready is not None
-        with torch.cuda.stream(reader):
-            b.wait()
-            got.append(b.frames.clone())
-    torch.cuda.synchronize()
-    assert torch.equal(torch.cat(got).cpu(), ref)
-
-
 def one_interval_each(units, keyframes: list[int], segment_min: int) -> bool:
     """Whether every unit starts on a keyframe and holds no later keyframe it could have been cut at."""
     return all(u.start in keyframes and not any(u.start + segment_min <= k < u.stop for k in keyframes) for u in units)

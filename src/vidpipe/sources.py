@@ -62,15 +62,12 @@ class VideoInfo:
 class FrameBatch:
     """``frames``: ``Tensor[N, 3, H, W]`` uint8 RGB; ``indices``/``times``: N ints / N floats (s);
     ``captured``: for live sources (streams, ``--realtime`` files), the wall-clock time (``time.time()``)
-    each frame was delivered, else None. ``ready``: None when the frames were complete as the batch was
-    handed over; else an event on the stream that writes them (``batches(..., wait=False)``): a reader on
-    another stream calls :meth:`wait` first."""
+    each frame was delivered, else None."""
 
     video: str
     frames: torch.Tensor
     indices: list[int]
     times: list[float]
-    ready: torch.cuda.Event | None = field(default=None, repr=False)
     captured: list[float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,17 +79,12 @@ class FrameBatch:
     def __len__(self) -> int:
         return self.frames.shape[0]
 
-    def wait(self) -> None:
-        """Work queued next on the current CUDA stream sees the frames complete."""
-        if self.ready is not None:
-            torch.cuda.current_stream(self.frames.device).wait_event(self.ready)
-
     def split(self, n: int) -> tuple[FrameBatch, FrameBatch]:
         """The first ``n`` frames and the rest (views, no copy)."""
         c = self.captured
-        return (FrameBatch(self.video, self.frames[:n], self.indices[:n], self.times[:n], self.ready,
+        return (FrameBatch(self.video, self.frames[:n], self.indices[:n], self.times[:n],
                            captured=None if c is None else c[:n]),
-                FrameBatch(self.video, self.frames[n:], self.indices[n:], self.times[n:], self.ready,
+                FrameBatch(self.video, self.frames[n:], self.indices[n:], self.times[n:],
                            captured=None if c is None else c[n:]))
 
     def __repr__(self) -> str:
@@ -232,11 +224,10 @@ class PyAVSource:
         self.reconnections = 0
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
-                admit: Callable[[], None] | None = None, wait: bool = True) -> Iterator[FrameBatch]:
+                admit: Callable[[], None] | None = None) -> Iterator[FrameBatch]:
         """Frames ``[start, stop)`` (default: all) in batches; a range seeks to the keyframe at or
         before ``start`` and numbers frames by their timestamp's rank in the container. ``admit``
-        is called before each batch is stacked and uploaded (back-pressure: it may block). On a GPU,
-        ``wait``: each batch is complete when handed over, else it carries ``ready``."""
+        is called before each batch is stacked and uploaded (back-pressure: it may block)."""
         pin = self.device.type == "cuda"
         buf: list[np.ndarray] = []
         times: list[float] = []
@@ -247,12 +238,12 @@ class PyAVSource:
             buf.append(self._image(frame))
             times.append(t)
             if len(buf) >= batch_size and not self._more(frame):
-                yield self._batch(buf, times, pin, admit, wait)
+                yield self._batch(buf, times, pin, admit)
                 buf, times = [], []
             if self.decoded + len(buf) == limit:
                 break
         if buf:
-            yield self._batch(buf, times, pin, admit, wait)
+            yield self._batch(buf, times, pin, admit)
 
     def _range(self, start: int, stop: int | None) -> Iterator[tuple[av.VideoFrame, float]]:
         index = scan_packets(self.info.path)
@@ -345,36 +336,19 @@ class PyAVSource:
         return False
 
     def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool,
-               admit: Callable[[], None] | None, wait: bool) -> FrameBatch:
+               admit: Callable[[], None] | None) -> FrameBatch:
         if admit is not None:
             admit()
-        dev, stream = self._stack(frames, pin)
+        dev = self._stack(frames, pin)
         start = self.decoded
         self.decoded += len(frames)
-        return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times,
-                          _handed_over(stream, wait))
+        return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
 
-    def _stack(self, frames: list[np.ndarray], pin: bool) -> tuple[torch.Tensor, torch.cuda.Stream | None]:
-        """The batch on the device, and the stream that writes it (None: written already)."""
+    def _stack(self, frames: list[np.ndarray], pin: bool) -> torch.Tensor:
         # Stacked straight into (pinned, for a GPU) memory: one host copy, then an async upload.
         host = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=pin)
         np.stack(frames, out=host.numpy())
-        return (host.to(self.device, non_blocking=True).permute(0, 3, 1, 2),
-                torch.cuda.current_stream(self.device) if pin else None)
-
-
-def _handed_over(stream: torch.cuda.Stream | None, wait: bool) -> torch.cuda.Event | None:
-    """A batch written on ``stream`` handed over: waited for (None), or with ``wait=False`` the event
-    its reader waits on instead. For live frames, one per batch, the wait was a call per frame that
-    lets go of the GIL and waits to get it back (see ``engine/decode.py``)."""
-    if stream is None:
-        return None
-    if wait:
-        stream.synchronize()
-        return None
-    ready = torch.cuda.Event()
-    ready.record(stream)
-    return ready
+        return host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
 
 
 def _nvdec_session(path: str, runtime: DeviceRuntime, slot: int | None):
@@ -448,10 +422,9 @@ class NvdecSource:
         self._next = 0 if fresh else -1  # the index the decoder delivers next (-1: unknown, seek)
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
-                admit: Callable[[], None] | None = None, wait: bool = True) -> Iterator[FrameBatch]:
+                admit: Callable[[], None] | None = None) -> Iterator[FrameBatch]:
         """Frames ``[start, stop)`` in batches; ``admit`` is called before each batch is stacked
-        out of the decoder's surfaces into new device memory (back-pressure: it may block).
-        ``wait``: each batch is complete when handed over, else it carries ``ready``."""
+        out of the decoder's surfaces into new device memory (back-pressure: it may block)."""
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
         pos = start
         while pos < stop:
@@ -470,16 +443,17 @@ class NvdecSource:
             self._next = pos + n
             # Stacked in the yield: a local would keep the chunk alive while the next one decodes.
             yield FrameBatch(self.info.path, self._stack(frames, admit), list(range(pos, pos + n)),
-                             list(self.times[pos:pos + n]), _handed_over(self.stream, wait))
+                             list(self.times[pos:pos + n]))
             pos += n
 
     def _stack(self, frames: list, admit: Callable[[], None] | None) -> torch.Tensor:
         if admit is not None:
             admit()
         with nvtx_range("stack"), torch.cuda.stream(self.stream):
-            # A copy out of the decoder's surface pool, which the next call reuses: on the session's
-            # stream, so before that call's writes.
-            return torch.stack([_surface(f, self.stream) for f in frames])
+            # The stack copies out of the decoder's surface pool, which the next call reuses.
+            batch = torch.stack([_surface(f, self.stream) for f in frames])
+            self.stream.synchronize()
+        return batch
 
 
 def _surface(frame, stream: torch.cuda.Stream) -> torch.Tensor:
@@ -585,10 +559,12 @@ class NvdecStreamSource(PyAVSource):
         # replace its first under --live-policy latest as if the GPU had fallen behind.
         return frame.more
 
-    def _stack(self, frames: list[torch.Tensor], pin: bool) -> tuple[torch.Tensor, torch.cuda.Stream]:
-        with torch.cuda.stream(self.stream):
+    def _stack(self, frames: list[torch.Tensor], pin: bool) -> torch.Tensor:
+        with torch.cuda.stream(self.stream):  # where the frames were copied: the stack runs after them
             # A live frame comes alone: its own copy is the batch.
-            return frames[0][None] if len(frames) == 1 else torch.stack(frames), self.stream
+            batch = frames[0][None] if len(frames) == 1 else torch.stack(frames)
+            self.stream.synchronize()
+        return batch
 
 
 def nvdec_available() -> bool:

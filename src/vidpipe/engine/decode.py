@@ -12,15 +12,11 @@ finished unit) and at most ``workers + 2`` chunks exist at once, fewer when that
 With ``threaded=False`` the same items come serially from the calling thread.
 
 Live frames (a stream, a ``realtime`` file) come one per chunk (frames one decode call gives together:
-one chunk), handed over before their copy out of the decoder has run
-(:attr:`~vidpipe.sources.FrameBatch.ready`; the consumer's stream waits on it): a host wait per frame
-lets go of the GIL and waits to get it back, and one more of those per frame held 32 live cameras at
-24 frames/s each on the H200 (30 without; docs/results.md, "Thirteenth session"). Under the
-``latest`` policy they take no place for chunks and never wait: each unit has one slot for its
-newest chunk; one that arrives while the one before still waits for the consumer replaces it, and
-the older's frames are dropped and counted (:attr:`UnitEnd.dropped`), so results never fall behind the
-camera. Under ``all`` they wait for room like a file's (every frame, in a bounded buffer; the lag
-shows in their latency).
+one chunk). Under the ``latest`` policy they take no place for chunks and never wait: each unit has
+one slot for its newest chunk; one that arrives while the one before still waits for the consumer
+replaces it, and the older's frames are dropped and counted (:attr:`UnitEnd.dropped`), so results
+never fall behind the camera. Under ``all`` they wait for room like a file's (every frame, in a
+bounded buffer; the lag shows in their latency).
 
 With :class:`~.live.LiveSources` the planner follows the set: an added source gets a worker of its
 own and is planned; a removed one's units stop at their next frame (``UnitEnd.stopped``).
@@ -228,8 +224,7 @@ class FrameProducer:
         looping = self.loop and not is_stream_url(unit.path)
         while True:
             n, last = 0, 0.0
-            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit,
-                                     wait=not self._clocked(unit.path)):
+            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit):
                 if unit.seq in self._ended:  # its source was removed
                     return
                 n, last = n + len(batch), batch.times[-1]
@@ -260,7 +255,14 @@ class FrameProducer:
         try:
             src = self._source(unit)
             stamp("opened")
+            uploads = self.device.type == "cuda" and src.name != "nvdec"
             for batch in self._passes(unit, src):
+                if uploads:
+                    # The compute stream reads the chunk without waiting on this worker's stream, where
+                    # PyAV's upload runs. NVDEC sessions synchronise their own: one more call per frame that
+                    # lets go of the GIL and waits to get it back held 32 live cameras at 24 frames/s each
+                    # on the H200 (30 without; docs/results.md, "Thirteenth session").
+                    torch.cuda.current_stream(self.device).synchronize()
                 decoded += len(batch)
                 yield Chunk(unit, batch, admitted)
                 del batch  # not held while the next chunk decodes (12 workers x 31 MB at 1080p)

@@ -95,7 +95,6 @@ class Scheduler:
 
     def take(self, chunk: Chunk) -> None:
         """A decoded chunk into the open batch of its size; full batches are launched."""
-        chunk.batch.wait()  # a live frame's copy may still run on its decoder's stream
         if self.compute is not None:  # decoded on a worker's stream, read on this one
             chunk.batch.frames.record_stream(self.compute)
         for batch in self.batcher.add(chunk):
