@@ -43,7 +43,7 @@ def test_a_file_that_cannot_be_served_is_one_line(tmp_path):
 
 def test_camera_urls_are_probed_side_by_side(tmp_path, monkeypatch):
     """FFmpeg reads a live stream for ~0.7 s to probe it; a run's cameras are probed at once, not one
-    after another (48 cameras took ~34 s to start), and each then delivers its frames."""
+    after another (48 cameras would start over ~35 s), and each then delivers its frames."""
     clip = make_clip(tmp_path / "c.mp4", frames=30, width=96, height=64)
     spans: dict[str, tuple[float, float]] = {}
 
