@@ -24,6 +24,7 @@ import av
 
 from .errors import VidpipeError
 
+
 @dataclass(frozen=True)
 class _Packet:
     data: bytes
@@ -40,7 +41,7 @@ def _packets(path: str) -> tuple[av.video.stream.VideoStream, list[_Packet], int
     packets = [_Packet(bytes(p), p.pts, p.dts, p.is_keyframe) for p in c.demux(stream)
                if p.size and p.dts is not None]
     if not packets:
-        raise ValueError(f"{path}: no video packets")
+        raise ValueError("no video packets")
     step = round(1 / (float(stream.average_rate or 30) * stream.time_base))  # one frame, in the time base
     return stream, packets, packets[-1].dts - packets[0].dts + step
 
@@ -83,7 +84,7 @@ def _serve(path: str, port: mp.Queue) -> None:
     try:
         template, packets, loop = _packets(path)
     except (ValueError, OSError, av.error.FFmpegError) as e:
-        port.put(f"{path}: cannot be served as a camera ({e})")
+        port.put(f"{path}: cannot be served as a camera ({getattr(e, 'strerror', None) or e})")
         return
     handler = type("Camera", (_Handler,), {"template": template, "packets": packets, "loop": loop})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
