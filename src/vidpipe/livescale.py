@@ -23,9 +23,10 @@ import collections
 import logging
 import multiprocessing as mp
 import os
-import queue
+import pickle
 import signal
 import threading
+from multiprocessing.connection import Connection, wait
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
@@ -49,22 +50,29 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
     every worker message: ``hello`` (its pid), ``device`` (the GPU's UUID that computed its first batch,
     or ``cpu``), ``frames``, ``video`` (a VideoEnd's fields), ``done``, ``dead`` (why it failed)."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    results = ctx.Queue()
     workers = [d for d in devices for _ in range(per_device)]
     controls = [ctx.Queue() for _ in workers]
+    # A pipe per worker for its messages, not one queue for all: a worker killed while it put a message
+    # left the queue's shared write lock held, and the others' messages waited on it for ever.
+    pipes = [ctx.Pipe(duplex=False) for _ in workers]
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
-    procs = [start_worker(ctx, d, _live_worker, (i, d.device, cfg, fmt, controls[i], results, os.getpid()))
+    procs = [start_worker(ctx, d, _live_worker, (i, d.device, cfg, fmt, controls[i], pipes[i][1], os.getpid()))
              for i, d in enumerate(workers)]
+    for _, sender in pipes:
+        sender.close()  # the workers hold theirs: a dead worker's pipe then reads as ended
+    readers = [reader for reader, _ in pipes]
     dispatch = _Dispatch(sources, controls, target_for)
     thread = threading.Thread(target=dispatch.run, name="vidpipe-live-dispatch", daemon=True)
     thread.start()
     report, finished = RunReport(), set()
     try:
         while len(finished) < len(procs):
-            try:
-                messages = [results.get(timeout=1.0)]
-            except queue.Empty:
-                messages = []
+            messages = []
+            for reader in wait(readers, timeout=1.0):
+                try:
+                    messages.append(reader.recv())
+                except (EOFError, OSError, pickle.UnpicklingError):  # its worker is gone (mid-message, maybe)
+                    readers.remove(reader)
             # A worker gone without a word (killed, crashed; one that ends well exits 0 after "done"):
             # looked for at every message too, since the others' messages keep coming.
             messages += [("dead", i, f"exit code {p.exitcode}") for i, p in enumerate(procs)
@@ -173,9 +181,22 @@ class _Dispatch:
             return [p for p, w in self._where.items() if w not in self._alive and p not in self._ended]
 
 
-def _live_worker(worker: int, device: str, config: dict, fmt: str, control, results, parent: int) -> None:
+class _Sender:
+    """A worker's end of its pipe to the parent, shared by the worker's threads."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection, self._lock = connection, threading.Lock()
+
+    def put(self, message: tuple) -> None:
+        with self._lock:
+            self._connection.send(message)
+
+
+def _live_worker(worker: int, device: str, config: dict, fmt: str, control, pipe: Connection,
+                 parent: int) -> None:
     """A worker process: one detector, one engine run over the sources the parent gives it."""
     die_with_parent(parent)
+    results = _Sender(pipe)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches every process: the parent closes the set
     from .detector import Detector
     from .engine import run
