@@ -73,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
                         packet.is_keyframe = p.keyframe
                         out.mux(packet)
                     offset += self.loop
-        except (BrokenPipeError, ConnectionResetError, ValueError, av.error.FFmpegError, OSError):
+        except (OSError, ValueError, av.error.FFmpegError):  # a broken pipe, a reset connection, ...
             pass  # the camera's viewer went away
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature

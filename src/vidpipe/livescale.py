@@ -26,8 +26,8 @@ import os
 import pickle
 import signal
 import threading
-from multiprocessing.connection import Connection, wait
 from dataclasses import fields
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Callable
 
