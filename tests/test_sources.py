@@ -401,7 +401,7 @@ def test_pooled_nvdec_sessions_switch_files(tmp_path):
 @pytest.mark.parametrize("kind", ["pooled", "stream"])
 def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path, kind):
     """A decode thread keeps opening NVDEC sessions (each one's first decode creates NVDEC's decoder)
-    and freeing them (pooled ones: the runtime's close; a stream's: when its pass ends) while this
+    and freeing them (the runtime's close frees the pooled ones) while this
     thread captures CUDA graphs on the same device, as a detector does: every capture succeeds.
     Without the gate around those calls, captures failed ("operation failed due to a previous error
     during capture") on the H200."""
@@ -424,10 +424,10 @@ def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path, ki
                     src = NvdecSource(clips[i % 2], "cuda", runtime=runtime, slot=i % 4)
                 else:
                     src = NvdecStreamSource(clips[i % 2], "cuda", runtime=runtime)
-                next(src.batches(4))  # a stream's session is freed as the pass is dropped here
+                next(src.batches(4))  # a stream's session goes back to the pool as the pass is dropped here
                 opened.append(i)
-                if kind == "pooled" and i % 4 == 3:
-                    runtime.close()  # frees the four sessions
+                if i % 4 == 3:
+                    runtime.close()  # frees the pooled sessions
         except Exception as e:  # noqa: BLE001 - reported by the assertion below
             worker_error.append(e)
 
@@ -454,6 +454,75 @@ def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path, ki
     assert not worker_error and len(opened) == 48
     assert captures >= 20, "the captures did not overlap the sessions' set-up"
     assert failures == []
+
+
+@pytest.mark.parametrize("held,span", [("_frames", None), ("_timed_frames", None), ("_range", (0, 20))])
+def test_a_pass_cut_short_ends_its_decode_at_once(tmp_path, monkeypatch, held, span):
+    """Closing a source's batches closes every generator under it down to the decode pass (where a
+    stream's NVDEC session goes back to the pool), even while something else still holds one of
+    them, as a reference cycle would: on the H200 a stream's session came back to the pool only at a
+    later garbage collection, after the next stream had made a session of its own."""
+    path = str(make_clip(tmp_path / "a.mp4", frames=30))
+    kept, ended = [], []
+    real, decode = getattr(PyAVSource, held), PyAVSource._decode
+
+    def keep(self, *args):
+        kept.append(real(self, *args))
+        return kept[-1]
+
+    def ending(self, c, stream):
+        try:
+            yield from decode(self, c, stream)
+        finally:
+            ended.append(path)
+
+    monkeypatch.setattr(PyAVSource, held, keep)
+    monkeypatch.setattr(PyAVSource, "_decode", ending)
+    batches = PyAVSource(path).batches(1, *(span or ()))
+    next(batches)
+    batches.close()
+    assert kept and ended == [path]
+
+
+@pytest.mark.nvdec
+def test_a_stream_session_is_reused_by_the_next_stream_of_its_kind(tmp_path, caplog):
+    """A stream's NVDEC session goes back to the runtime's pool when its pass ends, whole or cut
+    short, and the next stream of the same codec, size and reordering decodes on it the frames a
+    fresh session gives (freeing a session held every other camera ~26 ms). Another size gets a
+    session of its own."""
+    from vidpipe.runtime import DeviceRuntime
+
+    a = str(make_clip(tmp_path / "a.mp4", frames=40, width=320, height=240, gop=10))
+    b = str(make_clip(tmp_path / "b.mp4", frames=30, width=320, height=240, gop=15, seed=5))
+    c = str(make_clip(tmp_path / "c.mp4", frames=12, width=256, height=144, seed=2))
+    fresh = {p: decode_all(NvdecStreamSource(p, "cuda"), batch_size=1)[0] for p in (a, b, c)}
+    runtime = DeviceRuntime("cuda")
+    made, seen = [], []
+    real = NvdecStreamSource._session
+
+    def session(self, stream):
+        pooled = {k: len(v) for k, v in runtime._sessions.items()}
+        dec, key = real(self, stream)
+        made.append(dec)  # kept alive: a freed session's address could be the next one's
+        seen.append((key, pooled))
+        return dec, key
+
+    NvdecStreamSource._session = session
+    try:
+        got = decode_all(NvdecStreamSource(a, "cuda", runtime=runtime), batch_size=1)[0]
+        cut = NvdecStreamSource(b, "cuda", runtime=runtime).batches(1)
+        first = [next(cut).frames.cpu() for _ in range(7)]  # mid-stream, frames still in NVDEC's reorder queue
+        cut.close()
+        again = decode_all(NvdecStreamSource(b, "cuda", runtime=runtime), batch_size=1)[0]
+        other = decode_all(NvdecStreamSource(c, "cuda", runtime=runtime), batch_size=1)[0]
+    finally:
+        NvdecStreamSource._session = real
+    assert torch.equal(got, fresh[a]) and torch.equal(torch.cat(first), fresh[b][:7])
+    assert torch.equal(again, fresh[b]) and torch.equal(other, fresh[c])
+    assert made[0] is made[1], "the second stream did not get the first's session"
+    assert made[1] is made[2], f"a pass cut short did not leave its session: {seen} {caplog.text}"
+    assert made[3] is not made[0]  # another size, a session of its own
+    runtime.close()
 
 
 def test_capture_gate_lets_setups_overlap_and_captures_wait_for_them():

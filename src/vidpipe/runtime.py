@@ -1,12 +1,12 @@
 """The GPU state of one device in one process: streams, pooled NVDEC sessions, the capture gate.
 
 In: a ``torch.device``. Out: a :class:`DeviceRuntime` that hands out one CUDA stream per role, keeps
-NVDEC sessions per decode slot, and gives the :class:`CaptureGate` that keeps NVDEC's
-device-synchronising calls out of CUDA-graph captures on that device. A
-:class:`~vidpipe.detector.Detector` owns one runtime for its device (tests create one and
-:meth:`~DeviceRuntime.close` it); what runtimes share is what guards the GPU itself, one per GPU in
-the process (:class:`GpuGuards`): the gate, since an NVDEC call invalidates a capture on its GPU
-whichever detector made either, and the lock that keeps NVDEC session creations one at a time.
+idle NVDEC sessions for reuse (a file decoder per decode slot, stream decoders per kind of stream),
+and gives the :class:`CaptureGate` that keeps NVDEC's device-synchronising calls out of CUDA-graph
+captures on that device. A :class:`~vidpipe.detector.Detector` owns one runtime for its device (tests
+create one and :meth:`~DeviceRuntime.close` it); what runtimes share is what guards the GPU itself, one
+per GPU in the process (:class:`GpuGuards`): the gate, since an NVDEC call invalidates a capture on its
+GPU whichever detector made either, and the lock that keeps NVDEC session creations one at a time.
 Nothing touches CUDA until a stream, session or guard is asked for.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Hashable, Iterator
 
 import torch
 
@@ -112,7 +112,7 @@ class DeviceRuntime:
         self._guards: GpuGuards | None = None
         self._lock = threading.Lock()
         self._streams: dict[object, torch.cuda.Stream] = {}
-        self._sessions: dict[int, tuple] = {}
+        self._sessions: dict[Hashable, list[tuple]] = {}
 
     @property
     def gate(self) -> CaptureGate:
@@ -140,14 +140,16 @@ class DeviceRuntime:
                 self._streams[role] = torch.cuda.Stream(self.device)
             return self._streams[role]
 
-    def take_session(self, slot: int) -> tuple | None:
-        """The NVDEC session pooled under ``slot`` (removed from the pool while in use), or None."""
+    def take_session(self, key: Hashable) -> tuple | None:
+        """An NVDEC session pooled under ``key`` (a decode slot, or a kind of stream), removed from the
+        pool while in use; None if there is none."""
         with self._lock:
-            return self._sessions.pop(slot, None)
+            idle = self._sessions.get(key)
+            return idle.pop() if idle else None
 
-    def put_session(self, slot: int, session: tuple) -> None:
+    def put_session(self, key: Hashable, session: tuple) -> None:
         with self._lock:
-            self._sessions[slot] = session
+            self._sessions.setdefault(key, []).append(session)
 
     def close(self) -> None:
         """Drop the pooled sessions and streams (their memory goes back once nothing uses them)."""

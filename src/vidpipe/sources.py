@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from bisect import bisect_left
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
@@ -234,14 +234,18 @@ class PyAVSource:
         limit = self.max_frames if self.max_frames is not None else -1
         self.decoded = start
         frames = self._timed_frames() if start == 0 and stop is None else self._range(start, stop)
-        for frame, t in frames:
-            buf.append(self._image(frame))
-            times.append(t)
-            if len(buf) >= batch_size and not self._more(frame):
-                yield self._batch(buf, times, pin, admit)
-                buf, times = [], []
-            if self.decoded + len(buf) == limit:
-                break
+        # Each generator below closes the one it reads explicitly: a pass that ends early releases its
+        # connection and decoder session now, not whenever the last reference to it goes (on the H200 a
+        # stream's session came back to the pool only at a later garbage collection).
+        with closing(frames):
+            for frame, t in frames:
+                buf.append(self._image(frame))
+                times.append(t)
+                if len(buf) >= batch_size and not self._more(frame):
+                    yield self._batch(buf, times, pin, admit)
+                    buf, times = [], []
+                if self.decoded + len(buf) == limit:
+                    break
         if buf:
             yield self._batch(buf, times, pin, admit)
 
@@ -254,13 +258,14 @@ class PyAVSource:
         with _open(self.info.path, self.timeout) as c:
             stream = self._video_stream(c)
             c.seek(index.pts[key], stream=stream, backward=True)
-            for frame in self._decode(c, stream):
-                i = bisect_left(index.pts, frame.pts) if frame.pts is not None else -1
-                if i < start:
-                    continue
-                if i >= stop:
-                    return
-                yield frame, index.times[i]
+            with closing(self._decode(c, stream)) as decoded:
+                for frame in decoded:
+                    i = bisect_left(index.pts, frame.pts) if frame.pts is not None else -1
+                    if i < start:
+                        continue
+                    if i >= stop:
+                        return
+                    yield frame, index.times[i]
 
     def _timed_frames(self) -> Iterator[tuple[av.VideoFrame, float]]:
         """Frames with their time in seconds since the first one. Frames without a timestamp
@@ -268,18 +273,19 @@ class PyAVSource:
         live stream restarts its clock after a reconnect, the clock continues instead."""
         period = 1.0 / (self.info.fps or 30.0)
         base, offset, last = None, 0.0, -period
-        for frame in self._frames():
-            if frame.pts is None:
-                t = last + period
-            else:
-                if base is None:
-                    base, offset = frame.pts, last + period
-                t = offset + float((frame.pts - base) * frame.time_base)
-                if t <= last:
-                    base, offset = frame.pts, last + period
-                    t = offset
-            last = t
-            yield frame, t
+        with closing(self._frames()) as frames:
+            for frame in frames:
+                if frame.pts is None:
+                    t = last + period
+                else:
+                    if base is None:
+                        base, offset = frame.pts, last + period
+                    t = offset + float((frame.pts - base) * frame.time_base)
+                    if t <= last:
+                        base, offset = frame.pts, last + period
+                        t = offset
+                last = t
+                yield frame, t
 
     def _frames(self) -> Iterator[av.VideoFrame]:
         url = is_stream_url(self.info.path)
@@ -287,9 +293,9 @@ class PyAVSource:
         last_pts, delivered, attempt = None, 0, 0
         while True:
             try:
-                with _open(self.info.path, self.timeout) as c:
-                    stream = self._video_stream(c)
-                    for frame in self._decode(c, stream):
+                with _open(self.info.path, self.timeout) as c, \
+                        closing(self._decode(c, self._video_stream(c))) as decoded:
+                    for frame in decoded:
                         if replays and last_pts is not None and frame.pts is not None and frame.pts <= last_pts:
                             continue  # replayed by the server after a reconnect
                         last_pts = frame.pts if frame.pts is not None else last_pts
@@ -484,9 +490,10 @@ class _DeviceFrame:
 class NvdecStreamSource(PyAVSource):
     """A stream URL (or a file) read by FFmpeg as :class:`PyAVSource` reads it (timeouts,
     reconnects with back-off, timestamps, replayed frames skipped) and decoded by NVDEC packet by
-    packet: H.264 and HEVC, the cameras' codecs. A session per connection (or pass of a file), its
-    frames copied out of the session's surfaces on a high-priority stream; the frames are NVDEC's,
-    bit-identical to :class:`NvdecSource`'s for the same bitstream. ``runtime``: the device's
+    packet: H.264 and HEVC, the cameras' codecs. A session per connection (or pass of a file), kept
+    in the runtime's pool when it ends for the next connection of its kind; its frames copied out of
+    the session's surfaces on a high-priority stream; the frames are NVDEC's, bit-identical to
+    :class:`NvdecSource`'s for the same bitstream. ``runtime``: the device's
     :class:`~vidpipe.runtime.DeviceRuntime`, whose capture gate the session's creation, first decodes
     and release go through (a private one when None)."""
 
@@ -503,9 +510,17 @@ class NvdecStreamSource(PyAVSource):
         gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self.stream = torch.cuda.Stream(gpu, priority=-1)  # as NvdecSource's: its kernels go between the model's
 
-    def _session(self, stream: av.video.stream.VideoStream):
+    def _session(self, stream: av.video.stream.VideoStream) -> tuple[object, tuple]:
+        """A decoder for this connection and its pool key: an idle one of the same kind of stream
+        (codec, size, reordering) from the runtime, else a new one. Its kernels run on the stream it
+        was created with, which this source then takes as its own."""
         import PyNvVideoCodec as nvc
 
+        ctx = stream.codec_context
+        key = ("stream", self.info.codec, ctx.width, ctx.height, bool(ctx.has_b_frames))
+        if (idle := self.runtime.take_session(key)) is not None:
+            dec, self.stream = idle
+            return dec, key
         latency = nvc.DisplayDecodeLatencyType
         with self.runtime.gate.setup(), self.runtime.create_lock:
             return nvc.CreateDecoder(
@@ -513,14 +528,15 @@ class NvdecStreamSource(PyAVSource):
                 cudacontext=0, cudastream=self.stream.cuda_stream, usedevicememory=True,
                 outputColorType=nvc.OutputColorType.RGBP,
                 # No reordering to wait for without B-frames: each frame comes out of its own packet.
-                latency=latency.NATIVE if stream.codec_context.has_b_frames else latency.LOW)
+                latency=latency.NATIVE if ctx.has_b_frames else latency.LOW), key
 
     def _decode(self, c: av.container.InputContainer, stream) -> Iterator[_DeviceFrame]:
         import PyNvVideoCodec as nvc
 
-        dec = self._session(stream)
+        dec, key = self._session(stream)
         annexb = BitStreamFilterContext(_PACKET_CODECS[self.info.codec][1], stream)
         started = False  # NVDEC creates its decoder at the first frame: a device-wide sync, gated until then
+        flush = nvc.PacketData()  # sent when the pass ends early (imported now: not at interpreter exit)
         try:
             for packet in c.demux(stream):
                 for p in annexb.filter(packet if packet.size else None):  # None: the filter's end
@@ -533,10 +549,27 @@ class NvdecStreamSource(PyAVSource):
                     started = started or bool(frames)
                     yield from frames
             # An empty packet: the frames NVDEC still holds for reordering.
+            flush = None
             yield from self._packet(dec, nvc.PacketData(), stream.time_base)
         finally:
+            self._release(dec, key, flush)
+
+    def _release(self, dec, key: tuple, flush) -> None:
+        """Back to the runtime's pool for the next connection of this kind, at the end of the stream
+        (``flush`` None: its empty packet was sent) or after it (``flush``, an empty packet, drops the
+        frames it held). Freeing a session instead holds the GIL ~26 ms in PyNvVideoCodec's destructor
+        and synchronises the device: each camera that ended stalled every other camera that long
+        (docs/results.md, "Twenty-second session"). A session that cannot be flushed is freed."""
+        try:
+            if flush is not None:
+                with torch.cuda.stream(self.stream):
+                    dec.Decode(flush)
+        except Exception as e:  # noqa: BLE001 - a broken session is not reused
+            log.warning("%s: NVDEC session not reused (%s)", self.info.path, str(e).strip().splitlines()[:1])
             with self.runtime.gate.setup():
                 dec = None  # freeing a session's memory synchronises the device
+            return
+        self.runtime.put_session(key, (dec, self.stream))
 
     def _packet(self, dec, pd, time_base: Fraction) -> list[_DeviceFrame]:
         with nvtx_range("decode"), torch.cuda.stream(self.stream):
