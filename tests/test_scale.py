@@ -198,3 +198,43 @@ def test_devices_all_puts_every_gpu_to_work(tmp_path, shared_clip):
     assert sorted(uuids) == sorted(d.visible for d in devices)
     busy = util.busiest()
     assert set(busy) == set(uuids) and min(busy.values()) >= 50, busy
+
+
+def test_a_worker_killed_mid_file_fails_that_file_and_the_others_finish(tmp_path):
+    """Two CPU workers over four files; worker 0 is killed once it has started its first file. The run
+    ends (nothing the dead worker held blocks the other), the file it was running is reported failed
+    with its exit code and leaves no final output, and every other file is written whole."""
+    import os
+    import signal
+    import threading
+
+    from vidpipe.config import Config
+    from vidpipe.scale import parse_devices, run_processes
+
+    clips = [make_clip(tmp_path / f"c{i}.mp4", frames=12, width=64, height=48, seed=i) for i in range(4)]
+    targets = {str(c): tmp_path / f"{c.stem}.jsonl" for c in clips}
+    pids, events = {}, []
+
+    def on_message(kind, worker, payload) -> None:
+        events.append((kind, worker))
+        if kind == "hello":
+            pids[worker] = payload["pid"]
+        elif kind == "frames" and worker == 0 and 0 in pids:
+            os.kill(pids.pop(0), signal.SIGKILL)
+
+    ran: dict = {}
+    # In a thread, so that a parent waiting on the dead worker fails the test instead of hanging it.
+    run = threading.Thread(daemon=True, target=lambda: ran.update(report=run_processes(
+        Config(weights="random", batch_size=2), targets, "jsonl", parse_devices("cpu") * 2, on_message=on_message)))
+    run.start()
+    run.join(300)
+    assert not run.is_alive(), f"the run did not end after a worker was killed: {events}"
+    report = ran["report"]
+    failed = [v for v in report.videos if not v.ok]
+    assert len(report.videos) == 4 and {v.path for v in report.videos} == set(targets)
+    assert len(failed) == 1 and "died while running it (exit code -9)" in failed[0].error, failed
+    for path, target in targets.items():
+        if path == failed[0].path:
+            assert not target.exists()
+        else:
+            assert len(target.read_text().splitlines()) == 12, target

@@ -23,18 +23,17 @@ import collections
 import logging
 import multiprocessing as mp
 import os
-import pickle
 import signal
 import threading
 from dataclasses import fields
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable
 
 from .config import Config
 from .engine import LiveSources, RunReport, VideoEnd
 from .engine.live import POLL
-from .scale import Assignment, die_with_parent, frames_reporter, reported, start_worker
+from .scale import Assignment, Inbox, Sender, die_with_parent, frames_reporter, reported, start_worker
 
 log = logging.getLogger(__name__)
 
@@ -51,33 +50,17 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
     or ``cpu``), ``frames``, ``video`` (a VideoEnd's fields), ``done``, ``dead`` (why it failed)."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     workers = [d for d in devices for _ in range(per_device)]
-    controls = [ctx.Queue() for _ in workers]
-    # A pipe per worker for its messages, not one queue for all: a worker killed while it put a message
-    # left the queue's shared write lock held, and the others' messages waited on it for ever.
-    pipes = [ctx.Pipe(duplex=False) for _ in workers]
+    controls, inbox = [ctx.Queue() for _ in workers], Inbox(ctx, len(workers))
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
-    procs = [start_worker(ctx, d, _live_worker, (i, d.device, cfg, fmt, controls[i], pipes[i][1], os.getpid()))
-             for i, d in enumerate(workers)]
-    for _, sender in pipes:
-        sender.close()  # the workers hold theirs: a dead worker's pipe then reads as ended
-    readers = [reader for reader, _ in pipes]
+    inbox.started([start_worker(ctx, d, _live_worker, (i, d.device, cfg, fmt, controls[i], inbox.pipes[i][1],
+                                                       os.getpid())) for i, d in enumerate(workers)])
     dispatch = _Dispatch(sources, controls, target_for)
     thread = threading.Thread(target=dispatch.run, name="vidpipe-live-dispatch", daemon=True)
     thread.start()
     report, finished = RunReport(), set()
     try:
-        while len(finished) < len(procs):
-            messages = []
-            for reader in wait(readers, timeout=1.0):
-                try:
-                    messages.append(reader.recv())
-                except (EOFError, OSError, pickle.UnpicklingError):  # its worker is gone (mid-message, maybe)
-                    readers.remove(reader)
-            # A worker gone without a word (killed, crashed; one that ends well exits 0 after "done"):
-            # looked for at every message too, since the others' messages keep coming.
-            messages += [("dead", i, f"exit code {p.exitcode}") for i, p in enumerate(procs)
-                         if i not in finished and not p.is_alive() and p.exitcode]
-            for kind, worker, payload in messages:
+        while len(finished) < len(workers):
+            for kind, worker, payload in inbox.messages(finished):
                 if on_message:
                     on_message(kind, worker, payload)
                 if reported(kind, worker, payload, workers, report, on_frames):
@@ -98,7 +81,7 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
     finally:
         sources.close()
         thread.join(timeout=5)
-        for p in procs:
+        for p in inbox.procs:
             p.join(timeout=10)
             if p.is_alive():
                 p.terminate()
@@ -181,22 +164,11 @@ class _Dispatch:
             return [p for p, w in self._where.items() if w not in self._alive and p not in self._ended]
 
 
-class _Sender:
-    """A worker's end of its pipe to the parent, shared by the worker's threads."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection, self._lock = connection, threading.Lock()
-
-    def put(self, message: tuple) -> None:
-        with self._lock:
-            self._connection.send(message)
-
-
 def _live_worker(worker: int, device: str, config: dict, fmt: str, control, pipe: Connection,
                  parent: int) -> None:
     """A worker process: one detector, one engine run over the sources the parent gives it."""
     die_with_parent(parent)
-    results = _Sender(pipe)
+    results = Sender(pipe)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches every process: the parent closes the set
     from .detector import Detector
     from .engine import run

@@ -1,23 +1,29 @@
 """Scale-out: one worker process per GPU (or several per GPU) on one host, and Ray clusters.
 
-Inputs, and keyframe-aligned parts of long files, are handed out dynamically from one queue (a
-worker takes the next task when done), so fast and slow workers stay busy; parts are written to
-part files and joined in order once all are complete. Every task runs the same engine as a
-single-GPU run, so outputs are identical. Workers are processes, not threads: no GIL is shared.
+Inputs, and keyframe-aligned parts of long files, are handed out dynamically by the parent (a
+worker gets the next task when it says it is ready), so fast and slow workers stay busy; parts are
+written to part files and joined in order once all are complete. Every task runs the same engine as
+a single-GPU run, so outputs are identical. Workers are processes, not threads: no GIL is shared.
+Each worker has a pipe of its own to the parent and a task queue only it reads: nothing is shared
+between workers, so one killed mid-message cannot hold the others' (a shared queue's lock stays
+held by a process killed while holding it), and the task a dead worker was running is reported as
+failed with its exit code.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing as mp
 import os
-import queue
+import pickle
 import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Callable
@@ -162,6 +168,48 @@ def frames_reporter(results, worker: int, device: torch.device) -> Callable[[int
     return on_frames
 
 
+class Sender:
+    """A worker's end of its pipe to the parent (``put(message)``), shared by the worker's threads."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection, self._lock = connection, threading.Lock()
+
+    def put(self, message: tuple) -> None:
+        with self._lock:
+            self._connection.send(message)
+
+
+class Inbox:
+    """The parent's side of the workers' pipes, one per worker, never a queue they share (a worker
+    killed while it put a message on a shared queue left its lock held, and the other workers'
+    messages waited on it for ever). Start the workers with the senders of :meth:`pipes`, then
+    :meth:`started`."""
+
+    def __init__(self, ctx, workers: int) -> None:
+        self.pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        self.readers: list[Connection] = [reader for reader, _ in self.pipes]
+        self.procs: list[BaseProcess] = []
+
+    def started(self, procs: list[BaseProcess]) -> None:
+        self.procs = procs
+        for _, sender in self.pipes:
+            sender.close()  # the workers hold theirs: a dead worker's pipe then reads as ended
+
+    def messages(self, finished: set[int], timeout: float = 1.0) -> list[tuple]:
+        """The messages that came within ``timeout``, then a ``("dead", worker, "exit code N")`` for
+        each worker not in ``finished`` that is gone without a word (killed, crashed; one that ends
+        well exits 0 after its last message): looked for every time, since the others' messages
+        keep coming."""
+        out = []
+        for reader in wait(self.readers, timeout=timeout):
+            try:
+                out.append(reader.recv())
+            except (EOFError, OSError, pickle.UnpicklingError):  # its worker is gone (mid-message, maybe)
+                self.readers.remove(reader)
+        return out + [("dead", i, f"exit code {p.exitcode}") for i, p in enumerate(self.procs)
+                      if i not in finished and not p.is_alive() and p.exitcode]
+
+
 def reported(kind: str, worker: int, payload, workers: list[Assignment], report: RunReport,
              on_frames: Callable[[int], None] | None) -> bool:
     """The parent's side of :func:`frames_reporter`: a ``device`` message logged, a ``frames`` one
@@ -211,26 +259,24 @@ def plan_tasks(targets: dict[str, Path], workers: int, split_frames: int) -> lis
     return tasks
 
 
-def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, results: mp.Queue,
+def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, pipe: Connection,
             parent: int) -> None:
     die_with_parent(parent)
     from .detector import Detector
 
+    results = Sender(pipe)
     logging.basicConfig(level=logging.WARNING, format="vidpipe: %(message)s")
     # What this process was given, read after its imports and its target were unpickled.
     results.put(("hello", worker, {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                    "cuda_devices": torch.cuda.device_count()}))
     try:
         det = Detector(Config(**{**config, "device": device}))
-    except Exception as e:  # a worker that cannot start gives its inputs back to the others
+    except Exception as e:  # a worker that cannot start leaves its share to the others
         results.put(("dead", worker, f"{type(e).__name__}: {e}"))
         return
     on_frames = frames_reporter(results, worker, det.device)
-    while True:
-        task = tasks.get()
-        if task is None:
-            results.put(("done", worker, None))
-            return
+    results.put(("ready", worker, None))
+    while (task := tasks.get()) is not None:
         path, target, frames, part, parts = task
         try:
             ends = _detect_file(det, path, target, fmt, frames=frames, on_frames=on_frames)
@@ -238,6 +284,8 @@ def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, r
             ends = [VideoEnd(path, error=f"{path}: worker on {device} failed ({type(e).__name__}: {e})", fatal=True)]
         for end in ends:
             results.put(("video", worker, (asdict(end), target, part, parts)))
+        results.put(("ready", worker, None))
+    results.put(("done", worker, None))
 
 
 def _merge_parts(fmt: str, target: Path, parts: list[tuple[VideoEnd, str]]) -> VideoEnd:
@@ -301,48 +349,54 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     its imports), ``device`` (the UUID of the GPU that computed its first batch, or ``cpu``),
     ``frames``, ``video``, ``done`` and ``dead``."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    tasks, results = ctx.Queue(), ctx.Queue()
     workers = [d for d in devices for _ in range(per_device)]
     # A tracked file stays whole: its tracks run through it in one process, in frame order.
-    for task in plan_tasks(targets, 1 if config.track else len(workers), split_frames):
-        tasks.put(task)
-    for _ in workers:
-        tasks.put(None)
+    todo = collections.deque(plan_tasks(targets, 1 if config.track else len(workers), split_frames))
+    queues, inbox = [ctx.Queue() for _ in workers], Inbox(ctx, len(workers))
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
-    procs = [start_worker(ctx, d, _worker, (i, d.device, cfg, fmt, tasks, results, os.getpid()))
-             for i, d in enumerate(workers)]
-    report, running = RunReport(), len(procs)
+    inbox.started([start_worker(ctx, d, _worker, (i, d.device, cfg, fmt, queues[i], inbox.pipes[i][1], os.getpid()))
+                   for i, d in enumerate(workers)])
+    report, finished = RunReport(), set()
+    running: dict[int, tuple] = {}  # worker -> the task it runs, until its outcome came
     pending: dict[str, list[tuple[int, VideoEnd, str]]] = {}
+
+    def outcome(end: VideoEnd, part_target: str, part: int, parts: int) -> None:
+        if parts > 1:
+            done = pending.setdefault(end.path, [])
+            done.append((part, end, part_target))
+            if len(done) < parts:
+                return
+            end = _merge_parts(fmt, targets[end.path], [(e, t) for _, e, t in sorted(done, key=lambda x: x[0])])
+        report.videos.append(end)
+        if on_video:
+            on_video(end)
+
     try:
-        while running:
-            try:
-                kind, worker, payload = results.get(timeout=1.0)
-            except queue.Empty:
-                if not any(p.is_alive() for p in procs):
-                    break
-                continue
-            if on_message:
-                on_message(kind, worker, payload)
-            if reported(kind, worker, payload, workers, report, on_frames):
-                continue
-            if kind == "video":
-                fields, part_target, part, parts = payload
-                end = VideoEnd(**fields)
-                if parts > 1:
-                    done = pending.setdefault(end.path, [])
-                    done.append((part, end, part_target))
-                    if len(done) < parts:
-                        continue
-                    end = _merge_parts(fmt, targets[end.path], [(e, t) for _, e, t in sorted(done, key=lambda x: x[0])])
-                report.videos.append(end)
-                if on_video:
-                    on_video(end)
-            elif kind in ("done", "dead"):
-                running -= 1
-                if kind == "dead":
-                    log.error("worker on %s could not start: %s", workers[worker].label, payload)
+        while len(finished) < len(workers):
+            for kind, worker, payload in inbox.messages(finished):
+                if on_message:
+                    on_message(kind, worker, payload)
+                if reported(kind, worker, payload, workers, report, on_frames):
+                    continue
+                if kind == "ready":
+                    running.pop(worker, None)  # its last task's outcomes came before this
+                    if todo:
+                        running[worker] = todo.popleft()
+                    queues[worker].put(running.get(worker))  # None: no work left, the worker ends
+                elif kind == "video":
+                    running.pop(worker, None)
+                    fields, part_target, part, parts = payload
+                    outcome(VideoEnd(**fields), part_target, part, parts)
+                elif kind in ("done", "dead") and worker not in finished:
+                    finished.add(worker)
+                    if kind == "dead":
+                        log.error("worker %d on %s failed: %s", worker, workers[worker].label, payload)
+                    if (task := running.pop(worker, None)) is not None:
+                        path, part_target, _, part, parts = task
+                        outcome(VideoEnd(path, error=f"{path}: its worker on {workers[worker].label} died "
+                                               f"while running it ({payload})", fatal=True), part_target, part, parts)
     finally:
-        for p in procs:
+        for p in inbox.procs:
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
