@@ -25,3 +25,29 @@ def test_pipeline_suite_times_the_same_configuration_as_one_command(tmp_path):
     # The command got the options the bench was given, and ran: its output holds the frames asked for.
     assert "`vidpipe detect VIDEO -o OUT --weights random --device cpu --batch-size 1 --max-frames 3`" in text
     assert "the command wrote 3 frames" in text
+
+
+def test_startup_suite_takes_each_run_beside_the_import_timed_just_before_it(tmp_path, monkeypatch):
+    """'wall - import' is the median of each run's wall minus a bare import timed right before it, not
+    the median wall minus an import measured apart (the two differ when the machine's imports drift)."""
+    from vidpipe import bench
+    from vidpipe.cli import build_parser
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, width=64, height=48)
+    imports = iter([9.0, 9.0, 9.0,  # the three before the runs
+                    9.0,  # beside the first run
+                    9.0, 11.0, 9.5,  # beside the three second runs
+                    9.0])  # beside the folder run
+    exits = iter([11.0, 10.2, 12.3, 10.6, 20.0])
+    stamps = dict(cli=0.1, imports=3.0, built=8.0, cuda=8.0, model=8.4, opened=8.5, decoded=8.6, warmed=9.1,
+                  captured=9.2, issued=9.2, written=9.3, done=9.8)
+    monkeypatch.setattr(bench, "_bare_import", lambda: next(imports))
+    monkeypatch.setattr(bench, "_one_command", lambda argv, env, timeline: {**stamps, "exit": next(exits)})
+    monkeypatch.setattr(bench, "_background_compile", lambda cache: None)
+    results = tmp_path / "results.md"
+    bench.main(build_parser().parse_args(["bench", "--suite", "startup", str(clip), "--weights", "random",
+                                          "--device", "cpu", "--repeats", "3", "--results", str(results)]))
+    rows = {r.split(" | ")[2]: r.split(" | ") for r in results.read_text().splitlines() if r.startswith("| clip.mp4")}
+    assert rows["second"][3:5] == ["10.60", "1.20"]  # median wall; median of 1.2, 1.3, 1.1 (not 10.6 - 9.0)
+    assert rows["first (empty caches)"][3:5] == ["11.00", "2.00"]
+    assert "the bare imports beside them 9.00-11.00 s" in results.read_text()

@@ -296,10 +296,15 @@ AGREE_FRAMES = 200  # frames whose detections are compared with the peer's
 
 
 def _import_seconds() -> float:
-    """``python -c "import torch, torchvision"``'s wall time: the median of three, since the first on a
-    fresh machine reads its files cold (12.6 s against the 9.0 s the commands' own imports took on
-    4ce1990, which made the startup suite's "wall - import" negative)."""
-    return median([_wall(["-c", "import torch, torchvision"]) for _ in range(3)])
+    """:func:`_bare_import`'s median of three, since the first on a fresh machine reads its files cold
+    (12.6 s against the 9.0 s the commands' own imports took on 4ce1990, which made the startup
+    suite's "wall - import" negative)."""
+    return median([_bare_import() for _ in range(3)])
+
+
+def _bare_import() -> float:
+    """``python -c "import torch, torchvision"``'s wall time, in a fresh process."""
+    return _wall(["-c", "import torch, torchvision"])
 
 
 def _wall(argv: list[str]) -> float:
@@ -622,12 +627,16 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
         argv = ["detect", video, "-o", str(tmp / f"out-{i}.jsonl"), *weights, *model]
         for which, runs in (("first (empty caches)", 1), ("second", a.repeats)):
             # A fresh process's imports move by 2-3 s from one to the next on the H200 machine: the second
-            # run is repeated, and each phase's time is the median over the runs.
-            times = [_one_command(argv, env, tmp / "timeline.json") for _ in range(runs)]
+            # run is repeated, each phase's time is the median over the runs, and each run's wall is
+            # taken beside a bare import timed just before it (the machine's state of that moment).
+            bare, times = zip(*[(_bare_import(), _one_command(argv, env, tmp / "timeline.json"))
+                                for _ in range(runs)])
             t = {k: median([x[k] for x in times]) for k in times[0] if all(k in x for x in times)}
+            beyond = median([x["exit"] - b for b, x in zip(bare, times)])
             if runs > 1:
                 notes.append(f"{Path(video).name}, {which} run: median of {runs} fresh processes, wall "
-                             f"{min(x['exit'] for x in times):.2f}-{max(x['exit'] for x in times):.2f} s.")
+                             f"{min(x['exit'] for x in times):.2f}-{max(x['exit'] for x in times):.2f} s; "
+                             f"the bare imports beside them {min(bare):.2f}-{max(bare):.2f} s.")
             if which != "second":
                 compiled = _background_compile(caches / "triton")
                 if compiled is not None:
@@ -638,7 +647,7 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
             for phase, _ in _PHASES:
                 spans.append(f"{t.get(phase, last) - last:.2f}")
                 last = t.get(phase, last)
-            rows.append([Path(video).name, str(frames), which, f"{t['exit']:.2f}", f"{t['exit'] - imports:.2f}",
+            rows.append([Path(video).name, str(frames), which, f"{t['exit']:.2f}", f"{beyond:.2f}",
                          f"{t['written']:.2f}", *spans])
             overlapping = [f"{name} +{t[phase] - t['model']:.2f}" for phase, name in _AFTER_MODEL if phase in t]
             notes.append(f"{Path(video).name}, {which} run, s after the weights were on the GPU: "
@@ -647,6 +656,7 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
         folder.mkdir()
         for k in range(FOLDER_CLIPS):
             os.link(video, folder / f"clip{k:02d}{Path(video).suffix}")
+        bare = _bare_import()
         t = _one_command(["detect", str(folder), "-o", str(tmp / f"out-folder-{i}"), *weights, *model], env,
                          tmp / "timeline.json")
         total = frames * FOLDER_CLIPS
@@ -654,13 +664,15 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
         notes.append(f"{FOLDER_CLIPS} copies of {Path(video).name} in one command ({total:,} frames, caches warm): "
                      f"{t['exit']:.1f} s wall, {total / t['exit']:,.0f} frames/s over the wall, {busy:,.0f} while "
                      f"busy (first frames decoded to done): {total / t['exit'] / busy:.2f} of the busy rate; over the "
-                     f"wall minus the torch import, {total / (t['exit'] - imports):,.0f} "
-                     f"({total / (t['exit'] - imports) / busy:.2f}).")
+                     f"wall minus the torch import ({bare:.2f} s just before), {total / (t['exit'] - bare):,.0f} "
+                     f"({total / (t['exit'] - bare) / busy:.2f}).")
     header = ["input", "frames", "run", "wall s", "wall - import s", "first result s", *(p for _, p in _PHASES)]
     _emit(a, "vidpipe bench: one command (fresh processes)", _table(header, rows),
           [f"Command: `vidpipe {' '.join(['detect', 'VIDEO', '-o', 'OUT', *weights, *model])}` (defaults otherwise: "
-           f"--compile auto). `python -c \"import torch, torchvision\"` alone: {imports:.2f} s on this machine, "
-           "subtracted in 'wall - import'. Spans: seconds between the phases vidpipe.timeline records (decoder "
+           f"--compile auto). `python -c \"import torch, torchvision\"` alone: {imports:.2f} s on this machine "
+           "(median of three before the runs); 'wall - import': each run's wall minus such an import timed "
+           "just before it (median over the runs: a fresh process's import moved by seconds on the H200 "
+           "machine, \"Twenty-second session\"). Spans: seconds between the phases vidpipe.timeline records (decoder "
            "start and the first graph capture overlap, and are shown together).", *notes],
           torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
