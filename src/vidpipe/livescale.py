@@ -33,7 +33,7 @@ from typing import Callable
 from .config import Config
 from .engine import LiveSources, RunReport, VideoEnd
 from .engine.live import POLL
-from .scale import Assignment, Inbox, Sender, die_with_parent, frames_reporter, reported, start_worker
+from .scale import Assignment, Inbox, Sender, die_with_parent, frames_reporter, start_worker
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,17 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
     or ``cpu``), ``frames``, ``video`` (a VideoEnd's fields), ``done``, ``dead`` (why it failed)."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     workers = [d for d in devices for _ in range(per_device)]
-    controls, inbox = [ctx.Queue() for _ in workers], Inbox(ctx, len(workers))
+    report, finished = RunReport(), set()
+    controls, inbox = [ctx.Queue() for _ in workers], Inbox(ctx, workers, report, on_frames, on_message)
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
     inbox.started([start_worker(ctx, d, _live_worker, (i, d.device, cfg, fmt, controls[i], inbox.pipes[i][1],
                                                        os.getpid())) for i, d in enumerate(workers)])
     dispatch = _Dispatch(sources, controls, target_for)
     thread = threading.Thread(target=dispatch.run, name="vidpipe-live-dispatch", daemon=True)
     thread.start()
-    report, finished = RunReport(), set()
     try:
         while len(finished) < len(workers):
             for kind, worker, payload in inbox.messages(finished):
-                if on_message:
-                    on_message(kind, worker, payload)
-                if reported(kind, worker, payload, workers, report, on_frames):
-                    continue
                 if kind == "video":
                     end = VideoEnd(**payload)
                     dispatch.ended(end.path)

@@ -182,11 +182,16 @@ class Sender:
 class Inbox:
     """The parent's side of the workers' pipes, one per worker, never a queue they share (a worker
     killed while it put a message on a shared queue left its lock held, and the other workers'
-    messages waited on it for ever). Start the workers with the senders of :meth:`pipes`, then
-    :meth:`started`."""
+    messages waited on it for ever). Start the workers with the senders of :attr:`pipes`, then
+    :meth:`started`. Every message goes to ``on_message``; the parent's side of
+    :func:`frames_reporter` is here (``device`` logged, ``frames`` counted into ``report`` and passed
+    to ``on_frames``), the rest is the caller's."""
 
-    def __init__(self, ctx, workers: int) -> None:
-        self.pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
+    def __init__(self, ctx, workers: list[Assignment], report: RunReport,
+                 on_frames: Callable[[int], None] | None = None,
+                 on_message: Callable[[str, int, object], None] | None = None) -> None:
+        self.workers, self.report, self.on_frames, self.on_message = workers, report, on_frames, on_message
+        self.pipes = [ctx.Pipe(duplex=False) for _ in workers]
         self.readers: list[Connection] = [reader for reader, _ in self.pipes]
         self.procs: list[BaseProcess] = []
 
@@ -199,28 +204,28 @@ class Inbox:
         """The messages that came within ``timeout``, then a ``("dead", worker, "exit code N")`` for
         each worker not in ``finished`` that is gone without a word (killed, crashed; one that ends
         well exits 0 after its last message): looked for every time, since the others' messages
-        keep coming."""
-        out = []
+        keep coming. ``device`` and ``frames`` messages are handled here and left out."""
+        got = []
         for reader in wait(self.readers, timeout=timeout):
             try:
-                out.append(reader.recv())
+                got.append(reader.recv())
             except (EOFError, OSError, pickle.UnpicklingError):  # its worker is gone (mid-message, maybe)
                 self.readers.remove(reader)
-        return out + [("dead", i, f"exit code {p.exitcode}") for i, p in enumerate(self.procs)
-                      if i not in finished and not p.is_alive() and p.exitcode]
-
-
-def reported(kind: str, worker: int, payload, workers: list[Assignment], report: RunReport,
-             on_frames: Callable[[int], None] | None) -> bool:
-    """The parent's side of :func:`frames_reporter`: a ``device`` message logged, a ``frames`` one
-    counted into ``report`` and passed to ``on_frames``. Whether the message was one of those."""
-    if kind == "device":
-        log.info("worker %d (%s) computes on %s", worker, workers[worker].label, payload)
-    elif kind == "frames":
-        report.frames += payload
-        if on_frames:
-            on_frames(payload)
-    return kind in ("device", "frames")
+        got += [("dead", i, f"exit code {p.exitcode}") for i, p in enumerate(self.procs)
+                if i not in finished and not p.is_alive() and p.exitcode]
+        rest = []
+        for kind, worker, payload in got:
+            if self.on_message:
+                self.on_message(kind, worker, payload)
+            if kind == "device":
+                log.info("worker %d (%s) computes on %s", worker, self.workers[worker].label, payload)
+            elif kind == "frames":
+                self.report.frames += payload
+                if self.on_frames:
+                    self.on_frames(payload)
+            else:
+                rest.append((kind, worker, payload))
+        return rest
 
 
 def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int], None] | None = None,
@@ -352,11 +357,11 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     workers = [d for d in devices for _ in range(per_device)]
     # A tracked file stays whole: its tracks run through it in one process, in frame order.
     todo = collections.deque(plan_tasks(targets, 1 if config.track else len(workers), split_frames))
-    queues, inbox = [ctx.Queue() for _ in workers], Inbox(ctx, len(workers))
+    report, finished = RunReport(), set()
+    queues, inbox = [ctx.Queue() for _ in workers], Inbox(ctx, workers, report, on_frames, on_message)
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
     inbox.started([start_worker(ctx, d, _worker, (i, d.device, cfg, fmt, queues[i], inbox.pipes[i][1], os.getpid()))
                    for i, d in enumerate(workers)])
-    report, finished = RunReport(), set()
     running: dict[int, tuple] = {}  # worker -> the task it runs, until its outcome came
     pending: dict[str, list[tuple[int, VideoEnd, str]]] = {}
 
@@ -374,10 +379,6 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     try:
         while len(finished) < len(workers):
             for kind, worker, payload in inbox.messages(finished):
-                if on_message:
-                    on_message(kind, worker, payload)
-                if reported(kind, worker, payload, workers, report, on_frames):
-                    continue
                 if kind == "ready":
                     running.pop(worker, None)  # its last task's outcomes came before this
                     if todo:
