@@ -484,6 +484,30 @@ def test_a_pass_cut_short_ends_its_decode_at_once(tmp_path, monkeypatch, held, s
     assert kept and ended == [path]
 
 
+def test_the_engine_closes_a_pass_it_stops_early(tmp_path, monkeypatch):
+    """The engine closes the source's pass it stops early (a --loop file at --max-frames, a removed
+    source) itself, so the decode under it ends at once even while something else holds the pass."""
+    path = str(make_clip(tmp_path / "a.mp4", frames=12))
+    kept, ended = [], []
+    batches, decode = PyAVSource.batches, PyAVSource._decode
+
+    def keep(self, *args):
+        kept.append(batches(self, *args))
+        return kept[-1]
+
+    def ending(self, c, stream):
+        try:
+            yield from decode(self, c, stream)
+        finally:
+            ended.append(path)
+
+    monkeypatch.setattr(PyAVSource, "batches", keep)
+    monkeypatch.setattr(PyAVSource, "_decode", ending)
+    items = list(FrameProducer([path], "pyav", torch.device("cpu"), 4, max_frames=5, loop=True))
+    assert sum(len(i.batch) for i in items if isinstance(i, Chunk)) == 5
+    assert kept and ended == [path]
+
+
 @pytest.mark.nvdec
 def test_a_stream_session_is_reused_by_the_next_stream_of_its_kind(tmp_path, caplog):
     """A stream's NVDEC session goes back to the runtime's pool when its pass ends, whole or cut

@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import replace
 from typing import Iterator
 
@@ -224,26 +224,28 @@ class FrameProducer:
         looping = self.loop and not is_stream_url(unit.path)
         while True:
             n, last = 0, 0.0
-            for batch in src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit):
-                if unit.seq in self._ended:  # its source was removed
-                    return
-                n, last = n + len(batch), batch.times[-1]
-                if looping and self.max_frames and batch.indices[0] + offset_frames + len(batch) > self.max_frames:
-                    batch = batch.split(self.max_frames - batch.indices[0] - offset_frames)[0]
-                if looping and offset_frames:
-                    batch.indices = [i + offset_frames for i in batch.indices]
-                    batch.times = [t + offset_time for t in batch.times]
-                if is_stream_url(unit.path):
-                    batch.captured = [time.time()] * len(batch)
-                elif self.realtime:  # captured when the camera would have: a frame handed over late shows its lag
-                    clock0 = clock0 if clock0 is not None else time.time() - batch.times[0]
-                    batch.captured = [clock0 + t for t in batch.times]
-                    time.sleep(max(0.0, batch.captured[-1] - time.time()))
-                end = batch.indices[-1] + 1
-                yield batch
-                del batch  # not held while the next chunk decodes, nor while waiting for room
-                if looping and self.max_frames and end >= self.max_frames:
-                    return
+            # Closed here, not when dropped: a stream's NVDEC session goes back to the pool as it ends.
+            with closing(src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit)) as batches:
+                for batch in batches:
+                    if unit.seq in self._ended:  # its source was removed
+                        return
+                    n, last = n + len(batch), batch.times[-1]
+                    if looping and self.max_frames and batch.indices[0] + offset_frames + len(batch) > self.max_frames:
+                        batch = batch.split(self.max_frames - batch.indices[0] - offset_frames)[0]
+                    if looping and offset_frames:
+                        batch.indices = [i + offset_frames for i in batch.indices]
+                        batch.times = [t + offset_time for t in batch.times]
+                    if is_stream_url(unit.path):
+                        batch.captured = [time.time()] * len(batch)
+                    elif self.realtime:  # captured when the camera would have: a frame handed over late shows its lag
+                        clock0 = clock0 if clock0 is not None else time.time() - batch.times[0]
+                        batch.captured = [clock0 + t for t in batch.times]
+                        time.sleep(max(0.0, batch.captured[-1] - time.time()))
+                    end = batch.indices[-1] + 1
+                    yield batch
+                    del batch  # not held while the next chunk decodes, nor while waiting for room
+                    if looping and self.max_frames and end >= self.max_frames:
+                        return
             if not looping or n == 0:
                 return
             offset_frames += n
@@ -256,16 +258,17 @@ class FrameProducer:
             src = self._source(unit)
             stamp("opened")
             uploads = self.device.type == "cuda" and src.name != "nvdec"
-            for batch in self._passes(unit, src):
-                if uploads:
-                    # The compute stream reads the chunk without waiting on this worker's stream, where
-                    # PyAV's upload runs. NVDEC sessions synchronise their own: one more call per frame that
-                    # lets go of the GIL and waits to get it back held 32 live cameras at 24 frames/s each
-                    # on the H200 (30 without; docs/results.md, "Thirteenth session").
-                    torch.cuda.current_stream(self.device).synchronize()
-                decoded += len(batch)
-                yield Chunk(unit, batch, admitted)
-                del batch  # not held while the next chunk decodes (12 workers x 31 MB at 1080p)
+            with closing(self._passes(unit, src)) as passes:
+                for batch in passes:
+                    if uploads:
+                        # The compute stream reads the chunk without waiting on this worker's stream, where
+                        # PyAV's upload runs. NVDEC sessions synchronise their own: one more call per frame that
+                        # lets go of the GIL and waits to get it back held 32 live cameras at 24 frames/s each
+                        # on the H200 (30 without; docs/results.md, "Thirteenth session").
+                        torch.cuda.current_stream(self.device).synchronize()
+                    decoded += len(batch)
+                    yield Chunk(unit, batch, admitted)
+                    del batch  # not held while the next chunk decodes (12 workers x 31 MB at 1080p)
             corrupt = getattr(src, "corrupt_packets", 0)
         except VidpipeError as e:
             error = str(e)
