@@ -565,7 +565,8 @@ class NvdecStreamSource(PyAVSource):
                 with torch.cuda.stream(self.stream):
                     dec.Decode(flush)
         except Exception as e:  # noqa: BLE001 - a broken session is not reused
-            log.warning("%s: NVDEC session not reused (%s)", self.info.path, str(e).strip().splitlines()[:1])
+            log.warning("%s: NVDEC session not reused (%s)", self.info.path,
+                        (str(e).strip().splitlines() or [type(e).__name__])[0])
             with self.runtime.gate.setup():
                 dec = None  # freeing a session's memory synchronises the device
             return
