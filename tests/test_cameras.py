@@ -62,5 +62,6 @@ def test_camera_urls_are_probed_side_by_side(tmp_path, monkeypatch):
     later = [spans[u] for u in urls[1:]]  # the first is probed alone, to choose the worker count
     assert max(s for s, _ in later) < min(e for _, e in later)  # every probe overlapped every other
     ends = {i.unit.path: i for i in items if isinstance(i, UnitEnd)}
-    assert sorted(ends) == sorted(urls) and all(e.decoded == 3 and e.error is None for e in ends.values())
+    assert sorted(ends) == sorted(urls)
+    assert all(e.decoded == 3 and e.error is None for e in ends.values()), [(e.decoded, e.error) for e in ends.values()]
     assert sum(len(i.batch) for i in items if isinstance(i, Chunk)) == 15
