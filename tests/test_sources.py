@@ -456,15 +456,11 @@ def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path, ki
     assert failures == []
 
 
-@pytest.mark.parametrize("held,span", [("_frames", None), ("_timed_frames", None), ("_range", (0, 20))])
-def test_a_pass_cut_short_ends_its_decode_at_once(tmp_path, monkeypatch, held, span):
-    """Closing a source's batches closes every generator under it down to the decode pass (where a
-    stream's NVDEC session goes back to the pool), even while something else still holds one of
-    them, as a reference cycle would: on the H200 a stream's session came back to the pool only at a
-    later garbage collection, after the next stream had made a session of its own."""
-    path = str(make_clip(tmp_path / "a.mp4", frames=30))
+def hold_and_watch_decode(monkeypatch, method: str, path: str) -> tuple[list, list]:
+    """PyAVSource's generator ``method`` also kept in ``kept`` (a reference from outside, as a cycle
+    would hold it), and ``path`` appended to ``ended`` when a decode pass under it ends."""
     kept, ended = [], []
-    real, decode = getattr(PyAVSource, held), PyAVSource._decode
+    real, decode = getattr(PyAVSource, method), PyAVSource._decode
 
     def keep(self, *args):
         kept.append(real(self, *args))
@@ -476,8 +472,19 @@ def test_a_pass_cut_short_ends_its_decode_at_once(tmp_path, monkeypatch, held, s
         finally:
             ended.append(path)
 
-    monkeypatch.setattr(PyAVSource, held, keep)
+    monkeypatch.setattr(PyAVSource, method, keep)
     monkeypatch.setattr(PyAVSource, "_decode", ending)
+    return kept, ended
+
+
+@pytest.mark.parametrize("held,span", [("_frames", None), ("_timed_frames", None), ("_range", (0, 20))])
+def test_a_pass_cut_short_ends_its_decode_at_once(tmp_path, monkeypatch, held, span):
+    """Closing a source's batches closes every generator under it down to the decode pass (where a
+    stream's NVDEC session goes back to the pool), even while something else still holds one of
+    them, as a reference cycle would: on the H200 a stream's session came back to the pool only at a
+    later garbage collection, after the next stream had made a session of its own."""
+    path = str(make_clip(tmp_path / "a.mp4", frames=30))
+    kept, ended = hold_and_watch_decode(monkeypatch, held, path)
     batches = PyAVSource(path).batches(1, *(span or ()))
     next(batches)
     batches.close()
@@ -488,21 +495,7 @@ def test_the_engine_closes_a_pass_it_stops_early(tmp_path, monkeypatch):
     """The engine closes the source's pass it stops early (a --loop file at --max-frames, a removed
     source) itself, so the decode under it ends at once even while something else holds the pass."""
     path = str(make_clip(tmp_path / "a.mp4", frames=12))
-    kept, ended = [], []
-    batches, decode = PyAVSource.batches, PyAVSource._decode
-
-    def keep(self, *args):
-        kept.append(batches(self, *args))
-        return kept[-1]
-
-    def ending(self, c, stream):
-        try:
-            yield from decode(self, c, stream)
-        finally:
-            ended.append(path)
-
-    monkeypatch.setattr(PyAVSource, "batches", keep)
-    monkeypatch.setattr(PyAVSource, "_decode", ending)
+    kept, ended = hold_and_watch_decode(monkeypatch, "batches", path)
     items = list(FrameProducer([path], "pyav", torch.device("cpu"), 4, max_frames=5, loop=True))
     assert sum(len(i.batch) for i in items if isinstance(i, Chunk)) == 5
     assert kept and ended == [path]
