@@ -172,6 +172,7 @@ def square_clip(path, frames: int = 30):
 def test_a_run_writes_every_frame_with_its_box_drawn(tmp_path, device):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    pytest.importorskip("trackers")  # the run tracks (labels with track ids)
     clip = square_clip(tmp_path / "square.mp4")
     det = Detector(Config(device=device, batch_size=8, track=True), model=BoxesFamily(Spot(), ["thing"]))
     video = tmp_path / "annotated" / "square.mp4"

@@ -16,7 +16,7 @@ import torch
 
 from vidpipe.errors import VidpipeError
 from vidpipe.sources import NvdecSource, NvdecStreamSource, PyAVSource, open_source, probe
-from vidpipe.synth import make_clip
+from vidpipe.synth import make_clip, repeat_clip
 
 CLI = [sys.executable, "-m", "vidpipe.cli", "detect"]
 COMMON = ["--weights", "random", "--device", "cpu", "--batch-size", "4"]
@@ -271,18 +271,24 @@ STREAM_CLIPS = {  # what cameras send: B-frames or none, HEVC (NVDEC's minimum h
 
 
 @pytest.mark.nvdec
+@pytest.mark.parametrize("container", ["mp4", "ts"])
 @pytest.mark.parametrize("name", sorted(STREAM_CLIPS))
-def test_a_stream_on_nvdec_gives_the_files_frames(tmp_path, name):
+def test_a_stream_on_nvdec_gives_the_files_frames(tmp_path, name, container):
     """A URL decoded by NVDEC packet by packet gives, frame for frame and bit for bit, what a run
     decodes from the file itself, with the same indices and times, and each frame is FFmpeg's but for
     YUV->RGB rounding; FFmpeg's frames differ by that rounding, so a stream that fell back to FFmpeg
-    fails here. The HEVC clip has open GOPs (leading pictures)."""
+    fails here. The HEVC clip has open GOPs (leading pictures). Served as MP4 its packets go through
+    FFmpeg's Annex B filter; as MPEG-TS (a camera's stream: no frame count, read to its last frame)
+    they already are Annex B and go to NVDEC as they come."""
+    n = STREAM_CLIPS[name]["frames"]
     clip = make_clip(tmp_path / f"{name}.mp4", faststart=True, **STREAM_CLIPS[name])
     ref_idx, ref, ref_t = _decode(open_source(str(clip), "nvdec", torch.device("cuda")))
+    if container == "ts":
+        clip = repeat_clip(clip, tmp_path / f"{name}.ts", 1)
     with served(clip) as (_, _, url):
-        idx, frames, t = _decode(NvdecStreamSource(url, "cuda"))
-        _, av_frames, _ = _decode(PyAVSource(url, "cuda"))
-    assert idx == ref_idx == list(range(STREAM_CLIPS[name]["frames"])) and t == ref_t
+        idx, frames, t = _decode(NvdecStreamSource(url, "cuda", max_frames=n))
+        _, av_frames, _ = _decode(PyAVSource(url, "cuda", max_frames=n))
+    assert idx == ref_idx == list(range(n)) and t == pytest.approx(ref_t, abs=1e-9)
     assert torch.equal(frames, ref) and not torch.equal(av_frames, ref)
     assert (frames.float() - av_frames.float()).abs().mean((1, 2, 3)).max() < 3.0
 

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import gc
+import time
 import weakref
+from types import SimpleNamespace
 
+import av
 import pytest
 import torch
+from av.bitstream import BitStreamFilterContext
 
 from ordering import by_video, in_order
 from vidpipe.graphs import Batch
 from vidpipe.engine import BatchResult, Chunk, FrameProducer, Unit, UnitEnd, VideoEnd, VideoStart
 from vidpipe.engine.batching import Batcher, padding
+from vidpipe.engine.decode import DONE
 from vidpipe.engine.order import Orderer
 from vidpipe.engine.plan import TRACKED_SEGMENT_FRAMES, plan_units
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import (FrameBatch, NvdecSource, NvdecStreamSource, PyAVSource, VideoInfo, open_source, probe,
-                             scan_packets)
+from vidpipe.sources import (FrameBatch, NvdecSource, NvdecStreamSource, PyAVSource, VideoInfo, _annexb_filter,
+                             open_source, probe, scan_packets)
 from vidpipe.synth import make_clip, repeat_clip
 
 CLIPS = {
@@ -239,6 +244,46 @@ def test_producer_bounds_the_chunks_that_exist(tmp_path):
         producer.close()
 
 
+def test_the_consumer_takes_every_ready_item_in_one_turn(tmp_path):
+    """``get_many`` hands over every item decoded while the consumer was busy, in order, and DONE
+    after the last: the scheduler's turn (one copy into the graph's input, one query of the GPU) is
+    per ready set, not per frame."""
+    clips = [str(make_clip(tmp_path / f"{i}.mp4", frames=24)) for i in range(3)]
+    producer = FrameProducer(clips, "pyav", torch.device("cpu"), 4, workers=3)
+    turns, items = [], []
+    try:
+        while (got := producer.get_many(timeout=5.0)) is not DONE:
+            turns.append(len(got))
+            items += got
+            for item in got:
+                if isinstance(item, Chunk):
+                    producer.free()
+            time.sleep(0.05)  # a busy consumer: the workers decode meanwhile
+    finally:
+        producer.close()
+    assert max(turns) > 1 and sum(turns) == len(items)
+    for u in range(3):
+        mine = [i for i in items if i.unit.seq == u]
+        assert [i for c in mine[:-1] for i in c.batch.indices] == list(range(24)) and isinstance(mine[-1], UnitEnd)
+
+
+def test_a_graphs_batch_copies_its_parts_in_at_commit(tmp_path):
+    """With a CUDA graph (its input stood in for on the CPU) frames added go into the input at the
+    next commit, all added since the last one on their rows; the batch's frames commit first."""
+    graph = SimpleNamespace(frames=torch.zeros((8, 3, 2, 2), dtype=torch.uint8), filling=None)
+    parts = [torch.randint(1, 255, (k, 3, 2, 2), dtype=torch.uint8) for k in (1, 2, 1, 3)]
+    batch = Batch(8, graph)
+    for p in parts[:3]:
+        batch.add(p)
+    assert graph.filling is batch and not graph.frames.any()  # nothing copied yet
+    batcher = Batcher(lambda h, w: batch)
+    batcher.open[2, 2] = (batch, [])
+    batcher.commit()
+    assert torch.equal(graph.frames[:4], torch.cat(parts[:3])) and not graph.frames[4:].any()
+    batch.add(parts[3])
+    assert torch.equal(batch.frames(), torch.cat(parts)) and torch.equal(graph.frames[:7], torch.cat(parts))
+
+
 def test_waiting_workers_hold_no_chunk(tmp_path, monkeypatch):
     """A worker waiting for room has handed over every chunk it made: once the consumer drops
     them, none is alive (GPU memory at 1080p was 12 workers' last chunks higher)."""
@@ -305,6 +350,27 @@ def test_nvdec_matches_pyav(tmp_path, name):
     assert t_nv == pytest.approx(t_av, abs=1e-6)
     # NVDEC's and FFmpeg's YUV->RGB conversions differ by rounding, not by frame
     assert (f_nv.float() - f_av.float()).abs().mean() < 3.0
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_only_packets_that_need_it_go_through_the_annexb_filter(tmp_path, codec):
+    """A camera's stream (MPEG-TS here, RTSP alike) is Annex B already: NVDEC's packet path skips the
+    filter for it, which would have passed each of its packets through unchanged (FFmpeg's own test,
+    checked packet by packet); an MP4's packets get the filter, which rewrites every one of them."""
+    spec = {"h264": {}, "hevc": dict(codec="libx265", width=192, height=144)}[codec]
+    mp4 = make_clip(tmp_path / "c.mp4", frames=30, seed=int(torch.randint(1 << 30, ())), **spec)
+    ts = repeat_clip(mp4, tmp_path / "c.ts", 1)
+    for path, annexb in ((mp4, False), (ts, True)):
+        unchanged = []
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            assert (_annexb_filter(codec, stream) is None) == annexb
+            bsf = BitStreamFilterContext(f"{codec}_mp4toannexb", stream)
+            for p in c.demux(stream):
+                if p.size:
+                    before = [(bytes(p), p.pts)]  # taken now: the filter takes the packet's data
+                    unchanged.append([(bytes(q), q.pts) for q in bsf.filter(p)] == before)
+        assert unchanged == [annexb] * 30
 
 
 def test_leading_pictures_are_found_by_the_packet_scan(tmp_path):

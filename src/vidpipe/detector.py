@@ -188,6 +188,7 @@ class Detector:
     def _submit(self, batch: Batch, host: bool) -> tuple[Detections, torch.cuda.Event | None]:
         if batch.graph is None:
             return self._run(batch.parts, host)
+        batch.commit()
         batch.graph.filling = None
         return batch.graph.run(batch.n, host)
 

@@ -173,14 +173,17 @@ class Deferred:
 
 class Batch:
     """Frames of one size gathered for one :meth:`Detector.submit`: ``size`` rows at most, ``n`` so
-    far. With a CUDA graph each part is copied into the graph's input as it is added (in the order
-    of the current stream, so after the graph's previous replay has read it): decoded frames are
-    freed as they arrive instead of waiting for the batch to fill. Without one, parts are kept."""
+    far. With a CUDA graph the parts added are copied into the graph's input at :meth:`commit` (in
+    the order of the current stream, so after the graph's previous replay has read it), all of them
+    in one copy: the scheduler commits once per turn of its loop, so decoded frames are freed as they
+    arrive instead of waiting for the batch to fill, and many cameras' frames, which arrive one at a
+    time, cost one copy a turn instead of one each. Without a graph, parts are kept."""
 
     def __init__(self, size: int, graph: CudaGraphs | None = None) -> None:
         self.size, self.graph = size, graph
-        self.parts: list[torch.Tensor] = []
+        self.parts: list[torch.Tensor] = []  # with a graph: those not yet in its input
         self.n = 0
+        self.committed = 0  # with a graph: rows in its input
         if graph is not None:
             graph.filling = self
 
@@ -189,15 +192,25 @@ class Batch:
         k = frames.shape[0]
         if self.n + k > self.size:
             raise ValueError(f"{k} frames do not fit a batch of {self.size} holding {self.n}")
-        if self.graph is not None:
-            with torch.inference_mode():  # the graph's input is an inference tensor
-                self.graph.frames[self.n:self.n + k].copy_(frames)
-        else:
-            self.parts.append(frames)
+        self.parts.append(frames)
         self.n += k
+
+    def commit(self) -> None:
+        """With a graph: the parts added since the last commit copied into its input. Each copy lets go
+        of the GIL and waits to take it back, behind every camera's decode thread."""
+        if self.graph is None or not self.parts:
+            return
+        with torch.inference_mode():  # the graph's input is an inference tensor
+            rows = self.graph.frames[self.committed:self.n]
+            if len(self.parts) == 1:
+                rows.copy_(self.parts[0])
+            else:
+                torch.cat(self.parts, out=rows)
+        self.parts, self.committed = [], self.n
 
     def frames(self) -> torch.Tensor:
         """The ``n`` frames added, a tensor of their own (the graph's input is reused by the next batch)."""
         if self.graph is not None:
+            self.commit()
             return self.graph.frames[:self.n].clone()
         return torch.cat(self.parts)

@@ -470,9 +470,20 @@ def _surface(frame, stream: torch.cuda.Stream) -> torch.Tensor:
 
 
 # NVDEC's codecs, by FFmpeg's names, and the filter that writes MP4/MKV's length-prefixed NAL units as
-# the start-code (Annex B) stream NVDEC's parser reads; streams that already are (RTSP, MPEG-TS) pass
-# through it unchanged.
+# the start-code (Annex B) stream NVDEC's parser reads.
 _PACKET_CODECS = {"h264": ("H264", "h264_mp4toannexb"), "hevc": ("HEVC", "hevc_mp4toannexb")}
+
+
+def _annexb_filter(codec: str, stream: av.video.stream.VideoStream) -> BitStreamFilterContext | None:
+    """The filter a stream's packets go through before NVDEC, or None where they already are Annex B
+    (MPEG-TS, RTSP: cameras). FFmpeg's filters pass such a stream through unchanged, by the test made
+    here (theirs: no extradata, HEVC's shorter than an hvcC record, or extradata that starts with a
+    start code); calling one anyway lets go of the GIL three times per packet, each a hand-over among
+    the decode threads of many cameras."""
+    extra = stream.codec_context.extradata or b""
+    if extra[:3] == b"\0\0\1" or extra[:4] == b"\0\0\0\1" or len(extra) < (23 if codec == "hevc" else 1):
+        return None
+    return BitStreamFilterContext(_PACKET_CODECS[codec][1], stream)
 _NO_PTS = -(1 << 62)  # a packet without a timestamp (an RTSP stream's first): NVDEC carries it to the frame
 
 
@@ -534,12 +545,16 @@ class NvdecStreamSource(PyAVSource):
         import PyNvVideoCodec as nvc
 
         dec, key = self._session(stream)
-        annexb = BitStreamFilterContext(_PACKET_CODECS[self.info.codec][1], stream)
+        annexb = _annexb_filter(self.info.codec, stream)
         started = False  # NVDEC creates its decoder at the first frame: a device-wide sync, gated until then
         flush = nvc.PacketData()  # sent when the pass ends early (imported now: not at interpreter exit)
         try:
             for packet in c.demux(stream):
-                for p in annexb.filter(packet if packet.size else None):  # None: the filter's end
+                if annexb is not None:
+                    packets = annexb.filter(packet if packet.size else None)  # None: the filter's end
+                else:
+                    packets = (packet,) if packet.size else ()  # size 0: the demuxer's end
+                for p in packets:
                     data = np.frombuffer(p, np.uint8)  # read by Decode before it returns
                     pd = nvc.PacketData()
                     pd.bsl_data, pd.bsl = data.ctypes.data, data.size

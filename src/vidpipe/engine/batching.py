@@ -2,8 +2,9 @@
 
 In: :class:`~.items.Chunk` s in any order. Out: ``(Batch, [Rows])`` pairs, a full
 :class:`~vidpipe.detector.Batch` (or one taken out short, :meth:`Batcher.partial` /
-:meth:`Batcher.stale`) and which of its rows hold which unit's frames. A chunk's frames are copied
-into the batch (with CUDA graphs, the graph's input) as it arrives.
+:meth:`Batcher.stale`) and which of its rows hold which unit's frames. A chunk's frames go into
+the batch as it arrives; with CUDA graphs they are copied into the graph's input at
+:meth:`Batcher.commit` (the scheduler's once a turn) or when the batch is submitted.
 
 The short-batch policy (applied by the scheduler while the GPU idles): a batch goes out short only
 when that costs nothing (:func:`padding`: a run of one file carries that much padding anyway) or
@@ -67,6 +68,11 @@ class Batcher:
                 pieces.append(Rows(chunk.unit, list(head.indices), list(head.times), head.captured))
             if batch.n == batch.size:
                 yield self._take((h, w))
+
+    def commit(self) -> None:
+        """The frames added to open batches since the last commit, copied into their graphs' inputs."""
+        for batch, _ in self.open.values():
+            batch.commit()
 
     def partial(self, short: float = float("inf")) -> list[tuple[Batch, list[Rows]]]:
         """Batches not yet full, taken out: all, or as many as are ``short`` frames short in all."""

@@ -383,6 +383,19 @@ class FrameProducer:
             with self._live_lock:
                 self._live -= 1
 
+    def get_many(self, timeout: float | None = None) -> list[Chunk | UnitEnd] | object:
+        """Every item ready now, in order, waiting up to ``timeout`` s for the first: [] if none came,
+        :data:`DONE` after the last. A consumer's turn per ready set instead of per item: with many
+        live cameras each frame is a chunk of its own, and the consumer's calls per turn that let go of
+        the GIL (a copy, a query of the GPU) each wait to take it back behind every decode thread."""
+        first = self.get(timeout)
+        if first is DONE:
+            return DONE
+        items = [] if first is None else [first]
+        while items and self.threaded and (item := self.get(timeout=0)) is not None and item is not DONE:
+            items.append(item)  # a DONE met here is the next call's
+        return items
+
     def release(self) -> None:
         """The consumer is done with one unit: another may be opened."""
         if self.threaded:

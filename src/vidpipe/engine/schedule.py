@@ -77,14 +77,19 @@ class Scheduler:
                 if (info := self.producer.first_info) is not None:
                     # Captured while the decoders start (NVDEC sessions, the first frames), not after.
                     self.detector.prepare(info.height, info.width)
-                while (item := self.producer.get(timeout=0.001 if self.batcher.open else None)) is not DONE:
-                    if isinstance(item, Chunk):
-                        stamp("decoded")
-                        self.take(item)
-                        admitted, item = item.admitted, None  # its frames are in the batch now: gone before
-                        self.producer.free(admitted)  # the room is given back
-                    elif isinstance(item, UnitEnd):
-                        self.end(item)
+                while (items := self.producer.get_many(timeout=0.001 if self.batcher.open else None)) is not DONE:
+                    admitted = []
+                    for item in items:
+                        if isinstance(item, Chunk):
+                            stamp("decoded")
+                            self.take(item)
+                            admitted.append(item.admitted)
+                        elif isinstance(item, UnitEnd):
+                            self.end(item)
+                    items = item = None  # the frames are in the batches: gone once committed
+                    self.batcher.commit()
+                    for a in admitted:
+                        self.producer.free(a)  # the room is given back
                     self.flush_short()
                     yield from self.order.ready()
                 for batch in self.batcher.partial():
