@@ -265,6 +265,11 @@ def test_the_consumer_takes_every_ready_item_in_one_turn(tmp_path):
     for u in range(3):
         mine = [i for i in items if i.unit.seq == u]
         assert [i for c in mine[:-1] for i in c.batch.indices] == list(range(24)) and isinstance(mine[-1], UnitEnd)
+    # Cameras whose frames keep coming: a turn takes what was waiting when it began, and ends.
+    arriving = iter(range(100))
+    producer.get = lambda timeout=None: next(arriving)
+    producer._ready = SimpleNamespace(qsize=lambda: 5)
+    assert producer.get_many() == [0, 1, 2, 3, 4, 5]
 
 
 def test_a_graphs_batch_copies_its_parts_in_at_commit(tmp_path):

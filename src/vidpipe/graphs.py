@@ -175,9 +175,9 @@ class Batch:
     """Frames of one size gathered for one :meth:`Detector.submit`: ``size`` rows at most, ``n`` so
     far. With a CUDA graph the parts added are copied into the graph's input at :meth:`commit` (in
     the order of the current stream, so after the graph's previous replay has read it), all of them
-    in one copy: the scheduler commits once per turn of its loop, so decoded frames are freed as they
-    arrive instead of waiting for the batch to fill, and many cameras' frames, which arrive one at a
-    time, cost one copy a turn instead of one each. Without a graph, parts are kept."""
+    in one copy: the scheduler commits once per turn of its loop, so decoded frames are freed a turn
+    after they arrive instead of waiting for the batch to fill, and many cameras' frames, which arrive
+    one at a time, cost one copy a turn instead of one each. Without a graph, parts are kept."""
 
     def __init__(self, size: int, graph: CudaGraphs | None = None) -> None:
         self.size, self.graph = size, graph

@@ -77,10 +77,7 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
     finally:
         sources.close()
         thread.join(timeout=5)
-        for p in inbox.procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
+        inbox.close(grace=10)
     for path in dispatch.orphans():  # left on a failed worker (or none left) with no output finished
         end = VideoEnd(path, error=f"{path}: no live worker could run it", fatal=True)
         report.videos.append(end)

@@ -227,6 +227,13 @@ class Inbox:
                 rest.append((kind, worker, payload))
         return rest
 
+    def close(self, grace: float) -> None:
+        """Each worker given ``grace`` s to end on its own (its outputs finished), then terminated."""
+        for p in self.procs:
+            p.join(timeout=grace)
+            if p.is_alive():
+                p.terminate()
+
 
 def _detect_file(det, path: str, target: str, fmt: str, on_frames: Callable[[int], None] | None = None,
                  frames: tuple[int, int] | None = None) -> list[VideoEnd]:
@@ -397,10 +404,7 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
                         outcome(VideoEnd(path, error=f"{path}: its worker on {workers[worker].label} died "
                                                f"while running it ({payload})", fatal=True), part_target, part, parts)
     finally:
-        for p in inbox.procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
+        inbox.close(grace=5)
     _report_missing(report, targets, "no worker processed it (all workers failed)", on_video)
     return report
 

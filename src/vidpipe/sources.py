@@ -472,6 +472,7 @@ def _surface(frame, stream: torch.cuda.Stream) -> torch.Tensor:
 # NVDEC's codecs, by FFmpeg's names, and the filter that writes MP4/MKV's length-prefixed NAL units as
 # the start-code (Annex B) stream NVDEC's parser reads.
 _PACKET_CODECS = {"h264": ("H264", "h264_mp4toannexb"), "hevc": ("HEVC", "hevc_mp4toannexb")}
+_NO_PTS = -(1 << 62)  # a packet without a timestamp (an RTSP stream's first): NVDEC carries it to the frame
 
 
 def _annexb_filter(codec: str, stream: av.video.stream.VideoStream) -> BitStreamFilterContext | None:
@@ -484,7 +485,6 @@ def _annexb_filter(codec: str, stream: av.video.stream.VideoStream) -> BitStream
     if extra[:3] == b"\0\0\1" or extra[:4] == b"\0\0\0\1" or len(extra) < (23 if codec == "hevc" else 1):
         return None
     return BitStreamFilterContext(_PACKET_CODECS[codec][1], stream)
-_NO_PTS = -(1 << 62)  # a packet without a timestamp (an RTSP stream's first): NVDEC carries it to the frame
 
 
 @dataclass

@@ -389,11 +389,15 @@ class FrameProducer:
         live cameras each frame is a chunk of its own, and the consumer's calls per turn that let go of
         the GIL (a copy, a query of the GPU) each wait to take it back behind every decode thread."""
         first = self.get(timeout)
-        if first is DONE:
-            return DONE
-        items = [] if first is None else [first]
-        while items and self.threaded and (item := self.get(timeout=0)) is not None and item is not DONE:
-            items.append(item)  # a DONE met here is the next call's
+        if first is DONE or first is None:
+            return DONE if first is DONE else []
+        items = [first]
+        # What was waiting when the turn began, no more: live frames keep coming (a camera's newest
+        # takes no room), and a turn must end for its results to be handed on.
+        for _ in range(self._ready.qsize() if self.threaded else 0):
+            if (item := self.get(timeout=0)) is None or item is DONE:
+                break  # a DONE met here is the next call's
+            items.append(item)
         return items
 
     def release(self) -> None:
