@@ -272,6 +272,26 @@ def test_the_consumer_takes_every_ready_item_in_one_turn(tmp_path):
     assert producer.get_many() == [0, 1, 2, 3, 4, 5]
 
 
+def test_the_schedulers_turn_takes_every_chunk_that_is_ready(tmp_path, monkeypatch):
+    """The scheduler's turn (with CUDA graphs one copy into a graph's input, one query of the GPU, the
+    results handed on) is per ready set: with the consumer slower than its decoders, a turn takes
+    several chunks, and every frame is still detected once."""
+    from test_annotate import Spot
+    from vidpipe import Config, Detector
+    from vidpipe.engine.schedule import Scheduler, process
+    from vidpipe.models.boxes import BoxesFamily
+
+    clips = [str(make_clip(tmp_path / f"{i}.mp4", frames=24)) for i in range(3)]
+    det = Detector(Config(device="cpu", batch_size=4), model=BoxesFamily(Spot(), ["thing"]))
+    turns, chunks = [], []
+    commit, take = Batcher.commit, Scheduler.take
+    monkeypatch.setattr(Batcher, "commit", lambda self: turns.append(1) or commit(self))
+    monkeypatch.setattr(Scheduler, "take", lambda self, c: chunks.append(time.sleep(0.02)) or take(self, c))
+    results = [r for r in process(det, clips) if isinstance(r, BatchResult)]
+    assert sorted((r.info.path, i) for r in results for i in r.indices) == [(c, i) for c in clips for i in range(24)]
+    assert len(turns) < len(chunks)
+
+
 def test_a_graphs_batch_copies_its_parts_in_at_commit(tmp_path):
     """With a CUDA graph (its input stood in for on the CPU) frames added go into the input at the
     next commit, all added since the last one on their rows; the batch's frames commit first."""
