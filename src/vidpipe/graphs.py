@@ -183,7 +183,6 @@ class Batch:
         self.size, self.graph = size, graph
         self.parts: list[torch.Tensor] = []  # with a graph: those not yet in its input
         self.n = 0
-        self.committed = 0  # with a graph: rows in its input
         if graph is not None:
             graph.filling = self
 
@@ -201,12 +200,12 @@ class Batch:
         if self.graph is None or not self.parts:
             return
         with torch.inference_mode():  # the graph's input is an inference tensor
-            rows = self.graph.frames[self.committed:self.n]
+            rows = self.graph.frames[self.n - sum(p.shape[0] for p in self.parts):self.n]
             if len(self.parts) == 1:
                 rows.copy_(self.parts[0])
             else:
                 torch.cat(self.parts, out=rows)
-        self.parts, self.committed = [], self.n
+        self.parts = []
 
     def frames(self) -> torch.Tensor:
         """The ``n`` frames added, a tensor of their own (the graph's input is reused by the next batch)."""
