@@ -272,6 +272,22 @@ def test_the_consumer_takes_every_ready_item_in_one_turn(tmp_path):
     assert producer.get_many() == [0, 1, 2, 3, 4, 5]
 
 
+def test_a_live_units_last_frame_comes_before_its_end(tmp_path):
+    """Under ``latest`` a live frame waits in its unit's slot: when the consumer comes late, the unit's
+    newest frame and its end are both waiting, and the frame must come first (the end finishes the
+    unit's output)."""
+    clip = str(make_clip(tmp_path / "cam.mp4", frames=6, width=64, height=48, bframes=False))
+    producer = FrameProducer([clip], "pyav", torch.device("cpu"), 4, realtime=True, live_policy="latest")
+    producer.start()
+    time.sleep(0.6)  # six frames at 30 fps: decoded and ended while nobody took them
+    try:
+        items = producer.get_many(timeout=5.0)
+    finally:
+        producer.close()
+    assert [type(i).__name__ for i in items] == ["Chunk", "UnitEnd"], items
+    assert items[0].batch.indices == [5] and items[1].dropped == 5
+
+
 def test_the_schedulers_turn_takes_every_chunk_that_is_ready(tmp_path, monkeypatch):
     """The scheduler's turn (with CUDA graphs one copy into a graph's input, one query of the GPU, the
     results handed on) is per ready set: with the consumer slower than its decoders, a turn takes

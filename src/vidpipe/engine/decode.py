@@ -310,7 +310,10 @@ class FrameProducer:
         # Earliest unit first: its results are the ones the orderer can emit, so little is held
         # back (at the end of a run, formatting held results would be a tail after the GPU is done).
         # Unbounded: chunks are bounded by _admit, unit ends by the unit window.
-        key = (item.unit.seq if isinstance(item, (Chunk, UnitEnd)) else float("inf"), next(self._puts))
+        # Live frames under ``latest`` (their places, _Newest) come in the order they arrived, after the
+        # files' items, and so does such a unit's end: sorted by unit it would overtake its last frame.
+        live = isinstance(item, _Newest) or (isinstance(item, UnitEnd) and self._keeps_newest(item.unit.path))
+        key = (item.unit.seq if isinstance(item, (Chunk, UnitEnd)) and not live else float("inf"), next(self._puts))
         self._ready.put((*key, item))
 
     def _newest_in(self, chunk: Chunk) -> _Newest | None:
