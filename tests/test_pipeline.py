@@ -254,6 +254,38 @@ def test_closing_the_pools_stops_every_lane():
     FormatPool.close_all()
 
 
+def test_a_batchs_results_share_its_host_arrays_and_fail_alone():
+    """Results of one batch (one per camera in a live batch) read the batch's host arrays made once
+    (HostBatch): each sees exactly the rows it would have read alone, and a non-finite value fails only
+    the result whose valid detections hold it (padding past a frame's count is not looked at)."""
+    from fractions import Fraction
+
+    from vidpipe.engine.items import BatchResult, HostBatch
+    from vidpipe.postprocess import Detections
+    from vidpipe.sources import VideoInfo
+
+    rng = np.random.default_rng()
+    n, d = int(rng.integers(6, 20)), int(rng.integers(2, 30))
+    counts = torch.from_numpy(rng.integers(0, d + 1, n))
+    det = Detections(torch.from_numpy(rng.normal(size=(n, d, 4)).astype(np.float32)),
+                     torch.from_numpy(rng.integers(0, 80, (n, d))), torch.rand(n, d), counts)
+    bad = int(rng.choice(np.flatnonzero(counts.numpy() > 0)))
+    det.boxes[bad, int(rng.integers(0, int(counts[bad]))), int(rng.integers(0, 4))] = float("nan")
+    padded = [i for i in range(n) if counts[i] < d]
+    if padded:  # not a detection: must not count
+        det.scores[padded[0], d - 1] = float("inf")
+    info = VideoInfo("v", 64, 48, n, 30.0, "h264", Fraction(1, 30))
+    cuts = sorted(set(rng.choice(np.arange(1, n), int(rng.integers(1, n - 1)), replace=False).tolist()))
+    spans = list(zip([0, *cuts], [*cuts, n]))
+    shared = HostBatch(det, None)
+    for a, b in spans:
+        own = BatchResult(info, list(range(a, b)), [0.0] * (b - a), det, None, a)
+        mine = BatchResult(info, list(range(a, b)), [0.0] * (b - a), det, None, a, shared=shared)
+        for x, y in zip(own.arrays(), mine.arrays()):
+            np.testing.assert_array_equal(x, y)
+        assert own.finite() == mine.finite() == (not a <= bad < b), (a, b, bad)
+
+
 def test_interrupted_sink_stays_partial(tmp_path):
     sink = open_sink("jsonl", tmp_path / "x.jsonl", "v", 10, 10)
     sink.write([0], [0.0], np.zeros((1, 1, 4), np.float32), np.ones((1, 1), np.int64),

@@ -56,6 +56,38 @@ class VideoEnd:
         return self.error is None
 
 
+def finite_rows(arrays: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Per frame of ``(boxes, labels, scores, counts)``: every valid box and score finite."""
+    boxes, _, scores, counts = arrays
+    valid = np.arange(boxes.shape[1]) < counts[:, None]
+    return ~((~np.isfinite(boxes).all(-1) | ~np.isfinite(scores)) & valid).any(1)
+
+
+class HostBatch:
+    """One issued batch's detections in host memory (valid once ``event``, if any, has completed), as
+    the results of its rows share them: NumPy views and which rows are finite, made once for the batch.
+    A live batch holds a result per camera, and each result making its own (a torch slice and a NumPy
+    view per tensor, a wait on the event, the finite check) was a third of the writer's share of the
+    GIL with 64 cameras on the H200 (docs/results.md, "Twenty-fourth session")."""
+
+    def __init__(self, det: Detections, event: torch.cuda.Event | None) -> None:
+        self.det, self.event = det, event
+        self._arrays: tuple[np.ndarray, ...] | None = None
+        self._finite: np.ndarray | None = None
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        if self._arrays is None:
+            if self.event is not None:
+                self.event.synchronize()
+            self._arrays = tuple(t.numpy() for t in self.det.astuple())
+        return self._arrays
+
+    def finite(self) -> np.ndarray:
+        if self._finite is None:
+            self._finite = finite_rows(self.arrays())
+        return self._finite
+
+
 @dataclass
 class BatchResult:
     """Detections of ``len(indices)`` consecutive frames of ``info.path``: rows ``row ..`` of
@@ -74,13 +106,22 @@ class BatchResult:
     # ``pixels_ready`` has completed), held until written, counted in the run's FrameBudget.
     pixels: torch.Tensor | None = None
     pixels_ready: torch.cuda.Event | None = None
+    shared: HostBatch | None = None  # ``det`` and ``event`` as every result of the batch sees them
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """boxes, labels, scores, counts of these frames as NumPy views, once the copy has landed."""
+        rows = slice(self.row, self.row + len(self.indices))
+        if self.shared is not None:
+            return tuple(a[rows] for a in self.shared.arrays())
         if self.event is not None:
             self.event.synchronize()
-        rows = slice(self.row, self.row + len(self.indices))
         return tuple(t[rows].numpy() for t in self.det.astuple())
+
+    def finite(self) -> bool:
+        """Whether every valid box and score of these frames is finite (a NaN in JSON is invalid JSON)."""
+        if self.shared is not None:
+            return bool(self.shared.finite()[self.row:self.row + len(self.indices)].all())
+        return bool(finite_rows(self.arrays()).all())
 
     def frames(self, tracker: Tracker | None = None) -> Iterator[FrameResult]:
         """Per-frame results; with ``tracker`` (this video's, fed in frame order) with track ids."""

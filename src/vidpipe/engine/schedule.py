@@ -30,7 +30,7 @@ from ..sources import VideoInfo
 from ..timeline import stamp
 from .batching import MAX_WAIT, Batcher, Rows, padding
 from .decode import DONE, FrameProducer
-from .items import BatchResult, Chunk, FrameBudget, UnitEnd, VideoEnd, VideoStart
+from .items import BatchResult, Chunk, FrameBudget, HostBatch, UnitEnd, VideoEnd, VideoStart
 from .live import LiveSources
 from .order import Orderer
 from .plan import SEGMENT_FRAMES, TRACKED_SEGMENT_FRAMES
@@ -140,11 +140,11 @@ class Scheduler:
                 if self.serial:  # the serial loop waits for every batch
                     event.synchronize()
                 self.issued.append(event)
-        row = 0
+        row, shared = 0, HostBatch(host, event)
         for r in rows:
             result = BatchResult(r.unit.info, r.indices, r.times, host, event, row, classes=self.detector.classes,
                                  captured=r.captured, pixels_ready=ready,
-                                 pixels=None if kept is None else kept[row:row + len(r.indices)])
+                                 pixels=None if kept is None else kept[row:row + len(r.indices)], shared=shared)
             self.order.add(r.unit, result)
             if self.on_issue is not None:
                 self.on_issue(result)

@@ -185,13 +185,6 @@ def _contiguous(arrays: tuple[np.ndarray | None, ...]) -> tuple[np.ndarray | Non
 _video_keys = itertools.count()  # names a tracked video in the lanes, unique in this process
 
 
-def _finite(arrays: tuple[np.ndarray, ...]) -> bool:
-    """Whether every valid box and score of a result is finite (a NaN in JSON is invalid JSON)."""
-    boxes, _, scores, counts = arrays
-    valid = np.arange(boxes.shape[1]) < counts[:, None]
-    return bool(np.isfinite(boxes[valid]).all() and np.isfinite(scores[valid]).all())
-
-
 def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
@@ -283,7 +276,7 @@ class Writer:
             # Not ahead of time: track ids need the frames before.
             if video is not None and hasattr(video.sink, "formatter") and not self.track and self.analytics is None:
                 arrays = r.arrays()
-                if _finite(arrays):  # else its turn fails the video
+                if r.finite():  # else its turn fails the video
                     with nvtx_range("format"):
                         r.text = self._format(video.sink, r, arrays)
         elif isinstance(item, VideoStart):
@@ -322,7 +315,7 @@ class Writer:
         if video.sink is None:
             return
         arrays = r.arrays()
-        if r.text is None and not _finite(arrays):  # text was made only for finite results
+        if r.text is None and not r.finite():  # text was made only for finite results
             self._catch_up(0)  # what came before is written first
             self._fail(video, f"{r.info.path}: the model's boxes or scores are not finite (NaN or inf) from frame "
                               f"{r.indices[0]} on; check the weights")
