@@ -312,8 +312,8 @@ class FrameProducer:
         # Unbounded: chunks are bounded by _admit, unit ends by the unit window.
         # Live frames under ``latest`` (their places, _Newest) come in the order they arrived, after the
         # files' items, and so does such a unit's end: sorted by unit it would overtake its last frame.
-        live = isinstance(item, _Newest) or (isinstance(item, UnitEnd) and self._keeps_newest(item.unit.path))
-        key = (item.unit.seq if isinstance(item, (Chunk, UnitEnd)) and not live else float("inf"), next(self._puts))
+        by_unit = isinstance(item, Chunk) or (isinstance(item, UnitEnd) and not self._keeps_newest(item.unit.path))
+        key = (item.unit.seq if by_unit else float("inf"), next(self._puts))
         self._ready.put((*key, item))
 
     def _newest_in(self, chunk: Chunk) -> _Newest | None:
