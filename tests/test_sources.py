@@ -480,37 +480,6 @@ def test_a_tracked_run_decodes_its_file_one_keyframe_interval_per_part(tmp_path,
 
 
 @pytest.mark.nvdec
-@pytest.mark.parametrize("kind", ["file", "camera"])
-def test_the_engine_reads_nvdec_frames_after_their_copy_not_before(tmp_path, monkeypatch, kind):
-    """Decode threads hand NVDEC frames over without waiting for their copy out of the decoder's
-    surfaces (one GIL hand-over less per live frame); the engine's stream waits for the copy instead.
-    With every copy held back on the GPU (a sleep queued before it), chunks reach the engine before
-    their copy has run, and the frames the model read are still the decoder's, bit for bit."""
-    from contextlib import nullcontext
-
-    from vidpipe import Config, Detector, sources
-    from vidpipe.cameras import CameraServer
-    from vidpipe.engine.items import FrameBudget
-    from vidpipe.engine.schedule import Scheduler, process
-
-    clip = make_clip(tmp_path / "c.mp4", frames=12, width=192, height=144, bframes=False)
-    expect = decode_all((NvdecStreamSource if kind == "camera" else NvdecSource)(clip, "cuda"), 4)[0]
-    surface, take, early = sources._surface, Scheduler.take, []
-    monkeypatch.setattr(sources, "_surface", lambda f, s: (torch.cuda._sleep(20_000_000), surface(f, s))[1])
-    monkeypatch.setattr(Scheduler, "take", lambda self, c: early.append(not c.batch.ready.query()) or take(self, c))
-    det = Detector(Config(weights="random", device="cuda", decoder="nvdec", compile="off", batch_size=4,
-                          max_frames=12, live_policy="all"))
-    with CameraServer(str(clip)) if kind == "camera" else nullcontext() as cams:
-        path = cams.url(0) if kind == "camera" else str(clip)
-        results = [r for r in process(det, [path], keep=FrameBudget(64)) if isinstance(r, BatchResult)]
-    torch.cuda.synchronize()
-    pixels = {i: r.pixels[k].cpu() for r in results for k, i in enumerate(r.indices)}
-    assert sorted(pixels) == list(range(12))
-    assert torch.equal(torch.stack([pixels[i] for i in range(12)]), expect)
-    assert any(early), "every chunk came after its copy: the decode thread waited for it"
-
-
-@pytest.mark.nvdec
 def test_nvdec_segments_reassemble_exactly(shared_clip):
     whole, idx, times = decode_all(NvdecSource(shared_clip, "cuda"), batch_size=64)
     items = list(in_order(FrameProducer([str(shared_clip)], "nvdec", torch.device("cuda"), 64, workers=4)))

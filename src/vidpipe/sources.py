@@ -62,16 +62,13 @@ class VideoInfo:
 class FrameBatch:
     """``frames``: ``Tensor[N, 3, H, W]`` uint8 RGB; ``indices``/``times``: N ints / N floats (s);
     ``captured``: for live sources (streams, ``--realtime`` files), the wall-clock time (``time.time()``)
-    each frame was delivered, else None. ``ready``: from an NVDEC source asked not to wait
-    (``batches(..., wait=False)``), the event after which ``frames`` are written: a stream reads them
-    once it has waited on it (``Stream.wait_event``); None: readable now."""
+    each frame was delivered, else None."""
 
     video: str
     frames: torch.Tensor
     indices: list[int]
     times: list[float]
     captured: list[float] | None = field(default=None, repr=False)
-    ready: torch.cuda.Event | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = self.frames.shape[0]
@@ -86,9 +83,9 @@ class FrameBatch:
         """The first ``n`` frames and the rest (views, no copy)."""
         c = self.captured
         return (FrameBatch(self.video, self.frames[:n], self.indices[:n], self.times[:n],
-                           captured=None if c is None else c[:n], ready=self.ready),
+                           captured=None if c is None else c[:n]),
                 FrameBatch(self.video, self.frames[n:], self.indices[n:], self.times[n:],
-                           captured=None if c is None else c[n:], ready=self.ready))
+                           captured=None if c is None else c[n:]))
 
     def __repr__(self) -> str:
         return (f"FrameBatch(video={self.video!r}, frames={tuple(self.frames.shape)} {self.frames.device}, "
@@ -227,12 +224,10 @@ class PyAVSource:
         self.reconnections = 0
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
-                admit: Callable[[], None] | None = None, wait: bool = True) -> Iterator[FrameBatch]:
+                admit: Callable[[], None] | None = None) -> Iterator[FrameBatch]:
         """Frames ``[start, stop)`` (default: all) in batches; a range seeks to the keyframe at or
         before ``start`` and numbers frames by their timestamp's rank in the container. ``admit``
-        is called before each batch is stacked and uploaded (back-pressure: it may block). The
-        upload to a GPU runs on the caller's current stream; ``wait`` is for the NVDEC stream source
-        (see :class:`FrameBatch`)."""
+        is called before each batch is stacked and uploaded (back-pressure: it may block)."""
         pin = self.device.type == "cuda"
         buf: list[np.ndarray] = []
         times: list[float] = []
@@ -247,12 +242,12 @@ class PyAVSource:
                 buf.append(self._image(frame))
                 times.append(t)
                 if len(buf) >= batch_size and not self._more(frame):
-                    yield self._batch(buf, times, pin, admit, wait)
+                    yield self._batch(buf, times, pin, admit)
                     buf, times = [], []
                 if self.decoded + len(buf) == limit:
                     break
         if buf:
-            yield self._batch(buf, times, pin, admit, wait)
+            yield self._batch(buf, times, pin, admit)
 
     def _range(self, start: int, stop: int | None) -> Iterator[tuple[av.VideoFrame, float]]:
         index = scan_packets(self.info.path)
@@ -347,18 +342,13 @@ class PyAVSource:
         return False
 
     def _batch(self, frames: list[np.ndarray], times: list[float], pin: bool,
-               admit: Callable[[], None] | None, wait: bool) -> FrameBatch:
+               admit: Callable[[], None] | None) -> FrameBatch:
         if admit is not None:
             admit()
         dev = self._stack(frames, pin)
         start = self.decoded
         self.decoded += len(frames)
-        return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times,
-                          ready=self._written(wait))
-
-    def _written(self, wait: bool) -> torch.cuda.Event | None:
-        """FrameBatch.ready for the frames just stacked (the upload is on the caller's stream: None)."""
-        return None
+        return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
 
     def _stack(self, frames: list[np.ndarray], pin: bool) -> torch.Tensor:
         # Stacked straight into (pinned, for a GPU) memory: one host copy, then an async upload.
@@ -438,10 +428,9 @@ class NvdecSource:
         self._next = 0 if fresh else -1  # the index the decoder delivers next (-1: unknown, seek)
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
-                admit: Callable[[], None] | None = None, wait: bool = True) -> Iterator[FrameBatch]:
+                admit: Callable[[], None] | None = None) -> Iterator[FrameBatch]:
         """Frames ``[start, stop)`` in batches; ``admit`` is called before each batch is stacked
-        out of the decoder's surfaces into new device memory (back-pressure: it may block). ``wait``
-        False: a batch comes while its copy may still run, with the event that ends it (FrameBatch.ready)."""
+        out of the decoder's surfaces into new device memory (back-pressure: it may block)."""
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
         pos = start
         while pos < stop:
@@ -460,25 +449,17 @@ class NvdecSource:
             self._next = pos + n
             # Stacked in the yield: a local would keep the chunk alive while the next one decodes.
             yield FrameBatch(self.info.path, self._stack(frames, admit), list(range(pos, pos + n)),
-                             list(self.times[pos:pos + n]), ready=_written(self.stream, wait))
+                             list(self.times[pos:pos + n]))
             pos += n
 
     def _stack(self, frames: list, admit: Callable[[], None] | None) -> torch.Tensor:
         if admit is not None:
             admit()
         with nvtx_range("stack"), torch.cuda.stream(self.stream):
-            # The stack copies out of the decoder's surface pool, which the next call reuses: the
-            # next decode runs on this stream, after the copy.
-            return torch.stack([_surface(f, self.stream) for f in frames])
-
-
-def _written(stream: torch.cuda.Stream, wait: bool) -> torch.cuda.Event | None:
-    """FrameBatch.ready for what ``stream`` has been given: None once waited for here, else its event.
-    An event instead of the wait is one GIL hand-over less per live frame on the decode thread."""
-    if wait:
-        stream.synchronize()
-        return None
-    return stream.record_event()
+            # The stack copies out of the decoder's surface pool, which the next call reuses.
+            batch = torch.stack([_surface(f, self.stream) for f in frames])
+            self.stream.synchronize()
+        return batch
 
 
 def _surface(frame, stream: torch.cuda.Stream) -> torch.Tensor:
@@ -631,10 +612,9 @@ class NvdecStreamSource(PyAVSource):
     def _stack(self, frames: list[torch.Tensor], pin: bool) -> torch.Tensor:
         with torch.cuda.stream(self.stream):  # where the frames were copied: the stack runs after them
             # A live frame comes alone: its own copy is the batch.
-            return frames[0][None] if len(frames) == 1 else torch.stack(frames)
-
-    def _written(self, wait: bool) -> torch.cuda.Event | None:
-        return _written(self.stream, wait)
+            batch = frames[0][None] if len(frames) == 1 else torch.stack(frames)
+            self.stream.synchronize()
+        return batch
 
 
 def nvdec_available() -> bool:

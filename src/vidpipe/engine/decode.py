@@ -67,14 +67,13 @@ class FrameProducer:
     decoders deliver them (in input order when not ``threaded``), then :data:`DONE`; every unit
     ends with one UnitEnd after its chunks. A consumer calls :meth:`free` once it is done with a
     chunk's frames and :meth:`release` once it is done with a unit; iterating does both as it goes
-    (decode-only use). ``wait`` False: an NVDEC chunk may come while its frames are still being
-    copied on the decoder's stream; its ``batch.ready`` event says when (see FrameBatch)."""
+    (decode-only use)."""
 
     def __init__(self, inputs: list[str] | LiveSources, decoder: str, device: torch.device, batch_size: int, *,
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
                  segment_min: int = 16, segment_max: int = SEGMENT_FRAMES, frames: tuple[int, int] | None = None,
                  runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False,
-                 live_policy: str = "latest", in_order: bool = False, wait: bool = True) -> None:
+                 live_policy: str = "latest", in_order: bool = False) -> None:
         # A changing set: its sources now, followed by the planner (each added one gets a worker).
         self.sources = inputs if isinstance(inputs, LiveSources) else None
         self.inputs = inputs.snapshot()[0] if self.sources is not None else inputs
@@ -90,7 +89,6 @@ class FrameProducer:
         self.realtime, self.loop = realtime, loop  # files paced at their frame rate / started over at their end
         self.live_policy = live_policy
         self.in_order = in_order  # each file one unit: its frames come in order (annotated video holds them)
-        self.wait = wait
         self._newest: dict[int, Chunk] = {}  # latest policy: per unit seq, the frame waiting for the consumer
         self._dropped: dict[int, int] = {}  # latest policy: per unit seq, frames replaced before they were taken
         self._newest_lock = threading.Lock()
@@ -227,7 +225,7 @@ class FrameProducer:
         while True:
             n, last = 0, 0.0
             # Closed here, not when dropped: a stream's NVDEC session goes back to the pool as it ends.
-            with closing(src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit, self.wait)) as batches:
+            with closing(src.batches(self._chunk_frames(src.info), unit.start, unit.stop, admit)) as batches:
                 for batch in batches:
                     if unit.seq in self._ended:  # its source was removed
                         return

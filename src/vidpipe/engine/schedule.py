@@ -51,8 +51,7 @@ class Scheduler:
                                       workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames,
                                       frames=frames, runtime=detector.runtime, realtime=cfg.realtime,
                                       loop=cfg.loop, live_policy=cfg.live_policy, in_order=keep is not None,
-                                      segment_max=TRACKED_SEGMENT_FRAMES if cfg.track else SEGMENT_FRAMES,
-                                      wait=False)
+                                      segment_max=TRACKED_SEGMENT_FRAMES if cfg.track else SEGMENT_FRAMES)
         self.order = Orderer(self.producer.release, self.expected)
         self.batcher = Batcher(detector.batch)
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
@@ -101,8 +100,6 @@ class Scheduler:
 
     def take(self, chunk: Chunk) -> None:
         """A decoded chunk into the open batch of its size; full batches are launched."""
-        if chunk.batch.ready is not None:  # NVDEC's copy out of its surfaces may still run
-            torch.cuda.current_stream(self.detector.device).wait_event(chunk.batch.ready)
         if self.compute is not None:  # decoded on a worker's stream, read on this one
             chunk.batch.frames.record_stream(self.compute)
         for batch in self.batcher.add(chunk):
