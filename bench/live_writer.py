@@ -58,12 +58,13 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=100)
     p.add_argument("--repeats", type=int, default=7)
     a = p.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    run(tmp, a.cameras, 5, True)  # warm-up
     times = {False: [], True: []}
-    for _ in range(a.repeats):  # interleaved
-        for shared in (False, True):
-            times[shared].append(run(tmp, a.cameras, a.batches, shared))
+    with tempfile.TemporaryDirectory() as d:  # the cameras' JSON Lines files
+        tmp = Path(d)
+        run(tmp, a.cameras, 5, True)  # warm-up
+        for _ in range(a.repeats):  # interleaved
+            for shared in (False, True):
+                times[shared].append(run(tmp, a.cameras, a.batches, shared))
     print("| results | writer µs per frame (median) | spread |")
     print("|---|---|---|")
     for shared, xs in times.items():

@@ -254,12 +254,14 @@ def test_closing_the_pools_stops_every_lane():
     FormatPool.close_all()
 
 
-def test_a_batchs_results_share_its_host_arrays_and_fail_alone():
+def test_a_batchs_results_share_its_host_arrays_and_fail_alone(monkeypatch):
     """Results of one batch (one per camera in a live batch) read the batch's host arrays made once
-    (HostBatch): each sees exactly the rows it would have read alone, and a non-finite value fails only
-    the result whose valid detections hold it (padding past a frame's count is not looked at)."""
+    (HostBatch): each sees exactly the rows it would have read alone, the finite check runs once for
+    all of them, and a non-finite value fails only the result whose valid detections hold it (padding
+    past a frame's count is not looked at)."""
     from fractions import Fraction
 
+    from vidpipe.engine import items
     from vidpipe.engine.items import BatchResult, HostBatch
     from vidpipe.postprocess import Detections
     from vidpipe.sources import VideoInfo
@@ -277,13 +279,19 @@ def test_a_batchs_results_share_its_host_arrays_and_fail_alone():
     info = VideoInfo("v", 64, 48, n, 30.0, "h264", Fraction(1, 30))
     cuts = sorted(set(rng.choice(np.arange(1, n), int(rng.integers(1, n - 1)), replace=False).tolist()))
     spans = list(zip([0, *cuts], [*cuts, n]))
+    checks, finite_rows = [], items.finite_rows
+    monkeypatch.setattr(items, "finite_rows", lambda arrays: checks.append(1) or finite_rows(arrays))
     shared = HostBatch(det, None)
     for a, b in spans:
         own = BatchResult(info, list(range(a, b)), [0.0] * (b - a), det, None, a)
         mine = BatchResult(info, list(range(a, b)), [0.0] * (b - a), det, None, a, shared=shared)
         for x, y in zip(own.arrays(), mine.arrays()):
             np.testing.assert_array_equal(x, y)
-        assert own.finite() == mine.finite() == (not a <= bad < b), (a, b, bad)
+        assert own.finite() == (not a <= bad < b), (a, b, bad)
+        before = len(checks)
+        assert mine.finite() == (not a <= bad < b), (a, b, bad)
+        shared_checks = len(checks) - before
+        assert shared_checks == (1 if a == 0 else 0), "the batch's finite check was not made once"
 
 
 def test_interrupted_sink_stays_partial(tmp_path):
