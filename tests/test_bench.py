@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import subprocess
 import sys
@@ -25,6 +27,7 @@ def test_pipeline_suite_times_the_same_configuration_as_one_command(tmp_path):
     # The command got the options the bench was given, and ran: its output holds the frames asked for.
     assert "`vidpipe detect VIDEO -o OUT --weights random --device cpu --batch-size 1 --max-frames 3`" in text
     assert "the command wrote 3 frames" in text
+    assert f"cpu_cores {os.cpu_count()}, kernel {platform.release()}" in text  # the machine, as figures need
 
 
 def test_startup_suite_takes_each_run_beside_the_import_timed_just_before_it(tmp_path, monkeypatch):

@@ -277,6 +277,8 @@ def machine_facts(device: torch.device) -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_cores": str(os.cpu_count()),
+        # The host's kernel (a sandbox's shows in it): live figures of one code moved 2x between machines.
+        "kernel": platform.release(),
     }
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
