@@ -166,6 +166,30 @@ def test_a_replaced_live_chunk_counts_each_of_its_frames_dropped():
     assert producer._dropped == {0: 2}
 
 
+def test_live_frames_dropped_in_a_burst_are_told_from_frames_the_consumer_left():
+    """Policy "latest": a frame replaced soon after it came (the decoder handed two over at once) counts
+    as dropped in a burst; one that waited a frame period and more for a consumer that did not come
+    counts as dropped only. The unit's end carries both counts."""
+    producer = FrameProducer(["cam"], "pyav", torch.device("cpu"), 4)
+    producer.start()  # no input can be probed: its end comes first, then nothing
+    producer.close()
+    unit = Unit(0, VideoInfo("cam", 8, 8, 0, 25.0, "h264", None), "cam")  # a frame period: 40 ms
+
+    def chunk(i: int) -> Chunk:
+        return Chunk(unit, FrameBatch("cam", torch.zeros(1, 3, 2, 2, dtype=torch.uint8), [i], [i / 25]),
+                     admitted=False)
+
+    producer._put(chunk(0))
+    producer._put(chunk(1))  # at once: a burst
+    time.sleep(0.05)
+    producer._put(chunk(2))  # frame 1 waited 50 ms: the consumer was late
+    producer._put(chunk(3))  # a burst again
+    producer._put(UnitEnd(unit, decoded=4))
+    items = [producer._ready.get_nowait()[-1] for _ in range(producer._ready.qsize())]
+    end = next(i for i in items if isinstance(i, UnitEnd) and i.unit is unit)
+    assert (end.dropped, end.dropped_in_bursts, end.decoded) == (3, 2, 1)
+
+
 def test_an_input_that_has_not_ended_holds_back_no_other():
     """A live stream never ends: the inputs after it are emitted, each whole and in its own order,
     while its own results keep coming out as they are ready."""

@@ -762,7 +762,9 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
            f"frame was decoded) <= {LIVE_P99_MS:.0f} ms. Utilisation (NVML) and host cores busy "
            f"(/proc/stat, of {os.cpu_count()}, the camera server's included): samples every 0.2 s while every "
            f"stream was past its first seconds. "
-           f"Dropped (--live-policy latest): frames missing in the streams' steady windows, and over the whole run. "
+           f"Dropped (--live-policy latest): frames missing in the streams' steady windows, and over the whole run; "
+           "in bursts: of those over the whole run, the frames replaced within half a frame period of coming (the "
+           "decoder handed several over at once), not because the engine fell behind. "
            f"Memory (runs of {LIVE_MEMORY_S + 30:.0f} s and more): the peak until every stream had run "
            f"{LIVE_MEMORY_S:.0f} s steady, then over the whole run; host: resident memory of the bench and every "
            f"process it started, GPU: used as NVML reports it (every process). "
@@ -813,6 +815,7 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
         rates = fig.rates
         p50, p99 = (float(np.percentile(fig.latencies, q)) if fig.latencies else float("nan") for q in (50, 99))
         dropped = sum(v.dropped for v in report.videos)
+        bursts = sum(v.dropped_in_bursts for v in report.videos)
         holds = min(rates) >= LIVE_FPS and p99 <= LIVE_P99_MS
         t0, t1 = (t - (time.time() - time.perf_counter()) for t in fig.window)
         nvdec = [v for xs in util.decoder.values() for t, v in xs if t0 <= t <= t1]  # all streams steady
@@ -828,7 +831,8 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
                      f"{k * info.fps:,.0f}",
                      f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
                      f"{fig.dropped / max(fig.dropped + len(fig.latencies), 1):.1%} / "
-                     f"{dropped / max(dropped + report.frames, 1):.1%}",
+                     f"{dropped / max(dropped + report.frames, 1):.1%}"
+                     + (f" ({bursts / dropped:.0%} in bursts)" if dropped else ""),
                      f"{median(nvdec):.0f}%" if nvdec else "n/a", f"{median(busy):.0f}%" if busy else "n/a",
                      f"{cores:.1f}" if cores is not None else "n/a", memory, "yes" if holds else "**no**"])
         print(" | ".join(rows[-1]), flush=True)

@@ -15,8 +15,11 @@ Live frames (a stream, a ``realtime`` file) come one per chunk (frames one decod
 one chunk). Under the ``latest`` policy they take no place for chunks and never wait: each unit has
 one slot for its newest chunk; one that arrives while the one before still waits for the consumer
 replaces it, and the older's frames are dropped and counted (:attr:`UnitEnd.dropped`), so results
-never fall behind the camera. Under ``all`` they wait for room like a file's (every frame, in a
-bounded buffer; the lag shows in their latency).
+never fall behind the camera. Drops within ``BURST`` of a frame period of the dropped frame's arrival
+are also counted apart (:attr:`UnitEnd.dropped_in_bursts`): the decoder handed several frames over at
+once, where the consumer had no time to take the first, rather than the consumer falling behind.
+Under ``all`` they wait for room like a file's (every frame, in a bounded buffer; the lag shows in
+their latency).
 
 With :class:`~.live.LiveSources` the planner follows the set: an added source gets a worker of its
 own and is planned; a removed one's units stop at their next frame (``UnitEnd.stopped``).
@@ -48,6 +51,7 @@ DONE = object()  # FrameProducer.get: every input is decoded
 _STOP = object()  # a worker's or the planner's last item
 CHUNK_BYTES = 32 << 20  # decoded frames handed over at once by a worker, at most
 READY_BYTES = 128 << 20  # decoded frames not yet taken by the consumer, about at most
+BURST = 0.5  # of a frame period: a live frame replaced sooner after it came was dropped in a burst
 
 
 class _Newest:
@@ -91,6 +95,8 @@ class FrameProducer:
         self.in_order = in_order  # each file one unit: its frames come in order (annotated video holds them)
         self._newest: dict[int, Chunk] = {}  # latest policy: per unit seq, the frame waiting for the consumer
         self._dropped: dict[int, int] = {}  # latest policy: per unit seq, frames replaced before they were taken
+        self._bursts: dict[int, int] = {}  # of those, per unit seq: replaced within BURST of a period of coming
+        self._arrived: dict[int, float] = {}  # latest policy: per unit seq, when its waiting chunk came
         self._newest_lock = threading.Lock()
         self._ended: set[int] = set()  # seqs of units whose source was removed: they stop at their next frame
         self._live_lock = threading.Lock()  # self._live: the consumer counts workers down, the planner adds
@@ -306,6 +312,8 @@ class FrameProducer:
         elif isinstance(item, UnitEnd):
             with self._newest_lock:
                 item.dropped = self._dropped.pop(item.unit.seq, 0)
+                item.dropped_in_bursts = self._bursts.pop(item.unit.seq, 0)
+                self._arrived.pop(item.unit.seq, None)
             item.decoded -= item.dropped  # what the consumer was handed
         # Earliest unit first: its results are the ones the orderer can emit, so little is held
         # back (at the end of a run, formatting held results would be a tail after the GPU is done).
@@ -319,12 +327,16 @@ class FrameProducer:
     def _newest_in(self, chunk: Chunk) -> _Newest | None:
         """``latest`` policy: ``chunk`` becomes its unit's waiting chunk. The one it replaces, if any,
         is dropped and its frames counted, and already has its place in the queue (None); else it gets one."""
-        seq = chunk.unit.seq
+        seq, now = chunk.unit.seq, time.monotonic()
         with self._newest_lock:
             waiting = self._newest.get(seq)
             self._newest[seq] = chunk
+            came, self._arrived[seq] = self._arrived.get(seq, now), now
             if waiting is not None:
                 self._dropped[seq] = self._dropped.get(seq, 0) + len(waiting.batch)
+                info = chunk.unit.info
+                if now - came < BURST / (info.fps if info is not None and info.fps else 30.0):
+                    self._bursts[seq] = self._bursts.get(seq, 0) + len(waiting.batch)
                 return None
         return _Newest(chunk.unit)
 

@@ -43,6 +43,9 @@ class VideoEnd:
     error: str | None = None
     fatal: bool = False  # decoding broke off (vs. a damaged file decoded to its end)
     dropped: int = 0  # live frames decoded but skipped by --live-policy latest (not in ``decoded``)
+    # Of those, frames replaced within half a frame period of coming: the decoder handed several over at
+    # once (a burst), rather than the engine falling behind.
+    dropped_in_bursts: int = 0
     stopped: bool = False  # its source was removed while it ran (LiveSources): ended early on request
     analytics: dict | None = None  # with lines or zones: the video's totals (Analytics.totals)
     info: VideoInfo | None = field(default=None, repr=False, compare=False)  # the video's, when it was probed
@@ -163,14 +166,15 @@ class Chunk:
 @dataclass
 class UnitEnd:
     """The end of ``unit``, after all its chunks: frames decoded and handed over, corrupt packets,
-    error, live frames decoded but dropped for newer ones (``latest`` policy), and whether it was
-    stopped on request (its source removed)."""
+    error, live frames decoded but dropped for newer ones (``latest`` policy; of those, how many in
+    bursts: :class:`VideoEnd`), and whether it was stopped on request (its source removed)."""
 
     unit: Unit
     decoded: int = 0
     corrupt: int = 0
     error: str | None = None
     dropped: int = 0
+    dropped_in_bursts: int = 0
     stopped: bool = False
 
 

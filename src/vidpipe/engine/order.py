@@ -95,6 +95,7 @@ class Orderer:
         f.decoded += end.decoded
         f.corrupt_packets += end.corrupt
         f.dropped += end.dropped
+        f.dropped_in_bursts += end.dropped_in_bursts
         f.stopped |= end.stopped
         if end.error is not None:
             f.error, f.fatal, file.dropping = end.error, True, True
