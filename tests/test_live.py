@@ -18,7 +18,7 @@ from vidpipe import Config, Detector
 from vidpipe.engine import run
 from vidpipe.models.boxes import BoxesFamily
 from vidpipe.sinks import open_sink
-from vidpipe.synth import make_clip
+from vidpipe.synth import make_clip, repeat_clip
 
 
 class Constant(torch.nn.Module):
@@ -75,6 +75,28 @@ def test_realtime_streams_run_side_by_side_at_their_rate(tmp_path):
         assert (captured - captured[0] >= np.arange(30) / 30 - 0.01).all()
         latency = np.array([x["latency_ms"] for x in lines])
         assert (latency >= 0).all() and np.median(latency) < 300, latency  # held for the other: ~500
+
+
+def test_a_source_that_changes_resolution_keeps_every_frame_with_its_own_size(tmp_path):
+    """A camera reconfigured mid-stream (two clips' MPEG-TS back to back: 64x48, then 96x64): every
+    frame written, each JSON line and Parquet row with its frame's width and height, read as a file
+    and as a live (--realtime) source."""
+    parts = [repeat_clip(make_clip(tmp_path / f"{i}.mp4", frames=12, width=w, height=h, bframes=False, seed=i),
+                         tmp_path / f"{i}.ts", 1) for i, (w, h) in enumerate(((64, 48), (96, 64)))]
+    clip = tmp_path / "cam.ts"
+    clip.write_bytes(b"".join(p.read_bytes() for p in parts))
+    sizes = [(64, 48)] * 12 + [(96, 64)] * 12
+    for live in (False, True):
+        out, _ = detect(tmp_path, [clip], realtime=live, live_policy="all")
+        lines = out[str(clip)]
+        assert [x["frame"] for x in lines] == list(range(24)) and all(x["detections"] for x in lines)
+        assert [(x["width"], x["height"]) for x in lines] == sizes
+    pq = pytest.importorskip("pyarrow.parquet")
+    det = Detector(Config(device="cpu", batch_size=4), model=BoxesFamily(Constant(), ["thing"]))
+    target = tmp_path / "cam.parquet"
+    run(det, [str(clip)], lambda v: open_sink("parquet", target, v.path, v.width, v.height))
+    rows = pq.read_table(target).to_pydict()
+    assert sorted(zip(rows["frame"], rows["width"], rows["height"])) == [(i, *s) for i, s in enumerate(sizes)]
 
 
 def test_latest_policy_drops_what_the_detector_could_not_take(tmp_path):

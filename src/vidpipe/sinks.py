@@ -42,7 +42,9 @@ class Sink(Protocol):
     def write(self, indices: list[int], times: list[float], boxes: np.ndarray, labels: np.ndarray,
               scores: np.ndarray, counts: np.ndarray, track_ids: np.ndarray | None = None,
               captured: np.ndarray | None = None, latency: np.ndarray | None = None,
-              analytics: list[dict] | None = None) -> None: ...
+              analytics: list[dict] | None = None, size: tuple[int, int] | None = None) -> None:
+        """``size``: these frames' (width, height), given only where it is not the video's (a stream
+        that changed resolution)."""
 
     def close(self, complete: bool) -> None: ...
 
@@ -127,20 +129,25 @@ class JsonlSink(_AtomicFile):
                  classes: Classes = SSD300_CLASSES) -> None:
         super().__init__(path)
         self.names_json = [json.dumps(n) for n in classes.names]
-        name = json.dumps(video).replace("%", "%%")  # the line is a "%" template
-        self.head = (f'{{"video": {name}, "frame": %d, "time": %.6f, "width": {width}, "height": {height}, '
-                     '"detections": [')
+        self.name = json.dumps(video).replace("%", "%%")  # the line is a "%" template
+        self.head = self._head(width, height)
+
+    def _head(self, width: int, height: int) -> str:
+        return (f'{{"video": {self.name}, "frame": %d, "time": %.6f, "width": {width}, "height": {height}, '
+                '"detections": [')
 
     def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
-              latency=None, analytics=None) -> None:
-        self.write_lines(self.formatter()(indices, times, boxes, labels, scores, counts, track_ids, captured,
-                                          latency, analytics), len(indices))
+              latency=None, analytics=None, size=None) -> None:
+        formatter = self.formatter() if size is None else self.formatter(size)
+        self.write_lines(formatter(indices, times, boxes, labels, scores, counts, track_ids, captured, latency,
+                                   analytics), len(indices))
 
-    def formatter(self) -> partial:
+    def formatter(self, size: tuple[int, int] | None = None) -> partial:
         """``f(indices, times, boxes, labels, scores, counts[, track_ids]) -> str``: the text of those frames,
         without writing it; picklable, so it may run in another process (the engine formats
-        results as soon as they land and writes them once they are in order)."""
-        return partial(jsonl_lines, self.head, self.names_json)
+        results as soon as they land and writes them once they are in order). ``size``: the frames'
+        (width, height) where it is not the video's."""
+        return partial(jsonl_lines, self.head if size is None else self._head(*size), self.names_json)
 
     def write_lines(self, text: str, frames: int) -> None:
         self.file.write(text)
@@ -214,7 +221,7 @@ class CocoSink(_AtomicFile):
         self.first = True
 
     def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
-              latency=None, analytics=None) -> None:  # a live source's clock, a frame's counts: no place in COCO
+              latency=None, analytics=None, size=None) -> None:  # a live clock, counts, frame size: not in COCO
         items = []
         for i, (frame, c) in enumerate(zip(indices, counts.tolist())):
             ids = track_ids[i, :c].tolist() if track_ids is not None else [None] * c
@@ -265,8 +272,9 @@ class ParquetSink(_AtomicFile):
         self.pending_rows = 0
 
     def write(self, indices, times, boxes, labels, scores, counts, track_ids=None, captured=None,
-              latency=None, analytics=None) -> None:  # a live source's clock, a frame's counts: not columns
+              latency=None, analytics=None, size=None) -> None:  # a live source's clock, a frame's counts: not columns
         counts = np.asarray(counts)
+        width, height = size or (self.width, self.height)
         mask = np.arange(boxes.shape[1])[None, :] < counts[:, None]
         n = int(mask.sum())
         self.frames += len(indices)
@@ -279,6 +287,7 @@ class ParquetSink(_AtomicFile):
             "time": np.repeat(np.asarray(times, dtype=np.float64), counts),
             "class_id": lab.astype(np.int16), "score": scores[mask].astype(np.float32),
             "x1": b[:, 0], "y1": b[:, 1], "x2": b[:, 2], "y2": b[:, 3],
+            "width": np.full(n, width, np.int32), "height": np.full(n, height, np.int32),
             **({"track_id": track_ids[mask].astype(np.int64)} if track_ids is not None else {}),
         })
         self.pending_rows += n
@@ -293,8 +302,7 @@ class ParquetSink(_AtomicFile):
         pa = self.pa
         table = pa.table({
             "video": pa.array([self.video] * n, pa.string()), "frame": cols["frame"], "time": cols["time"],
-            "width": pa.array(np.full(n, self.width, np.int32)),
-            "height": pa.array(np.full(n, self.height, np.int32)),
+            "width": cols["width"], "height": cols["height"],
             "class_id": cols["class_id"],
             "class_name": pa.array([self.names[i] for i in cols["class_id"].tolist()], pa.string()),
             "score": cols["score"], "x1": cols["x1"].astype(np.float32), "y1": cols["y1"].astype(np.float32),
@@ -451,7 +459,7 @@ class NullSink:
         self.path = Path(path)
         self.frames = 0
 
-    def write(self, indices, *args) -> None:
+    def write(self, indices, *args, **kwargs) -> None:
         self.frames += len(indices)
 
     def close(self, complete: bool) -> None:

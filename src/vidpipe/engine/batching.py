@@ -31,12 +31,13 @@ MAX_WAIT = 0.05
 @dataclass
 class Rows:
     """Rows of a batch that hold consecutive frames of ``unit`` (``captured``: a live source's
-    wall-clock arrival times, else None)."""
+    wall-clock arrival times, else None; ``size``: the frames' (width, height))."""
 
     unit: Unit
     indices: list[int]
     times: list[float]
     captured: list[float] | None = None
+    size: tuple[int, int] | None = None
 
 
 class Batcher:
@@ -65,7 +66,7 @@ class Batcher:
                 if head.captured is not None:
                     pieces[-1].captured = (pieces[-1].captured or []) + head.captured
             else:
-                pieces.append(Rows(chunk.unit, list(head.indices), list(head.times), head.captured))
+                pieces.append(Rows(chunk.unit, list(head.indices), list(head.times), head.captured, (w, h)))
             if batch.n == batch.size:
                 yield self._take((h, w))
 

@@ -110,6 +110,11 @@ class BatchResult:
     pixels: torch.Tensor | None = None
     pixels_ready: torch.cuda.Event | None = None
     shared: HostBatch | None = None  # ``det`` and ``event`` as every result of the batch sees them
+    size: tuple[int, int] | None = None  # the frames' (width, height); None: the video's
+
+    def resized(self) -> tuple[int, int] | None:
+        """The frames' (width, height) where it is not their video's (a stream that changed resolution)."""
+        return self.size if self.size is not None and self.size != (self.info.width, self.info.height) else None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """boxes, labels, scores, counts of these frames as NumPy views, once the copy has landed."""

@@ -144,7 +144,8 @@ class Scheduler:
         for r in rows:
             result = BatchResult(r.unit.info, r.indices, r.times, host, event, row, classes=self.detector.classes,
                                  captured=r.captured, pixels_ready=ready,
-                                 pixels=None if kept is None else kept[row:row + len(r.indices)], shared=shared)
+                                 pixels=None if kept is None else kept[row:row + len(r.indices)], shared=shared,
+                                 size=r.size)
             self.order.add(r.unit, result)
             if self.on_issue is not None:
                 self.on_issue(result)

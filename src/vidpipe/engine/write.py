@@ -167,6 +167,12 @@ def _settle(future: Future, done: Future) -> None:
         future.set_result(result)
 
 
+def _formatter(sink: Sink, r: BatchResult) -> Callable[..., str]:
+    """The sink's formatter for ``r``'s frames (their size given only where it is not their video's)."""
+    size = r.resized()
+    return sink.formatter() if size is None else sink.formatter(size)
+
+
 def _spread(texts: Future, futures: list[Future]) -> None:
     """Each of ``futures`` gets its text from the list ``texts`` gives, or its exception."""
     try:
@@ -323,8 +329,9 @@ class Writer:
         if (video.lane is not None and video.analytics is None and video.video is None and r.captured is None
                 and self.formatters is not None and hasattr(video.sink, "formatter")):
             # Tracked and formatted in the video's lane; written once done, while later batches go on.
-            if video.pending and video.pending[0][1][0].shape[1:] != arrays[0].shape[1:]:
-                self._send(video)  # a group's arrays are concatenated: one padded width
+            if video.pending and (video.pending[0][1][0].shape[1:] != arrays[0].shape[1:]
+                                  or video.pending[0][0].resized() != r.resized()):
+                self._send(video)  # a group's arrays are concatenated (one padded width), its text has one size
             r.text = Future()
             video.pending.append((r, arrays))
             self.ahead.append((video, r))
@@ -380,6 +387,8 @@ class Writer:
                 text = r.text.result() if isinstance(r.text, Future) else r.text
                 if text is not None:
                     video.sink.write_lines(text, len(r.indices))
+                elif (size := r.resized()) is not None:
+                    video.sink.write(r.indices, r.times, *arrays, size=size)
                 else:
                     video.sink.write(r.indices, r.times, *arrays)
                 stamp("written")
@@ -402,8 +411,9 @@ class Writer:
         results = [r for r, _ in group]
         arrays = tuple(np.concatenate(parts) for parts in zip(*(a for _, a in group)))
         tracking, texts = self.formatters.track_text(
-            video.lane, video.key, video.info.fps, video.sink.formatter(), [len(r.indices) for r in results],
-            [i for r in results for i in r.indices], [t for r in results for t in r.times], arrays)
+            video.lane, video.key, video.info.fps, _formatter(video.sink, results[0]),
+            [len(r.indices) for r in results], [i for r in results for i in r.indices],
+            [t for r in results for t in r.times], arrays)
         video.tracking.append(tracking)
         texts.add_done_callback(lambda f: _spread(f, [r.text for r in results]))
 
@@ -417,9 +427,10 @@ class Writer:
 
     def _format(self, sink: Sink, r: BatchResult, arrays: tuple) -> str | Future:
         """The text of ``r``'s frames: made in the formatting processes (a Future) or here."""
+        formatter = _formatter(sink, r)
         if self.formatters is not None:
-            return self.formatters.submit(sink.formatter(), r.indices, r.times, arrays)
-        return sink.formatter()(r.indices, r.times, *arrays)
+            return self.formatters.submit(formatter, r.indices, r.times, arrays)
+        return formatter(r.indices, r.times, *arrays)
 
     def _fail(self, video: _Open, reason: str) -> None:
         video.failure = reason
