@@ -221,6 +221,26 @@ def test_a_run_draws_its_line_and_zone_in_every_frame(tmp_path):
         assert shown == inside[f], f
 
 
+def test_frames_of_another_size_are_scaled_to_the_videos(tmp_path):
+    """A source that changed resolution: frames larger and smaller than the video's are scaled to its
+    size (not cropped: the bright right half of a 128x96 frame stays on the right), and the zone is
+    drawn on frames of each size (its outline remade for each)."""
+    sink = VideoSink(tmp_path / "v.mp4", 64, 48, 10.0, zones=("box:8,8,40,8,40,30,8,30",))
+    for i, (h, w) in enumerate(((48, 64), (96, 128), (24, 32))):
+        frames = torch.full((2, 3, h, w), 20, dtype=torch.uint8)
+        frames[..., w // 2:] = 220
+        sink.write(frames, None, [2 * i, 2 * i + 1], np.zeros((2, 0, 4), np.float32), np.zeros((2, 0), np.int64),
+                   np.zeros((2, 0), np.float32), np.zeros(2, np.int64), counted=[{"zones": {"box": {}}}] * 2)
+    sink.close(complete=True)
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        got = [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]
+    assert len(got) == 6 and all(img.shape == (48, 64, 3) for img in got)
+    for img in got:
+        assert abs(img[40:, 22:30].mean() - 20) < 8 and abs(img[40:, 36:60].mean() - 220) < 8  # halves kept
+        magenta = (img[..., 0] > 120) & (img[..., 1] < 80) & (img[..., 2] > 120)
+        assert magenta.sum() >= 8  # the zone, drawn in the frame's own pixels before scaling
+
+
 def test_a_live_video_rolls_into_files_of_its_seconds(tmp_path):
     """Frames 0..34 of a 10 frames/s stream (frame 12 dropped) in batches that straddle the cuts, one
     second per file: four files cut at frames 10, 20 and 30, each starting at time 0, each frame

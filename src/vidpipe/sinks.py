@@ -331,7 +331,8 @@ class VideoSink(_AtomicFile):
     drawn on their device (:mod:`vidpipe.draw`), are converted to yuv420p there and copied to the
     host once, then encoded by libx264 (PyAV) on the CPU's threads: H100 and H200 have no NVENC.
     Frame ``i`` is shown at ``i / fps`` (a live source's dropped frames leave their gap). Odd frame
-    sizes lose their last row or column (4:2:0 needs even sizes). ``lines`` and ``zones`` (``--line``
+    sizes lose their last row or column (4:2:0 needs even sizes); frames of another size than the
+    video's (a source that changed resolution) are scaled to it, after drawing. ``lines`` and ``zones`` (``--line``
     / ``--zone`` specs) are drawn on every frame, labelled with the counts :meth:`write` gets."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
@@ -344,7 +345,8 @@ class VideoSink(_AtomicFile):
 
         self.lines, self.zones = [parse_line(x) for x in lines], [parse_zone(x) for x in zones]
         super().__init__(path, binary=True)
-        self.regions = None  # drawn lines and zones, made on the frames' device by the first write
+        self.regions = None  # drawn lines and zones, made on the frames' device for the frames' size
+        self.size = (height, width)  # the frames', as declared
         self.start = start
         self.names = tuple(classes.names)
         self.container = av.open(self.file, "w", format="mp4")
@@ -366,13 +368,17 @@ class VideoSink(_AtomicFile):
 
         if ready is not None:
             torch.cuda.current_stream(frames.device).wait_event(ready)
-        if self.regions is None and (self.lines or self.zones):
+        if (self.lines or self.zones) and (self.regions is None or self.regions.outline.shape != frames.shape[2:]):
             self.regions = Regions.make(*frames.shape[2:], self.lines, self.zones, frames.device)
         on = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(frames.device)  # noqa: E731
         drawn = annotate(frames, on(boxes), on(labels), on(scores), on(counts),
                          None if track_ids is None else on(track_ids), self.names, self.regions,
                          None if self.regions is None else self.regions.labels(counted, len(indices)))
-        planes = to_yuv420(drawn[..., :self.stream.height, :self.stream.width]).cpu().numpy()
+        h, w = self.stream.height, self.stream.width
+        if drawn.shape[2:] != self.size:  # an MP4's video stream has one size
+            drawn = torch.nn.functional.interpolate(drawn.float(), size=(h, w), mode="bilinear", antialias=True)
+            drawn = drawn.round().clamp(0, 255).to(torch.uint8)
+        planes = to_yuv420(drawn[..., :h, :w]).cpu().numpy()
         for frame, plane in zip(indices, planes):
             picture = av.VideoFrame.from_ndarray(plane, format="yuv420p")
             picture.pts = frame - self.start
