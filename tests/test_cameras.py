@@ -67,3 +67,34 @@ def test_camera_urls_are_probed_side_by_side(tmp_path, monkeypatch):
     assert sorted(ends) == sorted(urls)
     assert all(e.decoded == 3 and e.error is None for e in ends.values()), [(e.decoded, e.error) for e in ends.values()]
     assert sum(len(i.batch) for i in items if isinstance(i, Chunk)) == 15
+
+
+def test_a_stream_whose_packets_stop_decoding_is_reopened_then_given_up(tmp_path):
+    """A stream whose packets all fail to decode for the read timeout (on NVDEC: a decoder session that
+    cannot take the stream's new frame size; garbage) reads as a lost connection: reopened with
+    back-off, and given up on in one line when the reopened connection does the same. The failures
+    are made here: from the 11th packet of the first connection, every packet of the later ones."""
+    clip = make_clip(tmp_path / "c.mp4", frames=30, width=96, height=64, bframes=False)
+
+    class Failing(PyAVSource):
+        connections = 0
+
+        def _decode(self, c, stream):
+            self.connections += 1
+            for i, packet in enumerate(c.demux(stream)):
+                if packet.size and (i >= 10 or self.connections > 1):
+                    self._undecodable()
+                    continue
+                yield from packet.decode()
+
+    with CameraServer(str(clip)) as cams:
+        src = Failing(cams.url(0), timeout=0.5, reconnects=1)
+        frames = []
+        with pytest.raises(VidpipeError) as e:
+            for batch in src.batches(1):
+                frames += batch.indices
+    # The first connection's frames (the decoder holds a few of its ten packets' back), none after.
+    assert frames == list(range(len(frames))) and 5 <= len(frames) <= 10
+    assert src.connections == 2 and src.reconnections == 1
+    assert str(e.value).endswith("connection lost (no frame decoded for 0.5 s); gave up after 1 reconnects")
+    assert src.corrupt_packets >= 20  # half a second of packets at 30 a second, twice

@@ -198,6 +198,10 @@ def _scan_packets(path: str, mtime_ns: int, size: int) -> PacketIndex:
                        tuple(pts for pts, _ in packets), leading)
 
 
+class UndecodableStream(OSError):
+    """A stream whose packets stopped decoding: reopened as a lost connection is."""
+
+
 class PyAVSource:
     """FFmpeg (CPU) decode of one video or stream URL; see the module docstring.
 
@@ -221,6 +225,7 @@ class PyAVSource:
         self.timeout = timeout
         self.decoded = 0
         self.corrupt_packets = 0
+        self._failing_since: float | None = None  # the first packet that failed since the last frame
         self.reconnections = 0
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
@@ -296,6 +301,7 @@ class PyAVSource:
                 with _open(self.info.path, self.timeout) as c, \
                         closing(self._decode(c, self._video_stream(c))) as decoded:
                     for frame in decoded:
+                        self._failing_since = None
                         if replays and last_pts is not None and frame.pts is not None and frame.pts <= last_pts:
                             continue  # replayed by the server after a reconnect
                         last_pts = frame.pts if frame.pts is not None else last_pts
@@ -332,7 +338,19 @@ class PyAVSource:
             except av.error.EOFError:
                 return
             except av.error.FFmpegError:  # a corrupt packet costs its frames, not the file
-                self.corrupt_packets += 1
+                self._undecodable()
+
+    def _undecodable(self) -> None:
+        """A packet that could not be decoded: counted. A stream (not a file, decoded to its end) whose
+        packets have yielded no frame for ``timeout`` s since one failed is read as a lost connection
+        and reopened with back-off: sending garbage, or a size change a decoder session cannot take."""
+        self.corrupt_packets += 1
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > self.timeout and is_stream_url(self.info.path):
+            self._failing_since = None
+            raise UndecodableStream(f"no frame decoded for {self.timeout:g} s")
 
     def _image(self, frame: av.VideoFrame) -> np.ndarray:
         return frame.to_ndarray(format="rgb24")
@@ -592,7 +610,7 @@ class NvdecStreamSource(PyAVSource):
             try:
                 frames = dec.Decode(pd)
             except Exception:  # a damaged packet costs its frames, not the stream
-                self.corrupt_packets += 1
+                self._undecodable()
                 return []
             # Copied before the next Decode reuses the surfaces (same stream, so in order).
             return [_DeviceFrame(None if f.timestamp == _NO_PTS else f.timestamp, time_base,
