@@ -332,8 +332,9 @@ class VideoSink(_AtomicFile):
     host once, then encoded by libx264 (PyAV) on the CPU's threads: H100 and H200 have no NVENC.
     Frame ``i`` is shown at ``i / fps`` (a live source's dropped frames leave their gap). Odd frame
     sizes lose their last row or column (4:2:0 needs even sizes); frames of another size than the
-    video's (a source that changed resolution) are scaled to it, after drawing. ``lines`` and ``zones`` (``--line``
-    / ``--zone`` specs) are drawn on every frame, labelled with the counts :meth:`write` gets."""
+    video's (a source that changed resolution) are scaled to it, after drawing. ``lines`` and
+    ``zones`` (``--line`` / ``--zone`` specs) are drawn on every frame, labelled with the counts
+    :meth:`write` gets."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
                  classes: Classes = SSD300_CLASSES, lines: tuple[str, ...] = (), zones: tuple[str, ...] = (),
