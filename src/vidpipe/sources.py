@@ -297,6 +297,7 @@ class PyAVSource:
         replays = url and self.info.num_frames > 0  # a file served over the network, not a live feed
         last_pts, delivered, attempt = None, 0, 0
         while True:
+            self._failing_since = None  # each connection's failures are its own
             try:
                 with _open(self.info.path, self.timeout) as c, \
                         closing(self._decode(c, self._video_stream(c))) as decoded:
