@@ -460,6 +460,36 @@ def test_nvdec_decodes_leading_pictures_whole_and_in_parts(tmp_path):
     assert torch.equal(torch.cat(parts), whole)
 
 
+def test_the_packet_scan_names_the_container(tmp_path):
+    """What open_source routes MPEG-TS files to NVDEC's packet path by."""
+    clip = make_clip(tmp_path / "a.mp4", frames=12)
+    ts = repeat_clip(clip, tmp_path / "a.ts", 1)
+    assert scan_packets(str(ts)).container == "mpegts" and scan_packets(str(clip)).container != "mpegts"
+
+
+@pytest.mark.nvdec
+@pytest.mark.parametrize("bframes", [False, True])
+def test_nvdec_decodes_mpegts_files_whole_in_parts_and_in_a_run(tmp_path, bframes):
+    """An MPEG-TS file on NVDEC (of which SimpleDecoder gave no frame): every frame, in order, FFmpeg's
+    but for YUV->RGB rounding; parts cut at keyframes reassemble the whole; and a run's decode pool,
+    which cuts the file into parts for its workers, hands over each frame once."""
+    clip = make_clip(tmp_path / "a.mp4", frames=48, width=96, height=64, bframes=bframes, gop=12, seed=3)
+    path = str(repeat_clip(clip, tmp_path / "a.ts", 2))
+    whole, idx, _ = decode_all(open_source(path, "nvdec", torch.device("cuda")))
+    ref, *_ = decode_all(PyAVSource(path, "cuda"))
+    assert idx == list(range(96)) and (whole.float() - ref.float()).abs().mean((1, 2, 3)).max() < 3.0
+    src = open_source(path, "nvdec", torch.device("cuda"))
+    parts = [torch.cat([b.frames.cpu() for b in src.batches(5, a, b)]) for a, b in ((0, 36), (36, 60), (60, 96))]
+    assert torch.equal(torch.cat(parts), whole)
+    items = list(FrameProducer([path], "nvdec", torch.device("cuda"), 8, segment_min=12))
+    chunks = [i for i in items if isinstance(i, Chunk)]
+    assert len({i.unit.seq for i in items}) > 1  # parts, decoded side by side
+    assert sorted(j for c in chunks for j in c.batch.indices) == list(range(96))
+    assert all(e.error is None and not e.corrupt for e in items if isinstance(e, UnitEnd))
+    frames = {j: f for c in chunks for j, f in zip(c.batch.indices, c.batch.frames.cpu())}
+    assert torch.equal(torch.stack([frames[j] for j in range(96)]), whole)
+
+
 def one_interval_each(units, keyframes: list[int], segment_min: int) -> bool:
     """Whether every unit starts on a keyframe and holds no later keyframe it could have been cut at."""
     return all(u.start in keyframes and not any(u.start + segment_min <= k < u.stop for k in keyframes) for u in units)

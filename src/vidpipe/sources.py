@@ -163,6 +163,7 @@ class PacketIndex:
     # Leading pictures: frames after a keyframe in decode order but shown before it (an open GOP,
     # x265's default), which PyNvVideoCodec's SimpleDecoder gets wrong (see open_source).
     leading: bool = False
+    container: str = ""  # FFmpeg's name for the file's format ("mpegts", "matroska,webm", ...)
 
 
 def _file_key(path: str) -> tuple:
@@ -183,10 +184,10 @@ def _scan_packets(path: str, mtime_ns: int, size: int) -> PacketIndex:
     with av.open(path) as c:
         stream = c.streams.video[0]
         packets = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.size]
-        tb, fps = stream.time_base, float(stream.average_rate or 30)
+        tb, fps, container = stream.time_base, float(stream.average_rate or 30), c.format.name
     if any(pts is None for pts, _ in packets):  # raw elementary streams carry no timestamps
         return PacketIndex(tuple(i / fps for i in range(len(packets))),
-                           tuple(i for i, (_, key) in enumerate(packets) if key))
+                           tuple(i for i, (_, key) in enumerate(packets) if key), container=container)
     leading, key_pts = False, None
     for pts, key in packets:  # decode order
         key_pts = pts if key else key_pts
@@ -195,7 +196,7 @@ def _scan_packets(path: str, mtime_ns: int, size: int) -> PacketIndex:
     first = packets[0][0] if packets else 0
     return PacketIndex(tuple(float((pts - first) * tb) for pts, _ in packets),
                        tuple(i for i, (_, key) in enumerate(packets) if key),
-                       tuple(pts for pts, _ in packets), leading)
+                       tuple(pts for pts, _ in packets), leading, container)
 
 
 class UndecodableStream(OSError):
@@ -673,11 +674,13 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
     frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). Files with leading
     pictures take the second: SimpleDecoder gave wrong frames for them (HEVC open GOPs: mean
     difference 8-16 levels from FFmpeg's frames on those, 0.7 on every other frame and on the packet
-    path's; docs/results.md, "Twentieth session")."""
+    path's; docs/results.md, "Twentieth session"), and so do MPEG-TS files, of which SimpleDecoder
+    counted every frame and gave none (H.264 with and without B-frames; MP4 and Matroska whole;
+    "Twenty-seventh session")."""
     info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
     if decoder == "nvdec":
         try:
-            if is_stream_url(path) or scan_packets(path).leading:
+            if is_stream_url(path) or (index := scan_packets(path)).leading or index.container == "mpegts":
                 return NvdecStreamSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)
         except VidpipeError as e:
