@@ -165,6 +165,13 @@ class PacketIndex:
     leading: bool = False
     container: str = ""  # FFmpeg's name for the file's format ("mpegts", "matroska,webm", ...)
 
+    @property
+    def exact_seeks(self) -> bool:
+        """Whether a seek to a keyframe's timestamp lands on that keyframe. MPEG-TS has no index:
+        FFmpeg searches it by decode timestamps and landed frames after the keyframe (6 frames after
+        the first of an x264 clip with B-frames), so a part decoded from there lost its first frames."""
+        return self.container != "mpegts"
+
 
 def _file_key(path: str) -> tuple:
     """A file's identity for caches: its path and version (a file replaced under the same name is
@@ -263,7 +270,8 @@ class PyAVSource:
         key = max((k for k in index.keyframes if k <= start), default=0)
         with _open(self.info.path, self.timeout) as c:
             stream = self._video_stream(c)
-            c.seek(index.pts[key], stream=stream, backward=True)
+            if index.exact_seeks:  # else decoded from the start, the frames before ``start`` skipped
+                c.seek(index.pts[key], stream=stream, backward=True)
             with closing(self._decode(c, stream)) as decoded:
                 for frame in decoded:
                     i = bisect_left(index.pts, frame.pts) if frame.pts is not None else -1

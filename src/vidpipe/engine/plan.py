@@ -2,7 +2,8 @@
 
 In: a path (file or stream URL) and the decoder chosen for it. Out: :class:`~.items.Unit` s (frames
 ``[start, stop)``; ``seq`` is set by the producer as units are opened). A file NVDEC decodes is cut
-at keyframes so that several workers decode it at once; anything else is one unit.
+at keyframes so that several workers decode it at once, unless seeks in it are not exact (MPEG-TS);
+anything else is one unit.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def plan_units(path: str, info: VideoInfo | None, decoder: str, workers: int, *,
     if decoder != "nvdec" or is_stream_url(path) or workers == 1:
         return [Unit(-1, info, path, *(frames or (0, None)))]
     scan = scan_packets(path)
+    if not info.num_frames:  # a header without a count (MPEG-TS, Matroska): the scan's, so a shortfall shows
+        info = replace(info, num_frames=len(scan.times))
+    if not scan.exact_seeks:  # each part would decode from the file's start
+        return [Unit(-1, info, path, *(frames or (0, None)))]
     lo, n = frames or (0, len(scan.times))
     n = min(n, len(scan.times), max_frames or n)
     target = max(segment_min, min(segment_max, -(-(n - lo) // (2 * workers))))
