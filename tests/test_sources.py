@@ -461,7 +461,7 @@ def test_nvdec_decodes_leading_pictures_whole_and_in_parts(tmp_path):
 
 
 def test_the_packet_scan_names_the_container(tmp_path):
-    """What open_source routes MPEG-TS files to NVDEC's packet path by."""
+    """What the planner and open_source tell MPEG-TS files apart by (no exact seeks)."""
     clip = make_clip(tmp_path / "a.mp4", frames=12)
     ts = repeat_clip(clip, tmp_path / "a.ts", 1)
     assert scan_packets(str(ts)).container == "mpegts" and scan_packets(str(clip)).container != "mpegts"

@@ -267,10 +267,10 @@ class PyAVSource:
         if not index.pts:
             raise VidpipeError(f"{self.info.path}: no timestamps, so frame ranges cannot be decoded")
         stop = len(index.pts) if stop is None else min(stop, len(index.pts))
-        key = max((k for k in index.keyframes if k <= start), default=0)
         with _open(self.info.path, self.timeout) as c:
             stream = self._video_stream(c)
             if index.exact_seeks:  # else decoded from the start, the frames before ``start`` skipped
+                key = max((k for k in index.keyframes if k <= start), default=0)
                 c.seek(index.pts[key], stream=stream, backward=True)
             with closing(self._decode(c, stream)) as decoded:
                 for frame in decoded:
@@ -682,13 +682,13 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
     frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). Files with leading
     pictures take the second: SimpleDecoder gave wrong frames for them (HEVC open GOPs: mean
     difference 8-16 levels from FFmpeg's frames on those, 0.7 on every other frame and on the packet
-    path's; docs/results.md, "Twentieth session"), and so do MPEG-TS files, of which SimpleDecoder
-    counted every frame and gave none (H.264 with and without B-frames; MP4 and Matroska whole;
-    "Twenty-seventh session")."""
+    path's; docs/results.md, "Twentieth session"), and so do files it cannot seek in exactly:
+    of MPEG-TS files SimpleDecoder counted every frame and gave none (H.264 with and without
+    B-frames; MP4 and Matroska whole; "Twenty-seventh session")."""
     info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
     if decoder == "nvdec":
         try:
-            if is_stream_url(path) or (index := scan_packets(path)).leading or index.container == "mpegts":
+            if is_stream_url(path) or (index := scan_packets(path)).leading or not index.exact_seeks:
                 return NvdecStreamSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)
         except VidpipeError as e:
