@@ -86,16 +86,18 @@ def test_long_file_is_split_across_workers_and_joined(tmp_path, fmt):
 
 def test_a_long_file_is_split_only_where_it_can_be_sought(tmp_path):
     """An MP4 is cut at keyframes into a part per worker; the same video as MPEG-TS, where a part would
-    decode from the file's start, stays one task."""
+    decode from the file's start, stays one task, as does a raw H.264 stream (no timestamps)."""
     from vidpipe.scale import plan_tasks
     from vidpipe.synth import repeat_clip
 
     mp4 = make_clip(tmp_path / "long.mp4", frames=24, width=64, height=48, gop=6)
     ts = repeat_clip(mp4, tmp_path / "long.ts", 1)
-    tasks = plan_tasks({str(mp4): tmp_path / "a.jsonl", str(ts): tmp_path / "b.jsonl"}, 2, 8)
+    raw = make_clip(tmp_path / "long.h264", frames=24, width=64, height=48, gop=6)
+    tasks = plan_tasks({str(mp4): tmp_path / "a.jsonl", str(ts): tmp_path / "b.jsonl",
+                        str(raw): tmp_path / "c.jsonl"}, 2, 8)
     parts = [t[2] for t in tasks if t[0] == str(mp4)]
     assert len(parts) == 2 and parts[0][0] == 0 and parts[0][1] == parts[1][0] and parts[1][1] == 24
-    assert [t[2] for t in tasks if t[0] == str(ts)] == [None]
+    assert [t[2] for t in tasks if t[0] in (str(ts), str(raw))] == [None, None]
 
 
 def test_busy_window_counts_only_while_every_worker_is_busy(monkeypatch):

@@ -467,11 +467,14 @@ def test_the_packet_scan_names_the_container(tmp_path):
     assert scan_packets(str(ts)).container == "mpegts" and scan_packets(str(clip)).container != "mpegts"
 
 
-def test_parts_of_an_mpegts_file_reassemble_the_whole(tmp_path):
+@pytest.mark.parametrize("ext", ["ts", "h264"])
+def test_parts_of_an_unseekable_file_reassemble_the_whole(tmp_path, ext):
     """With B-frames a seek in MPEG-TS landed frames after the keyframe sought (no index), so a part lost
-    its first frames; parts are decoded from the file's start instead, the frames before them skipped."""
+    its first frames; parts are decoded from the file's start instead, the frames before them skipped.
+    So are a raw H.264 stream's, which has no timestamps (its parts failed: nothing to seek by)."""
     clip = make_clip(tmp_path / "a.mp4", frames=48, width=96, height=64, gop=12, seed=3)
-    path = str(repeat_clip(clip, tmp_path / "a.ts", 2))
+    path = str(repeat_clip(clip, tmp_path / "a.ts", 2) if ext == "ts" else
+               make_clip(tmp_path / "a.h264", frames=96, width=96, height=64, gop=12, seed=3))
     whole, idx, _ = decode_all(PyAVSource(path))
     assert idx == list(range(96))
     for a, b in ((0, 36), (13, 60), (60, 96)):
@@ -482,22 +485,26 @@ def test_parts_of_an_mpegts_file_reassemble_the_whole(tmp_path):
 
 def test_an_nvdec_file_without_a_frame_count_is_planned_with_the_scans(tmp_path):
     """NVDEC plans: a Matroska file (no count in its header) is cut into parts whose video expects the
-    scan's frame count, so frames a part fails to deliver are reported lost; an MPEG-TS file is one part."""
+    scan's frame count, so frames a part fails to deliver are reported lost; an MPEG-TS file and a raw
+    H.264 stream (nothing to seek by) are one part each."""
     clip = make_clip(tmp_path / "a.mp4", frames=48, width=96, height=64, gop=12, seed=3)
     mkv, ts = (str(repeat_clip(clip, tmp_path / f"a.{ext}", 2)) for ext in ("mkv", "ts"))
-    assert probe(mkv).num_frames == probe(ts).num_frames == 0
-    parts, whole = (plan_units(p, None, "nvdec", 4, segment_min=12) for p in (mkv, ts))
+    raw = str(make_clip(tmp_path / "a.h264", frames=96, width=96, height=64, gop=12, seed=3))
+    assert probe(mkv).num_frames == probe(ts).num_frames == probe(raw).num_frames == 0
+    parts, *whole = (plan_units(p, None, "nvdec", 4, segment_min=12) for p in (mkv, ts, raw))
     assert len(parts) > 1 and {u.info.num_frames for u in parts} == {96}
-    assert [(u.start, u.stop, u.info.num_frames) for u in whole] == [(0, None, 96)]
+    assert [[(u.start, u.stop, u.info.num_frames) for u in w] for w in whole] == [[(0, None, 96)]] * 2
 
 
 @pytest.mark.nvdec
-@pytest.mark.parametrize("bframes", [False, True])
-def test_nvdec_decodes_mpegts_files_whole_in_parts_and_in_a_run(tmp_path, bframes):
-    """An MPEG-TS file on NVDEC (of which SimpleDecoder gave no frame): every frame, in order, FFmpeg's
-    but for YUV->RGB rounding; parts reassemble the whole; a run's decode pool hands over each frame once."""
+@pytest.mark.parametrize("ext,bframes", [("ts", False), ("ts", True), ("h264", True)])
+def test_nvdec_decodes_unseekable_files_whole_in_parts_and_in_a_run(tmp_path, ext, bframes):
+    """An MPEG-TS file (of which SimpleDecoder gave no frame) or a raw H.264 stream on NVDEC: every frame,
+    in order, FFmpeg's but for YUV->RGB rounding; parts reassemble the whole; a run's decode pool hands
+    over each frame once."""
     clip = make_clip(tmp_path / "a.mp4", frames=48, width=96, height=64, bframes=bframes, gop=12, seed=3)
-    path = str(repeat_clip(clip, tmp_path / "a.ts", 2))
+    path = str(repeat_clip(clip, tmp_path / "a.ts", 2) if ext == "ts" else
+               make_clip(tmp_path / "a.h264", frames=96, width=96, height=64, bframes=bframes, gop=12, seed=3))
     whole, idx, _ = decode_all(open_source(path, "nvdec", torch.device("cuda")))
     ref, *_ = decode_all(PyAVSource(path, "cuda"))
     assert idx == list(range(96)) and (whole.float() - ref.float()).abs().mean((1, 2, 3)).max() < 3.0

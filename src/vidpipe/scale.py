@@ -258,8 +258,9 @@ def plan_tasks(targets: dict[str, Path], workers: int, split_frames: int) -> lis
                 index = scan_packets(path)
             except Exception:  # unreadable: one task, whose worker reports the error
                 index = None
-            # A part of a file whose seeks are not exact (MPEG-TS) decodes from the file's start: one task.
-            n = len(index.times) if index and index.pts and index.exact_seeks else 0
+            # A part of a file whose seeks are not exact (MPEG-TS, raw streams) decodes from the file's
+            # start: one task.
+            n = len(index.times) if index and index.exact_seeks else 0
             parts = max(1, min(workers, n // split_frames)) if n >= 2 * split_frames else 1
         if parts == 1:
             tasks.append((path, str(target), None, 0, 1))

@@ -169,8 +169,10 @@ class PacketIndex:
     def exact_seeks(self) -> bool:
         """Whether a seek to a keyframe's timestamp lands on that keyframe. MPEG-TS has no index:
         FFmpeg searches it by decode timestamps and landed frames after the keyframe (6 frames after
-        the first of an x264 clip with B-frames), so a part decoded from there lost its first frames."""
-        return self.container != "mpegts"
+        the first of an x264 clip with B-frames), so a part decoded from there lost its first frames.
+        A raw elementary stream (``.h264``) has no timestamps to seek to at all, and the keyframes its
+        parser flags need not be where a decoder can start."""
+        return self.container != "mpegts" and bool(self.pts)
 
 
 def _file_key(path: str) -> tuple:
@@ -264,17 +266,16 @@ class PyAVSource:
 
     def _range(self, start: int, stop: int | None) -> Iterator[tuple[av.VideoFrame, float]]:
         index = scan_packets(self.info.path)
-        if not index.pts:
-            raise VidpipeError(f"{self.info.path}: no timestamps, so frame ranges cannot be decoded")
-        stop = len(index.pts) if stop is None else min(stop, len(index.pts))
+        stop = len(index.times) if stop is None else min(stop, len(index.times))
         with _open(self.info.path, self.timeout) as c:
             stream = self._video_stream(c)
             if index.exact_seeks:  # else decoded from the start, the frames before ``start`` skipped
                 key = max((k for k in index.keyframes if k <= start), default=0)
                 c.seek(index.pts[key], stream=stream, backward=True)
             with closing(self._decode(c, stream)) as decoded:
-                for frame in decoded:
-                    i = bisect_left(index.pts, frame.pts) if frame.pts is not None else -1
+                for n, frame in enumerate(decoded):
+                    # A raw stream has no timestamps: decoded from its start, a frame's place is its rank.
+                    i = n if not index.pts else bisect_left(index.pts, frame.pts) if frame.pts is not None else -1
                     if i < start:
                         continue
                     if i >= stop:
@@ -684,7 +685,8 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
     difference 8-16 levels from FFmpeg's frames on those, 0.7 on every other frame and on the packet
     path's; docs/results.md, "Twentieth session"), and so do files it cannot seek in exactly:
     of MPEG-TS files SimpleDecoder counted every frame and gave none (H.264 with and without
-    B-frames; MP4 and Matroska whole; "Twenty-seventh session")."""
+    B-frames; MP4 and Matroska whole; "Twenty-seventh session"); raw elementary streams, which have no
+    timestamps to seek by, go the same way."""
     info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
     if decoder == "nvdec":
         try:
