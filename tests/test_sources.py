@@ -467,14 +467,15 @@ def test_the_packet_scan_names_the_container(tmp_path):
     assert scan_packets(str(ts)).container == "mpegts" and scan_packets(str(clip)).container != "mpegts"
 
 
-@pytest.mark.parametrize("ext", ["ts", "h264"])
+@pytest.mark.parametrize("ext", ["ts", "h264", "mpg"])
 def test_parts_of_an_unseekable_file_reassemble_the_whole(tmp_path, ext):
     """With B-frames a seek in MPEG-TS landed frames after the keyframe sought (no index), so a part lost
     its first frames; parts are decoded from the file's start instead, the frames before them skipped.
-    So are a raw H.264 stream's, which has no timestamps (its parts failed: nothing to seek by)."""
+    So are a raw H.264 stream's, which has no timestamps (its parts failed: nothing to seek by), and an
+    MPEG-PS file's, some of whose packets carry none."""
     clip = make_clip(tmp_path / "a.mp4", frames=48, width=96, height=64, gop=12, seed=3)
     path = str(repeat_clip(clip, tmp_path / "a.ts", 2) if ext == "ts" else
-               make_clip(tmp_path / "a.h264", frames=96, width=96, height=64, gop=12, seed=3))
+               make_clip(tmp_path / f"a.{ext}", frames=96, width=96, height=64, gop=12, seed=3))
     whole, idx, _ = decode_all(PyAVSource(path))
     assert idx == list(range(96))
     for a, b in ((0, 36), (13, 60), (60, 96)):
