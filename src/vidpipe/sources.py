@@ -194,7 +194,7 @@ def _scan_packets(path: str, mtime_ns: int, size: int) -> PacketIndex:
         stream = c.streams.video[0]
         packets = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.size]
         tb, fps, container = stream.time_base, float(stream.average_rate or 30), c.format.name
-    if any(pts is None for pts, _ in packets):  # raw elementary streams carry no timestamps
+    if any(pts is None for pts, _ in packets):  # raw elementary streams (and some MPEG-PS packets) carry none
         return PacketIndex(tuple(i / fps for i in range(len(packets))),
                            tuple(i for i, (_, key) in enumerate(packets) if key), container=container)
     leading, key_pts = False, None
@@ -274,8 +274,10 @@ class PyAVSource:
                 c.seek(index.pts[key], stream=stream, backward=True)
             with closing(self._decode(c, stream)) as decoded:
                 for n, frame in enumerate(decoded):
-                    # A raw stream has no timestamps: decoded from its start, a frame's place is its rank.
-                    i = n if not index.pts else bisect_left(index.pts, frame.pts) if frame.pts is not None else -1
+                    if not index.pts:  # no timestamps: decoded from the start, a frame's place is its rank
+                        i = n
+                    else:
+                        i = bisect_left(index.pts, frame.pts) if frame.pts is not None else -1
                     if i < start:
                         continue
                     if i >= stop:

@@ -2,8 +2,8 @@
 
 In: a path (file or stream URL) and the decoder chosen for it. Out: :class:`~.items.Unit` s (frames
 ``[start, stop)``; ``seq`` is set by the producer as units are opened). A file NVDEC decodes is cut
-at keyframes so that several workers decode it at once, unless seeks in it are not exact (MPEG-TS);
-anything else is one unit.
+at keyframes so that several workers decode it at once, unless seeks in it are not exact (MPEG-TS,
+streams without timestamps); anything else is one unit.
 """
 
 from __future__ import annotations
