@@ -801,3 +801,14 @@ def test_packet_scan_and_probe_follow_a_file_replaced_under_its_name(tmp_path):
     make_clip(tmp_path / "v.mp4", frames=20, width=96, seed=1)
     assert len(scan_packets(str(path)).times) == 20
     assert (probe(path).num_frames, probe(path).width) == (20, 96)
+
+
+@pytest.mark.parametrize("fps", [24, 60])
+def test_a_raw_stream_runs_at_the_rate_its_own_headers_give(tmp_path, fps):
+    """A raw HEVC stream has no container rate (FFmpeg's raw demuxer says 25 whatever it holds): its
+    rate, its frames' times and the planner's times come from the stream's own timing."""
+    raw = make_clip(tmp_path / "a.hevc", frames=12, fps=fps, codec="libx265", width=64, height=48, bframes=False)
+    assert probe(raw).fps == fps
+    _, indices, times = decode_all(PyAVSource(raw))
+    assert indices == list(range(12)) and times == pytest.approx([i / fps for i in range(12)])
+    assert scan_packets(str(raw)).times == pytest.approx([i / fps for i in range(12)])

@@ -103,6 +103,14 @@ def _open(path: str, timeout: float = NET_TIMEOUT) -> av.container.InputContaine
     return av.open(path, timeout=(timeout, timeout), options=options)
 
 
+def _frame_rate(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    """Frames per second, 0 if unknown. A raw H.264/HEVC stream has no container rate (FFmpeg's raw
+    demuxer gives 25 whatever it holds): its own, from its parameter sets' timing, as ffprobe's
+    r_frame_rate (FFmpeg's guess falls back to the 25 when that timing is absent or implausible)."""
+    raw = container.format.name in _PACKET_CODECS  # the raw demuxers are named after their codec
+    return float((stream.guessed_rate if raw else stream.average_rate) or 0)
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Read a video's stream header with FFmpeg; raise :class:`VidpipeError` for anything that is
     not a decodable video (missing, empty, audio-only, absurd dimensions, unsupported codec).
@@ -133,7 +141,7 @@ def _probe(path: str) -> VideoInfo:
             if cc is None:
                 raise VidpipeError(f"{path}: unsupported codec ({s.codec_tag or 'unknown'})")
             width, height = cc.width, cc.height
-            info = VideoInfo(path, width, height, int(s.frames or 0), float(s.average_rate or 0),
+            info = VideoInfo(path, width, height, int(s.frames or 0), _frame_rate(c, s),
                              cc.name, s.time_base or Fraction(1, 1000000))
     except VidpipeError:
         raise
@@ -193,7 +201,7 @@ def _scan_packets(path: str, mtime_ns: int, size: int) -> PacketIndex:
     with av.open(path) as c:
         stream = c.streams.video[0]
         packets = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.size]
-        tb, fps, container = stream.time_base, float(stream.average_rate or 30), c.format.name
+        tb, fps, container = stream.time_base, _frame_rate(c, stream) or 30.0, c.format.name
     if any(pts is None for pts, _ in packets):  # raw elementary streams (and some MPEG-PS packets) carry none
         return PacketIndex(tuple(i / fps for i in range(len(packets))),
                            tuple(i for i, (_, key) in enumerate(packets) if key), container=container)
