@@ -77,6 +77,30 @@ def test_realtime_streams_run_side_by_side_at_their_rate(tmp_path):
         assert (latency >= 0).all() and np.median(latency) < 300, latency  # held for the other: ~500
 
 
+def test_a_live_frame_is_in_its_file_when_written(tmp_path):
+    """latency_ms runs to the moment a frame's line is written: a reader of the output (``tail -f``)
+    has the line then, not once a buffer's worth of lines (here the whole run) has piled up. The
+    partial file, read while a 30 fps stand-in camera runs, grows frame by frame."""
+    import threading
+
+    clip = make_clip(tmp_path / "cam.mp4", frames=15, width=64, height=48, bframes=False)
+    out = []
+    ran = threading.Thread(target=lambda: out.append(detect(tmp_path, [clip], realtime=True, loop=True,
+                                                            max_frames=45, live_policy="all")))
+    ran.start()
+    seen = set()
+    while ran.is_alive():
+        for partial in tmp_path.glob("cam.jsonl.*.partial"):
+            try:
+                seen.add(partial.read_text().count("\n"))
+            except FileNotFoundError:  # published meanwhile
+                pass
+        time.sleep(0.02)
+    ran.join()
+    assert [x["frame"] for x in out[0][0][str(clip)]] == list(range(45))
+    assert len(seen - {0}) >= 5, sorted(seen)  # buffered: nothing until the file is closed
+
+
 def test_a_source_that_changes_resolution_keeps_every_frame_with_its_own_size(tmp_path):
     """A camera reconfigured mid-stream (two clips' MPEG-TS back to back: 64x48, then 96x64): every
     frame written, each JSON line and Parquet row with its frame's width and height, read as a file

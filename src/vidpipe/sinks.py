@@ -141,6 +141,10 @@ class JsonlSink(_AtomicFile):
         formatter = self.formatter() if size is None else self.formatter(size)
         self.write_lines(formatter(indices, times, boxes, labels, scores, counts, track_ids, captured, latency,
                                    analytics), len(indices))
+        if captured is not None:
+            # A live frame's line is in the file when its latency_ms says it was written, not up to a
+            # buffer's worth of frames later (8 KiB: seconds of a camera with few detections).
+            self.file.flush()
 
     def formatter(self, size: tuple[int, int] | None = None) -> partial:
         """``f(indices, times, boxes, labels, scores, counts[, track_ids]) -> str``: the text of those frames,
