@@ -143,7 +143,7 @@ class JsonlSink(_AtomicFile):
                                    analytics), len(indices))
         if captured is not None:
             # A live frame's line is in the file when its latency_ms says it was written, not up to a
-            # buffer's worth of frames later (8 KiB: seconds of a camera with few detections).
+            # buffer's worth of frames later (8 KiB: 1-2 s of a camera with few detections).
             self.file.flush()
 
     def formatter(self, size: tuple[int, int] | None = None) -> partial:
