@@ -8,6 +8,7 @@ import weakref
 from types import SimpleNamespace
 
 import av
+import numpy as np
 import pytest
 import torch
 from av.bitstream import BitStreamFilterContext
@@ -803,11 +804,25 @@ def test_packet_scan_and_probe_follow_a_file_replaced_under_its_name(tmp_path):
     assert (probe(path).num_frames, probe(path).width) == (20, 96)
 
 
-@pytest.mark.parametrize("fps", [24, 60])
-def test_a_raw_stream_runs_at_the_rate_its_own_headers_give(tmp_path, fps):
-    """A raw HEVC stream has no container rate (FFmpeg's raw demuxer says 25 whatever it holds): its
-    rate, its frames' times and the planner's times come from the stream's own timing."""
-    raw = make_clip(tmp_path / "a.hevc", frames=12, fps=fps, codec="libx265", width=64, height=48, bframes=False)
+def _raw_h264(path, fps: int, frames: int):
+    """A raw H.264 stream as an encoder writes one by default: its frame rate in its SPS's timing
+    (make_clip's 1/90000 time base would put 90,000 there)."""
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"bf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            image = np.full((48, 64, 3), 8 * i, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("codec,fps", [("h264", 24), ("h264", 60), ("hevc", 24), ("hevc", 60)])
+def test_a_raw_stream_runs_at_the_rate_its_own_headers_give(tmp_path, codec, fps):
+    """A raw H.264/HEVC stream has no container rate (FFmpeg's raw demuxer says 25 whatever it holds):
+    its rate, its frames' times and the planner's times come from the stream's own timing."""
+    raw = (_raw_h264(tmp_path / "a.h264", fps, 12) if codec == "h264" else
+           make_clip(tmp_path / "a.hevc", frames=12, fps=fps, codec="libx265", width=64, height=48, bframes=False))
     assert probe(raw).fps == fps
     _, indices, times = decode_all(PyAVSource(raw))
     assert indices == list(range(12)) and times == pytest.approx([i / fps for i in range(12)])
