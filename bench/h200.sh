@@ -18,6 +18,8 @@
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   live    vidpipe bench --suite live on the 1080p clip ($LIVE_CODEC: h264 or hevc; $LIVE_ARGS added)
+#   liveold the same with the tree in .old/src (git archive of the commit before, measured in the same call)
+#   probe   bench/live_probe.py on the 1080p clip ($PROBE_ARGS added): where a camera's frame time goes
 #   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
 #   peers   vidpipe bench --suite peers (Ultralytics' predict beside vidpipe), $PEER_MODEL (yolo11m.yaml)
@@ -84,6 +86,12 @@ for step in $STEPS; do
     live)
       timeout ${LIVE_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random ${LIVE_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
+    liveold)
+      PYTHONPATH=/tmp/site:$PWD/.old/src timeout ${LIVE_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" \
+        --weights random ${LIVE_ARGS:-} --results "$OUT/results-old.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
+    probe)
+      timeout ${PROBE_S:-300} python3 bench/live_probe.py "$(camera ${LIVE_CODEC:-h264})" ${PROBE_ARGS:-} \
+        --json "$OUT/probe.json" 2>&1 | grep -v "^WARNING" | tail -12 ;;
     annotate)
       TIMEFORMAT="wall %R s, user %U s, sys %S s"
       for args in "" "--save-video /tmp/annotated" "" "--save-video /tmp/annotated"; do

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import NvdecSource, NvdecStreamSource, PyAVSource, open_source, probe
+from vidpipe.sources import (FFmpegNvdecSource, NvdecSource, NvdecStreamSource, PyAVSource,
+                             ffmpeg_nvdec_available, open_source, probe)
 from vidpipe.synth import make_clip, repeat_clip
 
 CLI = [sys.executable, "-m", "vidpipe.cli", "detect"]
@@ -314,12 +315,68 @@ def test_the_engine_decodes_a_stream_on_nvdec(http_clip, monkeypatch):
     clip, _, _, url = http_clip
     calls, packet = [], NvdecStreamSource._packet
     monkeypatch.setattr(NvdecStreamSource, "_packet", lambda *a: calls.append(packet(*a)) or calls[-1])
-    chunks = [i for i in FrameProducer([url], "nvdec", torch.device("cuda"), 8, live_policy="all")
-              if isinstance(i, Chunk)]
+    chunks = [i for i in FrameProducer([url], "nvdec", torch.device("cuda"), 8, live_policy="all",
+                                       stream_decoder="pynvvideocodec") if isinstance(i, Chunk)]
     _, ref, _ = _decode(NvdecSource(clip, "cuda"))
     assert [i for c in chunks for i in c.batch.indices] == list(range(60))
     assert [len(c.batch) for c in chunks] == [len(f) for f in calls if f] and max(map(len, calls)) >= 2
     assert torch.equal(torch.cat([c.batch.frames.cpu() for c in chunks]), ref)
+
+
+ffmpeg_nvdec = pytest.mark.skipif(not ffmpeg_nvdec_available(), reason="needs a GPU and PyAV with CUDA decoding")
+
+
+@ffmpeg_nvdec
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+@pytest.mark.parametrize("name", sorted(STREAM_CLIPS))
+def test_a_stream_decoded_by_ffmpeg_on_nvdec_gives_ffmpegs_frames(tmp_path, name, container):
+    """A URL demuxed and decoded by FFmpeg on NVDEC (frames left in CUDA memory, converted on the
+    device) gives every frame once, with the indices and times FFmpeg's CPU decoding gives, each frame
+    its picture (FFmpeg's own RGB conversion lands about a level lower), on a stream the reader must
+    wait for; and the open GOPs of the HEVC clip too."""
+    n = STREAM_CLIPS[name]["frames"]
+    clip = make_clip(tmp_path / f"{name}.mp4", faststart=True, **STREAM_CLIPS[name])
+    if container == "ts":
+        clip = repeat_clip(clip, tmp_path / f"{name}.ts", 1)
+    with served(clip) as (_, _, url):
+        source = open_source(url, "nvdec", torch.device("cuda"), max_frames=n)
+        idx, frames, t = _decode(source)
+        ref_idx, ref, ref_t = _decode(PyAVSource(url, "cuda", max_frames=n))
+    assert isinstance(source, FFmpegNvdecSource) and source.pending == torch.cuda.default_stream()
+    assert idx == ref_idx == list(range(n)) and t == pytest.approx(ref_t, abs=1e-9)
+    diff = (frames.float() - ref.float()).abs().mean((1, 2, 3))
+    assert diff.max() < 2.0 and diff.min() > 0  # the same pictures, not FFmpeg's CPU conversion itself
+
+
+@ffmpeg_nvdec
+def test_a_stream_decoded_by_ffmpeg_on_nvdec_reconnects_after_a_drop(http_clip):
+    clip, handler, _, url = http_clip
+    source = FFmpegNvdecSource(url, "cuda")
+    handler.drop_after = len(handler.data) // 2
+    idx, frames, _ = _decode(source)
+    _, ref, _ = _decode(FFmpegNvdecSource(clip, "cuda"))
+    assert idx == list(range(60)) and torch.equal(frames, ref)  # every frame exactly once
+    assert handler.drop_after is None and source.reconnections >= 1
+
+
+@ffmpeg_nvdec
+def test_the_engine_decodes_a_stream_with_ffmpeg_on_nvdec(http_clip):
+    """A URL in a run on NVDEC takes FFmpeg's NVDEC decoding by default: every frame once, each chunk
+    carrying the stream its frames are written on, and once the engine's stream has waited for it,
+    the source's frames."""
+    from vidpipe.engine import Chunk, FrameProducer
+
+    clip, _, _, url = http_clip
+    chunks = [i for i in FrameProducer([url], "nvdec", torch.device("cuda"), 8, live_policy="all")
+              if isinstance(i, Chunk)]
+    _, ref, _ = _decode(FFmpegNvdecSource(clip, "cuda"))
+    assert [i for c in chunks for i in c.batch.indices] == list(range(60))
+    assert {c.batch.stream for c in chunks} == {torch.cuda.default_stream()}
+    reader = torch.cuda.Stream()
+    with torch.cuda.stream(reader):
+        reader.wait_stream(torch.cuda.default_stream())
+        got = torch.cat([c.batch.frames for c in chunks]).cpu()
+    assert torch.equal(got, ref)
 
 
 def test_nvdec_streams_are_h264_or_hevc(tmp_path, caplog):

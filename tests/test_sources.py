@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import itertools
+import queue
 import time
 import weakref
 from types import SimpleNamespace
@@ -21,8 +23,8 @@ from vidpipe.engine.decode import DONE
 from vidpipe.engine.order import Orderer
 from vidpipe.engine.plan import TRACKED_SEGMENT_FRAMES, plan_units
 from vidpipe.errors import VidpipeError
-from vidpipe.sources import (FrameBatch, NvdecSource, NvdecStreamSource, PyAVSource, VideoInfo, _annexb_filter,
-                             open_source, probe, scan_packets)
+from vidpipe.sources import (FFmpegNvdecSource, FrameBatch, NvdecSource, NvdecStreamSource, PyAVSource, VideoInfo,
+                             _annexb_filter, ffmpeg_nvdec_available, open_source, probe, scan_packets)
 from vidpipe.synth import make_clip, repeat_clip
 
 CLIPS = {
@@ -156,15 +158,17 @@ def test_a_replaced_live_chunk_counts_each_of_its_frames_dropped():
     """Policy "latest": a live chunk replaced before it was taken counts its frames (two when a decode
     call gave two), not one."""
     producer = FrameProducer(["cam"], "pyav", torch.device("cpu"), 4)
+    producer.start()  # no input can be probed: its end comes first, then nothing
+    producer.close()
     unit = Unit(0, None, "cam")
 
     def chunk(first: int, n: int) -> Chunk:
         frames = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
         return Chunk(unit, FrameBatch("cam", frames, list(range(first, first + n)), [0.0] * n), admitted=False)
 
-    assert producer._newest_in(chunk(0, 2)) is not None  # the unit's place in the queue
-    assert producer._newest_in(chunk(2, 1)) is None  # replaces the waiting two
-    assert producer._dropped == {0: 2}
+    producer._newest_in(chunk(0, 2))
+    producer._newest_in(chunk(2, 1))  # replaces the waiting two
+    assert producer._dropped == {0: 2} and producer._newest[0].batch.indices == [2]
 
 
 def test_live_frames_dropped_in_a_burst_are_told_from_frames_the_consumer_left():
@@ -291,10 +295,18 @@ def test_the_consumer_takes_every_ready_item_in_one_turn(tmp_path):
         mine = [i for i in items if i.unit.seq == u]
         assert [i for c in mine[:-1] for i in c.batch.indices] == list(range(24)) and isinstance(mine[-1], UnitEnd)
     # Cameras whose frames keep coming: a turn takes what was waiting when it began, and ends.
-    arriving = iter(range(100))
-    producer.get = lambda timeout=None: next(arriving)
-    producer._ready = SimpleNamespace(qsize=lambda: 5)
-    assert producer.get_many() == [0, 1, 2, 3, 4, 5]
+    arriving = itertools.count()
+
+    class Endless(queue.PriorityQueue):
+        def get_nowait(self):
+            item = super().get_nowait()
+            self.put((0, next(arriving), "later"))  # another comes as each is taken
+            return item
+
+    producer._ready = Endless()
+    for _ in range(5):
+        producer._ready.put((0, next(arriving), "waiting"))
+    assert producer.get_many() == ["waiting"] * 5
 
 
 def test_a_live_units_last_frame_comes_before_its_end(tmp_path):
@@ -590,10 +602,10 @@ def test_pooled_nvdec_sessions_switch_files(tmp_path):
 
 
 @pytest.mark.nvdec
-@pytest.mark.parametrize("kind", ["pooled", "stream"])
+@pytest.mark.parametrize("kind", ["pooled", "stream", "ffmpeg"])
 def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path, kind):
     """A decode thread keeps opening NVDEC sessions (each one's first decode creates NVDEC's decoder)
-    and freeing them (the runtime's close frees the pooled ones) while this
+    and freeing them (the runtime's close frees the pooled ones; FFmpeg's as its pass ends) while this
     thread captures CUDA graphs on the same device, as a detector does: every capture succeeds.
     Without the gate around those calls, captures failed ("operation failed due to a previous error
     during capture") on the H200."""
@@ -601,6 +613,8 @@ def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path, ki
 
     from vidpipe.runtime import DeviceRuntime
 
+    if kind == "ffmpeg" and not ffmpeg_nvdec_available():
+        pytest.skip("needs PyAV with CUDA decoding")
     clips = [make_clip(tmp_path / "a.mp4", frames=8, width=1920, height=1080),
              make_clip(tmp_path / "b.mp4", frames=8, width=384, height=288, seed=1)]
     runtime = DeviceRuntime("cuda")
@@ -614,6 +628,8 @@ def test_sessions_opened_and_freed_beside_captures_leave_them_valid(tmp_path, ki
             for i in range(48):
                 if kind == "pooled":
                     src = NvdecSource(clips[i % 2], "cuda", runtime=runtime, slot=i % 4)
+                elif kind == "ffmpeg":
+                    src = FFmpegNvdecSource(clips[i % 2], "cuda", runtime=runtime)
                 else:
                     src = NvdecStreamSource(clips[i % 2], "cuda", runtime=runtime)
                 next(src.batches(4))  # a stream's session goes back to the pool as the pass is dropped here

@@ -751,7 +751,8 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
     header = ["input", "cameras", "size", "streams", "processes", "frames/s offered",
               "per-stream frames/s (min / median)",
               "latency p50 / p99 ms", "dropped: steady / whole run", "NVDEC util (median)", "GPU util (median)",
-              "host cores busy", "memory peak, host / GPU: first minute → whole run", "holds"]
+              "host cores busy", "memory peak, host / GPU: first minute → whole run", "camera server late p99 ms",
+              "holds"]
     _emit(a, "vidpipe bench: live streams (K cameras on one GPU)", _table(header, rows),
           [f"Each stream: the input as a camera for {a.live_seconds:g} s (cameras: file, the input read at its "
            "frame rate and looped, --realtime --loop; http, served by another process over loopback HTTP as "
@@ -769,7 +770,9 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
            f"{LIVE_MEMORY_S:.0f} s steady, then over the whole run; host: resident memory of the bench and every "
            f"process it started, GPU: used as NVML reports it (every process). "
            f"Processes: engines on the GPU, each batching its own share of the streams (--procs-per-device); "
-           f"one process captures its graphs before the streams start, several in their streams' first seconds."],
+           f"one process captures its graphs before the streams start, several in their streams' first seconds. "
+           "Camera server late: how long after its time the server sent a packet, 99th percentile over the run "
+           "(http cameras; a late server, not vidpipe, would hold the streams back)."],
           device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -796,6 +799,8 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
                         _cameras(video, a.procs_per_device, tmp, server), a.procs_per_device, tmp)
     for k in a.live_streams:
         cams = _cameras(video, k, tmp, server)
+        if server is not None:
+            server.stats(reset=True)
         with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
             if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds
                 paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
@@ -817,6 +822,7 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
         dropped = sum(v.dropped for v in report.videos)
         bursts = sum(v.dropped_in_bursts for v in report.videos)
         holds = min(rates) >= LIVE_FPS and p99 <= LIVE_P99_MS
+        late = f"{server.stats()['late_p99_ms']:.1f}" if server is not None else "n/a"
         t0, t1 = (t - (time.time() - time.perf_counter()) for t in fig.window)
         nvdec = [v for xs in util.decoder.values() for t, v in xs if t0 <= t <= t1]  # all streams steady
         busy = [v for xs in util.gpu.values() for t, v in xs if t0 <= t <= t1]
@@ -834,7 +840,7 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
                      f"{dropped / max(dropped + report.frames, 1):.1%}"
                      + (f" ({bursts / dropped:.0%} in bursts)" if dropped else ""),
                      f"{median(nvdec):.0f}%" if nvdec else "n/a", f"{median(busy):.0f}%" if busy else "n/a",
-                     f"{cores:.1f}" if cores is not None else "n/a", memory, "yes" if holds else "**no**"])
+                     f"{cores:.1f}" if cores is not None else "n/a", memory, late, "yes" if holds else "**no**"])
         print(" | ".join(rows[-1]), flush=True)
         if not holds:
             break

@@ -184,6 +184,10 @@ class Config:
     batch_size: int | None = setting(None, f"frames per batch (default {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU, "
                                      "where a large batch only delays the first result)", group=DATA,
                                      check=at_least(1), metavar="N")
+    stream_decoder: Literal["ffmpeg", "pynvvideocodec"] = setting(
+        "ffmpeg", "stream URLs on NVDEC: ffmpeg = FFmpeg demultiplexes and decodes on NVDEC (PyAV's CUDA decoding: "
+        "off the GIL, frames stay on the GPU); pynvvideocodec = FFmpeg demultiplexes, PyNvVideoCodec decodes each "
+        "packet (used anyway where PyAV has no CUDA decoding)", group=DATA, check=one_of("ffmpeg", "pynvvideocodec"))
     overlap: bool = setting(True, "run every stage serially in one thread (for comparison)", group=DATA)
     decoders: int = setting(0, "parallel decode workers (0 = from resolution and device)", group=DATA,
                             check=at_least(0), metavar="N")

@@ -38,10 +38,12 @@ from .errors import VidpipeError
 from .inputs import check_input, is_stream_url
 from .profiling import nvtx_range
 from .runtime import DeviceRuntime
+from .yuv import matrix, nv12_to_rgb
 
 log = logging.getLogger(__name__)
 
 Decoder = Literal["auto", "nvdec", "pyav"]
+StreamDecoder = Literal["ffmpeg", "pynvvideocodec"]  # how NVDEC decodes a stream URL (open_source)
 MAX_SIDE = 8192  # NVDEC's limit for H.264/HEVC; larger claims are corrupt headers, not video
 
 
@@ -62,13 +64,16 @@ class VideoInfo:
 class FrameBatch:
     """``frames``: ``Tensor[N, 3, H, W]`` uint8 RGB; ``indices``/``times``: N ints / N floats (s);
     ``captured``: for live sources (streams, ``--realtime`` files), the wall-clock time (``time.time()``)
-    each frame was delivered, else None."""
+    each frame was delivered, else None. ``stream``: the CUDA stream whose queued work writes ``frames``,
+    which a reader on another stream must wait for; None when they are written by the time they are handed
+    over."""
 
     video: str
     frames: torch.Tensor
     indices: list[int]
     times: list[float]
     captured: list[float] | None = field(default=None, repr=False)
+    stream: torch.cuda.Stream | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = self.frames.shape[0]
@@ -83,9 +88,9 @@ class FrameBatch:
         """The first ``n`` frames and the rest (views, no copy)."""
         c = self.captured
         return (FrameBatch(self.video, self.frames[:n], self.indices[:n], self.times[:n],
-                           captured=None if c is None else c[:n]),
+                           captured=None if c is None else c[:n], stream=self.stream),
                 FrameBatch(self.video, self.frames[n:], self.indices[n:], self.times[n:],
-                           captured=None if c is None else c[n:]))
+                           captured=None if c is None else c[n:], stream=self.stream))
 
     def __repr__(self) -> str:
         return (f"FrameBatch(video={self.video!r}, frames={tuple(self.frames.shape)} {self.frames.device}, "
@@ -95,12 +100,13 @@ class FrameBatch:
 NET_TIMEOUT = 10.0  # seconds a network source may stay silent (connect, then each read)
 
 
-def _open(path: str, timeout: float = NET_TIMEOUT) -> av.container.InputContainer:
-    """Open a file, or a URL with connect/read timeouts (RTSP over TCP: no lost packets)."""
+def _open(path: str, timeout: float = NET_TIMEOUT, **kwargs) -> av.container.InputContainer:
+    """Open a file, or a URL with connect/read timeouts (RTSP over TCP: no lost packets); ``kwargs``
+    go to ``av.open`` (``hwaccel``)."""
     if not is_stream_url(path):
-        return av.open(path)
+        return av.open(path, **kwargs)
     options = {"rtsp_transport": "tcp"} if path.lower().startswith("rtsp://") else {}
-    return av.open(path, timeout=(timeout, timeout), options=options)
+    return av.open(path, timeout=(timeout, timeout), options=options, **kwargs)
 
 
 def _frame_rate(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
@@ -231,6 +237,7 @@ class PyAVSource:
     """
 
     name = "pyav"
+    pending: torch.cuda.Stream | None = None  # FrameBatch.stream of its batches: uploads are synchronised
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", *,
                  threads: int = 0, max_frames: int | None = None, reconnects: int = 5,
@@ -275,7 +282,7 @@ class PyAVSource:
     def _range(self, start: int, stop: int | None) -> Iterator[tuple[av.VideoFrame, float]]:
         index = scan_packets(self.info.path)
         stop = len(index.times) if stop is None else min(stop, len(index.times))
-        with _open(self.info.path, self.timeout) as c:
+        with self._container() as c:
             stream = self._video_stream(c)
             if index.exact_seeks:  # else decoded from the start, the frames before ``start`` skipped
                 key = max((k for k in index.keyframes if k <= start), default=0)
@@ -319,8 +326,7 @@ class PyAVSource:
         while True:
             self._failing_since = None  # each connection's failures are its own
             try:
-                with _open(self.info.path, self.timeout) as c, \
-                        closing(self._decode(c, self._video_stream(c))) as decoded:
+                with self._container() as c, closing(self._decode(c, self._video_stream(c))) as decoded:
                     for frame in decoded:
                         self._failing_since = None
                         if replays and last_pts is not None and frame.pts is not None and frame.pts <= last_pts:
@@ -345,6 +351,10 @@ class PyAVSource:
             self.reconnections += 1
             log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.info.path, reason, delay)
             time.sleep(delay)
+
+    def _container(self) -> av.container.InputContainer:
+        """One connection (or pass) of the source, closed by its ``with`` block."""
+        return _open(self.info.path, self.timeout)
 
     def _video_stream(self, c: av.container.InputContainer) -> av.video.stream.VideoStream:
         stream = c.streams.video[0]
@@ -387,7 +397,7 @@ class PyAVSource:
         dev = self._stack(frames, pin)
         start = self.decoded
         self.decoded += len(frames)
-        return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times)
+        return FrameBatch(self.info.path, dev, list(range(start, start + len(frames))), times, stream=self.pending)
 
     def _stack(self, frames: list[np.ndarray], pin: bool) -> torch.Tensor:
         # Stacked straight into (pinned, for a GPU) memory: one host copy, then an async upload.
@@ -656,6 +666,99 @@ class NvdecStreamSource(PyAVSource):
         return batch
 
 
+class FFmpegNvdecSource(PyAVSource):
+    """A stream URL read by FFmpeg as :class:`PyAVSource` reads it (timeouts, reconnects with back-off,
+    timestamps) and decoded by FFmpeg on NVDEC too (PyAV's CUDA hardware decoding): demultiplexing and
+    decoding run inside FFmpeg with the GIL released, each frame stays in CUDA memory (NV12) and becomes
+    RGB on the device in one kernel (:mod:`vidpipe.yuv`), queued on the CUDA legacy default stream, where
+    FFmpeg copies its decoded frames: nothing waits for the GPU per frame. A camera's frame thus costs
+    this process a few short holds of the GIL instead of the per-packet Python and per-frame device
+    synchronisation of :class:`NvdecStreamSource`. Batches carry that stream as ``FrameBatch.stream``.
+    ``runtime``: the device's :class:`~vidpipe.runtime.DeviceRuntime`, whose capture gate a
+    connection's first decode (where FFmpeg creates the NVDEC decoder) and its close go through."""
+
+    name = "nvdec"
+
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *,
+                 max_frames: int | None = None, runtime: DeviceRuntime | None = None, **kwargs) -> None:
+        # One decoding thread: NVDEC decodes; FFmpeg's frame threads would only add threads per camera.
+        super().__init__(path, device, max_frames=max_frames, threads=1, **kwargs)
+        if self.device.type != "cuda":
+            raise VidpipeError("the nvdec decoder needs a CUDA device")
+        if self.info.codec not in _PACKET_CODECS:
+            raise VidpipeError(f"{self.info.path}: NVDEC reads H.264 and HEVC streams here, not {self.info.codec}")
+        self.runtime = runtime or DeviceRuntime(self.device)
+        self.pending = torch.cuda.default_stream(self.device)
+
+    def _container(self) -> av.container.InputContainer:
+        from av.codec.hwaccel import HWAccel
+
+        hw = HWAccel("cuda", device=str(self.pending.device.index), allow_software_fallback=False,
+                     is_hw_owned=True)
+        return _open(self.info.path, self.timeout, hwaccel=hw)
+
+    def _video_stream(self, c: av.container.InputContainer) -> av.video.stream.VideoStream:
+        stream = c.streams.video[0]
+        stream.thread_count = self.threads
+        return stream
+
+    def _decode(self, c: av.container.InputContainer, stream) -> Iterator[_DeviceFrame]:
+        started = False  # FFmpeg creates its NVDEC decoder at the first frame: a device-wide sync, gated
+        try:
+            for packet in c.demux(stream):
+                with self.runtime.gate.setup() if not started else nullcontext():
+                    try:
+                        frames = packet.decode()
+                    except av.error.EOFError:
+                        return
+                    except av.error.FFmpegError:  # a damaged packet costs its frames, not the stream
+                        self._undecodable()
+                        continue
+                    images = [self._rgb(f) for f in frames]
+                started = started or bool(frames)
+                for i, (f, image) in enumerate(zip(frames, images)):
+                    yield _DeviceFrame(f.pts, f.time_base, image, i < len(frames) - 1)
+        finally:
+            with self.runtime.gate.setup():  # the decoder and its frames freed: device-wide syncs too
+                c.close()
+
+    def _rgb(self, frame: av.VideoFrame) -> torch.Tensor:
+        if frame.format.name != "cuda":
+            raise VidpipeError(f"{self.info.path}: NVDEC did not decode this stream ({frame.format.name} frames)")
+        planes = frame.planes
+        # The planes' memory is the frame's until the conversion has read it: the frame goes back to
+        # FFmpeg's pool once these are dropped, and its next copy into it queues behind the conversion.
+        y, uv = torch.from_dlpack(planes[0].__dlpack__()), torch.from_dlpack(planes[1].__dlpack__())
+        with torch.cuda.stream(self.pending):
+            return nv12_to_rgb(y, uv, matrix(frame.colorspace == _BT709, frame.color_range == _FULL_RANGE))
+
+    def _image(self, frame: _DeviceFrame) -> torch.Tensor:
+        return frame.image
+
+    def _more(self, frame: _DeviceFrame) -> bool:
+        return frame.more  # as NvdecStreamSource's: frames of one packet go together
+
+    def _stack(self, frames: list[torch.Tensor], pin: bool) -> torch.Tensor:
+        with torch.cuda.stream(self.pending):
+            return frames[0][None] if len(frames) == 1 else torch.stack(frames)
+
+
+_BT709, _FULL_RANGE = 1, 2  # FFmpeg's AVCOL_SPC_BT709 and AVCOL_RANGE_JPEG
+
+
+def ffmpeg_nvdec_available() -> bool:
+    """Whether this PyAV's FFmpeg decodes on NVDEC into CUDA frames that DLPack hands to torch (PyAV 18+,
+    built with CUDA), on a machine with a GPU."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from av.codec.hwaccel import hwdevices_available
+        from av.video.plane import VideoPlane
+    except ImportError:
+        return False
+    return "cuda" in hwdevices_available() and hasattr(VideoPlane, "__dlpack__")
+
+
 def nvdec_available() -> bool:
     if not torch.cuda.is_available():
         return False
@@ -685,10 +788,12 @@ def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", 
 def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
                 max_frames: int | None = None, info: VideoInfo | None = None,
                 fallback: bool = False, runtime: DeviceRuntime | None = None,
-                slot: int | None = None) -> PyAVSource | NvdecSource | NvdecStreamSource:
+                slot: int | None = None, stream_decoder: StreamDecoder = "ffmpeg"
+                ) -> PyAVSource | NvdecSource | NvdecStreamSource:
     """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
     FFmpeg instead, with a warning. On NVDEC a file is decoded by PyNvVideoCodec's SimpleDecoder
-    (seekable, frames in batches), a stream URL by FFmpeg's demuxer and NVDEC packet by packet.
+    (seekable, frames in batches), a stream URL by FFmpeg on NVDEC (:class:`FFmpegNvdecSource`, with
+    ``stream_decoder="ffmpeg"`` where PyAV can) or by FFmpeg's demuxer and PyNvVideoCodec packet by packet.
     ``--realtime`` files stay on the first: one call per frame, where the packet path's Python per
     frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). Files with leading
     pictures take the second: SimpleDecoder gave wrong frames for them (HEVC open GOPs: mean
@@ -700,6 +805,8 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
     info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
     if decoder == "nvdec":
         try:
+            if is_stream_url(path) and stream_decoder == "ffmpeg" and ffmpeg_nvdec_available():
+                return FFmpegNvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             if is_stream_url(path) or (index := scan_packets(path)).leading or not index.exact_seeks:
                 return NvdecStreamSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)

@@ -81,8 +81,8 @@ def run(detector: Detector, inputs: list[str] | LiveSources, sink_for: SinkFacto
                     track=cfg.track, analytics=analytics, videos=video_for, keep=keep)
     ok = False
     try:
-        for item in process(detector, inputs, frames, on_issue=writer.issue, keep=keep):
-            writer.put(item)
+        for turn in Scheduler(detector, inputs, frames, writer.issue, keep).turns():
+            writer.put(turn)
         ok = True
     finally:
         report = writer.finish(ok)

@@ -15,7 +15,8 @@ Live frames (a stream, a ``realtime`` file) come one per chunk (frames one decod
 one chunk). Under the ``latest`` policy they take no place for chunks and never wait: each unit has
 one slot for its newest chunk; one that arrives while the one before still waits for the consumer
 replaces it, and the older's frames are dropped and counted (:attr:`UnitEnd.dropped`), so results
-never fall behind the camera. Drops within ``BURST`` of a frame period of the dropped frame's arrival
+never fall behind the camera. The consumer takes every filled slot in its turn, and only the first
+slot filled after a turn wakes it: many cameras cost it one wake-up per turn, not one per frame. Drops within ``BURST`` of a frame period of the dropped frame's arrival
 are also counted apart (:attr:`UnitEnd.dropped_in_bursts`): the decoder handed several frames over at
 once, where the consumer had no time to take the first, rather than the consumer falling behind.
 Under ``all`` they wait for room like a file's (every frame, in a bounded buffer; the lag shows in
@@ -27,6 +28,7 @@ own and is planned; a removed one's units stop at their next frame (``UnitEnd.st
 
 from __future__ import annotations
 
+import collections
 import itertools
 import queue
 import threading
@@ -48,18 +50,11 @@ from .live import POLL, LiveSources
 from .plan import SEGMENT_FRAMES, default_decoders, plan_units
 
 DONE = object()  # FrameProducer.get: every input is decoded
+_WAKE = object()  # in the ready queue: a live unit's slot was filled since the consumer's last turn
 _STOP = object()  # a worker's or the planner's last item
 CHUNK_BYTES = 32 << 20  # decoded frames handed over at once by a worker, at most
 READY_BYTES = 128 << 20  # decoded frames not yet taken by the consumer, about at most
 BURST = 0.5  # of a frame period: a live frame replaced sooner after it came was dropped in a burst
-
-
-class _Newest:
-    """A live unit's place in the ready queue (``latest`` policy): the consumer gets whatever frame
-    of the unit is newest when it comes to it."""
-
-    def __init__(self, unit: Unit) -> None:
-        self.unit = unit
 
 
 class _Stopped(BaseException):
@@ -77,7 +72,7 @@ class FrameProducer:
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
                  segment_min: int = 16, segment_max: int = SEGMENT_FRAMES, frames: tuple[int, int] | None = None,
                  runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False,
-                 live_policy: str = "latest", in_order: bool = False) -> None:
+                 live_policy: str = "latest", in_order: bool = False, stream_decoder: str = "ffmpeg") -> None:
         # A changing set: its sources now, followed by the planner (each added one gets a worker).
         self.sources = inputs if isinstance(inputs, LiveSources) else None
         self.inputs = inputs.snapshot()[0] if self.sources is not None else inputs
@@ -92,8 +87,11 @@ class FrameProducer:
         self.frames = frames  # decode only frames [a, b) of each input (a part of a split file)
         self.realtime, self.loop = realtime, loop  # files paced at their frame rate / started over at their end
         self.live_policy = live_policy
+        self.stream_decoder = stream_decoder
         self.in_order = in_order  # each file one unit: its frames come in order (annotated video holds them)
-        self._newest: dict[int, Chunk] = {}  # latest policy: per unit seq, the frame waiting for the consumer
+        # Latest policy: per unit seq, the chunk waiting for the consumer, in the order the slots were filled.
+        self._newest: dict[int, Chunk] = {}
+        self._taken: collections.deque = collections.deque()  # swept, not yet handed out by get()
         self._dropped: dict[int, int] = {}  # latest policy: per unit seq, frames replaced before they were taken
         self._bursts: dict[int, int] = {}  # of those, per unit seq: replaced within BURST of a period of coming
         self._arrived: dict[int, float] = {}  # latest policy: per unit seq, when its waiting chunk came
@@ -204,7 +202,8 @@ class FrameProducer:
         if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
             return cached  # one NVDEC session per worker and file: segments seek instead of reopening
         src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
-                          fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1))
+                          fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1),
+                          stream_decoder=self.stream_decoder)
         self._local.source = src
         return src
 
@@ -306,29 +305,31 @@ class FrameProducer:
 
     def _put(self, item: object) -> None:
         if isinstance(item, Chunk) and not item.admitted:
-            item = self._newest_in(item)
-            if item is None:
-                return
-        elif isinstance(item, UnitEnd):
+            self._newest_in(item)
+            return
+        if isinstance(item, UnitEnd):
             with self._newest_lock:
                 item.dropped = self._dropped.pop(item.unit.seq, 0)
                 item.dropped_in_bursts = self._bursts.pop(item.unit.seq, 0)
                 self._arrived.pop(item.unit.seq, None)
+                # Its last frame, if still in its slot, goes before it: a sweep must not take the end first.
+                if (last := self._newest.pop(item.unit.seq, None)) is not None:
+                    self._ready.put((float("inf"), next(self._puts), last))
             item.decoded -= item.dropped  # what the consumer was handed
         # Earliest unit first: its results are the ones the orderer can emit, so little is held
         # back (at the end of a run, formatting held results would be a tail after the GPU is done).
-        # Unbounded: chunks are bounded by _admit, unit ends by the unit window.
-        # Live frames under ``latest`` (their places, _Newest) come in the order they arrived, after the
-        # files' items, and so does such a unit's end: sorted by unit it would overtake its last frame.
+        # Unbounded: chunks are bounded by _admit, unit ends by the unit window. A live unit's end comes
+        # after the files' items, in the order such items came: sorted by unit it would overtake its frames.
         by_unit = isinstance(item, Chunk) or (isinstance(item, UnitEnd) and not self._keeps_newest(item.unit.path))
         key = (item.unit.seq if by_unit else float("inf"), next(self._puts))
         self._ready.put((*key, item))
 
-    def _newest_in(self, chunk: Chunk) -> _Newest | None:
-        """``latest`` policy: ``chunk`` becomes its unit's waiting chunk. The one it replaces, if any,
-        is dropped and its frames counted, and already has its place in the queue (None); else it gets one."""
+    def _newest_in(self, chunk: Chunk) -> None:
+        """``latest`` policy: ``chunk`` becomes its unit's waiting chunk; the one it replaces, if any,
+        is dropped and its frames counted."""
         seq, now = chunk.unit.seq, time.monotonic()
         with self._newest_lock:
+            wake = not self._newest
             waiting = self._newest.get(seq)
             self._newest[seq] = chunk
             came, self._arrived[seq] = self._arrived.get(seq, now), now
@@ -337,8 +338,8 @@ class FrameProducer:
                 info = chunk.unit.info
                 if now - came < BURST / (info.fps if info is not None and info.fps else 30.0):
                     self._bursts[seq] = self._bursts.get(seq, 0) + len(waiting.batch)
-                return None
-        return _Newest(chunk.unit)
+        if wake:
+            self._ready.put((float("inf"), next(self._puts), _WAKE))
 
     def _serial(self) -> Iterator[Chunk | UnitEnd]:
         for seq, path in enumerate(self.inputs):
@@ -382,37 +383,59 @@ class FrameProducer:
         self.start()
         if self._serial_items is not None:
             return next(self._serial_items, DONE)
-        while True:
-            with self._live_lock:
-                if not self._live:
-                    return DONE
-            try:
-                *_, item = self._ready.get(timeout=timeout)
-            except queue.Empty:
-                return None
-            if isinstance(item, _Newest):
-                with self._newest_lock:
-                    return self._newest.pop(item.unit.seq)
-            if item is not _STOP:
-                return item
-            with self._live_lock:
-                self._live -= 1
+        if not self._taken:
+            items = self.get_many(timeout)
+            if items is DONE or not items:
+                return DONE if items is DONE else None
+            self._taken.extend(items)
+        return self._taken.popleft()
 
     def get_many(self, timeout: float | None = None) -> list[Chunk | UnitEnd] | object:
         """Every item ready now, in order, waiting up to ``timeout`` s for the first: [] if none came,
         :data:`DONE` after the last. A consumer's turn per ready set instead of per item: with many
         live cameras each frame is a chunk of its own, and the consumer's calls per turn that let go of
         the GIL (a copy, a query of the GPU) each wait to take it back behind every decode thread."""
-        first = self.get(timeout)
-        if first is DONE or first is None:
-            return DONE if first is DONE else []
-        items = [first]
-        # What was waiting when the turn began, no more: live frames keep coming (a camera's newest
-        # takes no room), and a turn must end for its results to be handed on.
-        for _ in range(self._ready.qsize() if self.threaded else 0):
-            if (item := self.get(timeout=0)) is None or item is DONE:
-                break  # a DONE met here is the next call's
-            items.append(item)
+        self.start()
+        if self._serial_items is not None:
+            item = next(self._serial_items, DONE)
+            return DONE if item is DONE else [item]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            items = self._sweep()
+            if items:
+                return items
+            with self._live_lock:
+                if not self._live:
+                    return DONE
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return []
+            try:
+                entry = self._ready.get(timeout=left)
+            except queue.Empty:
+                continue
+            self._ready.put(entry)  # swept in its order with whatever came beside it
+
+    def _sweep(self) -> list[Chunk | UnitEnd]:
+        """Every item ready now: the queue's in its order, then each live unit's waiting chunk, in the
+        order their slots were filled. What is waiting when the turn begins, no more: live frames keep
+        coming, and a turn must end for its results to be handed on."""
+        items = list(self._taken)
+        self._taken.clear()
+        for _ in range(self._ready.qsize()):
+            try:
+                *_, item = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                with self._live_lock:
+                    self._live -= 1
+            elif item is not _WAKE:
+                items.append(item)
+        if self._newest:
+            with self._newest_lock:
+                waiting, self._newest = self._newest, {}
+            items += waiting.values()
         return items
 
     def release(self) -> None:

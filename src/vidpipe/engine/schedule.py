@@ -51,7 +51,8 @@ class Scheduler:
                                       workers=cfg.decoders, threaded=cfg.overlap, max_frames=cfg.max_frames,
                                       frames=frames, runtime=detector.runtime, realtime=cfg.realtime,
                                       loop=cfg.loop, live_policy=cfg.live_policy, in_order=keep is not None,
-                                      segment_max=TRACKED_SEGMENT_FRAMES if cfg.track else SEGMENT_FRAMES)
+                                      segment_max=TRACKED_SEGMENT_FRAMES if cfg.track else SEGMENT_FRAMES,
+                                      stream_decoder=cfg.stream_decoder)
         self.order = Orderer(self.producer.release, self.expected)
         self.batcher = Batcher(detector.batch)
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
@@ -70,6 +71,11 @@ class Scheduler:
         return n if self.frames is None else max(0, min(n, self.frames[1]) - self.frames[0])
 
     def items(self) -> Iterator[VideoStart | BatchResult | VideoEnd]:
+        for turn in self.turns():
+            yield from turn
+
+    def turns(self) -> Iterator[list[VideoStart | BatchResult | VideoEnd]]:
+        """:meth:`items`, a list per turn of the loop (a consumer on another thread takes them at once)."""
         try:
             with (torch.cuda.stream(self.compute) if self.compute is not None else nullcontext(),
                   switch_interval(self.detector.config.gil_interval_ms / 1000)):
@@ -79,6 +85,7 @@ class Scheduler:
                     self.detector.prepare(info.height, info.width)
                 while (items := self.producer.get_many(timeout=0.001 if self.batcher.open else None)) is not DONE:
                     admitted = []
+                    self.wait_for(items)
                     for item in items:
                         if isinstance(item, Chunk):
                             stamp("decoded")
@@ -91,12 +98,22 @@ class Scheduler:
                     for a in admitted:
                         self.producer.free(a)  # the room is given back
                     self.flush_short()
-                    yield from self.order.ready()
+                    if ready := list(self.order.ready()):
+                        yield ready
                 for batch in self.batcher.partial():
                     self.launch(*batch)
-                yield from self.order.ready()
+                if ready := list(self.order.ready()):
+                    yield ready
         finally:
             self.producer.close()
+
+    def wait_for(self, items: list) -> None:
+        """The compute stream waits (on the device) for the streams whose queued work writes this turn's
+        frames (FFmpeg's NVDEC frames, converted on the legacy default stream): once per stream a turn."""
+        if self.compute is None:
+            return
+        for stream in {item.batch.stream for item in items if isinstance(item, Chunk)} - {None}:
+            self.compute.wait_stream(stream)
 
     def take(self, chunk: Chunk) -> None:
         """A decoded chunk into the open batch of its size; full batches are launched."""

@@ -245,10 +245,12 @@ class Writer:
             self.thread.start()
 
     def put(self, item) -> None:
+        """One item, or a list of them (a scheduler's turn: one hand-over to the writer's thread)."""
         if self.error is not None:
             raise self.error
         if self.q is None:
-            self._handle(item)
+            for one in item if isinstance(item, list) else (item,):
+                self._handle(one)
         else:
             self.q.put(item)
 
@@ -262,7 +264,8 @@ class Writer:
                 self._catch_up(0)
                 return
             try:
-                self._handle(item)
+                for one in item if isinstance(item, list) else (item,):
+                    self._handle(one)
             except BaseException as e:  # surfaced to the producer thread on its next put
                 self.error = e
                 self._abort()
