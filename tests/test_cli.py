@@ -52,7 +52,7 @@ def test_every_config_field_has_a_flag_that_sets_it():
 
     parser = build_parser()
     detect = {a.dest: a for _, a in _options(parser) if _.endswith("detect")}
-    values = {"int": "96", "float": "0.5", "tuple[int, ...]": "3,4", "lines": "door:0,0,9,9",
+    values = {"int": "64", "float": "0.5", "tuple[int, ...]": "3,4", "lines": "door:0,0,9,9",
               "zones": "lobby:0,0,9,0,9,9", "gil_interval_ms": "2"}
     needs = {"lines": ["--track"]}  # crossings are counted per track
     for f in fields(Config):
@@ -78,7 +78,7 @@ def test_a_config_gives_back_the_options_that_made_it():
 
     parser = build_parser()
     detect = {a.dest: a for _, a in _options(parser) if _.endswith("detect")}
-    values = {"int": ["96", "160"], "float": ["0.25", "0.5"], "tuple[int, ...]": ["3,4", "0"],
+    values = {"int": ["64", "32"], "float": ["0.25", "0.5"], "tuple[int, ...]": ["3,4", "0"],
               "lines": ["door:0,0,9,9"], "zones": ["lobby:0,0,9,0,9,9", "hall:1,1,5,1,5,5"],
               "gil_interval_ms": ["2", "0.2"], "device": ["cuda:0", "cpu"]}
     rng = random.Random()

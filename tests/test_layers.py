@@ -12,10 +12,10 @@ import vidpipe
 
 LAYERS = [
     {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline", "gil",
-     "kernels", "environ", "cameras"},
+     "kernels", "environ", "cameras", "outputs", "yuv"},
     {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights", "track",
      "analytics", "draw"},  # the stages
-    {"models", "models.ssd300", "models.yolo", "models.boxes", "models.tv"},  # detector families
+    {"models", "models.ssd300", "models.yolo", "models.yolo_yaml", "models.boxes", "models.tv"},  # detector families
     {"detector", "graphs"},
     {"engine", "engine.items", "engine.live", "engine.plan", "engine.decode", "engine.batching", "engine.order",
      "engine.schedule", "engine.write"},  # schedules the stages

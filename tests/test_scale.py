@@ -17,7 +17,7 @@ COMMON = ["--weights", "random", "--device", "cpu", "--batch-size", "2"]
 
 def detections(outdir):
     return {p.name: [json.loads(x)["detections"] for x in p.read_text().splitlines()]
-            for p in sorted(outdir.iterdir())}
+            for p in sorted(outdir.iterdir()) if p.suffix == ".jsonl"}
 
 
 @pytest.fixture(scope="module")

@@ -220,12 +220,12 @@ def test_short_batches_only_within_the_padding_or_when_stale(tmp_path):
     assert padding([str(clip)] * 2, lambda info: info.num_frames, 8) == 0  # lengths unknown up front
     assert padding([str(tmp_path / "missing.mp4")], lambda info: info.num_frames, 8) == 0
     info = VideoInfo("v", 8, 8, 30, 30.0, "h264", None)
-    unit = Unit(0, info, "v", 0, 30)
+    units = {1: Unit(0, info, "v", 0, 30), 2: Unit(1, info, "w", 0, 30)}  # a frame size each
     batcher = Batcher(lambda h, w: Batch(8))
 
     def chunk(start: int, n: int, size: int = 1) -> Chunk:
-        return Chunk(unit, FrameBatch("v", torch.zeros(n, 3, size, size, dtype=torch.uint8),
-                                      list(range(start, start + n)), [0.0] * n))
+        return Chunk(units[size], FrameBatch("v", torch.zeros(n, 3, size, size, dtype=torch.uint8),
+                                             list(range(start, start + n)), [0.0] * n))
 
     assert list(batcher.add(chunk(0, 5))) == [] and list(batcher.add(chunk(5, 6, size=2))) == []
     assert batcher.partial(short=1) == [] and batcher.stale(wait=60.0) == []  # 3 and 2 frames short

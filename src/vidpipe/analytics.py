@@ -17,12 +17,15 @@ is). Optional dependency: ``pip install "vidpipe[track]"``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .coco import Classes
 from .errors import VidpipeError
+
+MAX_COORDINATE = 1e6  # pixels: far past any frame, short of what float32 geometry would round away
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,19 @@ def _parse(text: str, what: str, example: str, least: int, most: int | None) -> 
     points = len(values) // 2
     if not sep or not name or len(values) % 2 or points < least or (most is not None and points > most):
         raise ValueError(f"{what} {text!r}: expected {example}")
-    return Region(name, tuple(zip(values[0::2], values[1::2])))
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in values):
+        raise ValueError(f"{what} {text!r}: coordinates must be finite pixel positions (|x|, |y| <= "
+                         f"{MAX_COORDINATE:g})")
+    region = Region(name, tuple(zip(values[0::2], values[1::2])))
+    if len(set(region.points)) < points or (what == "zone" and _area(region.points) == 0):
+        raise ValueError(f"{what} {text!r}: its points must be distinct" + (" and enclose an area" if what == "zone"
+                                                                              else " (a line of zero length)"))
+    return region
+
+
+def _area(points: tuple[tuple[float, float], ...]) -> float:
+    """The polygon's area (shoelace formula)."""
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))) / 2
 
 
 def parse_line(text: str) -> Region:

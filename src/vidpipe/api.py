@@ -25,6 +25,6 @@ def detect(video: str | os.PathLike, detector: Detector | Config | None = None) 
     Build the detector once and reuse it across videos (its model, graphs and decoders stay warm).
     A damaged or unreadable video raises :class:`~vidpipe.errors.VidpipeError` after its good frames.
     """
-    if not isinstance(detector, Detector):
+    if detector is None or isinstance(detector, Config):
         detector = Detector(detector or Config())
     yield from iter_results(detector, [os.fspath(video)])

@@ -10,6 +10,7 @@ Arguments, inputs, outputs and ``--resume`` are checked before torch, PyAV or th
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -19,11 +20,13 @@ import time
 from contextlib import ExitStack
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
-from .config import Check, Config, at_least, flags_of, positive
+from .config import Check, Config, at_least, flags_of, within
 from .errors import VidpipeError
-from .inputs import EXTENSIONS, check_input, check_outputs, expand_inputs, is_stream_url, output_paths
+from .inputs import EXTENSIONS, check_input, expand_inputs, is_stream_url, log_to_stderr, output_paths, redact
+from .outputs import Planned, check_planned, covers, record_path, totals_path, unwritable, write_record
 from .timeline import save as save_timeline
 from .timeline import stamp
 
@@ -57,13 +60,17 @@ def _counts(text: str) -> tuple[int, ...]:
         counts = tuple(int(x) for x in text.split(","))
     except ValueError:
         counts = ()
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 8,16,32")
+    if not counts or min(counts) < 1 or max(counts) > 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers from 1 to 1024 separated by commas, "
+                                         "e.g. 8,16,32")
     return counts
 
 
 def _class_ids(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(","))
+    parts = text.split(",")
+    if not all(p.strip().isascii() and p.strip().isdigit() for p in parts):  # int() also reads "٣" and " 3 "
+        raise ValueError(text)
+    return tuple(int(p) for p in parts)
 
 
 # How text becomes a value, by the field's annotation (Config's fields are ints, floats, strings,
@@ -117,14 +124,20 @@ def _add_detect_parser(sub) -> None:
     d.add_argument("--format", choices=sorted(EXTENSIONS), default="jsonl",
                    help="jsonl: a JSON object per frame; coco: a COCO results list; parquet: a row per detection "
                         "(README: Outputs)")
-    d.add_argument("--resume", action="store_true", help="skip inputs whose output is already complete")
+    d.add_argument("--resume", action="store_true",
+                   help="skip inputs whose output already holds them as this run would write them (the record "
+                        "beside each output: same input, unchanged, same settings, finished); redo the others")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace existing files at the output paths that are not vidpipe's earlier outputs of "
+                        "the same inputs (without it such a file stops the run before any work)")
     d.add_argument("--allow-failures", action="store_true",
                    help="exit 0 even when some inputs failed (they are still listed)")
     d.add_argument("--save-video", default=None, metavar="DIR",
                    help="also write each input as an MP4 under DIR (named as its output, .mp4) with boxes, class "
                         "names, scores, track ids, lines and zones drawn (on the GPU; encoded with libx264 on the "
                         "CPU); a live source as consecutive files, NAME-<first frame>.mp4")
-    d.add_argument("--video-segment", type=_typed(float, "seconds", positive), default=300.0, metavar="SECONDS",
+    d.add_argument("--video-segment", type=_typed(float, "seconds", within(0.1, 86400.0)), default=300.0,
+                   metavar="SECONDS",
                    help="with --save-video, a live source's video is cut into files of this much of the stream "
                         "(default: %(default)g)")
     g = d.add_argument_group("scale-out")
@@ -165,7 +178,7 @@ def _add_bench_parser(sub) -> None:
                    help="--suite scale: frames in each corpus (copies of the input)")
     b.add_argument("--live-streams", type=_counts, default=(8, 16, 32, 48, 64, 80, 96), metavar="K,K,...",
                    help="--suite live: stream counts tried in turn until one does not hold")
-    b.add_argument("--live-seconds", type=float, default=20.0, metavar="S",
+    b.add_argument("--live-seconds", type=_typed(float, "seconds", within(1.0, 86400.0)), default=20.0, metavar="S",
                    help="--suite live: how long each count runs (default 20)")
     b.add_argument("--procs-per-device", type=_int(1), default=1, metavar="N",
                    help="--suite live: spread the streams over N processes on the GPU (default 1)")
@@ -200,14 +213,32 @@ def _add_ladder_parser(sub) -> None:
     p.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json and PREFIX.md")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Flags only as spelled (``--weight`` is not ``--weights``), and a usage error in one line naming
+    what is wrong, without a usage dump."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    flags: set[str] = set()  # every option of every command, for "did you mean"
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: ") and (given := message.split(": ", 1)[1].split()[0]):
+            close = difflib.get_close_matches(given.split("=")[0], sorted(self.flags), n=1, cutoff=0.75)
+            message = f"unknown option {given}" + (f" (did you mean {close[0]}?)" if close else "")
+        where = "vidpipe " + (self.prog.split()[-1] + " " if self.prog != "vidpipe" else "")
+        self.exit(2, f"vidpipe: error: {redact(message)} (see {where}--help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpipe", description=__doc__.splitlines()[0])
+    p = _Parser(prog="vidpipe", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"vidpipe {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log what is chosen and why")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_detect_parser(sub)
     _add_bench_parser(sub)
     _add_ladder_parser(sub)
+    _Parser.flags = {f for command in sub.choices.values() for a in command._actions for f in a.option_strings}
     return p
 
 
@@ -297,6 +328,32 @@ def _close_on_signals(sources) -> None:
     signal.signal(signal.SIGTERM, close)
 
 
+def _extras(a: argparse.Namespace, cfg: Config) -> None:
+    """Optional packages the command needs, checked before any slow work (one line each, not a
+    traceback once the model has loaded)."""
+    from importlib.util import find_spec
+
+    needs = {"pyarrow": a.format == "parquet" and '--format parquet needs pyarrow: pip install "vidpipe[parquet]"',
+             "ray": getattr(a, "ray", None) is not None and '--ray needs Ray: pip install "vidpipe[ray]"',
+             "supervision": bool(cfg.lines or cfg.zones) and '--line and --zone need supervision: '
+                                                             'pip install "vidpipe[track]"',
+             "ultralytics": Path(cfg.model).suffix.lower() in (".pt", ".yaml", ".yml")
+                            and f'--model {cfg.model} needs Ultralytics: pip install "vidpipe[yolo]"'}
+    for module, message in needs.items():
+        if message and find_spec(module) is None:
+            raise VidpipeError(message)
+    if cfg.track:
+        from .track import check_installed
+
+        check_installed()
+
+
+def _planned(a: argparse.Namespace, cfg: Config, found, targets: dict[str, Path]) -> dict[str, Planned]:
+    """Every file each input's run writes (detections, totals, annotated video)."""
+    return {i.path: Planned(targets[i.path], totals_path(targets[i.path]) if cfg.lines or cfg.zones else None,
+                            Path(a.save_video) / f"{i.name}.mp4" if a.save_video else None) for i in found}
+
+
 def cmd_detect(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if a.sources is not None:
@@ -305,40 +362,64 @@ def cmd_detect(a: argparse.Namespace) -> int:
         return _detect_sources(a, t0)
     if not a.inputs:
         raise VidpipeError("nothing to detect: give INPUTs (files, directories, globs, URLs) or --sources FILE")
+    cfg = config_from_args(a)
+    _extras(a, cfg)
     found = expand_inputs(a.inputs)
-    targets = output_paths(found, a.output, a.format)
-    check_outputs(targets)
+    plans = _planned(a, cfg, found, output_paths(found, a.output, a.format))
+    check_planned(plans, a.overwrite)
     inputs = [i.path for i in found]
+    live = {i for i in inputs if cfg.realtime or cfg.loop or is_stream_url(i)}  # outputs with no end to record
     early: dict[str, str] = {}  # inputs that fail before any work, and why
     for path in inputs:
-        if (reason := check_input(path)) is not None:
+        reason = check_input(path)
+        if reason is None and (why := next(filter(None, map(unwritable, plans[path].files())), None)):
+            reason = f"{path}: {why}"
+        if reason is not None:
             early[path] = reason
-            print(f"vidpipe: error: {reason}", file=sys.stderr)
+            print(f"vidpipe: error: {redact(reason)}", file=sys.stderr)
     todo = [i for i in inputs if i not in early]
+    settings = {**cfg.output_settings(), "format": a.format, "save_video": bool(a.save_video)}
     if a.resume:
-        done = [i for i in todo if targets[i].is_file()]
+        done = [i for i in todo if i not in live and covers(plans[i], i, settings)]
         if done:
             log.warning("--resume: %d of %d inputs already complete", len(done), len(inputs))
         todo = [i for i in todo if i not in done]
+    for path in [i for i in todo if i not in live]:
+        try:  # from here these files are this run's: a crash leaves them to --resume to redo
+            write_record(plans[path], path, settings, complete=False)
+        except OSError as e:
+            early[path] = f"{path}: cannot write {record_path(plans[path].detections)} ({e.strerror or e})"
+            print(f"vidpipe: error: {redact(early[path])}", file=sys.stderr)
+    todo = [i for i in todo if i not in early]
     if not todo:
-        failed = f"; {len(early)} failed: " + ", ".join(early) if early else ""
+        failed = f"; {len(early)} failed: " + ", ".join(map(redact, early)) if early else ""
         print(f"vidpipe: nothing left to do ({len(inputs) - len(early)} of {len(inputs)} inputs complete){failed}",
               file=sys.stderr)
         return 1 if early and not a.allow_failures else 0
-    cfg = config_from_args(a)
     planned = _expected_frames(todo, a.max_frames)
     cfg = cfg.for_run(None if any(is_stream_url(i) for i in todo) else planned)
     progress = Progress(planned)
 
     def on_video(end) -> None:
         if end.error:
-            progress.write(f"vidpipe: error: {end.error}")
+            progress.write(f"vidpipe: error: {redact(end.error)}")
         elif end.analytics:
-            progress.write(f"vidpipe: {end.path}: {json.dumps(end.analytics)}")
+            progress.write(f"vidpipe: {redact(end.path)}: {json.dumps(end.analytics)}")
+        if end.path not in plans or end.path in live:
+            return
+        if not end.ok:
+            if not plans[end.path].detections.exists():  # nothing of it to own: no record left behind
+                record_path(plans[end.path].detections).unlink(missing_ok=True)
+            return
+        try:
+            write_record(plans[end.path], end.path, settings, complete=True)
+        except OSError as e:  # the output is whole; without its record --resume redoes it
+            progress.write(f"vidpipe: warning: {redact(end.path)}: its output is complete but its record "
+                           f"could not be written ({e.strerror or e}); --resume will run it again")
 
     try:
-        videos = {i.path: Path(a.save_video) / f"{i.name}.mp4" for i in found} if a.save_video else None
-        report = _detect(a, cfg, {i: targets[i] for i in todo}, progress.update, on_video, videos)
+        videos = {i: plans[i].video for i in todo} if a.save_video else None
+        report = _detect(a, cfg, {i: plans[i].detections for i in todo}, progress.update, on_video, videos)
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
@@ -347,7 +428,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
     print(f"vidpipe: {report.frames} frames from {len(inputs) - len(failed)} of {len(inputs)} inputs in "
           f"{seconds:.2f} s: {report.frames / max(seconds, 1e-9):.1f} frames/s end to end"
           + (f"; {dropped} live frames dropped to stay current (--live-policy latest)" if dropped else "")
-          + (f"; {len(failed)} failed: " + ", ".join(failed) if failed else ""), file=sys.stderr)
+          + (f"; {len(failed)} failed: " + ", ".join(map(redact, failed)) if failed else ""), file=sys.stderr)
     return 1 if failed and not a.allow_failures else 0
 
 
@@ -357,10 +438,8 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
     close every source and finish its output (a second one interrupts)."""
     from .detector import Detector
     from .engine import LiveSources, run
-    from .sinks import open_sink
+    from .sinks import OutputConflict, open_sink
 
-    if not Path(a.sources).is_file():
-        raise VidpipeError(f"--sources {a.sources}: no such file")
     if a.ray is not None or a.resume:
         raise VidpipeError("--sources: --ray and --resume are for INPUTs")
     if a.save_video and (a.devices or a.procs_per_device > 1):
@@ -368,23 +447,33 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise VidpipeError(f"-o {a.output}: --sources writes one output per source; give a directory")
+    cfg = config_from_args(a)
+    _extras(a, cfg)
+    cfg = cfg.for_run(None)
+    try:
+        sources = LiveSources.watch(a.sources)  # a file that is not a list of sources fails here, in one line
+    except OSError as e:
+        raise VidpipeError(f"--sources {a.sources}: {(e.strerror or str(e)).lower()}") from None
     out.mkdir(parents=True, exist_ok=True)
-    cfg = config_from_args(a).for_run(None)
-    sources = LiveSources.watch(a.sources)
     seen: dict[str, int] = {}
     targets: dict[str, Path] = {}  # source -> its output, the latest one when it was added again
 
     def target_for(path: str) -> Path:
+        """The output of a source added now; an earlier run's file there is kept (unless --overwrite):
+        the source fails in one line, the others run on."""
         name = expand_inputs([path])[0].name
         seen[name] = seen.get(name, 0) + 1
         targets[path] = out / f"{name}{'' if seen[name] == 1 else f'-{seen[name]}'}{EXTENSIONS[a.format]}"
+        if not a.overwrite and os.path.lexists(targets[path]):
+            raise OutputConflict(f"{targets[path]} exists (an earlier run's); pass --overwrite to replace it, or "
+                                 "move it")
         return targets[path]
 
     def on_video(end) -> None:
         said = f"error: {end.error}" if end.error else f"{end.path}: finished, {end.decoded} frames" + (
             f" ({end.dropped} dropped to stay current)" if end.dropped else "") + f" -> {targets.get(end.path)}" + (
             f"; {json.dumps(end.analytics)}" if end.analytics else "")
-        print(f"vidpipe: {said}", file=sys.stderr, flush=True)
+        print(f"vidpipe: {redact(said)}", file=sys.stderr, flush=True)
 
     _close_on_signals(sources)
     if a.devices or a.procs_per_device > 1:
@@ -474,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         a = parser.parse_args(argv)
         stamp("cli")
-        logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="vidpipe: %(message)s")
+        log_to_stderr(logging.INFO if a.verbose else logging.WARNING)
         # The process's own setting, inherited by worker processes: Inductor's caches persist here,
         # so a second run skips most of the compile time.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
@@ -485,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         module = __import__(f"vidpipe.{a.command}", fromlist=["main"])
         return module.main(a)
     except VidpipeError as e:
-        print(f"vidpipe: error: {e}", file=sys.stderr)
+        print(f"vidpipe: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vidpipe: interrupted; completed outputs kept, unfinished ones left as *.partial",

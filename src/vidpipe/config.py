@@ -9,6 +9,7 @@ Imports no torch: ``vidpipe --help`` reads these fields.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import Field, asdict, dataclass, field, fields, replace
@@ -42,6 +43,13 @@ FORMATTERS = (2, 4)
 # 0.2 ms (bench/nvdec_gil.py on the H200). 48 live 1080p cameras: 21.6 / 25.9 / 27.8 frames/s each; files
 # unchanged at 0.5 (docs/results.md, "Thirteenth session"; 0.2 was not measured on files).
 GIL_INTERVAL_MS = 0.5
+# Bounds past which a setting is a typo: each would only fail later, deep inside a run, as an allocation
+# or an overflow (a 2**63 seed, a 10**6-pixel letterbox, 10**6 decode threads).
+MAX_IMGSZ = 8192
+MAX_CLASS_ID = 100_000
+MAX_BATCH = 4096
+MAX_WORKERS = 256
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range
 
 
 class ConfigError(VidpipeError, ValueError):
@@ -59,6 +67,14 @@ def at_least(low: int) -> Check:
     return check
 
 
+def between(low: int, high: int) -> Check:
+    """A whole number in [low, high] (a bound past which the value is a typo, not a setting)."""
+    def check(value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"must be a whole number from {low:,} to {high:,}, got {value!r}")
+    return check
+
+
 def fraction(value: float) -> None:
     """A finite number in [0, 1] (NaN fails)."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
@@ -71,10 +87,12 @@ def below_one(value: float) -> None:
         raise ValueError(f"must be a number in [0, 1), got {value!r}")
 
 
-def positive(value: float) -> None:
-    """A finite number > 0."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"must be a number > 0, got {value!r}")
+def within(low: float, high: float) -> Check:
+    """A finite number in [low, high] (NaN and infinity fail)."""
+    def check(value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"must be a number from {low:g} to {high:g}, got {value!r}")
+    return check
 
 
 def one_of(*choices: str) -> Check:
@@ -86,13 +104,14 @@ def one_of(*choices: str) -> Check:
 
 
 def multiple_of_32(value: int) -> None:
-    if not isinstance(value, int) or value < 32 or value % 32:
-        raise ValueError(f"must be a multiple of 32, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 32 <= value <= MAX_IMGSZ or value % 32:
+        raise ValueError(f"must be a multiple of 32 from 32 to {MAX_IMGSZ}, got {value!r}")
 
 
 def class_ids(value: tuple[int, ...]) -> None:
-    if not value or any(not isinstance(i, int) or i < 0 for i in value):
-        raise ValueError(f"must list class ids >= 0, got {value!r}")
+    if not isinstance(value, tuple) or not value or any(
+            not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= MAX_CLASS_ID for i in value):
+        raise ValueError(f"must list class ids from 0 to {MAX_CLASS_ID:,}, got {value!r}")
 
 
 def regions(kind: str) -> Check:
@@ -136,6 +155,15 @@ MODEL, DATA, POST, SSD, AFTER = ("model", "decoding and scheduling", "post-proce
                                  "after detection")
 
 
+# The fields that change what an output holds (Config.output_settings); the others change only speed.
+OUTPUT_FIELDS = ("model", "weights", "random_candidates", "random_classes", "seed", "imgsz", "normalize", "realtime",
+                 "loop", "live_policy", "max_frames", "score_threshold", "iou_threshold", "max_detections", "classes",
+                 "agnostic_nms", "track", "lines", "zones", "postprocess", "candidate_threshold",
+                 "per_class_candidates")
+SPEED_FIELDS = ("trust_weights", "precision", "channels_last", "compile", "cuda_graphs", "kernels", "device", "decoder",
+                "stream_decoder", "batch_size", "overlap", "decoders", "formatters", "gil_interval_ms")
+
+
 @dataclass(frozen=True)
 class Config:
     """The switches of one run. ``None`` thresholds take the model family's own defaults
@@ -152,10 +180,10 @@ class Config:
                                   "(unpickling them runs their code: only for files you trust)", group=MODEL)
     random_candidates: int | None = setting(None, "random weights: candidates per frame to aim for (SSD300: scores "
                                             "> 0.05, default 2000; YOLO: anchors above --conf, default 500)",
-                                            group=MODEL, check=at_least(0), metavar="N")
+                                            group=MODEL, check=between(0, 1_000_000), metavar="N")
     random_classes: int = setting(20, "SSD300 random weights: classes the candidates spread over", group=MODEL,
-                                  check=at_least(1), metavar="N")
-    seed: int = setting(0, "random weights: the seed they are drawn with", group=MODEL, check=at_least(0),
+                                  check=between(1, 80), metavar="N")
+    seed: int = setting(0, "random weights: the seed they are drawn with", group=MODEL, check=between(0, MAX_SEED),
                         metavar="N")
     imgsz: int = setting(640, "YOLO: inference size (the letterbox's long side, as Ultralytics' imgsz)", group=MODEL,
                          check=multiple_of_32, metavar="N")
@@ -183,14 +211,14 @@ class Config:
         check=one_of("auto", "nvdec", "pyav"))
     batch_size: int | None = setting(None, f"frames per batch (default {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU, "
                                      "where a large batch only delays the first result)", group=DATA,
-                                     check=at_least(1), metavar="N")
+                                     check=between(1, MAX_BATCH), metavar="N")
     stream_decoder: Literal["ffmpeg", "pynvvideocodec"] = setting(
         "ffmpeg", "stream URLs on NVDEC: ffmpeg = FFmpeg demultiplexes and decodes on NVDEC (PyAV's CUDA decoding: "
         "off the GIL, frames stay on the GPU); pynvvideocodec = FFmpeg demultiplexes, PyNvVideoCodec decodes each "
         "packet (used anyway where PyAV has no CUDA decoding)", group=DATA, check=one_of("ffmpeg", "pynvvideocodec"))
     overlap: bool = setting(True, "run every stage serially in one thread (for comparison)", group=DATA)
     decoders: int = setting(0, "parallel decode workers (0 = from resolution and device)", group=DATA,
-                            check=at_least(0), metavar="N")
+                            check=between(0, MAX_WORKERS), metavar="N")
     max_frames: int | None = setting(None, "only the first N frames of each input", group=DATA, check=at_least(1),
                                      metavar="N")
     realtime: bool = setting(False, "read files at their own frame rate, as a camera delivers frames (a stand-in "
@@ -204,10 +232,10 @@ class Config:
     formatters: int | None = setting(None, "processes formatting output text, off the GIL (default on a GPU: one "
                                      f"per 4 CPU cores, {FORMATTERS[0]} to {FORMATTERS[1]}; 0 on a CPU: formatted "
                                      "in the writer thread)", group=DATA,
-                                     check=at_least(0), metavar="N")
+                                     check=between(0, MAX_WORKERS), metavar="N")
     gil_interval_ms: float = setting(
         GIL_INTERVAL_MS, "while a run goes on, the longest a thread keeps Python's GIL once another waits for it, in "
-        "ms (Python's own: 5; sys.setswitchinterval)", group=DATA, check=positive, metavar="MS")
+        "ms (Python's own: 5; sys.setswitchinterval)", group=DATA, check=within(0.01, 1000.0), metavar="MS")
     # post-processing, every family
     score_threshold: float | None = setting(None, "detections scoring below P are dropped (SSD300 0.3, YOLO 0.25)",
                                             group=POST, flags=("--conf", "--score-threshold"), check=fraction,
@@ -216,7 +244,7 @@ class Config:
                                           "dropped (SSD300 0.5, YOLO 0.7)", group=POST,
                                           flags=("--iou", "--iou-threshold"), check=fraction, metavar="IOU")
     max_detections: int | None = setting(None, "detections kept per frame, best first (SSD300 20, YOLO 300)",
-                                         group=POST, flags=("--max-det", "--max-detections"), check=at_least(1),
+                                         group=POST, flags=("--max-det", "--max-detections"), check=between(1, 100_000),
                                          metavar="N")
     classes: tuple[int, ...] | None = setting(None, "keep only these class ids, e.g. 0,2 (the model's own ids: YOLO "
                                               "COCO 0 = person; SSD300 1)", group=POST, check=class_ids,
@@ -240,12 +268,14 @@ class Config:
                                        check=one_of("gpu", "loop_device", "loop_host"))
     candidate_threshold: float = setting(0.05, "class scores at or below P are never candidates", group=SSD,
                                          check=below_one, metavar="P")
-    per_class_candidates: int = setting(200, "best candidates per class that enter NMS", group=SSD, check=at_least(1),
+    per_class_candidates: int = setting(200, "best candidates per class that enter NMS", group=SSD, check=between(1, 100_000),
                                         metavar="N")
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value, check = getattr(self, f.name), f.metadata.get("check")
+            if not _of_type(value, f.type):
+                raise ConfigError(f"{f.name} must be {_described(f.type)}, got {type(value).__name__} {value!r}")
             if value is not None and check is not None:
                 validate(f.name, value, check)
         if self.lines and not self.track:
@@ -257,6 +287,18 @@ class Config:
         if self.compile != "auto":
             return self
         return self.replace(compile="on" if (planned_frames or 0) >= COMPILE_MIN_FRAMES else "off")
+
+    def output_settings(self) -> dict:
+        """The settings that choose what an output holds (the model, its weights and thresholds, which
+        frames, tracking, lines and zones), not how fast it is made: what ``--resume`` compares. A model
+        or weights file counts by its size and modification time too."""
+        settings = {name: getattr(self, name) for name in OUTPUT_FIELDS}
+        for name in ("model", "weights"):
+            value = settings[name]
+            if isinstance(value, str) and os.path.isfile(value):
+                st = os.stat(value)
+                settings[f"{name}_file"] = [os.path.realpath(value), st.st_size, st.st_mtime_ns]
+        return json.loads(json.dumps(settings))  # tuples as lists: as they read back from a record
 
     def batch_for(self, device: torch.device) -> int:
         """The batch size on ``device``: the configured one, else GPU_BATCH or CPU_BATCH."""
@@ -302,6 +344,36 @@ class Config:
             else:
                 out += [flag, str(value)]
         return out
+
+
+# Config's field annotations (strings: the module has postponed annotations) -> what a value may be.
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+                                       "tuple[int, ...]": (tuple,), "tuple[str, ...]": (tuple,)}
+
+
+def _base(annotation: str) -> tuple[str, bool]:
+    optional = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    return ("str" if base.startswith("Literal[") or base in ("Precision", "Postprocess") else base), optional
+
+
+def _of_type(value: Any, annotation: str) -> bool:
+    base, optional = _base(annotation)
+    if value is None:
+        return optional
+    if isinstance(value, bool) and base != "bool":
+        return False
+    if not isinstance(value, _TYPES[base]):
+        return False
+    item = {"tuple[int, ...]": int, "tuple[str, ...]": str}.get(base)
+    return item is None or all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+
+
+def _described(annotation: str) -> str:
+    base, optional = _base(annotation)
+    words = {"str": "text", "int": "a whole number", "float": "a number", "bool": "True or False",
+             "tuple[int, ...]": "a tuple of whole numbers", "tuple[str, ...]": "a tuple of texts"}[base]
+    return words + (" or None" if optional else "")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -97,6 +97,9 @@ class Detector:
     """
 
     def __init__(self, config: Config = Config(), model: ModelFamily | torch.nn.Module | None = None) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"Detector takes a vidpipe.Config (e.g. Config(model='yolo11m.pt')), "
+                            f"got {type(config).__name__} {config!r:.60}")
         self.device = resolve_device(config.device)
         kernels = choose_kernels(config, self.device.type)
         # Not compiled on this machine yet: torch ops now; a background process compiles the kernels

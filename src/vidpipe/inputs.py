@@ -8,14 +8,16 @@ output whatever else is given, added or removed: a video found under a directory
 fixed leading directories) keeps its path below that root, mirrored under ``-o`` with the format's
 extension (``in/a/clip.mp4`` -> ``out/a/clip.jsonl``); a file named directly keeps its name
 (``clip.jsonl``); a URL becomes its host and path (``rtsp://cam1:554/live`` -> ``cam1_554_live.jsonl``).
-Two inputs that would share an output are an error before any work, as is an output that is an
-input. Light on purpose: no torch, PyAV or NumPy, so errors and ``--help`` come before them.
+Two inputs that would share an output are an error before any work (:mod:`vidpipe.outputs` checks
+the rest of what a run writes). Light on purpose: no torch, PyAV or NumPy, so errors and ``--help``
+come before them.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import logging
 import os
 import re
 import stat
@@ -34,6 +36,32 @@ def is_stream_url(path: str | os.PathLike) -> bool:
     return str(path).lower().startswith(STREAM_PREFIXES)
 
 
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL's user name and password taken out (``rtsp://user:secret@cam/live`` ->
+    ``rtsp://cam/live``): what vidpipe prints, logs and writes names a camera without its credentials."""
+    return _CREDENTIALS.sub(r"\1", text)
+
+
+class _Redacted(logging.Filter):
+    """A log record's message with every URL's credentials taken out (:func:`redact`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if (clean := redact(message)) != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def log_to_stderr(level: int = logging.WARNING) -> None:
+    """vidpipe's log lines on stderr (``vidpipe: ...``), with no camera's credentials in them."""
+    logging.basicConfig(level=level, format="vidpipe: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redacted())
+
+
 @dataclass(frozen=True)
 class Input:
     """``path`` as given or found; ``name``: its output's path below ``-o``, without extension."""
@@ -43,11 +71,36 @@ class Input:
 
 
 def _url_name(url: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[1]).strip("_.") or "stream"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", redact(url).split("://", 1)[1]).strip("_.") or "stream"
 
 
 def _below(path: Path, root: Path) -> str:
-    return path.relative_to(root).with_suffix("").as_posix()
+    """``path``'s name below ``root``, without extension, with no ``..`` in it: a glob such as
+    ``base/*/../x.mp4`` names its matches through parent folders, and an output named so would land
+    outside ``-o``. Those are named as their folder-free path below the glob's resolved root, else by
+    their file name alone (the names checked for clashes afterwards)."""
+    name = path.relative_to(root).with_suffix("").as_posix()
+    if ".." not in name.split("/"):
+        return name
+    try:
+        return Path(os.path.normpath(path)).relative_to(os.path.normpath(root)).with_suffix("").as_posix()
+    except ValueError:
+        return path.stem
+
+
+def _videos_below(root: Path) -> list[Path]:
+    """Every video file under ``root`` (by extension), sorted; a folder that cannot be read is an error
+    naming it, not a silent gap in the run."""
+    found = []
+
+    def unreadable(e: OSError) -> None:
+        raise VidpipeError(f"{e.filename}: cannot read this folder ({e.strerror}); its videos would be left out. "
+                           "Fix its permissions, or name the files to run") from None
+
+    for folder, _, files in os.walk(root, onerror=unreadable):
+        found += [Path(folder, f) for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS
+                  and os.path.isfile(os.path.join(folder, f))]
+    return sorted(found)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -70,7 +123,7 @@ def expand_inputs(items: list[str]) -> list[Input]:
             out.append(Input(item, _url_name(item)))
         elif os.path.isdir(item):
             root = Path(item)
-            found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            found = _videos_below(root)
             if not found:
                 kinds = ", ".join(sorted(VIDEO_EXTENSIONS)[:5])
                 raise VidpipeError(f"{item}: directory contains no videos ({kinds}, ...)")
@@ -115,26 +168,6 @@ def output_paths(inputs: list[Input], output: str, fmt: str) -> dict[str, Path]:
     return paths
 
 
-def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def check_outputs(targets: dict[str, Path]) -> None:
-    """No output may be an input (by resolved path, or the same file through a hard link)."""
-    inputs = {os.path.realpath(p): p for p in targets if not is_stream_url(p)}
-    ids = {_identity(p): p for p in inputs.values()}
-    ids.pop(None, None)
-    for target in targets.values():
-        clash = inputs.get(os.path.realpath(target)) or ids.get(_identity(target))
-        if clash is not None:
-            raise VidpipeError(f"-o {target}: that is the input {clash} itself (an output is overwritten); "
-                               "choose another output path")
-
-
 def check_input(path: str) -> str | None:
     """A one-line reason why ``path`` cannot be a video file, or None (URLs are checked when opened)."""
     if is_stream_url(path):
@@ -159,3 +192,21 @@ def check_input(path: str) -> str | None:
     if not os.access(path, os.R_OK):
         return f"{path}: permission denied"
     return None
+
+
+def check_model_file(path: str | os.PathLike, flag: str, limit: int) -> Path:
+    """``path`` as a model file vidpipe may read: a regular file (a symbolic link is followed: its target
+    must be one) of at most ``limit`` bytes, else :class:`VidpipeError` naming ``flag`` (a FIFO would
+    block the read, a device such as /dev/zero never end it)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise VidpipeError(f"{flag} {path}: {e.strerror.lower() if e.strerror else e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) \
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file"
+        raise VidpipeError(f"{flag} {path}: {kind}, not a model file")
+    if st.st_size > limit:
+        raise VidpipeError(f"{flag} {path}: {st.st_size:,} bytes, more than a model file of this kind holds "
+                           f"({limit:,} at most)")
+    return Path(path)

@@ -23,7 +23,6 @@ import collections
 import logging
 import multiprocessing as mp
 import os
-import signal
 import threading
 from dataclasses import fields
 from multiprocessing.connection import Connection
@@ -33,7 +32,9 @@ from typing import Callable
 from .config import Config
 from .engine import LiveSources, RunReport, VideoEnd
 from .engine.live import POLL
-from .scale import Assignment, Inbox, Sender, die_with_parent, frames_reporter, start_worker
+from .environ import as_child
+from .inputs import log_to_stderr
+from .scale import Assignment, Inbox, Sender, frames_reporter, start_worker
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
     thread.start()
     try:
         while len(finished) < len(workers):
+            for path, reason in dispatch.refused():  # no output could be opened for it: never started
+                end = VideoEnd(path, error=f"{path}: cannot write its output ({reason})", fatal=True)
+                report.videos.append(end)
+                if on_video:
+                    on_video(end)
             for kind, worker, payload in inbox.messages(finished):
                 if kind == "video":
                     end = VideoEnd(**payload)
@@ -115,6 +121,7 @@ class _Dispatch:
         self._alive = set(range(len(controls)))
         self._moved: list[str] = []  # a dead worker's sources, to be added again elsewhere
         self._ended: set[str] = set()  # sources whose output is finished (kept until removed, as one process does)
+        self._refused: list[tuple[str, str]] = []  # sources whose output could not be named, and why
 
     def run(self) -> None:
         seen = -1
@@ -130,15 +137,27 @@ class _Dispatch:
                     if not self._alive:  # no worker left: reported as not run
                         self._where[path] = -1
                         continue
+                    try:
+                        target = str(self.target_for(path))
+                    except OSError as e:  # an earlier run's output there: this source alone is refused
+                        self._where[path], self._ended = -1, self._ended | {path}
+                        self._refused.append((path, e.strerror or str(e)))
+                        continue
                     running = collections.Counter(w for p, w in self._where.items() if p not in self._ended)
                     worker = min(self._alive, key=lambda w: (running[w], w))
                     self._where[path] = worker
-                    self.controls[worker].put(("add", path, str(self.target_for(path))))
+                    self.controls[worker].put(("add", path, target))
                 self._moved.clear()
             if closed:
                 for control in self.controls:
                     control.put(None)
                 return
+
+    def refused(self) -> list[tuple[str, str]]:
+        """Sources refused since the last call (their output could not be named), and why."""
+        with self._lock:
+            refused, self._refused = self._refused, []
+        return refused
 
     def ended(self, path: str) -> None:
         with self._lock:
@@ -160,14 +179,13 @@ class _Dispatch:
 def _live_worker(worker: int, device: str, config: dict, fmt: str, control, pipe: Connection,
                  parent: int) -> None:
     """A worker process: one detector, one engine run over the sources the parent gives it."""
-    die_with_parent(parent)
+    as_child(parent)  # a terminal's Ctrl-C reaches every process: the parent closes the set
     results = Sender(pipe)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches every process: the parent closes the set
     from .detector import Detector
     from .engine import run
     from .sinks import open_sink
 
-    logging.basicConfig(level=logging.WARNING, format="vidpipe: %(message)s")
+    log_to_stderr()
     results.put(("hello", worker, os.getpid()))
     sources, targets = LiveSources(), {}
 

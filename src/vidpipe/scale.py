@@ -17,7 +17,6 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import threading
@@ -32,10 +31,10 @@ import torch
 
 from .config import Config
 from .engine import RunReport, VideoEnd
-from .environ import child_environ
+from .environ import as_child, child_environ
 from .errors import VidpipeError
 from .sinks import INCOMPLETE, concat_outputs
-from .inputs import is_stream_url
+from .inputs import is_stream_url, log_to_stderr
 from .sources import scan_packets
 
 log = logging.getLogger(__name__)
@@ -129,26 +128,6 @@ def start_worker(ctx, assignment: Assignment, target: Callable, args: tuple) -> 
     with child_environ({"CUDA_VISIBLE_DEVICES": assignment.visible}):
         proc.start()
     return proc
-
-
-def die_with_parent(parent: int) -> None:
-    """End this worker when the process that started it dies, even by SIGKILL (no orphan keeps a
-    GPU busy and writes outputs nobody waits for)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-        return
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def frames_reporter(results, worker: int, device: torch.device) -> Callable[[int], None]:
@@ -275,11 +254,11 @@ def plan_tasks(targets: dict[str, Path], workers: int, split_frames: int) -> lis
 
 def _worker(worker: int, device: str, config: dict, fmt: str, tasks: mp.Queue, pipe: Connection,
             parent: int) -> None:
-    die_with_parent(parent)
+    as_child(parent)
     from .detector import Detector
 
     results = Sender(pipe)
-    logging.basicConfig(level=logging.WARNING, format="vidpipe: %(message)s")
+    log_to_stderr()
     # What this process was given, read after its imports and its target were unpickled.
     results.put(("hello", worker, {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                    "cuda_devices": torch.cuda.device_count()}))

@@ -29,10 +29,11 @@ from typing import Callable, Literal, Protocol
 import numpy as np
 
 from .coco import SSD300_CLASSES, Classes
+from .inputs import redact
+from .outputs import INCOMPLETE
 
 Format = Literal["jsonl", "coco", "parquet"]
 PARTIAL = ".partial"  # an output being written, or left by an interrupted run
-INCOMPLETE = ".incomplete"  # what was written for an input that failed
 X264_PRESET = "ultrafast"  # 276 vs 106 frames/s at 1080p on 16 cores for "veryfast" (bench/encode_ceiling.py)
 
 
@@ -64,6 +65,15 @@ def _version(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def _partial_name(name: str, limit: int = 255) -> str:
+    """``<name>.<pid>.<random>.partial``, the name cut short where it would pass ``limit`` bytes (a file
+    system's longest name): an output whose own name fits always gets its partial file."""
+    tail = f".{os.getpid()}.{secrets.token_hex(4)}{PARTIAL}"
+    while len(os.fsencode(name + tail)) > limit:
+        name = name[:-1]
+    return name + tail
+
+
 class _AtomicFile:
     """Writes to a partial file of this process's own (``<path>.<pid>.<random>.partial``) and puts
     it under ``path`` only when closed as complete, and only if ``path`` is still what it was when
@@ -74,7 +84,7 @@ class _AtomicFile:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.before = _version(self.path)
-        self.partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL}")
+        self.partial = self.path.with_name(_partial_name(self.path.name))
         self.file = open(self.partial, "xb" if binary else "x", encoding=None if binary else "utf-8")
         self.frames = 0
 
@@ -107,7 +117,10 @@ class _AtomicFile:
         """Close as failed: what was written is set aside as ``<path>.incomplete`` (never the final
         name, so ``--resume`` retries the input); returns that path, or None if nothing was written."""
         if not self.file.closed:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # what its buffer held cannot be written either (a full disk): set aside as it is
+                pass
         if not self.partial.exists():
             return None
         if self.frames == 0:
@@ -511,10 +524,12 @@ def concat_outputs(fmt: Format, parts: list[Path], target: Path) -> None:
 
 def open_sink(fmt: Format, path: str | os.PathLike, video: str, width: int, height: int,
               classes: Classes = SSD300_CLASSES, tracked: bool = False) -> Sink:
-    """A sink of format ``fmt`` for one video; ``classes`` names the class ids it will be given;
-    ``tracked``: its detections carry track ids (a Parquet file's schema says so up front)."""
+    """A sink of format ``fmt`` for one video (named in it without any URL credentials); ``classes``
+    names the class ids it will be given; ``tracked``: its detections carry track ids (a Parquet file's
+    schema says so up front)."""
     if fmt not in SINKS:
         raise ValueError(f"format must be one of {sorted(SINKS)}, got {fmt!r}")
+    video = redact(video)
     if fmt == "parquet":
         return ParquetSink(path, video, width, height, classes, tracked)
     return SINKS[fmt](path, video, width, height, classes)

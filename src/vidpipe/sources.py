@@ -98,14 +98,20 @@ class FrameBatch:
 
 
 NET_TIMEOUT = 10.0  # seconds a network source may stay silent (connect, then each read)
+# Seconds a reconnected stream must deliver frames before its reconnects count from zero again: a
+# stream that stalls again soon after each reconnect is given up on after its reconnects, not retried
+# for ever (its frames would keep a run going that can never finish it).
+STEADY_S = 60.0
+RECONNECTS = 5  # reconnects in a row (0.5 s back-off, doubling) before a lost stream is given up
 
 
-def _open(path: str, timeout: float = NET_TIMEOUT, **kwargs) -> av.container.InputContainer:
+def _open(path: str, timeout: float | None = None, **kwargs) -> av.container.InputContainer:
     """Open a file, or a URL with connect/read timeouts (RTSP over TCP: no lost packets); ``kwargs``
     go to ``av.open`` (``hwaccel``)."""
     if not is_stream_url(path):
         return av.open(path, **kwargs)
     options = {"rtsp_transport": "tcp"} if path.lower().startswith("rtsp://") else {}
+    timeout = NET_TIMEOUT if timeout is None else timeout
     return av.open(path, timeout=(timeout, timeout), options=options, **kwargs)
 
 
@@ -229,8 +235,9 @@ class UndecodableStream(OSError):
 class PyAVSource:
     """FFmpeg (CPU) decode of one video or stream URL; see the module docstring.
 
-    For URLs (rtsp, http, ...) reads time out after ``timeout`` seconds and a lost connection is
-    reopened up to ``reconnects`` times in a row with doubling back-off. For a file served over
+    For URLs (rtsp, http, ...) reads time out after ``timeout`` seconds (default ``NET_TIMEOUT``) and a
+    lost connection is reopened up to ``reconnects`` (``RECONNECTS``) times in a row with doubling
+    back-off; a reconnection counts as a recovery once it has delivered frames for ``STEADY_S``. For a file served over
     the network, frames the server replays after a reconnect (by timestamp) are skipped, so none
     is delivered twice. A live feed (no frame count) is reopened whenever it ends and its clock
     continues; bound it with ``max_frames`` or stop it.
@@ -240,14 +247,14 @@ class PyAVSource:
     pending: torch.cuda.Stream | None = None  # FrameBatch.stream of its batches: uploads are synchronised
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", *,
-                 threads: int = 0, max_frames: int | None = None, reconnects: int = 5,
-                 timeout: float = NET_TIMEOUT, info: VideoInfo | None = None) -> None:
+                 threads: int = 0, max_frames: int | None = None, reconnects: int | None = None,
+                 timeout: float | None = None, info: VideoInfo | None = None) -> None:
         self.info = info or probe(path)
         self.device = torch.device(device)
         self.threads = threads
         self.max_frames = max_frames
-        self.reconnects = reconnects
-        self.timeout = timeout
+        self.reconnects = RECONNECTS if reconnects is None else reconnects
+        self.timeout = NET_TIMEOUT if timeout is None else timeout
         self.decoded = 0
         self.corrupt_packets = 0
         self._failing_since: float | None = None  # the first packet that failed since the last frame
@@ -325,6 +332,7 @@ class PyAVSource:
         last_pts, delivered, attempt = None, 0, 0
         while True:
             self._failing_since = None  # each connection's failures are its own
+            since = None  # when this connection's first new frame came
             try:
                 with self._container() as c, closing(self._decode(c, self._video_stream(c))) as decoded:
                     for frame in decoded:
@@ -333,7 +341,9 @@ class PyAVSource:
                             continue  # replayed by the server after a reconnect
                         last_pts = frame.pts if frame.pts is not None else last_pts
                         delivered += 1
-                        attempt = 0
+                        since = since or time.monotonic()
+                        if attempt and time.monotonic() - since >= STEADY_S:
+                            attempt = 0  # a connection that held is a recovery: the next loss starts over
                         yield frame
                 if not url or (replays and delivered >= self.info.num_frames):
                     return

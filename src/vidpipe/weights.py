@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VidpipeError
+from .inputs import check_model_file
 from .model import NUM_LABELS, SSD300
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ NVIDIA_URL = (
 )
 # NVIDIA's training script stores its argparse namespace beside the weights; nothing else is allowed.
 _SAFE_GLOBALS = [argparse.Namespace]
+MAX_CHECKPOINT_BYTES = 1 << 30  # NVIDIA's SSD300 checkpoint is ~160 MB: a larger file is not one
 
 
 def default_checkpoint_path() -> Path:
@@ -34,8 +36,9 @@ def default_checkpoint_path() -> Path:
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
+    if not path.exists():
         raise VidpipeError(f"{path}: weights file not found")
+    check_model_file(path, "--weights", MAX_CHECKPOINT_BYTES)
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -57,6 +60,8 @@ def load_state_dict_strict(model: SSD300, state: dict[str, torch.Tensor], source
     unexpected = sorted(state.keys() - own.keys())
     shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own.keys() & state.keys()
               if own[k].shape != state[k].shape]
+    shapes += [f"{k} holds {state[k].dtype}, not floats" for k in own.keys() & state.keys()
+               if own[k].is_floating_point() and not state[k].is_floating_point()]
     problems = []
     if missing:
         problems.append(f"missing keys {_abbrev(missing)}")

@@ -17,6 +17,7 @@ Modules, in the order frames flow:
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Callable, Iterator
 
@@ -41,10 +42,31 @@ __all__ = ["DONE", "BatchResult", "Chunk", "FrameProducer", "LiveSources", "RunR
            "Unit", "UnitEnd", "VideoEnd", "VideoStart", "iter_results", "process", "run"]
 
 
-def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]:
-    """Per-frame results, lazily; one batch stays in flight so the GPU never waits for the reader.
-    With ``Config.track`` each video's results carry track ids (tracked in frame order). A damaged or
-    unreadable input raises :class:`VidpipeError` after its good frames."""
+def _checked(detector: object, inputs: object, live: bool = False) -> list[str] | LiveSources:
+    """The arguments of :func:`run` / :func:`iter_results`, their types checked (a path alone is a list
+    of one): a wrong type fails here, in one line, not deep inside a run."""
+    if not isinstance(detector, Detector):
+        raise TypeError(f"expected a vidpipe.Detector, got {type(detector).__name__} {detector!r:.60}")
+    if live and isinstance(inputs, LiveSources):
+        return inputs
+    if isinstance(inputs, (str, os.PathLike)):
+        return [os.fspath(inputs)]
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, (str, os.PathLike)) for i in inputs):
+        raise TypeError("expected a video path or URL, or a list of them" + (" or a LiveSources" if live else "")
+                        + f", got {type(inputs).__name__}")
+    return [os.fspath(i) for i in inputs]
+
+
+def iter_results(detector: Detector, inputs: str | os.PathLike | list[str]) -> Iterator[FrameResult]:
+    """Per-frame results, lazily, each input's in frame order (inputs may interleave: ``FrameResult.video``
+    tells them apart); one batch stays in flight so the GPU never waits for the reader. With
+    ``Config.track`` each video's results carry track ids (tracked in frame order).
+    A damaged or unreadable input raises :class:`VidpipeError` after its good frames. The same input
+    twice is a ``ValueError``: its results could not be told apart."""
+    inputs = _checked(detector, inputs)
+    if len(set(inputs)) < len(inputs):
+        twice = next(i for i in inputs if inputs.count(i) > 1)
+        raise ValueError(f"{twice} is given twice; give each input once")
     pending: BatchResult | None = None
     trackers: dict[int, Tracker] = {}  # by id(info), as the writer keys videos
     for item in process(detector, inputs):
@@ -61,7 +83,7 @@ def iter_results(detector: Detector, inputs: list[str]) -> Iterator[FrameResult]
         yield from pending.frames(trackers.get(id(pending.info)))
 
 
-def run(detector: Detector, inputs: list[str] | LiveSources, sink_for: SinkFactory, *,
+def run(detector: Detector, inputs: str | os.PathLike | list[str] | LiveSources, sink_for: SinkFactory, *,
         on_frames: Callable[[int], None] | None = None,
         on_video: Callable[[VideoEnd], None] | None = None, frames: tuple[int, int] | None = None,
         video_for: Callable[[VideoInfo], VideoSink | None] | None = None) -> RunReport:
@@ -69,6 +91,7 @@ def run(detector: Detector, inputs: list[str] | LiveSources, sink_for: SinkFacto
     ``inputs`` may be a :class:`LiveSources` that changes while it runs (the run returns once it is
     closed). ``video_for``: an annotated video per input (a :class:`~vidpipe.sinks.VideoSink`, or
     None for none). On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
+    inputs = _checked(detector, inputs, live=True)
     cfg = detector.config
     if cfg.track:
         check_installed()  # a missing tracking library fails the run here, in one line, before any work

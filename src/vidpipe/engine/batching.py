@@ -50,8 +50,13 @@ class Batcher:
         self.since: dict[tuple[int, int], float] = {}  # when each open batch got its first frames
 
     def add(self, chunk: Chunk) -> Iterator[tuple[Batch, list[Rows]]]:
-        """Full batches completed by ``chunk``."""
+        """Full batches completed by ``chunk``; first, a batch of another size that holds frames of its
+        unit (a source that changed resolution), taken out short: a unit's results must come in frame
+        order, and its later frames would otherwise be issued ahead of those still waiting there."""
         h, w = chunk.batch.frames.shape[-2:]
+        for key in [k for k, (_, pieces) in self.open.items()
+                    if k != (h, w) and any(r.unit is chunk.unit for r in pieces)]:
+            yield self._take(key)
         rest = chunk.batch
         while len(rest):
             if (h, w) not in self.open:

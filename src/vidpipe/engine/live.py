@@ -11,11 +11,17 @@ every source and lets the run end. Nothing here touches torch.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
+from ..errors import VidpipeError
+
 POLL = 0.25  # seconds between looks at a sources file; also the longest an addition waits
+MAX_BYTES = 1 << 20  # a sources file: ~10,000 URLs
+log = logging.getLogger(__name__)
 
 
 class LiveSources:
@@ -72,7 +78,7 @@ class LiveSources:
         briefly missing (an editor replacing it) keeps the sources as they were."""
         path = Path(path)
         stamp = _stamp(path)  # before the read: a change in between is seen at the first look
-        sources = cls(read_sources(path))
+        sources = cls(read_sources(path))  # a file that is not a list of sources fails here
 
         def follow() -> None:
             nonlocal stamp
@@ -86,14 +92,31 @@ class LiveSources:
                         sources.replace(read_sources(path))
                     except OSError:
                         continue  # replaced between the look and the read: the next look reads it
+                    except VidpipeError as e:  # saved half-written, or not text: the sources stay as they were
+                        log.warning("%s; the sources stay as they were", e)
 
         threading.Thread(target=follow, name="vidpipe-sources", daemon=True).start()
         return sources
 
 
 def read_sources(path: Path) -> list[str]:
-    """One source per line of ``path``; blank lines and lines starting with ``#`` are skipped."""
-    lines = (line.strip() for line in path.read_text().splitlines())
+    """One source per line of ``path``; blank lines and lines starting with ``#`` are skipped. A file
+    that is not a regular file, larger than ``MAX_BYTES``, not UTF-8 or holding a NUL byte (no name of
+    a file or URL does) is a :class:`VidpipeError` naming it; a missing one an OSError."""
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise VidpipeError(f"--sources {path}: not a regular file")
+    if st.st_size > MAX_BYTES:
+        raise VidpipeError(f"--sources {path}: {st.st_size:,} bytes; a list of sources is at most {MAX_BYTES:,}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise VidpipeError(f"--sources {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    if "\0" in text:
+        raise VidpipeError(f"--sources {path}: line {text[:text.index(chr(0))].count(chr(10)) + 1} holds a NUL "
+                           "byte; one source (a file or URL) per line")
+    lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 

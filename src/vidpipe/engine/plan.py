@@ -50,12 +50,13 @@ def plan_units(path: str, info: VideoInfo | None, decoder: str, workers: int, *,
         info = replace(info or probe(path))
     except VidpipeError as e:
         return [Unit(-1, None, path, error=str(e))]
-    if decoder != "nvdec" or is_stream_url(path) or workers == 1:
+    if is_stream_url(path):
         return [Unit(-1, info, path, *(frames or (0, None)))]
-    scan = scan_packets(path)
+    scan = scan_packets(path) if decoder == "nvdec" or not info.num_frames else None
     if not info.num_frames:  # a header without a count (MPEG-TS, Matroska): the scan's, so a shortfall shows
         info = replace(info, num_frames=len(scan.times))
-    if not scan.exact_seeks:  # each part would decode from the file's start
+    # One unit, but for NVDEC's parts of a file seeks land in exactly (else each would decode from the start).
+    if decoder != "nvdec" or workers == 1 or not scan.exact_seeks:
         return [Unit(-1, info, path, *(frames or (0, None)))]
     lo, n = frames or (0, len(scan.times))
     n = min(n, len(scan.times), max_frames or n)

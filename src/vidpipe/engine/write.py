@@ -20,6 +20,7 @@ import collections
 import itertools
 import json
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -30,7 +31,8 @@ from typing import Callable
 import numpy as np
 
 from ..analytics import Analytics
-from ..environ import child_environ
+from ..environ import as_child, child_environ
+from ..outputs import totals_path
 from ..profiling import nvtx_range
 from ..sinks import Sink, VideoSink, loaded as sinks_loaded, texts as batch_texts
 from ..sources import VideoInfo
@@ -85,7 +87,8 @@ class FormatPool:
 
     def __init__(self, workers: int) -> None:
         context = multiprocessing.get_context("spawn")
-        self.lanes = [ProcessPoolExecutor(1, mp_context=context) for _ in range(workers)]
+        self.lanes = [ProcessPoolExecutor(1, mp_context=context, initializer=as_child, initargs=(os.getpid(),))
+                      for _ in range(workers)]
         with child_environ(LANE_ENV):  # the environment a worker starts with (on its first task)
             for lane in self.lanes:  # start every worker now, and import what it formats with, while the GPU warms up
                 lane.submit(sinks_loaded)
@@ -467,7 +470,10 @@ class Writer:
                 try:
                     video.sink.close(complete=True)
                     if end.analytics is not None:  # beside the output: out/clip.jsonl -> out/clip.totals.json
-                        video.sink.path.with_suffix(".totals.json").write_text(json.dumps(end.analytics) + "\n")
+                        path = totals_path(video.sink.path)
+                        tmp = path.with_name(f".{path.name[:200]}.{os.getpid()}.tmp")
+                        tmp.write_text(json.dumps(end.analytics) + "\n")
+                        os.replace(tmp, path)  # whole or not at all
                 except (OSError, UnicodeError) as e:
                     video.failure = f"{end.path}: cannot finish {video.sink.path} ({_reason(e)})"
             else:

@@ -49,7 +49,7 @@ class SSD300Family:
 
         if network is None:
             network = load_model(config.weights, random_candidates=config.random_candidates or RANDOM_CANDIDATES,
-                                 random_classes=config.random_classes)
+                                 random_classes=config.random_classes, seed=config.seed)
         return cls(network, config)
 
     @property

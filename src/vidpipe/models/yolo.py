@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -40,12 +41,14 @@ import torch.nn.functional as F
 from ..coco import Classes
 from ..config import Config
 from ..errors import VidpipeError
+from ..inputs import check_model_file
 from ..letterbox import letterbox as letterbox_frames
 from ..nms import CAPTURABLE, greedy_nms
 from ..postprocess import Detections, classes_on, kept_detections
 from ..synth import smooth_frames
 from ..profiling import nvtx_range
 from . import batchnorm_statistics
+from .yolo_yaml import read_model_yaml
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ MAX_DET = 300
 MAX_NMS = 30000  # candidates per frame that enter NMS, at most (non_max_suppression's max_nms)
 MAX_WH = 7680  # class offset of class-aware NMS (non_max_suppression's max_wh)
 RANDOM_CANDIDATES = 500  # anchors per frame above conf, for random weights (a busy street scene's order)
+MAX_CHECKPOINT_BYTES = 2 << 30  # YOLO11x's checkpoint is ~110 MB: a larger file is not a detect model
 
 
 def _ultralytics():
@@ -133,7 +137,7 @@ class YoloFamily:
         tasks = _ultralytics()
         path = Path(config.model)
         if path.suffix.lower() in (".yaml", ".yml"):
-            model = _from_yaml(tasks, config.model, config.seed)
+            model = _from_yaml(tasks, config.model, config.seed, config.trust_weights)
             frames = smooth_frames(4, config.seed, 1080, 1920, detail=0.2)
             _normalise_activations(model, _letterboxed(frames, config.imgsz, _stride(model), torch.float32))
             model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
@@ -290,14 +294,25 @@ def _xywh2xyxy(xywh: torch.Tensor) -> torch.Tensor:
     return torch.cat((xy - wh, xy + wh), -1)
 
 
-def _from_yaml(tasks, name: str, seed: int) -> torch.nn.Module:
+def _from_yaml(tasks, name: str, seed: int, trust: bool = False) -> torch.nn.Module:
+    """A model built from a YAML file of the user's (read as data, :mod:`.yolo_yaml`) or from one of
+    Ultralytics' own by name (``yolo11m.yaml``)."""
+    cfg: str | dict = name
+    if os.path.lexists(name):
+        from ultralytics.nn import modules
+
+        cfg = read_model_yaml(name, trust, set(modules.__all__))
+        cfg["scale"] = tasks.guess_model_scale(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = tasks.DetectionModel(name, verbose=False)
+            model = tasks.DetectionModel(cfg, verbose=False)
         except FileNotFoundError:
             raise VidpipeError(f"--model {name}: no such model yaml (Ultralytics knows yolov8n.yaml, "
                                "yolo11m.yaml, ...; or give a path)") from None
+        except Exception as e:  # a well-formed YAML Ultralytics cannot build (wrong channels, indices, ...)
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise VidpipeError(f"--model {name}: Ultralytics cannot build this model ({reason})") from None
     return model.eval()
 
 
@@ -305,9 +320,10 @@ def _from_checkpoint(tasks, path: Path, trust: bool) -> torch.nn.Module:
     """The detect model of an Ultralytics checkpoint. Without ``trust`` it is read with
     ``torch.load(weights_only=True)`` against Ultralytics' allow-list of its own model classes
     (official checkpoints and ones trained with Ultralytics load; nothing else is unpickled)."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise VidpipeError(f"--model {path}: no such file (vidpipe does not download checkpoints: get it from "
                            "Ultralytics' releases, or give a model yaml for random weights)")
+    check_model_file(path, "--model", MAX_CHECKPOINT_BYTES)
     refused = (f"--model {path}: this checkpoint holds Python objects beyond Ultralytics' known model classes, "
                "and unpickling them would run their code; pass --trust-weights if you trust where it came from")
     if not trust and not tasks._SafeLoad.SUPPORTED:
