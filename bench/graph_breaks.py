@@ -1,8 +1,7 @@
 """How torch.compile sees a detector's network: graphs compiled and graph breaks after one call per
-frame size, each size on a new detector as `vidpipe bench` builds them (docs/results.md, "Eleventh
-session"). Detector.network runs the network once eagerly per new input shape before the compiled
-call (Ultralytics' head makes its anchors outside the trace); --compiled-only calls the compiled
-network alone, as the detector did before. Runs on the CPU (batch 2) or on a GPU.
+frame size, each size on a new detector as `vidpipe bench` builds them. Detector.network runs the
+network once eagerly per new input shape before the compiled call (Ultralytics' head makes its anchors
+outside the trace); --compiled-only calls the compiled network alone. Runs on the CPU (batch 2) or on a GPU.
 Usage: python bench/graph_breaks.py [--model yolov8n.yaml] [--device cpu] [--compiled-only]"""
 
 import argparse

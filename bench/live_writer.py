@@ -2,9 +2,8 @@
 result per camera, as the scheduler issues a live batch), 20 detections a frame, written as JSON Lines
 with capture time and latency by the engine's Writer in the calling thread. Compares results that share
 their batch's host arrays (``HostBatch``, as the scheduler makes them) with results that each make
-their own (as before). Prints microseconds of the writer's thread per frame, median of the repeats
-(docs/results.md, "Twenty-fourth session": with 48-64 cameras on the H200 the writer held a fifth to a
-half of the engine process's GIL samples).
+their own. Prints microseconds of the writer's thread per frame, median of the repeats (with 48-64
+cameras on an H200 the writer held a fifth to a half of the engine process's GIL samples).
 Usage: python bench/live_writer.py [--cameras 48] [--batches 100] [--repeats 7]"""
 
 import argparse

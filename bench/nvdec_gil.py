@@ -1,8 +1,8 @@
 """Does a decode thread get the GIL back? PyNvVideoCodec decodes one frame per call (the live path)
 and 16 (the file path) while another thread runs pure Python, counting; each figure beside the same
 decode alone. PyNvVideoCodec lets go of the GIL while it decodes, and then waits to get it back
-behind the counting thread, up to Python's switch interval each time (docs/results.md, "Thirteenth
-session": 504 -> 41 frames/s at one frame per call, at Python's 5 ms).
+behind the counting thread, up to Python's switch interval each time (on an H200: 504 -> 41 frames/s
+at one frame per call, at Python's 5 ms).
 Usage: python bench/nvdec_gil.py VIDEO [--interval-ms 5]  (a GPU with PyNvVideoCodec)"""
 
 import argparse

@@ -2,9 +2,9 @@
 the 1080p clip) put at a fixed rate into the engine's Writer (threaded, with formatting lanes),
 tracked and untracked, beside a thread that holds the GIL in bursts as the parent's decode and
 compute threads do. Prints each run's wall time, its tail (last batch put to the writer done) and
-its frames/s (docs/results.md, "Eleventh session"). On this 2-core machine it showed a tail only;
-on the H200 a tracked run was throughput-bound (its lane waiting for the parent's threads, fixed by
-grouping batches: "Twelfth session"), which this single GIL-holding thread does not reproduce.
+its frames/s. On a 2-core machine it shows a tail only; on an H200 a tracked run was throughput-bound
+(its lane waiting for the parent's threads, hence TRACK_GROUP), which this single GIL-holding thread
+does not reproduce.
 Usage: python bench/writer_chain.py [--lanes 2] [--fps 2300] [--hog-ms 4]"""
 
 import argparse

@@ -12,7 +12,7 @@ import vidpipe
 
 LAYERS = [
     {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline", "gil",
-     "kernels", "environ", "cameras", "outputs", "yuv"},
+     "kernels", "environ", "cameras", "outputs", "yuv", "installed"},
     {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights", "track",
      "analytics", "draw"},  # the stages
     {"models", "models.ssd300", "models.yolo", "models.yolo_yaml", "models.boxes", "models.tv"},  # detector families

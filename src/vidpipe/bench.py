@@ -576,7 +576,7 @@ _PHASES = [("cli", "python + vidpipe.cli"), ("imports", "imports (torch, pipelin
 _AFTER_MODEL = [("opened", "first decoder opened"), ("decoded", "first frames decoded"),
                 ("warmed", "graph warm-up run"), ("captured", "graphs captured"), ("issued", "first batch issued"),
                 ("written", "first result written"), ("done", "done"), ("exit", "process ended")]
-FOLDER_CLIPS = 20  # copies of the input in the folder run, as issue 17's target names it
+FOLDER_CLIPS = 20  # copies of the input in the folder run: a folder of footage, as users have it
 
 
 def _one_command(argv: list[str], env: dict[str, str], timeline: Path) -> dict[str, float]:
@@ -671,16 +671,16 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
           [f"Command: `vidpipe {' '.join(['detect', 'VIDEO', '-o', 'OUT', *weights, *model])}` (defaults otherwise: "
            f"--compile auto). `python -c \"import torch, torchvision\"` alone: {imports:.2f} s on this machine "
            "(median of three before the runs); 'wall - import': each run's wall minus such an import timed "
-           "just before it (median over the runs: a fresh process's import moved by seconds on the H200 "
-           "machine, \"Twenty-second session\"). Spans: seconds between the phases vidpipe.timeline records (decoder "
+           "just before it (median over the runs: a fresh process's import moves by seconds on a machine "
+           "without a bytecode cache). Spans: seconds between the phases vidpipe.timeline records (decoder "
            "start and the first graph capture overlap, and are shown together).", *notes],
           torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-LIVE_FPS = 29.5  # a 30 fps camera is kept up with (issue 18's bar)
+LIVE_FPS = 29.5  # a 30 fps camera is kept up with
 LIVE_P99_MS = 200.0  # capture to written, 99th percentile
 LIVE_WARM_S = 2.0  # each stream's first seconds (decoder start) are left out of the figures
-LIVE_MEMORY_S = 60.0  # memory peaks are compared after this long and at the end (issue 18: 1 min vs 10 min)
+LIVE_MEMORY_S = 60.0  # memory peaks are compared after this long and at the end (flat memory: 1 min vs 10 min)
 
 
 @dataclass
@@ -782,29 +782,33 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
     a row for each K until one does not hold; the device used."""
     from .profiling import GpuUtilization
 
+    from .livescale import processes_for
+
     info, device = probe(video), None
     live = cfg.replace(realtime=True, loop=True)
-    if a.procs_per_device == 1:
-        det = Detector(live.replace(max_frames=round(info.fps)), model=family_for_video(cfg, video))
-        device = det.device
-        end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
-        det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
-    elif hasattr(family := family_for_video(cfg, video), "save"):
-        # The workers load these weights: re-aimed on this video, the load one process gets.
+    family = family_for_video(cfg, video)
+    det = Detector(live.replace(max_frames=round(info.fps)), model=family)
+    device = det.device
+    end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
+    det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
+    if hasattr(family, "save"):  # worker processes load these weights: re-aimed on this video, the same load
         live = live.replace(**family.save(tmp / f"weights-{Path(video).stem}.pt"))
-    if a.procs_per_device > 1:
-        # A warm-up as the one-process path has: workers on a machine's empty Triton cache compile their
-        # kernels in their streams' first seconds, which a timed run would count as dropped frames.
-        _live_processes(live.replace(max_frames=round(2 * info.fps)),
-                        _cameras(video, a.procs_per_device, tmp, server), a.procs_per_device, tmp)
+    warm: set[int] = set()
     for k in a.live_streams:
+        procs = processes_for(k, cfg.device) if a.procs_per_device == "auto" else a.procs_per_device
+        if procs > 1 and procs not in warm:
+            # A warm-up as the one-process path has: workers on a machine's empty Triton cache compile their
+            # kernels in their streams' first seconds, which a timed run would count as dropped frames.
+            _live_processes(live.replace(max_frames=round(2 * info.fps)), _cameras(video, procs, tmp, server),
+                            procs, tmp)
+            warm.add(procs)
         cams = _cameras(video, k, tmp, server)
         if server is not None:
             server.stats(reset=True)
         with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
-            if a.procs_per_device > 1:  # each worker captures its graphs in its streams' first seconds
+            if procs > 1:  # each worker captures its graphs in its streams' first seconds
                 paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
-                                                cams, a.procs_per_device, tmp)
+                                                cams, procs, tmp)
             else:
                 outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
                 paths = []
@@ -833,7 +837,7 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
             memory = " / ".join(f"{a / 2**20:,.0f} → {b / 2**20:,.0f} MiB ({b / a - 1:+.1%})"
                                 for a, b in ((peak(xs, 0, t0 + LIVE_MEMORY_S), peak(xs)) for xs in
                                              (host.samples, gpu_memory)) if a and b)
-        rows.append([Path(video).name, a.live_cameras, f"{info.width}x{info.height}", str(k), str(a.procs_per_device),
+        rows.append([Path(video).name, a.live_cameras, f"{info.width}x{info.height}", str(k), str(procs),
                      f"{k * info.fps:,.0f}",
                      f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
                      f"{fig.dropped / max(fig.dropped + len(fig.latencies), 1):.1%} / "

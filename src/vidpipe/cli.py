@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .config import Check, Config, at_least, flags_of, within
+from .config import ADVANCED, DEVICE, GROUPS, IO, LIVE, Check, Config, at_least, flags_of, within
 from .errors import VidpipeError
 from .inputs import EXTENSIONS, check_input, expand_inputs, is_stream_url, log_to_stderr, output_paths, redact
 from .outputs import Planned, check_planned, covers, record_path, totals_path, unwritable, write_record
@@ -55,6 +55,24 @@ def _typed(kind: type, expected: str, check: Check | None):
     return parse
 
 
+def _procs(text: str) -> int | str:
+    """--procs-per-device: ``auto`` or a whole number >= 1."""
+    return "auto" if text == "auto" else _int(1)(text)
+
+
+def _processes(a: argparse.Namespace, cfg: Config, live: int) -> int:
+    """Worker processes per device for a run with ``live`` live sources: the given number, or for
+    ``auto`` as many as the live sources need on this machine (one for files, and for --save-video,
+    which runs in one process)."""
+    if a.procs_per_device != "auto":
+        return a.procs_per_device
+    if not live or a.save_video:
+        return 1
+    from .livescale import processes_for
+
+    return processes_for(live, cfg.device)
+
+
 def _counts(text: str) -> tuple[int, ...]:
     try:
         counts = tuple(int(x) for x in text.split(","))
@@ -79,13 +97,18 @@ _KINDS = {"int": (int, "a whole number"), "float": (float, "a number"),
           "tuple[int, ...]": (_class_ids, "class ids like 0,2,5")}
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
+def option_groups(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """``p``'s option groups in the order --help shows them (config.GROUPS): everyday ones first."""
+    return {name: p.add_argument_group(name) for name in GROUPS}
+
+
+def add_config_args(p: argparse.ArgumentParser, groups: dict[str, argparse._ArgumentGroup] | None = None) -> None:
     """One option per :class:`~vidpipe.config.Config` field, generated from its metadata (flags,
     help, group, check): every switch has a flag, described once."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    groups = groups or option_groups(p)
     for f in fields(Config):
         meta = f.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        group = groups[meta["group"]]
         if f.type == "bool":
             group.add_argument(*flags_of(f), dest=f.name, action="store_false" if f.default else "store_true",
                                help=meta["help"])
@@ -111,53 +134,61 @@ def config_from_args(a: argparse.Namespace) -> Config:
 
 def _add_detect_parser(sub) -> None:
     d = sub.add_parser("detect", help="detect objects in every frame of videos",
+                       usage="vidpipe detect INPUT [INPUT ...] -o OUTPUT [options]\n"
+                             "       vidpipe detect --sources FILE -o DIR [options]",
                        description="Detect objects in every frame. INPUT: files, directories (searched "
-                                   "recursively), globs or rtsp/http URLs.")
+                                   "recursively), globs or rtsp/http URLs. Everyday options first; the last "
+                                   "group tunes speed and benchmarks.")
+    g = option_groups(d)
     d.add_argument("inputs", nargs="*", metavar="INPUT", help="video files, directories, globs or stream URLs")
-    d.add_argument("--sources", default=None, metavar="FILE",
-                   help="instead of INPUTs: a file of sources, one per line, re-read when it changes (a source "
-                        "added starts within a second, one removed is closed and its output finished); runs until "
-                        "Ctrl-C, which finishes every output. -o is a directory")
-    d.add_argument("-o", "--output", required=True,
-                   help="output file (one input) or directory (several inputs, or a path ending in /): "
-                        "in/a/clip.mp4 found under INPUT in/ is written to OUTPUT/a/clip.jsonl")
-    d.add_argument("--format", choices=sorted(EXTENSIONS), default="jsonl",
-                   help="jsonl: a JSON object per frame; coco: a COCO results list; parquet: a row per detection "
-                        "(README: Outputs)")
-    d.add_argument("--resume", action="store_true",
-                   help="skip inputs whose output already holds them as this run would write them (the record "
-                        "beside each output: same input, unchanged, same settings, finished); redo the others")
-    d.add_argument("--overwrite", action="store_true",
-                   help="replace existing files at the output paths that are not vidpipe's earlier outputs of "
-                        "the same inputs (without it such a file stops the run before any work)")
-    d.add_argument("--allow-failures", action="store_true",
-                   help="exit 0 even when some inputs failed (they are still listed)")
-    d.add_argument("--save-video", default=None, metavar="DIR",
-                   help="also write each input as an MP4 under DIR (named as its output, .mp4) with boxes, class "
-                        "names, scores, track ids, lines and zones drawn (on the GPU; encoded with libx264 on the "
-                        "CPU); a live source as consecutive files, NAME-<first frame>.mp4")
-    d.add_argument("--video-segment", type=_typed(float, "seconds", within(0.1, 86400.0)), default=300.0,
-                   metavar="SECONDS",
-                   help="with --save-video, a live source's video is cut into files of this much of the stream "
-                        "(default: %(default)g)")
-    g = d.add_argument_group("scale-out")
-    g.add_argument("--devices", default=None, metavar="all|0,1,...",
-                   help="one worker process per listed GPU (numbered as nvidia-smi numbers them), inputs handed "
-                        "out dynamically; 'cpu' entries run CPU workers")
-    g.add_argument("--procs-per-device", type=_int(1), default=1, metavar="N",
-                   help="worker processes per device: files are handed out to them as they finish; live sources "
-                        "(streams, --realtime or --loop files, --sources) are spread over them, each process "
-                        "batching its own (past ~32 1080p cameras per GPU, where one process's Python is the "
-                        "limit; 3 measured best on an H200, README: Live streams)")
-    g.add_argument("--split-frames", type=_int(1), default=4096, metavar="N",
-                   help="with several workers, share out files of at least 2N frames in parts of >= N frames")
-    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run on a Ray cluster (ADDRESS, or a local one when omitted); -o must be shared storage")
-    add_config_args(d)
+    io = g[IO]
+    io.add_argument("-o", "--output", required=True,
+                    help="output file (one input) or directory (several inputs, or a path ending in /): "
+                         "in/a/clip.mp4 found under INPUT in/ is written to OUTPUT/a/clip.jsonl")
+    io.add_argument("--format", choices=sorted(EXTENSIONS), default="jsonl",
+                    help="jsonl: a JSON object per frame; coco: a COCO results list; parquet: a row per detection "
+                         "(docs: Outputs)")
+    io.add_argument("--resume", action="store_true",
+                    help="skip inputs whose output already holds them as this run would write them (the record "
+                         "beside each output: same input, unchanged, same settings, finished); redo the others")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace existing files at the output paths that are not vidpipe's earlier outputs of "
+                         "the same inputs (without it such a file stops the run before any work)")
+    io.add_argument("--allow-failures", action="store_true",
+                    help="exit 0 even when some inputs failed (they are still listed)")
+    io.add_argument("--save-video", default=None, metavar="DIR",
+                    help="also write each input as an MP4 under DIR (named as its output, .mp4) with boxes, class "
+                         "names, scores, track ids, lines and zones drawn (on the GPU; encoded with libx264 on the "
+                         "CPU); a live source as consecutive files, NAME-<first frame>.mp4")
+    io.add_argument("--video-segment", type=_typed(float, "seconds", within(0.1, 86400.0)), default=300.0,
+                    metavar="SECONDS",
+                    help="with --save-video, a live source's video is cut into files of this much of the stream "
+                         "(default: %(default)g)")
+    live = g[LIVE]
+    live.add_argument("--sources", default=None, metavar="FILE",
+                      help="instead of INPUTs: a file of sources, one per line, re-read when it changes (a source "
+                           "added starts within a second, one removed is closed and its output finished); runs "
+                           "until Ctrl-C, which finishes every output. -o is a directory")
+    out = g[DEVICE]
+    out.add_argument("--devices", default=None, metavar="all|0,1,...",
+                     help="one worker process per listed GPU (numbered as nvidia-smi numbers them), inputs handed "
+                          "out dynamically; 'cpu' entries run CPU workers")
+    out.add_argument("--procs-per-device", type=_procs, default="auto", metavar="N|auto",
+                     help="worker processes per device: files are handed out to them as they finish; live sources "
+                          "(streams, --realtime or --loop files, --sources) are spread over them, each process "
+                          "batching its own; auto (the default): one for files, and for live sources as many as "
+                          "their number needs (docs: Live cameras)")
+    out.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="run on a Ray cluster (ADDRESS, or a local one when omitted); -o must be shared storage")
+    g[ADVANCED].add_argument("--split-frames", type=_int(1), default=4096, metavar="N",
+                             help="with several workers, share out files of at least 2N frames in parts of >= N "
+                                  "frames")
+    add_config_args(d, g)
 
 
 def _add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="measure decode and model ceilings and end-to-end throughput",
+                       usage="vidpipe bench [VIDEO ...] [--suite SUITE] [options]",
                        description="Ceilings and end-to-end throughput measured in one run on one device.")
     b.add_argument("inputs", nargs="*", metavar="VIDEO", help="videos to bench (or --synthetic-1080p)")
     b.add_argument("--suite", choices=["pipeline", "postprocess", "model", "scale", "peers", "startup", "live"],
@@ -180,8 +211,9 @@ def _add_bench_parser(sub) -> None:
                    help="--suite live: stream counts tried in turn until one does not hold")
     b.add_argument("--live-seconds", type=_typed(float, "seconds", within(1.0, 86400.0)), default=20.0, metavar="S",
                    help="--suite live: how long each count runs (default 20)")
-    b.add_argument("--procs-per-device", type=_int(1), default=1, metavar="N",
-                   help="--suite live: spread the streams over N processes on the GPU (default 1)")
+    b.add_argument("--procs-per-device", type=_procs, default=1, metavar="N|auto",
+                   help="--suite live: spread the streams over N processes on the GPU (default 1; auto: as "
+                        "detect picks them for each number of streams)")
     b.add_argument("--live-cameras", choices=["file", "http"], default="file",
                    help="--suite live: the stand-in cameras: file: the input read at its frame rate "
                         "(--realtime --loop; NVDEC's file decoder); http: the input served over loopback "
@@ -230,6 +262,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"vidpipe: error: {redact(message)} (see {where}--help)\n")
 
 
+def cmd_check(a: argparse.Namespace) -> int:
+    """``vidpipe check``: what is installed and working, a line each; exit 1 if torch cannot run vidpipe."""
+    from .installed import report
+
+    lines = report()
+    width = max(len(what) for what, _, _ in lines)
+    for what, ok, details in lines:
+        print(f"{'ok ' if ok else '-- '} {what:<{width}}  {details}")
+    return 0 if all(ok for what, ok, _ in lines if what == "torch + torchvision") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vidpipe", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"vidpipe {__version__}")
@@ -238,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detect_parser(sub)
     _add_bench_parser(sub)
     _add_ladder_parser(sub)
+    sub.add_parser("check", help="say what is installed and working: torch, the GPU, NVDEC, extras",
+                   description="What vidpipe finds on this machine, a line each; a torch and torchvision that do "
+                               "not work together are named with the command that installs a matching pair.")
     _Parser.flags = {f for command in sub.choices.values() for a in command._actions for f in a.option_strings}
     return p
 
@@ -442,7 +488,7 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
 
     if a.ray is not None or a.resume:
         raise VidpipeError("--sources: --ray and --resume are for INPUTs")
-    if a.save_video and (a.devices or a.procs_per_device > 1):
+    if a.save_video and (a.devices or a.procs_per_device not in ("auto", 1)):
         raise VidpipeError("--save-video runs in one process: drop --devices and --procs-per-device")
     out = Path(a.output)
     if out.exists() and not out.is_dir():
@@ -476,12 +522,13 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
         print(f"vidpipe: {redact(said)}", file=sys.stderr, flush=True)
 
     _close_on_signals(sources)
-    if a.devices or a.procs_per_device > 1:
+    procs = _processes(a, cfg, len(sources.snapshot()[0]))
+    if a.devices or procs > 1:
         from .livescale import run_live_processes
         from .scale import parse_devices
 
         report = run_live_processes(cfg, sources, a.format, target_for, parse_devices(a.devices or cfg.device),
-                                    a.procs_per_device, on_video=on_video)
+                                    procs, on_video=on_video)
     else:
         detector = Detector(cfg)
         video_for = None if not a.save_video else lambda info: _video_sink(
@@ -494,35 +541,38 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
     return 1 if report.failed and not a.allow_failures else 0
 
 
-def _detect_live_processes(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video):
-    """Live INPUTs (streams, ``--realtime`` or ``--loop`` files) spread over the worker processes, each
-    running its share at once until they end; Ctrl-C or SIGTERM closes them all, outputs finished."""
+def _detect_live_processes(a: argparse.Namespace, cfg, todo: dict[str, Path], procs: int, on_frames, on_video):
+    """Live INPUTs (streams, ``--realtime`` or ``--loop`` files) spread over ``procs`` worker processes per
+    device, each running its share at once until they end; Ctrl-C or SIGTERM closes them all, outputs
+    finished."""
     from .livescale import run_live_processes, until_ended
     from .scale import parse_devices
 
     sources, on_end = until_ended(list(todo), on_video)
     _close_on_signals(sources)
     return run_live_processes(cfg, sources, a.format, todo.__getitem__, parse_devices(a.devices or cfg.device),
-                              a.procs_per_device, on_frames=on_frames, on_video=on_end)
+                              procs, on_frames=on_frames, on_video=on_end)
 
 
 def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video,
             videos: dict[str, Path] | None = None):
     """Run ``todo`` locally, on worker processes or on Ray; the run's :class:`~vidpipe.engine.RunReport`.
     ``videos``: where each input's annotated video goes (one process only)."""
-    if videos is not None and (a.ray is not None or a.devices or a.procs_per_device > 1):
+    if videos is not None and (a.ray is not None or a.devices or a.procs_per_device not in ("auto", 1)):
         raise VidpipeError("--save-video runs in one process: drop --devices, --procs-per-device and --ray")
     if a.ray is not None:
         from .scale import run_ray
         _interruptible()
         return run_ray(cfg, todo, a.format, a.ray or None, on_video=on_video)
-    if (a.devices or a.procs_per_device > 1) and (cfg.realtime or cfg.loop or any(map(is_stream_url, todo))):
-        return _detect_live_processes(a, cfg, todo, on_frames, on_video)
-    if a.devices or a.procs_per_device > 1:
+    live = sum(cfg.realtime or cfg.loop or is_stream_url(i) for i in todo)
+    procs = _processes(a, cfg, live)
+    if (a.devices or procs > 1) and live:
+        return _detect_live_processes(a, cfg, todo, procs, on_frames, on_video)
+    if a.devices or procs > 1:
         from .scale import parse_devices, run_processes
         devices = parse_devices(a.devices or cfg.device)
         _interruptible()
-        return run_processes(cfg, todo, a.format, devices, a.procs_per_device, on_frames=on_frames,
+        return run_processes(cfg, todo, a.format, devices, procs, on_frames=on_frames,
                              on_video=on_video, split_frames=a.split_frames)
     from .detector import Detector
     from .engine import run
@@ -570,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
                               os.path.join(os.path.expanduser("~"), ".cache", "vidpipe", "inductor"))
         if a.command == "detect":
             return cmd_detect(a)
+        if a.command == "check":
+            return cmd_check(a)
         _interruptible()
         module = __import__(f"vidpipe.{a.command}", fromlist=["main"])
         return module.main(a)

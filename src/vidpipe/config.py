@@ -23,25 +23,24 @@ if TYPE_CHECKING:
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS = ("fp16", "bf16", "fp32")
 Postprocess = Literal["gpu", "loop_device", "loop_host"]
-# Default batches. GPU: the engine's figures in docs/results.md are at 64 (model-only at 128 is only
-# ~6% faster, reference-h200.md, and doubles the padding of short inputs). CPU: throughput hardly
-# depends on the batch there, and a 64-frame batch kept the first result ~80 s away on 2 cores.
+# Default batches. GPU: model-only at 128 is only ~6% faster than at 64 on an H200 (``vidpipe bench
+# --suite model``) and doubles the padding of short inputs. CPU: throughput hardly depends on the batch
+# there, and a 64-frame batch kept the first result ~80 s away on 2 cores.
 GPU_BATCH = 64
 CPU_BATCH = 4
 # --compile auto compiles only runs of at least this many frames. torch.compile costs ~30 s with
-# empty caches and ~7 s with Inductor's cache warm (SSD300 on the H200, issue 17's table); it saves
-# 1/4,592 - 1/6,970 s = 74 us per frame (model-only, eager vs compiled, shared/reference-h200.md),
-# so even warm it pays back only after ~95,000 frames (53 minutes of 30 fps video).
+# empty caches and ~7 s with Inductor's cache warm (SSD300 on an H200, ``vidpipe bench --suite
+# startup``); it saves 1/4,592 - 1/6,970 s = 74 us per frame (model-only, eager vs compiled, ``vidpipe
+# bench --suite model``), so even warm it pays back only after ~95,000 frames (53 minutes at 30 fps).
 COMPILE_MIN_FRAMES = 100_000
 # Processes that format JSON Lines text on GPU runs, off this process's GIL: one per 4 CPU cores, 2 to
-# 4. yolo11m at ~200 detections per frame, in.mp4: 3,033 frames/s with 0, 3,747 with 2 (docs/results.md,
-# "Seventh session"); on the 16-core H200 machine 3,312 with 2 and 3,857 with 4 ("Eleventh session").
+# 4. yolo11m at ~200 detections per frame on in.mp4, 16-core H200 machine: 3,312 frames/s with 2, 3,857
+# with 4 (``vidpipe bench in.mp4 --model yolo11m.yaml --formatters N``).
 FORMATTERS = (2, 4)
 # How long a thread may keep the GIL while another waits for it, during a run. Decode threads let go of
 # the GIL in every decoder and CUDA call and then wait to get it back: beside one thread running Python,
 # NVDEC decoding one frame per call fell from 504 to 41 frames/s at Python's 5 ms, 424 at 0.5 ms, 493 at
-# 0.2 ms (bench/nvdec_gil.py on the H200). 48 live 1080p cameras: 21.6 / 25.9 / 27.8 frames/s each; files
-# unchanged at 0.5 (docs/results.md, "Thirteenth session"; 0.2 was not measured on files).
+# 0.2 ms (bench/nvdec_gil.py on an H200); files run the same at 0.5 ms as at 5.
 GIL_INTERVAL_MS = 0.5
 # Bounds past which a setting is a typo: each would only fail later, deep inside a run, as an allocation
 # or an overflow (a 2**63 seed, a 10**6-pixel letterbox, 10**6 decode threads).
@@ -151,8 +150,12 @@ def flags_of(f: Field) -> tuple[str, ...]:
     return (f"--{name}",)
 
 
-MODEL, DATA, POST, SSD, AFTER = ("model", "decoding and scheduling", "post-processing (every model)", "SSD300",
-                                 "after detection")
+# Option groups, in the order --help shows them: what a user sets every day first, tuning and benchmark
+# switches last.
+IO, MODEL, TRACKING, LIVE, DEVICE, ADVANCED = (
+    "inputs and outputs", "model and detections", "tracking, lines and zones", "live sources",
+    "device and scale-out", "advanced: speed, decoding, benchmarks")
+GROUPS = (IO, MODEL, TRACKING, LIVE, DEVICE, ADVANCED)
 
 
 # The fields that change what an output holds (Config.output_settings); the others change only speed.
@@ -180,95 +183,95 @@ class Config:
                                   "(unpickling them runs their code: only for files you trust)", group=MODEL)
     random_candidates: int | None = setting(None, "random weights: candidates per frame to aim for (SSD300: scores "
                                             "> 0.05, default 2000; YOLO: anchors above --conf, default 500)",
-                                            group=MODEL, check=between(0, 1_000_000), metavar="N")
-    random_classes: int = setting(20, "SSD300 random weights: classes the candidates spread over", group=MODEL,
+                                            group=ADVANCED, check=between(0, 1_000_000), metavar="N")
+    random_classes: int = setting(20, "SSD300 random weights: classes the candidates spread over", group=ADVANCED,
                                   check=between(1, 80), metavar="N")
-    seed: int = setting(0, "random weights: the seed they are drawn with", group=MODEL, check=between(0, MAX_SEED),
+    seed: int = setting(0, "random weights: the seed they are drawn with", group=ADVANCED, check=between(0, MAX_SEED),
                         metavar="N")
     imgsz: int = setting(640, "YOLO: inference size (the letterbox's long side, as Ultralytics' imgsz)", group=MODEL,
                          check=multiple_of_32, metavar="N")
-    precision: Precision = setting("fp16", "model precision on GPUs (CPUs always run fp32)", group=MODEL,
+    precision: Precision = setting("fp16", "model precision on GPUs (CPUs always run fp32)", group=ADVANCED,
                                    check=one_of(*PRECISIONS))
     channels_last: bool = setting(True, "keep the model's tensors in NCHW layout instead of channels_last (which is "
-                                  "faster on tensor cores)", group=MODEL)
+                                  "faster on tensor cores)", group=ADVANCED)
     compile: Literal["auto", "on", "off"] = setting(
         "auto", f"torch.compile the model (auto: only for runs long enough to pay back the compile time, "
-        f"{COMPILE_MIN_FRAMES:,} frames or more)", group=MODEL, check=one_of("auto", "on", "off"))
+        f"{COMPILE_MIN_FRAMES:,} frames or more)", group=ADVANCED, check=one_of("auto", "on", "off"))
     cuda_graphs: bool = setting(True, "launch every kernel from Python instead of replaying captured CUDA graphs",
-                                group=MODEL)
+                                group=ADVANCED)
     kernels: Literal["auto", "triton", "torch"] = setting(
         "auto", "pre- and post-processing on GPUs: triton (vidpipe's kernels, compiled once per machine: ~20 s), "
         "torch (the same operations as torch ops: nothing to compile, 0.4-0.6x the frames/s), auto (triton once "
         "this machine has compiled them; until then torch, while a background process compiles them, and the run "
-        "takes them when they are ready)", group=MODEL, check=one_of("auto", "triton", "torch"))
+        "takes them when they are ready)", group=ADVANCED, check=one_of("auto", "triton", "torch"))
     normalize: Literal["imagenet", "symmetric"] = setting(
         "imagenet", "SSD300 input normalisation: imagenet (NVIDIA's evaluation) or symmetric ([-1, 1], torch.hub's "
-        "example)", group=SSD, check=one_of("imagenet", "symmetric"))
+        "example)", group=ADVANCED, check=one_of("imagenet", "symmetric"))
     # data path
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU when there is one)", group=DATA)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N (auto: the GPU when there is one)", group=DEVICE)
     decoder: Literal["auto", "nvdec", "pyav"] = setting(
-        "auto", "auto = NVDEC on a GPU with PyNvVideoCodec installed, else FFmpeg (PyAV) on the CPU", group=DATA,
+        "auto", "auto = NVDEC on a GPU with PyNvVideoCodec installed, else FFmpeg (PyAV) on the CPU", group=ADVANCED,
         check=one_of("auto", "nvdec", "pyav"))
     batch_size: int | None = setting(None, f"frames per batch (default {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU, "
-                                     "where a large batch only delays the first result)", group=DATA,
+                                     "where a large batch only delays the first result)", group=ADVANCED,
                                      check=between(1, MAX_BATCH), metavar="N")
     stream_decoder: Literal["ffmpeg", "pynvvideocodec"] = setting(
         "ffmpeg", "stream URLs on NVDEC: ffmpeg = FFmpeg demultiplexes and decodes on NVDEC (PyAV's CUDA decoding: "
         "off the GIL, frames stay on the GPU); pynvvideocodec = FFmpeg demultiplexes, PyNvVideoCodec decodes each "
-        "packet (used anyway where PyAV has no CUDA decoding)", group=DATA, check=one_of("ffmpeg", "pynvvideocodec"))
-    overlap: bool = setting(True, "run every stage serially in one thread (for comparison)", group=DATA)
-    decoders: int = setting(0, "parallel decode workers (0 = from resolution and device)", group=DATA,
+        "packet (used anyway where PyAV has no CUDA decoding)", group=ADVANCED, check=one_of("ffmpeg", "pynvvideocodec"))
+    overlap: bool = setting(True, "run every stage serially in one thread (for comparison)", group=ADVANCED)
+    decoders: int = setting(0, "parallel decode workers (0 = from resolution and device)", group=ADVANCED,
                             check=between(0, MAX_WORKERS), metavar="N")
-    max_frames: int | None = setting(None, "only the first N frames of each input", group=DATA, check=at_least(1),
+    max_frames: int | None = setting(None, "only the first N frames of each input", group=IO, check=at_least(1),
                                      metavar="N")
     realtime: bool = setting(False, "read files at their own frame rate, as a camera delivers frames (a stand-in "
-                             "for live cameras); results then carry capture time and latency", group=DATA)
+                             "for live cameras); results then carry capture time and latency", group=LIVE)
     loop: bool = setting(False, "start each file over at its end, frame numbers and times running on, until "
-                         "--max-frames or Ctrl-C (with --realtime: a looping camera stand-in)", group=DATA)
+                         "--max-frames or Ctrl-C (with --realtime: a looping camera stand-in)", group=LIVE)
     live_policy: Literal["latest", "all"] = setting(
         "latest", "live sources (streams, --realtime files): latest = a frame the GPU could not take before a "
         "newer one came is dropped and counted, so results never lag; all = every frame, in a bounded buffer "
-        "(lag shows in latency_ms)", group=DATA, check=one_of("latest", "all"))
+        "(lag shows in latency_ms)", group=LIVE, check=one_of("latest", "all"))
     formatters: int | None = setting(None, "processes formatting output text, off the GIL (default on a GPU: one "
                                      f"per 4 CPU cores, {FORMATTERS[0]} to {FORMATTERS[1]}; 0 on a CPU: formatted "
-                                     "in the writer thread)", group=DATA,
+                                     "in the writer thread)", group=ADVANCED,
                                      check=between(0, MAX_WORKERS), metavar="N")
     gil_interval_ms: float = setting(
         GIL_INTERVAL_MS, "while a run goes on, the longest a thread keeps Python's GIL once another waits for it, in "
-        "ms (Python's own: 5; sys.setswitchinterval)", group=DATA, check=within(0.01, 1000.0), metavar="MS")
+        "ms (Python's own: 5; sys.setswitchinterval)", group=ADVANCED, check=within(0.01, 1000.0), metavar="MS")
     # post-processing, every family
     score_threshold: float | None = setting(None, "detections scoring below P are dropped (SSD300 0.3, YOLO 0.25)",
-                                            group=POST, flags=("--conf", "--score-threshold"), check=fraction,
+                                            group=MODEL, flags=("--conf", "--score-threshold"), check=fraction,
                                             metavar="P")
     iou_threshold: float | None = setting(None, "NMS: a box overlapping a better one of its class by more than IOU is "
-                                          "dropped (SSD300 0.5, YOLO 0.7)", group=POST,
+                                          "dropped (SSD300 0.5, YOLO 0.7)", group=MODEL,
                                           flags=("--iou", "--iou-threshold"), check=fraction, metavar="IOU")
     max_detections: int | None = setting(None, "detections kept per frame, best first (SSD300 20, YOLO 300)",
-                                         group=POST, flags=("--max-det", "--max-detections"), check=between(1, 100_000),
+                                         group=MODEL, flags=("--max-det", "--max-detections"), check=between(1, 100_000),
                                          metavar="N")
     classes: tuple[int, ...] | None = setting(None, "keep only these class ids, e.g. 0,2 (the model's own ids: YOLO "
-                                              "COCO 0 = person; SSD300 1)", group=POST, check=class_ids,
+                                              "COCO 0 = person; SSD300 1)", group=MODEL, check=class_ids,
                                               metavar="IDS")
-    agnostic_nms: bool = setting(False, "YOLO: NMS across classes, as Ultralytics' agnostic_nms", group=POST)
+    agnostic_nms: bool = setting(False, "YOLO: NMS across classes, as Ultralytics' agnostic_nms", group=MODEL)
     track: bool = setting(False, "give every detection a track_id stable across the frames of a video (ByteTrack, "
                           "from the trackers package: pip install \"vidpipe[track]\"; -1 until a track is "
-                          "confirmed)", group=AFTER)
+                          "confirmed)", group=TRACKING)
     lines: tuple[str, ...] = setting((), "count tracks crossing a line, in and out per class: NAME:x1,y1,x2,y2 in "
                                      "frame pixels (a line drawn top to bottom counts left to right as in); "
-                                     "repeat for more lines; needs track", group=AFTER, flags=("--line",),
+                                     "repeat for more lines; needs track", group=TRACKING, flags=("--line",),
                                      check=regions("line"), metavar="NAME:X1,Y1,X2,Y2")
     zones: tuple[str, ...] = setting((), "count objects inside a polygon per class, every frame (a box is inside "
                                      "when its bottom centre is): NAME:x1,y1,x2,y2,x3,y3,... in frame pixels; "
-                                     "repeat for more zones", group=AFTER, flags=("--zone",), check=regions("zone"),
+                                     "repeat for more zones", group=TRACKING, flags=("--zone",), check=regions("zone"),
                                      metavar="NAME:X1,Y1,...")
     # post-processing, SSD300 (ssd_decode's own arguments)
     postprocess: Postprocess = setting("gpu", "gpu: batched on the device; loop_device / loop_host: NVIDIA's "
                                        "per-class loop reading the model's outputs on the device / after one copy "
-                                       "to the host (the ladder's first rungs)", group=SSD,
+                                       "to the host (the ladder's first rungs)", group=ADVANCED,
                                        check=one_of("gpu", "loop_device", "loop_host"))
-    candidate_threshold: float = setting(0.05, "class scores at or below P are never candidates", group=SSD,
+    candidate_threshold: float = setting(0.05, "class scores at or below P are never candidates", group=ADVANCED,
                                          check=below_one, metavar="P")
-    per_class_candidates: int = setting(200, "best candidates per class that enter NMS", group=SSD, check=between(1, 100_000),
+    per_class_candidates: int = setting(200, "best candidates per class that enter NMS", group=ADVANCED, check=between(1, 100_000),
                                         metavar="N")
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ from .config import Config, resolve_device
 from .models import ModelFamily, build_family
 from .postprocess import Detections
 from .graphs import EAGER, MAX_GRAPHS, Batch, Chain, CudaGraphs
+from .installed import torch_pair
 from .kernels import choose as choose_kernels, compile_in_background, key_ahead, marker as kernels_marker
 from .profiling import nvtx_range
 from .runtime import DeviceRuntime, warm_up
@@ -100,6 +101,7 @@ class Detector:
         if not isinstance(config, Config):
             raise TypeError(f"Detector takes a vidpipe.Config (e.g. Config(model='yolo11m.pt')), "
                             f"got {type(config).__name__} {config!r:.60}")
+        torch_pair()  # a mismatched torchvision fails here in one line, not inside the first batch
         self.device = resolve_device(config.device)
         kernels = choose_kernels(config, self.device.type)
         # Not compiled on this machine yet: torch ops now; a background process compiles the kernels

@@ -2,9 +2,8 @@
 critical path when it has not.
 
 Triton compiles a kernel on its first launch and keeps it in its cache directory. SSD300's five
-post-processing kernels took 13-18 s to compile on the H200 machine (docs/results.md, "Ninth
-session"; most of it in Triton's MLIR passes, which hold the GIL, for their sorting networks),
-longer than a whole short run. So with ``Config.kernels="auto"`` a run on a machine whose cache
+post-processing kernels take ~15 s to compile on an H200 machine (most of it in Triton's MLIR
+passes, which hold the GIL, for their sorting networks), longer than a whole short run. So with ``Config.kernels="auto"`` a run on a machine whose cache
 does not have them starts on the torch implementation of the same operations (the reference the
 kernels are tested against; nothing to compile, 0.4-0.6x the frames/s) and starts one background
 process that compiles the kernels into the cache; the detector takes them as soon as they are
@@ -41,8 +40,7 @@ from .gil import switch_interval
 _SPECIALISED = ("model", "precision", "channels_last", "imgsz", "postprocess", "candidate_threshold",
                 "per_class_candidates", "max_detections", "iou_threshold")
 _SOURCES = ("postprocess.py", "preprocess.py", "letterbox.py", "nms.py")  # vidpipe's Triton kernels
-# A compiling process older than this is taken as dead (the background compile took 19-22 s on the
-# H200 machine, docs/results.md, "Ninth session").
+# A compiling process older than this is taken as dead (the background compile takes ~20 s on an H200).
 STALE_S = 600.0
 
 
@@ -91,8 +89,8 @@ def choose(config, device_type: str) -> str:
 def key_ahead(switch_s: float) -> threading.Thread | None:
     """Start, on a daemon thread, the key Triton computes on a process's first kernel launch (even one
     served from its cache): a hash of Triton's own files, ``libtriton.so`` (~0.5 GB) among them, 0.42 s
-    on the H200 machine and ~1 s on the CI machine, before any first batch could run (docs/results.md,
-    "Fourteenth session"). Started as the detector is built, it overlaps the model's build (torchvision's
+    on an H200 machine and ~1 s on a 2-core CPU, before any first batch could run (``vidpipe bench
+    --suite startup``). Started as the detector is built, it overlaps the model's build (torchvision's
     import); hashlib lets go of the GIL, and the thread takes it back once per MB read and hashed, sooner
     with the switch interval at ``switch_s`` (at Python's 5 ms, beside the import, the hash took 3.6-4.6
     s). Join the thread before the first launch: Triton caches the key once computed, and a launch meanwhile

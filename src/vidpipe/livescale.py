@@ -5,16 +5,14 @@ runs), the output path each source gets, and the devices with a process count pe
 the outputs (each written by the process that runs its source) and a
 :class:`~vidpipe.engine.RunReport` with every source's :class:`~vidpipe.engine.VideoEnd`.
 
-One process's live frames each cost it Python work under its one GIL (a decode call, hand-overs
-between threads, a batch copy, a line of text): 32 camera-like 1080p streams held on one H200, 48 did
-not, with NVDEC at 37% and the GPU at 24% (docs/results.md, "Thirteenth session"). So each worker
-process here runs the same engine as a one-process run over its share of the sources, batching its
+One process's live frames each cost it Python work under its one GIL (a decode call, a batch copy,
+a line of text), so past CAMERAS_PER_PROCESS cameras each worker process here runs the same engine as
+a one-process run over its share of the sources, batching its
 streams' frames together; a source is given to the process running the fewest and stays there until
 it is removed. A worker that fails (cannot start, crashes, is killed) hands its running sources to the
 others, where they start again. The parent only follows the set and collects what the workers report.
-The processes share the GPU by time slices (separate CUDA contexts, whose kernels never overlap): on
-an H200, 3 processes took 48 cameras to 29.1-29.6 frames/s each against 10-25 in one, and 6 did worse
-than 3 (docs/results.md, "Seventeenth session").
+The processes share the GPU by time slices (separate CUDA contexts, whose kernels never overlap), so
+more processes than the cameras need cost GPU time (``vidpipe bench --suite live --procs-per-device N``).
 """
 
 from __future__ import annotations
@@ -37,6 +35,27 @@ from .inputs import log_to_stderr
 from .scale import Assignment, Inbox, Sender, frames_reporter, start_worker
 
 log = logging.getLogger(__name__)
+
+# Live sources one engine process takes on (--procs-per-device auto): its Python, on one GIL, is what
+# limits a process; past this many 1080p30 cameras a process's share of the GIL runs out on the slowest
+# machines measured (vidpipe bench --suite live --live-cameras http, docs: Benchmarks).
+CAMERAS_PER_PROCESS = 32
+CORES_PER_PROCESS = 4  # an engine process with its decode threads and formatting keeps ~2-3 cores busy
+
+
+def processes_for(cameras: int, device: str) -> int:
+    """Engine processes per device for ``cameras`` live sources (``--procs-per-device auto``): one per
+    CAMERAS_PER_PROCESS, at most one per CORES_PER_PROCESS of this machine's cores; one on a CPU."""
+    if device == "cpu" or (device == "auto" and not _has_gpu()):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(-(-cameras // CAMERAS_PER_PROCESS), cores // CORES_PER_PROCESS))
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_for: Callable[[str], Path],

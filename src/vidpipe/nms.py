@@ -31,8 +31,8 @@ except ImportError:  # CPU-only installs may lack Triton; torchvision's NMS serv
 CAPTURABLE = triton is not None  # on CUDA, greedy_nms then never waits for the GPU (CUDA graphs)
 
 # Candidates per tile and kept boxes per chunk of the suppression matrix (a [CHUNK, TILE] tile of
-# IoUs, 8,192 values over 8 warps). Chosen by bench/nms_sweep.py: docs/results.md, "Seventh session",
-# "YOLO: post-processing in the graph" (0.11-0.12 ms per batch of 64 at 500-6,300 candidates).
+# IoUs, 8,192 values over 8 warps). Chosen by bench/nms_sweep.py: 0.11-0.12 ms per batch of 64 at
+# 500-6,300 candidates on an H100.
 TILE = 512
 CHUNK = 16
 
@@ -72,7 +72,7 @@ if triton is not None:
     def _iou_above(x1, y1, x2, y2, area, bx1, by1, bx2, by2, barea, thr_bits, TIE_UP: tl.constexpr):
         # torchvision's test: a float32 IoU against the float64 threshold, inter / union > thr. Not
         # by dividing: Triton's `/` is approximate (the IoU of identical boxes came out above 1.0),
-        # the exact div_rn made the kernel 1.6x slower (docs/results.md, "Eleventh session"), and a
+        # the exact div_rn made the kernel 1.6x slower (bench/nms_sweep.py), and a
         # float32 threshold rounded up (0.3, 0.6) is not torchvision's. With m the midpoint between
         # the largest float32 <= thr and the next float32 (see _threshold), the rounded quotient is
         # above thr iff inter > m * union (>= where that midpoint rounds up), exact in float64 (24 x

@@ -278,7 +278,7 @@ def machine_facts(device: torch.device) -> dict[str, str]:
         "torch": torch.__version__,
         "cpu_cores": str(os.cpu_count()),
         # The host's kernel (a sandbox's shows in it): one code's live figures moved between machines, 48 served
-        # cameras in one process 11.7 to 27.8 frames/s each (docs/results.md, "Twenty-sixth session").
+        # cameras in one process 11.7 to 27.8 frames/s each (``vidpipe bench --suite live``).
         "kernel": platform.release(),
     }
     if device.type == "cuda":

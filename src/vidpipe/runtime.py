@@ -22,9 +22,9 @@ import torch
 class CaptureGate:
     """NVDEC calls that may synchronise the whole device would invalidate a CUDA graph being captured
     on another thread: creating, re-pointing, seeking and freeing a session, and a session's first
-    decode after those (where NVDEC creates its decoder). Measured on the H200 (docs/results.md,
-    "Sixteenth session"): captures beside fresh sessions' ungated first decodes failed 4 times in 61
-    sessions, beside ungated frees 10 in 34; gated, none. They run inside :meth:`setup`, which does not
+    decode after those (where NVDEC creates its decoder). On an H200, captures beside fresh sessions'
+    ungated first decodes failed 4 times in 61 sessions, beside ungated frees 10 in 34; gated, none
+    (``tests/test_sources.py``, the capture test). They run inside :meth:`setup`, which does not
     exclude other setups (a lock would add its own queue to the GIL's: ``seek_to_index`` holds the
     GIL, ~1.5 ms measured, so in practice seeks still run one after another); the detector captures
     inside :meth:`capture`, which waits for running setups and holds new ones."""

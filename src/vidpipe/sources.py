@@ -632,8 +632,8 @@ class NvdecStreamSource(PyAVSource):
         """Back to the runtime's pool for the next connection of this kind, at the end of the stream
         (``flush`` None: its empty packet was sent) or after it (``flush``, an empty packet, drops the
         frames it held). Freeing a session instead holds the GIL ~26 ms in PyNvVideoCodec's destructor
-        and synchronises the device: each camera that ended stalled every other camera that long
-        (docs/results.md, "Twenty-second session"). A session that cannot be flushed is freed."""
+        and synchronises the device: each camera that ended stalled every other camera that long. A
+        session that cannot be flushed is freed."""
         try:
             if flush is not None:
                 with torch.cuda.stream(self.stream):
@@ -664,8 +664,8 @@ class NvdecStreamSource(PyAVSource):
     def _more(self, frame: _DeviceFrame) -> bool:
         # With B-frames NVDEC gives some packets' frames two at a time: in one batch they reach the
         # engine together, where a live stream's second would replace its first under --live-policy
-        # latest as if the GPU had fallen behind (4.4% of 16 served cameras' frames dropped on the H200,
-        # 0.7% in one batch; docs/results.md, "Twenty-first session").
+        # latest as if the GPU had fallen behind (4.4% of 16 served cameras' frames dropped on an H200,
+        # 0.7% in one batch; ``vidpipe bench --suite live --live-cameras http``).
         return frame.more
 
     def _stack(self, frames: list[torch.Tensor], pin: bool) -> torch.Tensor:
@@ -808,10 +808,9 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
     frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). Files with leading
     pictures take the second: SimpleDecoder gave wrong frames for them (HEVC open GOPs: mean
     difference 8-16 levels from FFmpeg's frames on those, 0.7 on every other frame and on the packet
-    path's; docs/results.md, "Twentieth session"), and so do files it cannot seek in exactly:
-    of MPEG-TS files SimpleDecoder counted every frame and gave none (H.264 with and without
-    B-frames; MP4 and Matroska whole; "Twenty-seventh session"); raw elementary streams, which have no
-    timestamps to seek by, go the same way."""
+    path's), and so do files it cannot seek in exactly: of MPEG-TS files SimpleDecoder counted every
+    frame and gave none (H.264 with and without B-frames; MP4 and Matroska whole); raw elementary
+    streams, which have no timestamps to seek by, go the same way (``tests/test_sources.py``)."""
     info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
     if decoder == "nvdec":
         try:

@@ -55,7 +55,7 @@ _MISSING = '--track needs the trackers package: pip install "vidpipe[track]"'
 
 def check_installed() -> None:
     """Fail in one line when the tracking library is missing, without importing it: the import took
-    1.1-1.3 s of a tracked run's start on the H200 machine (docs/results.md, "Fourteenth session"),
+    1.1-1.3 s of a tracked run's start on an H200 machine (``vidpipe bench --suite startup --track``),
     in the process that does not track files (its formatting processes do, and import it there)."""
     if any(importlib.util.find_spec(name) is None for name in ("trackers", "scipy")):
         raise VidpipeError(_MISSING)
@@ -95,8 +95,8 @@ class Tracker:
         # one per box coordinate, whose 2 x 2 covariances stay equal (they never depend on the
         # measurements). So a track's state is its box, its velocity and one 2 x 2 covariance, and
         # predict and update are a few element-wise operations on all tracks at once instead of
-        # stacked 8 x 8 products (a quarter less time per frame, bench/track_rate.py, docs/results.md
-        # "Nineteenth session"). Each element is computed with the operations the library's products
+        # stacked 8 x 8 products (a quarter less time per frame, bench/track_rate.py). Each element is
+        # computed with the operations the library's products
         # reduce to: every sum there has at most two non-zero terms, the later one (in the products'
         # order) a product with 1.0, so fused multiply-adds change nothing. The states are the
         # library's bit for bit, which tests/test_track.py checks on its tracklets.
@@ -227,7 +227,7 @@ def in_worker(key: str, fps: float, *arrays: np.ndarray) -> tuple[np.ndarray, ..
 
 def preload() -> None:
     """Import the tracking library in this (worker) process ahead of its first video: ~1 s, which in
-    a lane's first tracked batch held up the whole run (docs/results.md, "Ninth session")."""
+    a lane's first tracked batch held up the whole run (``vidpipe bench CLIP --track``)."""
     Tracker(30.0)
 
 

@@ -269,7 +269,7 @@ class FrameProducer:
                         # The compute stream reads the chunk without waiting on this worker's stream, where
                         # PyAV's upload runs. NVDEC sessions synchronise their own: one more call per frame that
                         # lets go of the GIL and waits to get it back held 32 live cameras at 24 frames/s each
-                        # on the H200 (30 without; docs/results.md, "Thirteenth session").
+                        # on an H200 (30 without; ``vidpipe bench --suite live``).
                         torch.cuda.current_stream(self.device).synchronize()
                     decoded += len(batch)
                     yield Chunk(unit, batch, admitted)

@@ -71,7 +71,7 @@ class HostBatch:
     the results of its rows share them: NumPy views and which rows are finite, made once for the batch.
     A live batch holds a result per camera, and each result making its own (a torch slice and a NumPy
     view per tensor, a wait on the event, the finite check) was a third of the writer's share of the
-    GIL with 64 cameras on the H200 (docs/results.md, "Twenty-fourth session")."""
+    GIL with 64 cameras on an H200 (``bench/live_writer.py``)."""
 
     def __init__(self, det: Detections, event: torch.cuda.Event | None) -> None:
         self.det, self.event = det, event

@@ -22,8 +22,8 @@ SEGMENT_FRAMES = 1024  # longest part of one file a worker decodes alone; cuts f
 # parts finish in waves of about (workers x part) frames, and a video's tracker, which takes frames
 # in order only, gets each wave at once: it tracks the last wave after decoding has ended. With
 # 1024-frame parts that tail is ~12 x 1024 frames x 0.2 ms (~2.5 s); with one interval, 12 x 60
-# frames at the camera clip's GOP of 60. On the H200, 9,000 frames of 1080p tracked at 0.61 of the
-# untracked rate with 1024-frame parts, 0.88 with one interval (docs/results.md, "Eighteenth session").
+# frames at the camera clip's GOP of 60. On an H200, 9,000 frames of 1080p tracked at 0.61 of the
+# untracked rate with 1024-frame parts, 0.88 with one interval (``vidpipe bench CLIP --track``).
 TRACKED_SEGMENT_FRAMES = 1
 
 

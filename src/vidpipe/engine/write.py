@@ -49,7 +49,7 @@ _IDLE = object()  # nothing came within AHEAD_POLL_S
 WRITE_QUEUE = 256
 # Batches whose text is being made in the lanes while the writer goes on, at most. Waiting on each
 # one's round trip instead (two hand-overs between threads that contend for the GIL) capped a tracked
-# 1080p run at 856 frames/s against 2,391 untracked (docs/results.md, "Ninth session"), and left one
+# 1080p run at 856 frames/s against 2,391 untracked (``vidpipe bench CLIP --track``), and left one
 # lane of four busy at a time untracked (a batch's text was awaited before the next went out).
 AHEAD = 16
 # While batches are in the lanes and nothing new comes, the writer looks for finished ones this often.
@@ -58,7 +58,7 @@ AHEAD_POLL_S = 0.005
 # waited for two hand-overs between this process's threads, each for the GIL (the executor's threads:
 # ~40 ms a batch with the decode and compute threads running), and the lane, tracking a batch in
 # ~12 ms, sat idle: 1,561 frames/s tracked against 2,681 untracked on a 3,600-frame 1080p input
-# (docs/results.md, "Twelfth session"). Batches that land while the lane is busy wait and go
+# (``vidpipe bench CLIP --track``). Batches that land while the lane is busy wait and go
 # together, so the hand-overs are paid per group; the cap bounds a group's latency (~0.1 s).
 TRACK_GROUP = 8
 
@@ -81,7 +81,7 @@ class FormatPool:
     tracker in that lane, which runs its tasks one at a time in submission order. Spawned (the
     parent holds CUDA), importing only the sinks and the tracker (no torch). One pool per process
     and size, started on first use and kept: starting one costs ~0.5 s, as much as a whole short
-    run (a pool per run halved bench's in.mp4 figure, docs/results.md)."""
+    run (a pool per run halved ``vidpipe bench``'s in.mp4 figure)."""
 
     _shared: dict[int, FormatPool] = {}
 
@@ -139,7 +139,7 @@ class FormatPool:
         concatenated), then each batch's text, made in the next lane (another process, where there is
         one): Futures of the tracking (done when the lane is free) and of the list of texts. Tracking
         is sequential per video, formatting is not: one lane doing both capped a tracked 1080p run at
-        1,430 frames/s (docs/results.md)."""
+        1,430 frames/s (``vidpipe bench CLIP --track``)."""
         text: Future = Future()
         other = self.lanes[(lane + 1) % len(self.lanes)]
 
@@ -373,9 +373,8 @@ class Writer:
                 self._fail(video, f"{r.info.path}: cannot write {video.video.path} ({_reason(e)})")
                 return
         # A live result's text is made here, not in the formatting processes: it is a frame or two, and
-        # waiting for its round trip to a process, result after result, held 32 cameras on the H200 at 19
-        # frames/s each (24 made here) and 16 on the 2-core CPU machine at 24 (28); docs/results.md,
-        # "Thirteenth session".
+        # waiting for its round trip to a process, result after result, held 32 cameras on an H200 at 19
+        # frames/s each against 24 made here (``vidpipe bench --suite live``).
         if r.text is None and r.captured is None and self.formatters is not None and hasattr(sink, "formatter"):
             r.text = self._format(sink, r, arrays)
         if isinstance(r.text, Future):  # made in a lane: written in its turn once done, while later batches go on

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU runs on the device tool's H200 machines (one or two GPUs), in one call: set-up, then the
+# GPU runs on a lent GPU machine (H100 or H200, one or two GPUs), in one call: set-up, then the
 # steps named in $STEPS (default: tests). Needs the wheels in .whl/ (PyNvVideoCodec, PyAV), and for
 # the steps that use them .whl-yolo/ (Ultralytics) and .whl-track/ (trackers, supervision and what
 # they import that the image lacks), and .media/in.mp4 + .media/make_camera_clip.py (all git-ignored,
