@@ -14,7 +14,7 @@ LAYERS = [
     {"errors", "coco", "boxes", "inputs", "runtime", "profiling", "config", "synth", "agreement", "timeline", "gil",
      "kernels", "environ", "cameras", "outputs", "yuv", "installed"},
     {"sources", "preprocess", "letterbox", "model", "postprocess", "nms", "sinks", "weights", "track",
-     "analytics", "draw"},  # the stages
+     "analytics", "draw", "events", "metrics", "view", "monitor"},  # the stages, and what a run reports
     {"models", "models.ssd300", "models.yolo", "models.yolo_yaml", "models.boxes", "models.tv"},  # detector families
     {"detector", "graphs"},
     {"engine", "engine.items", "engine.live", "engine.plan", "engine.decode", "engine.batching", "engine.order",

@@ -82,16 +82,23 @@ class Analytics:
         self.zones = {r.name: sv.PolygonZone(polygon=np.round(r.points).astype(np.int64))
                       for r in map(parse_zone, zones)}
         self.peak: dict[str, dict[str, int]] = {name: {} for name in self.zones}
+        self.crossed: list[dict] = []  # the last frame's crossings: line, track_id, class_id, class_name, direction
 
     def frame(self, boxes: np.ndarray, labels: np.ndarray, track_ids: np.ndarray | None) -> dict:
         """One frame's detections -> this frame's counts (see the module docstring)."""
         dets = self._sv.Detections(xyxy=boxes.astype(np.float32).reshape(-1, 4), class_id=labels.astype(int),
                                    tracker_id=None if track_ids is None else track_ids.astype(int))
         out: dict = {}
+        self.crossed = []
         if self.lines:
             tracked = dets[dets.tracker_id >= 0]  # unconfirmed (-1) detections share no identity
-            for line in self.lines.values():
-                line.trigger(tracked)
+            for name, line in self.lines.items():
+                went_in, went_out = line.trigger(tracked)
+                for direction, crossed in (("in", went_in), ("out", went_out)):
+                    self.crossed += [{"line": name, "track_id": int(tracked.tracker_id[i]),
+                                      "class_id": int(tracked.class_id[i]),
+                                      "class_name": self.names[int(tracked.class_id[i])], "direction": direction}
+                                     for i in np.flatnonzero(crossed)]
             out["lines"] = {name: self._line_counts(line) for name, line in self.lines.items()}
         if self.zones:
             out["zones"] = {}

@@ -724,7 +724,8 @@ def _cameras(video: str, k: int, tmp: Path, server) -> list[str]:
     return [str(c) for c in cams]
 
 
-def _live_processes(cfg: Config, cams: list[str], procs: int, tmp: Path) -> tuple[list[Path], RunReport]:
+def _live_processes(cfg: Config, cams: list[str], procs: int, tmp: Path,
+                    mqtt: tuple[str, bool] | None = None) -> tuple[list[Path], RunReport]:
     """The cameras ``cams`` spread over ``procs`` worker processes on the device (``vidpipe detect
     --procs-per-device``), until each has run ``cfg.max_frames`` frames."""
     from .livescale import run_live_processes, until_ended
@@ -733,7 +734,7 @@ def _live_processes(cfg: Config, cams: list[str], procs: int, tmp: Path) -> tupl
     targets = {c: tmp / f"cam-{len(cams)}-{i}.jsonl" for i, c in enumerate(cams)}
     sources, on_video = until_ended(list(targets))
     report = run_live_processes(cfg, sources, "jsonl", targets.__getitem__, parse_devices(cfg.device), procs,
-                                on_video=on_video)
+                                on_video=on_video, mqtt=mqtt)
     return list(targets.values()), report
 
 
@@ -748,7 +749,7 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
     for video in bench_inputs(a, tmp):
         with CameraServer(video) if a.live_cameras == "http" else nullcontext() as server:
             device = _live_counts(a, cfg, video, tmp, server, rows) or device
-    header = ["input", "cameras", "size", "streams", "processes", "frames/s offered",
+    header = ["input", "cameras", "size", "streams", "processes", "published", "frames/s offered",
               "per-stream frames/s (min / median)",
               "latency p50 / p99 ms", "dropped: steady / whole run", "NVDEC util (median)", "GPU util (median)",
               "host cores busy", "memory peak, host / GPU: first minute → whole run", "camera server late p99 ms",
@@ -756,8 +757,9 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
     _emit(a, "vidpipe bench: live streams (K cameras on one GPU)", _table(header, rows),
           [f"Each stream: the input as a camera for {a.live_seconds:g} s (cameras: file, the input read at its "
            "frame rate and looped, --realtime --loop; http, served by another process over loopback HTTP as "
-           "live MPEG-TS at its frame rate, looped, which vidpipe reads as a camera's stream: FFmpeg demuxes, "
-           f"NVDEC decodes packet by packet), --live-policy {cfg.live_policy}, JSON Lines per stream; figures "
+           "live MPEG-TS at its frame rate, looped, which vidpipe reads as a camera's stream: decoded by FFmpeg "
+           f"on NVDEC, --stream-decoder {cfg.stream_decoder}), --live-policy {cfg.live_policy}, JSON Lines per "
+           "stream; figures "
            f"over each stream's frames after its first {LIVE_WARM_S:g} s. Holds: every stream processed at >= "
            f"{LIVE_FPS} frames/s and p99 latency (capture to line written; a stream's capture: the moment its "
            f"frame was decoded) <= {LIVE_P99_MS:.0f} ms. Utilisation (NVML) and host cores busy "
@@ -782,6 +784,7 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
     a row for each K until one does not hold; the device used."""
     from .profiling import GpuUtilization
 
+    from .cli import _Service
     from .livescale import processes_for
 
     info, device = probe(video), None
@@ -808,7 +811,7 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
         with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
             if procs > 1:  # each worker captures its graphs in its streams' first seconds
                 paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
-                                                cams, procs, tmp)
+                                                cams, procs, tmp, (a.mqtt, False) if a.mqtt else None)
             else:
                 outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
                 paths = []
@@ -817,7 +820,11 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
                     paths.append(next(outs))
                     return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
 
-                report = run(det, cams, sink)
+                service = _Service(a)  # --mqtt, --metrics, --serve: what publishing costs the cameras
+                try:
+                    report = run(det, cams, sink, monitor=service.monitor)
+                finally:
+                    service.close()
         if report.failed:
             raise RuntimeError(report.failed[0].error)
         fig = _live_figures(paths, info.fps)
@@ -837,7 +844,9 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
             memory = " / ".join(f"{a / 2**20:,.0f} → {b / 2**20:,.0f} MiB ({b / a - 1:+.1%})"
                                 for a, b in ((peak(xs, 0, t0 + LIVE_MEMORY_S), peak(xs)) for xs in
                                              (host.samples, gpu_memory)) if a and b)
+        published = ", ".join(n for n, on in (("mqtt", a.mqtt), ("metrics", a.metrics), ("view", a.serve)) if on)
         rows.append([Path(video).name, a.live_cameras, f"{info.width}x{info.height}", str(k), str(procs),
+                     published or "none",
                      f"{k * info.fps:,.0f}",
                      f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
                      f"{fig.dropped / max(fig.dropped + len(fig.latencies), 1):.1%} / "

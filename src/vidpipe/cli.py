@@ -25,7 +25,8 @@ from typing import NoReturn
 from . import __version__
 from .config import ADVANCED, DEVICE, GROUPS, IO, LIVE, Check, Config, at_least, flags_of, within
 from .errors import VidpipeError
-from .inputs import EXTENSIONS, check_input, expand_inputs, is_stream_url, log_to_stderr, output_paths, redact
+from .inputs import (EXTENSIONS, check_input, expand_inputs, is_stream_url, log_to_stderr, output_paths, redact,
+                     source_name)
 from .outputs import Planned, check_planned, covers, record_path, totals_path, unwritable, write_record
 from .timeline import save as save_timeline
 from .timeline import stamp
@@ -60,13 +61,62 @@ def _procs(text: str) -> int | str:
     return "auto" if text == "auto" else _int(1)(text)
 
 
+class _Service:
+    """What a run publishes beside its outputs (``--mqtt``, ``--metrics``, ``--serve``): the
+    :class:`~vidpipe.monitor.Monitor` the engine reports to, and the servers it feeds, closed at the end."""
+
+    def __init__(self, a: argparse.Namespace, sources=None) -> None:
+        from .monitor import Monitor
+
+        self.parts: list = []
+        self.monitor = None
+        if not (a.mqtt or a.metrics or a.serve):
+            return
+        events = metrics = None
+        if a.mqtt:
+            from .events import Broker, Events
+
+            events = Events(Broker.parse(a.mqtt))
+            self.parts.append(events)
+        if a.metrics:
+            from .metrics import Metrics, listen_address
+
+            metrics = Metrics(*listen_address(a.metrics, "--metrics"))
+            self.parts.append(metrics)
+            if events is not None:
+                metrics.events_dropped.set_function(lambda: events.dropped)
+        self.monitor = Monitor(source_name, events, metrics, a.mqtt_detections, previews=bool(a.serve))
+        if a.serve:
+            from .metrics import listen_address
+            from .view import View
+
+            monitor = self.monitor
+
+            def remove(name: str) -> bool:
+                source = monitor.source_of(name)
+                if source is None or source not in sources.snapshot()[0]:
+                    return False
+                sources.remove(source)
+                return True
+
+            view = View(*listen_address(a.serve, "--serve"), monitor.cameras, monitor.jpeg,
+                        add=None if sources is None else sources.add, remove=None if sources is None else remove)
+            self.parts.insert(0, view)
+            print(f"vidpipe: live view at {view.url} (token to add or remove cameras: {view.token})",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
 def _processes(a: argparse.Namespace, cfg: Config, live: int) -> int:
     """Worker processes per device for a run with ``live`` live sources: the given number, or for
     ``auto`` as many as the live sources need on this machine (one for files, and for --save-video,
     which runs in one process)."""
     if a.procs_per_device != "auto":
         return a.procs_per_device
-    if not live or a.save_video:
+    if not live or a.save_video or a.metrics or a.serve:  # these run in one process
         return 1
     from .livescale import processes_for
 
@@ -169,6 +219,20 @@ def _add_detect_parser(sub) -> None:
                       help="instead of INPUTs: a file of sources, one per line, re-read when it changes (a source "
                            "added starts within a second, one removed is closed and its output finished); runs "
                            "until Ctrl-C, which finishes every output. -o is a directory")
+    live.add_argument("--mqtt", default=None, metavar="mqtt://[USER:PASS@]HOST[:PORT]/PREFIX",
+                      help="publish events to an MQTT broker (QoS 1): per source, line crossings, zone counts when "
+                           "they change, its state and a status every 5 s, on PREFIX/<source>/<kind> (docs: Events, "
+                           "metrics and the live view); a broker that is down never stalls detection")
+    live.add_argument("--mqtt-detections", action="store_true",
+                      help="with --mqtt, also every frame's detections (its JSON Lines object) on PREFIX/<source>/"
+                           "detections")
+    live.add_argument("--metrics", default=None, metavar="[HOST:]PORT",
+                      help="serve Prometheus metrics on this port (127.0.0.1 unless HOST is given): frames, drops, "
+                           "latency, reconnects and decode errors per source, queue depths, GPU and NVDEC use")
+    live.add_argument("--serve", default=None, metavar="[HOST:]PORT",
+                      help="serve a live page of the cameras (127.0.0.1 unless HOST is given): each one's latest "
+                           "annotated frame and figures; with --sources, cameras can be added and removed there "
+                           "with the token printed at start")
     out = g[DEVICE]
     out.add_argument("--devices", default=None, metavar="all|0,1,...",
                      help="one worker process per listed GPU (numbered as nvidia-smi numbers them), inputs handed "
@@ -220,6 +284,12 @@ def _add_bench_parser(sub) -> None:
                         "HTTP as live MPEG-TS at its frame rate by another process (a camera's path: "
                         "demuxed by FFmpeg, NVDEC packet by packet)")
     b.add_argument("--results", default=None, metavar="FILE", help="append the tables to this Markdown file")
+    for flag, metavar, what in (("--mqtt", "URL", "publish events to this MQTT broker"),
+                                ("--metrics", "[HOST:]PORT", "serve Prometheus metrics"),
+                                ("--serve", "[HOST:]PORT", "serve the live view")):
+        b.add_argument(flag, default=None, metavar=metavar,
+                       help=f"--suite live: {what} while the cameras run, as detect does (what it costs them)")
+    b.set_defaults(mqtt_detections=False)
     add_config_args(b)
 
 
@@ -384,10 +454,26 @@ def _extras(a: argparse.Namespace, cfg: Config) -> None:
              "supervision": bool(cfg.lines or cfg.zones) and '--line and --zone need supervision: '
                                                              'pip install "vidpipe[track]"',
              "ultralytics": Path(cfg.model).suffix.lower() in (".pt", ".yaml", ".yml")
-                            and f'--model {cfg.model} needs Ultralytics: pip install "vidpipe[yolo]"'}
+                            and f'--model {cfg.model} needs Ultralytics: pip install "vidpipe[yolo]"',
+             "paho": getattr(a, "mqtt", None) and '--mqtt needs paho-mqtt: pip install "vidpipe[service]"',
+             "prometheus_client": getattr(a, "metrics", None)
+                                  and '--metrics needs prometheus-client: pip install "vidpipe[service]"',
+             "flask": getattr(a, "serve", None) and '--serve needs Flask: pip install "vidpipe[service]"',
+             "waitress": getattr(a, "serve", None) and '--serve needs waitress: pip install "vidpipe[service]"'}
     for module, message in needs.items():
         if message and find_spec(module) is None:
             raise VidpipeError(message)
+    if getattr(a, "mqtt", None):
+        from .events import Broker
+
+        Broker.parse(a.mqtt)
+    if getattr(a, "mqtt_detections", False) and not a.mqtt:
+        raise VidpipeError("--mqtt-detections publishes to the broker of --mqtt: give --mqtt too")
+    for flag in ("metrics", "serve"):
+        if getattr(a, flag, None):
+            from .metrics import listen_address
+
+            listen_address(getattr(a, flag), f"--{flag}")
     if cfg.track:
         from .track import check_installed
 
@@ -488,8 +574,9 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
 
     if a.ray is not None or a.resume:
         raise VidpipeError("--sources: --ray and --resume are for INPUTs")
-    if a.save_video and (a.devices or a.procs_per_device not in ("auto", 1)):
-        raise VidpipeError("--save-video runs in one process: drop --devices and --procs-per-device")
+    if (a.save_video or a.metrics or a.serve) and (a.devices or a.procs_per_device not in ("auto", 1)):
+        raise VidpipeError("--save-video, --metrics and --serve run in one process: drop --devices and "
+                           "--procs-per-device")
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise VidpipeError(f"-o {a.output}: --sources writes one output per source; give a directory")
@@ -528,14 +615,18 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
         from .scale import parse_devices
 
         report = run_live_processes(cfg, sources, a.format, target_for, parse_devices(a.devices or cfg.device),
-                                    procs, on_video=on_video)
+                                    procs, on_video=on_video, mqtt=(a.mqtt, a.mqtt_detections) if a.mqtt else None)
     else:
         detector = Detector(cfg)
         video_for = None if not a.save_video else lambda info: _video_sink(
             a, cfg, detector, info, Path(a.save_video) / f"{targets[info.path].stem}.mp4", True)
-        report = run(detector, sources, lambda info: open_sink(a.format, target_for(info.path), info.path, info.width,
-                                                               info.height, detector.classes, cfg.track),
-                     on_video=on_video, video_for=video_for)
+        service = _Service(a, sources)
+        try:
+            report = run(detector, sources, lambda info: open_sink(a.format, target_for(info.path), info.path,
+                                                                   info.width, info.height, detector.classes, cfg.track),
+                         on_video=on_video, video_for=video_for, monitor=service.monitor)
+        finally:
+            service.close()
     print(f"vidpipe: {report.frames} frames from {len(report.videos)} sources in {time.perf_counter() - t0:.2f} s"
           + (f"; {len(report.failed)} failed" if report.failed else ""), file=sys.stderr)
     return 1 if report.failed and not a.allow_failures else 0
@@ -551,15 +642,18 @@ def _detect_live_processes(a: argparse.Namespace, cfg, todo: dict[str, Path], pr
     sources, on_end = until_ended(list(todo), on_video)
     _close_on_signals(sources)
     return run_live_processes(cfg, sources, a.format, todo.__getitem__, parse_devices(a.devices or cfg.device),
-                              procs, on_frames=on_frames, on_video=on_end)
+                              procs, on_frames=on_frames, on_video=on_end,
+                              mqtt=(a.mqtt, a.mqtt_detections) if a.mqtt else None)
 
 
 def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video,
             videos: dict[str, Path] | None = None):
     """Run ``todo`` locally, on worker processes or on Ray; the run's :class:`~vidpipe.engine.RunReport`.
     ``videos``: where each input's annotated video goes (one process only)."""
-    if videos is not None and (a.ray is not None or a.devices or a.procs_per_device not in ("auto", 1)):
-        raise VidpipeError("--save-video runs in one process: drop --devices, --procs-per-device and --ray")
+    if (videos is not None or a.metrics or a.serve) and (a.ray is not None or a.devices
+                                                         or a.procs_per_device not in ("auto", 1)):
+        raise VidpipeError("--save-video, --metrics and --serve run in one process: drop --devices, "
+                           "--procs-per-device and --ray")
     if a.ray is not None:
         from .scale import run_ray
         _interruptible()
@@ -590,9 +684,13 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
     live = cfg.realtime or cfg.loop
     video_for = None if videos is None else lambda info: _video_sink(a, cfg, detector, info, videos[info.path],
                                                                    live or is_stream_url(info.path))
-    return run(detector, list(todo), lambda info: open_sink(a.format, todo[info.path], info.path, info.width,
-                                                            info.height, detector.classes, cfg.track),
-               on_frames=on_frames, on_video=on_video, video_for=video_for)
+    service = _Service(a)
+    try:
+        return run(detector, list(todo), lambda info: open_sink(a.format, todo[info.path], info.path, info.width,
+                                                                info.height, detector.classes, cfg.track),
+                   on_frames=on_frames, on_video=on_video, video_for=video_for, monitor=service.monitor)
+    finally:
+        service.close()
 
 
 def _video_sink(a: argparse.Namespace, cfg, detector, info, path: Path, live: bool):

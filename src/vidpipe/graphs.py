@@ -207,6 +207,17 @@ class Batch:
                 torch.cat(self.parts, out=rows)
         self.parts = []
 
+    def row(self, i: int) -> torch.Tensor:
+        """Frame ``i`` of those added, ``[1, 3, H, W]``, a tensor of its own."""
+        if self.graph is not None:
+            self.commit()
+            return self.graph.frames[i:i + 1].clone()
+        for part in self.parts:
+            if i < part.shape[0]:
+                return part[i:i + 1].clone()
+            i -= part.shape[0]
+        raise IndexError(f"row {i} of a batch of {self.n}")
+
     def frames(self) -> torch.Tensor:
         """The ``n`` frames added, a tensor of their own (the graph's input is reused by the next batch)."""
         if self.graph is not None:

@@ -146,6 +146,12 @@ def expand_inputs(items: list[str]) -> list[Input]:
     return unique
 
 
+def source_name(source: str) -> str:
+    """A source as events, metrics and the live view name it: its output's name (no credentials), in
+    one level (an MQTT topic level, a URL path segment)."""
+    return expand_inputs([source])[0].name.replace("/", "_")
+
+
 def output_paths(inputs: list[Input], output: str, fmt: str) -> dict[str, Path]:
     """One output per input: ``output`` itself for a single input unless it is a directory (or
     ends in ``/``); else ``output/<name><ext>`` (see the module docstring)."""

@@ -171,6 +171,16 @@ class JsonlSink(_AtomicFile):
         self.frames += frames
 
 
+def jsonl_formatter(video: str, width: int, height: int, classes: Classes = SSD300_CLASSES) -> partial:
+    """``f(indices, times, boxes, labels, scores, counts, ...) -> str``: frames' text as a JSON Lines
+    output of ``video`` holds it, whatever the run's output format (``--mqtt-detections``)."""
+    sink = JsonlSink.__new__(JsonlSink)  # its text, without a file
+    sink.names_json = [json.dumps(n) for n in classes.names]
+    sink.name = json.dumps(redact(video)).replace("%", "%%")
+    sink.head = sink._head(width, height)
+    return sink.formatter()
+
+
 def jsonl_lines(head: str, names_json: list[str], indices, times, boxes, labels, scores, counts,
                 track_ids=None, captured=None, latency=None, analytics=None) -> str:
     """JSON Lines text of a batch's frames: ``head`` is the line's "%" template up to its detections,
@@ -416,6 +426,31 @@ class VideoSink(_AtomicFile):
             except Exception:  # noqa: BLE001 - the partial file is set aside as it is
                 pass
         return super().fail()
+
+
+PREVIEW_WIDTH = 960  # pixels: a live view's frame, at most (a 1080p frame is ~100 kB of JPEG at this width)
+
+
+def preview_jpeg(frames, ready, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, counts: np.ndarray,
+                 track_ids: np.ndarray | None, names: tuple[str, ...]) -> bytes:
+    """One frame (``uint8 [1, 3, H, W]`` on its device, ready once ``ready`` has completed) with its
+    detections drawn as annotated video draws them, at most PREVIEW_WIDTH wide, as JPEG bytes (encoded
+    where the frame is: on a GPU, nvJPEG through torchvision)."""
+    import torch
+    import torchvision
+
+    from .draw import annotate
+
+    if ready is not None:
+        torch.cuda.current_stream(frames.device).wait_event(ready)
+    on = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(frames.device)  # noqa: E731
+    drawn = annotate(frames, on(boxes), on(labels), on(scores), on(counts), None if track_ids is None else on(track_ids),
+                     names)
+    h, w = drawn.shape[2:]
+    if w > PREVIEW_WIDTH:
+        drawn = torch.nn.functional.interpolate(drawn.float(), size=(round(h * PREVIEW_WIDTH / w), PREVIEW_WIDTH),
+                                                mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return torchvision.io.encode_jpeg(drawn[0], quality=80).cpu().numpy().tobytes()
 
 
 class RollingVideoSink:

@@ -245,6 +245,8 @@ class PyAVSource:
 
     name = "pyav"
     pending: torch.cuda.Stream | None = None  # FrameBatch.stream of its batches: uploads are synchronised
+    # (source, state, reason): connected, lost, reconnected, given up, decode_error; None: not told
+    on_state: Callable[[str, str, str], None] | None = None
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", *,
                  threads: int = 0, max_frames: int | None = None, reconnects: int | None = None,
@@ -341,6 +343,8 @@ class PyAVSource:
                             continue  # replayed by the server after a reconnect
                         last_pts = frame.pts if frame.pts is not None else last_pts
                         delivered += 1
+                        if since is None and url and self.on_state is not None:
+                            self.on_state(self.info.path, "reconnected" if self.reconnections else "connected", "")
                         since = since or time.monotonic()
                         if attempt and time.monotonic() - since >= STEADY_S:
                             attempt = 0  # a connection that held is a recovery: the next loss starts over
@@ -354,11 +358,15 @@ class PyAVSource:
                     raise
                 reason = _ffmpeg_reason(e)
             if attempt >= self.reconnects:
+                if self.on_state is not None:
+                    self.on_state(self.info.path, "given up", reason)
                 raise VidpipeError(f"{self.info.path}: connection lost ({reason}); gave up after "
                                    f"{self.reconnects} reconnects")
             delay = 0.5 * 2 ** attempt
             attempt += 1
             self.reconnections += 1
+            if self.on_state is not None:
+                self.on_state(self.info.path, "lost", reason)
             log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.info.path, reason, delay)
             time.sleep(delay)
 
@@ -386,6 +394,8 @@ class PyAVSource:
         packets have yielded no frame for ``timeout`` s since one failed is read as a lost connection
         and reopened with back-off: sending garbage, or a size change a decoder session cannot take."""
         self.corrupt_packets += 1
+        if self.on_state is not None:
+            self.on_state(self.info.path, "decode_error", "")
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now

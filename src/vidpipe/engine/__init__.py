@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 from ..analytics import Analytics
 from ..detector import Detector, FrameResult
 from ..errors import VidpipeError
+from ..monitor import Monitor
 from ..sinks import VideoSink
 from ..sources import VideoInfo
 from ..timeline import stamp
@@ -86,11 +87,14 @@ def iter_results(detector: Detector, inputs: str | os.PathLike | list[str]) -> I
 def run(detector: Detector, inputs: str | os.PathLike | list[str] | LiveSources, sink_for: SinkFactory, *,
         on_frames: Callable[[int], None] | None = None,
         on_video: Callable[[VideoEnd], None] | None = None, frames: tuple[int, int] | None = None,
-        video_for: Callable[[VideoInfo], VideoSink | None] | None = None) -> RunReport:
+        video_for: Callable[[VideoInfo], VideoSink | None] | None = None, monitor: Monitor | None = None
+        ) -> RunReport:
     """Detect every input into its sink; one bad input is reported and never stops the others.
     ``inputs`` may be a :class:`LiveSources` that changes while it runs (the run returns once it is
     closed). ``video_for``: an annotated video per input (a :class:`~vidpipe.sinks.VideoSink`, or
-    None for none). On an exception (KeyboardInterrupt included) open outputs stay ``.partial``."""
+    None for none). ``monitor``: what the run reports as it goes (MQTT events, metrics, the live view:
+    :class:`~vidpipe.monitor.Monitor`). On an exception (KeyboardInterrupt included) open outputs stay
+    ``.partial``."""
     inputs = _checked(detector, inputs, live=True)
     cfg = detector.config
     if cfg.track:
@@ -100,11 +104,26 @@ def run(detector: Detector, inputs: str | os.PathLike | list[str] | LiveSources,
         analytics = partial(Analytics, cfg.lines, cfg.zones, detector.classes)
         analytics()  # a missing library fails the run here too
     keep = FrameBudget(KEEP_BATCHES * detector.batch_size) if video_for is not None else None
+    if monitor is not None:
+        told = on_video
+
+        def on_video(end: VideoEnd) -> None:  # noqa: F811 - the caller's, after the monitor's
+            monitor.ended(end.path, end.error)
+            if told is not None:
+                told(end)
+
     writer = Writer(sink_for, cfg.overlap, on_frames, on_video, formatters=cfg.formatters_for(detector.device),
-                    track=cfg.track, analytics=analytics, videos=video_for, keep=keep)
+                    track=cfg.track, analytics=analytics, videos=video_for, keep=keep, monitor=monitor,
+                    classes=detector.classes)
+    scheduler = Scheduler(detector, inputs, frames, writer.issue, keep,
+                          preview=None if monitor is None or not monitor.previews else monitor.wants_preview,
+                          on_state=None if monitor is None else monitor.state)
+    if monitor is not None:
+        monitor.watch_queue("decoded", scheduler.producer.depth)
+        monitor.watch_queue("results", writer.depth)
     ok = False
     try:
-        for turn in Scheduler(detector, inputs, frames, writer.issue, keep).turns():
+        for turn in scheduler.turns():
             writer.put(turn)
         ok = True
     finally:

@@ -36,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, nullcontext
 from dataclasses import replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -72,7 +72,8 @@ class FrameProducer:
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
                  segment_min: int = 16, segment_max: int = SEGMENT_FRAMES, frames: tuple[int, int] | None = None,
                  runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False,
-                 live_policy: str = "latest", in_order: bool = False, stream_decoder: str = "ffmpeg") -> None:
+                 live_policy: str = "latest", in_order: bool = False, stream_decoder: str = "ffmpeg",
+                 on_state: Callable[[str, str, str], None] | None = None) -> None:
         # A changing set: its sources now, followed by the planner (each added one gets a worker).
         self.sources = inputs if isinstance(inputs, LiveSources) else None
         self.inputs = inputs.snapshot()[0] if self.sources is not None else inputs
@@ -88,6 +89,7 @@ class FrameProducer:
         self.realtime, self.loop = realtime, loop  # files paced at their frame rate / started over at their end
         self.live_policy = live_policy
         self.stream_decoder = stream_decoder
+        self.on_state = on_state  # (source, state, reason): a stream's connection and decoding events
         self.in_order = in_order  # each file one unit: its frames come in order (annotated video holds them)
         # Latest policy: per unit seq, the chunk waiting for the consumer, in the order the slots were filled.
         self._newest: dict[int, Chunk] = {}
@@ -204,6 +206,8 @@ class FrameProducer:
         src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
                           fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1),
                           stream_decoder=self.stream_decoder)
+        if self.on_state is not None and isinstance(src, PyAVSource):
+            src.on_state = self.on_state
         self._local.source = src
         return src
 
@@ -437,6 +441,10 @@ class FrameProducer:
                 waiting, self._newest = self._newest, {}
             items += waiting.values()
         return items
+
+    def depth(self) -> int:
+        """Decoded items waiting for the consumer (a live unit's waiting frame counts one)."""
+        return (self._ready.qsize() if self._started and self.threaded else 0) + len(self._newest)
 
     def release(self) -> None:
         """The consumer is done with one unit: another may be opened."""

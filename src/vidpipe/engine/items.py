@@ -110,6 +110,10 @@ class BatchResult:
     pixels: torch.Tensor | None = None
     pixels_ready: torch.cuda.Event | None = None
     shared: HostBatch | None = None  # ``det`` and ``event`` as every result of the batch sees them
+    # For a live view: the last of these frames (uint8 [1, 3, H, W] on the device, ready once
+    # ``preview_ready`` has completed), drawn and encoded by the writer.
+    preview: torch.Tensor | None = None
+    preview_ready: torch.cuda.Event | None = None
     size: tuple[int, int] | None = None  # the frames' (width, height); None: the video's
 
     def resized(self) -> tuple[int, int] | None:

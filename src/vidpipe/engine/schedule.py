@@ -42,9 +42,12 @@ class Scheduler:
     """One run of ``detector`` over ``inputs`` (only frames ``[a, b)`` of each with ``frames``)."""
 
     def __init__(self, detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,
-                 on_issue: Callable[[BatchResult], None] | None = None, keep: FrameBudget | None = None) -> None:
+                 on_issue: Callable[[BatchResult], None] | None = None, keep: FrameBudget | None = None,
+                 preview: Callable[[str], bool] | None = None,
+                 on_state: Callable[[str, str, str], None] | None = None) -> None:
         cfg = detector.config
         self.detector, self.frames, self.on_issue = detector, frames, on_issue
+        self.preview = preview  # whether a live source's frame should be kept for a view (its last in a batch)
         self.keep = keep  # annotated video: each result keeps its frames, within this budget
         self.serial = not cfg.overlap
         self.producer = FrameProducer(inputs, cfg.decoder, detector.device, detector.batch_size,
@@ -52,7 +55,7 @@ class Scheduler:
                                       frames=frames, runtime=detector.runtime, realtime=cfg.realtime,
                                       loop=cfg.loop, live_policy=cfg.live_policy, in_order=keep is not None,
                                       segment_max=TRACKED_SEGMENT_FRAMES if cfg.track else SEGMENT_FRAMES,
-                                      stream_decoder=cfg.stream_decoder)
+                                      stream_decoder=cfg.stream_decoder, on_state=on_state)
         self.order = Orderer(self.producer.release, self.expected)
         self.batcher = Batcher(detector.batch)
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
@@ -151,6 +154,7 @@ class Scheduler:
                 if kept.is_cuda:
                     ready = torch.cuda.Event()
                     ready.record()
+            previews = self._previews(batch, rows)
             host, event = self.detector.submit(batch)
             stamp("issued")
             if event is not None:
@@ -162,11 +166,27 @@ class Scheduler:
             result = BatchResult(r.unit.info, r.indices, r.times, host, event, row, classes=self.detector.classes,
                                  captured=r.captured, pixels_ready=ready,
                                  pixels=None if kept is None else kept[row:row + len(r.indices)], shared=shared,
-                                 size=r.size)
+                                 size=r.size, preview=previews.get(row), preview_ready=previews.get("ready"))
             self.order.add(r.unit, result)
             if self.on_issue is not None:
                 self.on_issue(result)
             row += len(r.indices)
+
+
+    def _previews(self, batch: Batch, rows: list[Rows]) -> dict:
+        """For the live sources a view wants a frame of now: their last frame in this batch, copied before
+        the model runs (the graph's input is the next batch's), by the first row of their rows."""
+        if self.preview is None:
+            return {}
+        out, row = {}, 0
+        for r in rows:
+            if r.captured is not None and self.preview(r.unit.info.path):
+                out[row] = batch.row(row + len(r.indices) - 1)
+            row += len(r.indices)
+        if out and next(iter(out.values())).is_cuda:
+            out["ready"] = torch.cuda.Event()
+            out["ready"].record()
+        return out
 
 
 def process(detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,

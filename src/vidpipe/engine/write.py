@@ -31,10 +31,12 @@ from typing import Callable
 import numpy as np
 
 from ..analytics import Analytics
+from ..coco import Classes
 from ..environ import as_child, child_environ
+from ..monitor import Monitor
 from ..outputs import totals_path
 from ..profiling import nvtx_range
-from ..sinks import Sink, VideoSink, loaded as sinks_loaded, texts as batch_texts
+from ..sinks import Sink, VideoSink, jsonl_formatter, loaded as sinks_loaded, preview_jpeg, texts as batch_texts
 from ..sources import VideoInfo
 from ..timeline import stamp
 from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker, preload
@@ -211,6 +213,7 @@ class _Open:
     key: str = ""
     analytics: Analytics | None = None
     video: VideoSink | None = None  # its annotated video (--save-video)
+    text: Callable | None = None  # its frames' JSON Lines text, for a monitor that publishes detections
     # Tracked in a lane: batches waiting to go to it as one group, and the groups sent (their tracking).
     pending: list[tuple[BatchResult, tuple[np.ndarray, ...]]] = field(default_factory=list)
     tracking: list[Future] = field(default_factory=list)
@@ -228,10 +231,11 @@ class Writer:
     def __init__(self, sink_for: SinkFactory, threaded: bool, on_frames: Callable[[int], None] | None,
                  on_video: Callable[[VideoEnd], None] | None, formatters: int = 0, track: bool = False,
                  analytics: Callable[[], Analytics] | None = None,
-                 videos: Callable[[VideoInfo], VideoSink | None] | None = None, keep: FrameBudget | None = None
-                 ) -> None:
+                 videos: Callable[[VideoInfo], VideoSink | None] | None = None, keep: FrameBudget | None = None,
+                 monitor: Monitor | None = None, classes: Classes | None = None) -> None:
         self.analytics = analytics  # a new video's line and zone counters, counted here in frame order
         self.videos, self.keep = videos, keep  # annotated videos, and the budget of the frames they hold
+        self.monitor, self.classes = monitor, classes  # what the run reports as it goes (events, metrics, view)
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.track = track  # track ids are assigned here, in frame order, before formatting
         self.formatters = FormatPool.get(formatters)
@@ -274,6 +278,10 @@ class Writer:
                 self._abort()
                 return
 
+    def depth(self) -> int:
+        """Turns of results waiting for the writer's thread."""
+        return self.q.qsize() if self.q is not None else 0
+
     def issue(self, result: BatchResult) -> None:
         """``result`` as soon as its batch is issued (it comes again in its turn, in order)."""
         if result.captured is None:  # a live result is formatted in its turn (its latency is to its write)
@@ -299,6 +307,8 @@ class Writer:
             elif self.track:
                 video.tracker = Tracker(item.info.fps)
             video.analytics = self.analytics() if self.analytics is not None else None
+            if self.monitor is not None and self.monitor.detections:
+                video.text = jsonl_formatter(item.info.path, item.info.width, item.info.height, self.classes)
             try:
                 video.sink = self.sink_for(item.info)
                 video.video = self.videos(item.info) if self.videos is not None else None
@@ -341,6 +351,8 @@ class Writer:
             r.text = Future()
             video.pending.append((r, arrays))
             self.ahead.append((video, r))
+            if self.monitor is not None:  # its detections are known once tracked, in the lane: frames only
+                self.monitor.frames(r.info.path, r.indices, r.times, None, None)
             return  # sent by _catch_up, which follows
         if r.captured is not None and video.lane is not None:
             # A live result is a frame or two of one camera: tracked here, as its text is made (below),
@@ -359,10 +371,14 @@ class Writer:
         if r.captured is not None:  # live: capture time and latency (to now, the write) per frame
             captured = np.asarray(r.captured)
             latency = time.time() - captured
+        crossings = None
         if video.analytics is not None:
             boxes, labels, _, counts = arrays[:4]
-            counted = [video.analytics.frame(boxes[i, :c], labels[i, :c], None if track_ids is None
-                                             else track_ids[i, :c]) for i, c in enumerate(counts.tolist())]
+            counted, crossings = [], []
+            for i, c in enumerate(counts.tolist()):
+                counted.append(video.analytics.frame(boxes[i, :c], labels[i, :c],
+                                                     None if track_ids is None else track_ids[i, :c]))
+                crossings.append(video.analytics.crossed)
         arrays = (*arrays[:4], track_ids, captured, latency, counted)
         if video.video is not None and r.pixels is not None:
             try:
@@ -379,10 +395,26 @@ class Writer:
             r.text = self._format(sink, r, arrays)
         if isinstance(r.text, Future):  # made in a lane: written in its turn once done, while later batches go on
             self.ahead.append((video, r))
-            return
-        self._catch_up(0)  # the lanes' batches first, in order
-        self._put(video, r, arrays)
+        else:
+            self._catch_up(0)  # the lanes' batches first, in order
+            self._put(video, r, arrays)
+        if self.monitor is not None:
+            self._report(video, r, arrays, crossings)
 
+    def _report(self, video: _Open, r: BatchResult, arrays: tuple, crossings: list[list[dict]] | None) -> None:
+        """A result's frames to the run's monitor, and the preview frame it carries drawn and encoded."""
+        captured, latency, counted = arrays[5], arrays[6], arrays[7]
+        text = video.text(r.indices, r.times, *arrays[:5]) if video.text is not None else None
+        self.monitor.frames(r.info.path, r.indices, r.times, None if captured is None else captured.tolist(),
+                            None if latency is None else latency.tolist(), text, counted, crossings)
+        if r.preview is not None:
+            with nvtx_range("preview"):
+                row = len(r.indices) - 1  # the preview is the result's last frame
+                self.monitor.preview(r.info.path, r.indices[row],
+                                     preview_jpeg(r.preview, r.preview_ready, *(a[row:row + 1] for a in arrays[:4]),
+                                                  None if arrays[4] is None else arrays[4][row:row + 1],
+                                                  self.classes.names))
+            r.preview = None
     def _put(self, video: _Open, r: BatchResult, arrays: tuple | None = None) -> None:
         """``r``'s text (or ``arrays``, formatted here) into the video's sink."""
         if video.sink is None:  # its output failed meanwhile
