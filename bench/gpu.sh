@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU runs on a lent GPU machine (H100 or H200, one or two GPUs), in one call: set-up, then the
 # steps named in $STEPS (default: tests). Needs the wheels in .whl/ (PyNvVideoCodec, PyAV), and for
-# the steps that use them .whl-yolo/ (Ultralytics) and .whl-track/ (trackers, supervision and what
+# the steps that use them .whl-yolo/ (Ultralytics), .whl-svc/ (Flask, waitress, prometheus-client,
+# paho-mqtt: bench --suite live with --metrics, --serve, --mqtt) and .whl-track/ (trackers, supervision and what
 # they import that the image lacks), and .media/in.mp4 + .media/make_camera_clip.py (all git-ignored,
 # carried: the tree that travels is capped at 64 MiB). Logs under $OUT.
 #   tests   the GPU tests (cuda/nvdec marks) and the CPU ones they sit beside
@@ -18,7 +19,7 @@
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   live    vidpipe bench --suite live on the 1080p clip ($LIVE_CODEC: h264 or hevc; $LIVE_ARGS added)
-#   liveold the same with the tree in .old/src (git archive of the commit before, measured in the same call)
+#   livepackets the same with --stream-decoder pynvvideocodec ($LIVEPKT_ARGS added): the other camera path
 #   probe   bench/live_probe.py on the 1080p clip ($PROBE_ARGS added): where a camera's frame time goes
 #   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
@@ -27,7 +28,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/vidpipe-results}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl $(ls .whl-track/*.whl .whl-yolo/*.whl 2>/dev/null) \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl $(ls .whl-track/*.whl .whl-yolo/*.whl .whl-svc/*.whl 2>/dev/null) \
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 VIDPIPE_SHARED_CLIP=$PWD/.media/in.mp4
 V="python3 -m vidpipe.cli"
@@ -86,9 +87,9 @@ for step in $STEPS; do
     live)
       timeout ${LIVE_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random ${LIVE_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
-    liveold)
-      PYTHONPATH=/tmp/site:$PWD/.old/src timeout ${LIVE_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" \
-        --weights random ${LIVE_ARGS:-} --results "$OUT/results-old.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
+    livepackets)
+      timeout ${LIVEPKT_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random \
+        --stream-decoder pynvvideocodec ${LIVEPKT_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
     probe)
       timeout ${PROBE_S:-300} python3 bench/live_probe.py "$(camera ${LIVE_CODEC:-h264})" ${PROBE_ARGS:-} \
         --json "$OUT/probe.json" 2>&1 | grep -v "^WARNING" | tail -12 ;;
