@@ -20,6 +20,7 @@
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   live    vidpipe bench --suite live on the 1080p clip ($LIVE_CODEC: h264 or hevc; $LIVE_ARGS added)
 #   livepackets the same with --stream-decoder pynvvideocodec ($LIVEPKT_ARGS added): the other camera path
+#   livesvc the live suite with $LIVESVC_ARGS (--mqtt, --metrics, --serve: what publishing costs)
 #   probe   bench/live_probe.py on the 1080p clip ($PROBE_ARGS added): where a camera's frame time goes
 #   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
@@ -86,6 +87,9 @@ for step in $STEPS; do
       done ;;
     live)
       timeout ${LIVE_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random ${LIVE_ARGS:-} \
+        --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
+    livesvc)
+      timeout ${LIVESVC_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random ${LIVESVC_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
     livepackets)
       timeout ${LIVEPKT_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random \

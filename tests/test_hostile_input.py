@@ -414,25 +414,6 @@ def test_ctrl_c_of_a_run_with_child_processes_is_not_a_traceback(tmp_path, flags
     assert children and [c for c in children if _alive(c)] == []
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_formatting_processes_die_with_their_parent(tmp_path):
-    from test_output_safety import _alive, _descendants
-
-    clip = make_clip(tmp_path / "cam.mp4", frames=30, width=64, height=48, bframes=False)
-    p = subprocess.Popen([*CLI, str(clip), "-o", str(tmp_path / "o.jsonl"), "--realtime", "--loop", "--formatters",
-                          "2", *COMMON], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(_descendants(p.pid)) < 2:
-        time.sleep(0.2)
-    time.sleep(2.0)
-    lanes = _descendants(p.pid)
-    assert len(lanes) >= 2
-    p.send_signal(signal.SIGKILL)
-    p.wait(timeout=10)
-    time.sleep(3.0)
-    assert [w for w in lanes if _alive(w)] == []
-
-
 # --- the Python API -------------------------------------------------------------------------------------
 
 def test_the_api_takes_a_path_and_says_what_is_wrong_with_its_arguments(tmp_path, clip):

@@ -313,20 +313,24 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_workers_die_with_their_parent(tmp_path):
+@pytest.mark.parametrize("children", ["workers", "formatting processes"])
+def test_child_processes_die_with_their_parent(tmp_path, children):
+    """SIGKILL of vidpipe leaves none of its processes running: worker processes (--devices) and the
+    formatting processes (--formatters) of a live run alike."""
     long = make_clip(tmp_path / "long.mp4", frames=400, width=160, height=120)
-    p = subprocess.Popen([*CLI, str(long), "-o", str(tmp_path / "o.jsonl"), *COMMON, "--devices", "cpu,cpu",
-                          "--split-frames", "100000"], stderr=subprocess.DEVNULL)
+    flags = (["--devices", "cpu,cpu", "--split-frames", "100000"] if children == "workers" else
+             ["--realtime", "--loop", "--formatters", "2"])
+    p = subprocess.Popen([*CLI, str(long), "-o", str(tmp_path / "o.jsonl"), *COMMON, *flags], stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(_descendants(p.pid)) < 2:
         time.sleep(0.2)
-    time.sleep(2.0)  # the workers are past their imports
-    workers = _descendants(p.pid)
-    assert len(workers) >= 2
+    time.sleep(2.0)  # the children are past their imports
+    started = _descendants(p.pid)
+    assert len(started) >= 2
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=10)
     time.sleep(5.0)
-    assert [w for w in workers if _alive(w)] == []
+    assert [w for w in started if _alive(w)] == []
 
 
 def test_weights_with_non_finite_values_warn_on_loading(tmp_path, caplog):

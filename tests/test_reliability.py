@@ -295,13 +295,18 @@ def test_a_stream_on_nvdec_gives_the_files_frames(tmp_path, name, container):
 
 
 @pytest.mark.nvdec
-def test_a_stream_on_nvdec_reconnects_after_a_drop(http_clip):
+@pytest.mark.parametrize("decoder", ["pynvvideocodec", "ffmpeg"])
+def test_a_stream_on_nvdec_reconnects_after_a_drop(http_clip, decoder):
+    """Each stream decoder: every frame exactly once across a dropped connection, as the file gives them."""
+    if decoder == "ffmpeg" and not ffmpeg_nvdec_available():
+        pytest.skip("needs PyAV with CUDA decoding")
+    stream, whole = (NvdecStreamSource, NvdecSource) if decoder == "pynvvideocodec" else (FFmpegNvdecSource,) * 2
     clip, handler, _, url = http_clip
-    source = NvdecStreamSource(url, "cuda")
+    source = stream(url, "cuda")
     handler.drop_after = len(handler.data) // 2
     idx, frames, _ = _decode(source)
-    _, ref, _ = _decode(NvdecSource(clip, "cuda"))
-    assert idx == list(range(60)) and torch.equal(frames, ref)  # every frame exactly once
+    _, ref, _ = _decode(whole(clip, "cuda"))
+    assert idx == list(range(60)) and torch.equal(frames, ref)
     assert handler.drop_after is None and source.reconnections >= 1
 
 
@@ -346,17 +351,6 @@ def test_a_stream_decoded_by_ffmpeg_on_nvdec_gives_ffmpegs_frames(tmp_path, name
     assert idx == ref_idx == list(range(n)) and t == pytest.approx(ref_t, abs=1e-9)
     diff = (frames.float() - ref.float()).abs().mean((1, 2, 3))
     assert diff.max() < 2.0 and diff.min() > 0  # the same pictures, not FFmpeg's CPU conversion itself
-
-
-@ffmpeg_nvdec
-def test_a_stream_decoded_by_ffmpeg_on_nvdec_reconnects_after_a_drop(http_clip):
-    clip, handler, _, url = http_clip
-    source = FFmpegNvdecSource(url, "cuda")
-    handler.drop_after = len(handler.data) // 2
-    idx, frames, _ = _decode(source)
-    _, ref, _ = _decode(FFmpegNvdecSource(clip, "cuda"))
-    assert idx == list(range(60)) and torch.equal(frames, ref)  # every frame exactly once
-    assert handler.drop_after is None and source.reconnections >= 1
 
 
 @ffmpeg_nvdec

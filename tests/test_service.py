@@ -249,3 +249,20 @@ def test_the_events_example_prints_what_a_run_publishes(broker, tmp_path):
     example.terminate()
     said = example.communicate(timeout=30)[0]
     assert "bar #" in said and "crossed mid (in)" in said and "cam: ended" in said, said
+
+
+def test_the_view_and_the_metrics_free_their_ports_when_closed():
+    """A run's servers end with it: the next run (a benchmark's next count) listens on the same ports."""
+    pytest.importorskip("flask")
+    pytest.importorskip("prometheus_client")
+    from vidpipe.metrics import Metrics
+    from vidpipe.view import View
+
+    view_port, metrics_port = free_port(), free_port()
+    for _ in range(2):
+        view = View("127.0.0.1", view_port, lambda: [{"name": "cam"}], lambda name: None)
+        metrics = Metrics("127.0.0.1", metrics_port)
+        assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{view_port}/api/cameras").read()) == [{"name": "cam"}]
+        assert b"vidpipe_frames" in urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read()
+        view.close()
+        metrics.close()

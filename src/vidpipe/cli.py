@@ -110,13 +110,19 @@ class _Service:
             part.close()
 
 
+def _one_process_flag(a: argparse.Namespace) -> str | None:
+    """The first given option that runs in one process only (None: none given)."""
+    return next((flag for flag, on in (("--save-video", a.save_video), ("--metrics", a.metrics),
+                                       ("--serve", a.serve)) if on), None)
+
+
 def _processes(a: argparse.Namespace, cfg: Config, live: int) -> int:
     """Worker processes per device for a run with ``live`` live sources: the given number, or for
     ``auto`` as many as the live sources need on this machine (one for files, and for --save-video,
     which runs in one process)."""
     if a.procs_per_device != "auto":
         return a.procs_per_device
-    if not live or a.save_video or a.metrics or a.serve:  # these run in one process
+    if not live or _one_process_flag(a):
         return 1
     from .livescale import processes_for
 
@@ -574,9 +580,8 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
 
     if a.ray is not None or a.resume:
         raise VidpipeError("--sources: --ray and --resume are for INPUTs")
-    if (a.save_video or a.metrics or a.serve) and (a.devices or a.procs_per_device not in ("auto", 1)):
-        raise VidpipeError("--save-video, --metrics and --serve run in one process: drop --devices and "
-                           "--procs-per-device")
+    if (one := _one_process_flag(a)) and (a.devices or a.procs_per_device not in ("auto", 1)):
+        raise VidpipeError(f"{one} runs in one process: drop --devices and --procs-per-device")
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise VidpipeError(f"-o {a.output}: --sources writes one output per source; give a directory")
@@ -650,10 +655,8 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
             videos: dict[str, Path] | None = None):
     """Run ``todo`` locally, on worker processes or on Ray; the run's :class:`~vidpipe.engine.RunReport`.
     ``videos``: where each input's annotated video goes (one process only)."""
-    if (videos is not None or a.metrics or a.serve) and (a.ray is not None or a.devices
-                                                         or a.procs_per_device not in ("auto", 1)):
-        raise VidpipeError("--save-video, --metrics and --serve run in one process: drop --devices, "
-                           "--procs-per-device and --ray")
+    if (one := _one_process_flag(a)) and (a.ray is not None or a.devices or a.procs_per_device not in ("auto", 1)):
+        raise VidpipeError(f"{one} runs in one process: drop --devices, --procs-per-device and --ray")
     if a.ray is not None:
         from .scale import run_ray
         _interruptible()

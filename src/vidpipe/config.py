@@ -218,7 +218,8 @@ class Config:
     stream_decoder: Literal["ffmpeg", "pynvvideocodec"] = setting(
         "ffmpeg", "stream URLs on NVDEC: ffmpeg = FFmpeg demultiplexes and decodes on NVDEC (PyAV's CUDA decoding: "
         "off the GIL, frames stay on the GPU); pynvvideocodec = FFmpeg demultiplexes, PyNvVideoCodec decodes each "
-        "packet (used anyway where PyAV has no CUDA decoding)", group=ADVANCED, check=one_of("ffmpeg", "pynvvideocodec"))
+        "packet (used anyway where PyAV has no CUDA decoding)", group=ADVANCED,
+        check=one_of("ffmpeg", "pynvvideocodec"))
     overlap: bool = setting(True, "run every stage serially in one thread (for comparison)", group=ADVANCED)
     decoders: int = setting(0, "parallel decode workers (0 = from resolution and device)", group=ADVANCED,
                             check=between(0, MAX_WORKERS), metavar="N")
@@ -247,7 +248,8 @@ class Config:
                                           "dropped (SSD300 0.5, YOLO 0.7)", group=MODEL,
                                           flags=("--iou", "--iou-threshold"), check=fraction, metavar="IOU")
     max_detections: int | None = setting(None, "detections kept per frame, best first (SSD300 20, YOLO 300)",
-                                         group=MODEL, flags=("--max-det", "--max-detections"), check=between(1, 100_000),
+                                         group=MODEL, flags=("--max-det", "--max-detections"),
+                                         check=between(1, 100_000),
                                          metavar="N")
     classes: tuple[int, ...] | None = setting(None, "keep only these class ids, e.g. 0,2 (the model's own ids: YOLO "
                                               "COCO 0 = person; SSD300 1)", group=MODEL, check=class_ids,
@@ -271,7 +273,8 @@ class Config:
                                        check=one_of("gpu", "loop_device", "loop_host"))
     candidate_threshold: float = setting(0.05, "class scores at or below P are never candidates", group=ADVANCED,
                                          check=below_one, metavar="P")
-    per_class_candidates: int = setting(200, "best candidates per class that enter NMS", group=ADVANCED, check=between(1, 100_000),
+    per_class_candidates: int = setting(200, "best candidates per class that enter NMS", group=ADVANCED,
+                                        check=between(1, 100_000),
                                         metavar="N")
 
     def __post_init__(self) -> None:

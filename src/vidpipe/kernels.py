@@ -3,12 +3,13 @@ critical path when it has not.
 
 Triton compiles a kernel on its first launch and keeps it in its cache directory. SSD300's five
 post-processing kernels take ~15 s to compile on an H200 machine (most of it in Triton's MLIR
-passes, which hold the GIL, for their sorting networks), longer than a whole short run. So with ``Config.kernels="auto"`` a run on a machine whose cache
-does not have them starts on the torch implementation of the same operations (the reference the
-kernels are tested against; nothing to compile, 0.4-0.6x the frames/s) and starts one background
-process that compiles the kernels into the cache; the detector takes them as soon as they are
-ready, mid-run, and the runs after find them. (Compiling on the critical path never pays: in the
-~20 s the background compile took, the torch path handled 30,000-50,000 frames.)
+passes, which hold the GIL, for their sorting networks), longer than a whole short run. So with
+``Config.kernels="auto"`` a run on a machine whose cache does not have them starts on the torch
+implementation of the same operations (the reference the kernels are tested against; nothing to
+compile, 0.4-0.6x the frames/s) and starts one background process that compiles the kernels into
+the cache; the detector takes them as soon as they are ready, mid-run, and the runs after find
+them. (Compiling on the critical path never pays: in the ~20 s the background compile took, the
+torch path handled 30,000-50,000 frames.)
 
 In: a :class:`~vidpipe.config.Config` (the settings the kernels are specialised on) and a frame
 size. Out: :func:`choose` says "triton" or "torch", :func:`marker` where the compile's marker

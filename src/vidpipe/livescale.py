@@ -39,8 +39,8 @@ from .scale import Assignment, Inbox, Sender, frames_reporter, start_worker
 log = logging.getLogger(__name__)
 
 # Live sources one engine process takes on (--procs-per-device auto): its Python, on one GIL, is what
-# limits a process; past this many 1080p30 cameras a process's share of the GIL runs out on the slowest
-# machines measured (vidpipe bench --suite live --live-cameras http, docs: Benchmarks).
+# limits a process. One process held 32 1080p30 cameras on an H200 and two held 48 (vidpipe bench
+# --suite live --live-cameras http --procs-per-device N).
 CAMERAS_PER_PROCESS = 32
 CORES_PER_PROCESS = 4  # an engine process with its decode threads and formatting keeps ~2-3 cores busy
 

@@ -145,4 +145,10 @@ class View:
         self._thread.start()
 
     def close(self) -> None:
-        self.server.close()
+        """Stop serving and free the port at once (the server's own close leaves its listening socket to
+        the loop, which holds it until the process ends)."""
+        from waitress import wasyncore
+
+        self.server.task_dispatcher.shutdown()
+        wasyncore.close_all(self.server._map)
+        self._thread.join(timeout=5)

@@ -5,9 +5,10 @@ any strides (FFmpeg's CUDA frames are pitched), and the frame's colour matrix an
 ``uint8[3, H, W]`` RGB, contiguous, on the same device and the current stream.
 
 The conversion is FFmpeg's for the same frame (``VideoFrame.to_ndarray(format="rgb24")``): the
-frame's matrix (BT.709 when it says so, BT.601 otherwise), limited range unless the frame says full,
-each chroma sample shared by its 2x2 pixels, in exact arithmetic (FFmpeg's fixed-point conversion
-lands about one level lower on average). On CUDA one Triton kernel reads each plane once; torch ops elsewhere (the reference).
+frame's matrix (BT.709 when it says so, BT.601 otherwise), limited range unless the frame says
+full, each chroma sample shared by its 2x2 pixels, in exact arithmetic (FFmpeg's fixed-point
+conversion lands about one level lower on average). On CUDA one Triton kernel reads each plane
+once; torch ops elsewhere (the reference).
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ if triton is not None:
 
 def nv12_to_rgb(y: torch.Tensor, uv: torch.Tensor, m: Matrix) -> torch.Tensor:
     """``uint8[3, H, W]`` RGB of one NV12 frame (see the module docstring), on the current stream."""
-    if y.dtype != torch.uint8 or uv.dtype != torch.uint8 or y.dim() != 2 or uv.dim() != 3 or uv.shape[-1] != 2 or uv.shape[0] * 2 < y.shape[0] \
-            or uv.shape[1] * 2 < y.shape[1] or y.stride(1) != 1 or uv.stride(2) != 1 or uv.stride(1) != 2:
+    if (y.dtype != torch.uint8 or uv.dtype != torch.uint8 or y.dim() != 2 or uv.dim() != 3 or uv.shape[-1] != 2
+            or uv.shape[0] * 2 < y.shape[0] or uv.shape[1] * 2 < y.shape[1]
+            or y.stride(1) != 1 or uv.stride(2) != 1 or uv.stride(1) != 2):
         raise ValueError(f"not an NV12 frame: luma {tuple(y.shape)}, chroma {tuple(uv.shape)}")
     if not (y.is_cuda and triton is not None):
         return nv12_to_rgb_torch(y, uv, m)

@@ -16,9 +16,10 @@ one chunk). Under the ``latest`` policy they take no place for chunks and never 
 one slot for its newest chunk; one that arrives while the one before still waits for the consumer
 replaces it, and the older's frames are dropped and counted (:attr:`UnitEnd.dropped`), so results
 never fall behind the camera. The consumer takes every filled slot in its turn, and only the first
-slot filled after a turn wakes it: many cameras cost it one wake-up per turn, not one per frame. Drops within ``BURST`` of a frame period of the dropped frame's arrival
-are also counted apart (:attr:`UnitEnd.dropped_in_bursts`): the decoder handed several frames over at
-once, where the consumer had no time to take the first, rather than the consumer falling behind.
+slot filled after a turn wakes it: many cameras cost it one wake-up per turn, not one per frame.
+Drops within ``BURST`` of a frame period of the dropped frame's arrival are also counted apart
+(:attr:`UnitEnd.dropped_in_bursts`): the decoder handed several frames over at once, where the
+consumer had no time to take the first, rather than the consumer falling behind.
 Under ``all`` they wait for room like a file's (every frame, in a bounded buffer; the lag shows in
 their latency).
 
