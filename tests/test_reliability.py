@@ -328,7 +328,10 @@ def test_the_engine_decodes_a_stream_on_nvdec(http_clip, monkeypatch):
     assert torch.equal(torch.cat([c.batch.frames.cpu() for c in chunks]), ref)
 
 
-ffmpeg_nvdec = pytest.mark.skipif(not ffmpeg_nvdec_available(), reason="needs a GPU and PyAV with CUDA decoding")
+def ffmpeg_nvdec(test):
+    """A test of FFmpeg's NVDEC decoding: a GPU test, skipped where PyAV has no CUDA decoding."""
+    skip = pytest.mark.skipif(not ffmpeg_nvdec_available(), reason="needs a GPU and PyAV with CUDA decoding")
+    return pytest.mark.cuda(skip(test))
 
 
 @ffmpeg_nvdec

@@ -713,8 +713,11 @@ class FFmpegNvdecSource(PyAVSource):
     def _container(self) -> av.container.InputContainer:
         from av.codec.hwaccel import HWAccel
 
+        # FFmpeg wraps the context torch made current on this thread: its own primary context would need
+        # other flags than torch's ("Operation not supported" once torch has started CUDA).
+        torch.cuda.set_device(self.pending.device)
         hw = HWAccel("cuda", device=str(self.pending.device.index), allow_software_fallback=False,
-                     is_hw_owned=True)
+                     is_hw_owned=True, options={"primary_ctx": "0", "current_ctx": "1"})
         return _open(self.info.path, self.timeout, hwaccel=hw)
 
     def _video_stream(self, c: av.container.InputContainer) -> av.video.stream.VideoStream:
