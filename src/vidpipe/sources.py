@@ -709,16 +709,22 @@ class FFmpegNvdecSource(PyAVSource):
             raise VidpipeError(f"{self.info.path}: NVDEC reads H.264 and HEVC streams here, not {self.info.codec}")
         self.runtime = runtime or DeviceRuntime(self.device)
         self.pending = torch.cuda.default_stream(self.device)
+        try:  # the CUDA side of FFmpeg's decoding, set up now: a failure is this path's, not the stream's
+            self._hwaccel().create(av.codec.Codec(self.info.codec, "r"))
+        except (av.error.FFmpegError, OSError, NotImplementedError) as e:
+            raise VidpipeError(f"{self.info.path}: FFmpeg cannot decode on NVDEC here ({e})") from None
 
-    def _container(self) -> av.container.InputContainer:
+    def _hwaccel(self):
         from av.codec.hwaccel import HWAccel
 
         # FFmpeg wraps the context torch made current on this thread: its own primary context would need
         # other flags than torch's ("Operation not supported" once torch has started CUDA).
         torch.cuda.set_device(self.pending.device)
-        hw = HWAccel("cuda", device=str(self.pending.device.index), allow_software_fallback=False,
-                     is_hw_owned=True, options={"primary_ctx": "0", "current_ctx": "1"})
-        return _open(self.info.path, self.timeout, hwaccel=hw)
+        return HWAccel("cuda", device=str(self.pending.device.index), allow_software_fallback=False,
+                       is_hw_owned=True, options={"primary_ctx": "0", "current_ctx": "1"})
+
+    def _container(self) -> av.container.InputContainer:
+        return _open(self.info.path, self.timeout, hwaccel=self._hwaccel())
 
     def _video_stream(self, c: av.container.InputContainer) -> av.video.stream.VideoStream:
         stream = c.streams.video[0]
@@ -828,7 +834,10 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
     if decoder == "nvdec":
         try:
             if is_stream_url(path) and stream_decoder == "ffmpeg" and ffmpeg_nvdec_available():
-                return FFmpegNvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
+                try:
+                    return FFmpegNvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
+                except VidpipeError as e:  # PyNvVideoCodec decodes its packets instead
+                    log.warning("%s; decoding each packet with PyNvVideoCodec instead", e)
             if is_stream_url(path) or (index := scan_packets(path)).leading or not index.exact_seeks:
                 return NvdecStreamSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)
