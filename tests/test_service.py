@@ -266,3 +266,15 @@ def test_the_view_and_the_metrics_free_their_ports_when_closed():
         assert b"vidpipe_frames" in urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read()
         view.close()
         metrics.close()
+
+
+def test_published_detections_are_the_json_lines_objects(broker, tmp_path):
+    clip = bar_clip(tmp_path / "cam.mp4")
+    sub = Subscriber(broker, "site/+/detections")
+    r = vidpipe(clip, "-o", tmp_path / "o.jsonl", "--model", "bar", "--realtime", "--max-frames", "24",
+                "--live-policy", "all", "--mqtt", f"mqtt://127.0.0.1:{broker}/site", "--mqtt-detections")
+    time.sleep(0.5)
+    sub.close()
+    assert r.returncode == 0, r.stderr
+    written = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [m for _, m in sub.messages] == written and len(written) == 24

@@ -154,7 +154,7 @@ class Scheduler:
                 if kept.is_cuda:
                     ready = torch.cuda.Event()
                     ready.record()
-            previews = self._previews(batch, rows)
+            previews, previews_ready = self._previews(batch, rows)
             host, event = self.detector.submit(batch)
             stamp("issued")
             if event is not None:
@@ -166,27 +166,27 @@ class Scheduler:
             result = BatchResult(r.unit.info, r.indices, r.times, host, event, row, classes=self.detector.classes,
                                  captured=r.captured, pixels_ready=ready,
                                  pixels=None if kept is None else kept[row:row + len(r.indices)], shared=shared,
-                                 size=r.size, preview=previews.get(row), preview_ready=previews.get("ready"))
+                                 size=r.size, preview=previews.get(row), preview_ready=previews_ready)
             self.order.add(r.unit, result)
             if self.on_issue is not None:
                 self.on_issue(result)
             row += len(r.indices)
 
 
-    def _previews(self, batch: Batch, rows: list[Rows]) -> dict:
+    def _previews(self, batch: Batch, rows: list[Rows]) -> tuple[dict[int, torch.Tensor], torch.cuda.Event | None]:
         """For the live sources a view wants a frame of now: their last frame in this batch, copied before
-        the model runs (the graph's input is the next batch's), by the first row of their rows."""
-        if self.preview is None:
-            return {}
+        the model runs (the graph's input is the next batch's), by the first row of their rows; and the
+        event after which the copies are there (None on a CPU)."""
         out, row = {}, 0
-        for r in rows:
+        for r in rows if self.preview is not None else ():
             if r.captured is not None and self.preview(r.unit.info.path):
                 out[row] = batch.row(row + len(r.indices) - 1)
             row += len(r.indices)
-        if out and next(iter(out.values())).is_cuda:
-            out["ready"] = torch.cuda.Event()
-            out["ready"].record()
-        return out
+        if not out or not next(iter(out.values())).is_cuda:
+            return out, None
+        ready = torch.cuda.Event()
+        ready.record()
+        return out, ready
 
 
 def process(detector: Detector, inputs: list[str] | LiveSources, frames: tuple[int, int] | None = None,

@@ -45,9 +45,10 @@ from .items import BatchResult, FrameBudget, RunReport, VideoEnd, VideoStart
 SinkFactory = Callable[[VideoInfo], Sink]
 _STOP = object()
 _IDLE = object()  # nothing came within AHEAD_POLL_S
-# Results waiting for the writer, at most (a few kB each). Generous on purpose: the writer waits for
-# each batch's copy, so with a short queue a burst of results released by the orderer blocked the
-# compute thread until the GPU had drained (measured: 26 ms of GPU idle on in.mp4's 0.3 s).
+# Items (a scheduler's turn of results, or one item) waiting for the writer, at most (a few kB each).
+# Generous on purpose: the writer waits for each batch's copy, so with a short queue a burst of results
+# released by the orderer blocked the compute thread until the GPU had drained (measured: 26 ms of GPU
+# idle on in.mp4's 0.3 s).
 WRITE_QUEUE = 256
 # Batches whose text is being made in the lanes while the writer goes on, at most. Waiting on each
 # one's round trip instead (two hand-overs between threads that contend for the GIL) capped a tracked
@@ -404,7 +405,7 @@ class Writer:
     def _report(self, video: _Open, r: BatchResult, arrays: tuple, crossings: list[list[dict]] | None) -> None:
         """A result's frames to the run's monitor, and the preview frame it carries drawn and encoded."""
         captured, latency, counted = arrays[5], arrays[6], arrays[7]
-        text = video.text(r.indices, r.times, *arrays[:5]) if video.text is not None else None
+        text = video.text(r.indices, r.times, *arrays) if video.text is not None else None
         self.monitor.frames(r.info.path, r.indices, r.times, None if captured is None else captured.tolist(),
                             None if latency is None else latency.tolist(), text, counted, crossings)
         if r.preview is not None:
@@ -415,6 +416,7 @@ class Writer:
                                                   None if arrays[4] is None else arrays[4][row:row + 1],
                                                   self.classes.names))
             r.preview = None
+
     def _put(self, video: _Open, r: BatchResult, arrays: tuple | None = None) -> None:
         """``r``'s text (or ``arrays``, formatted here) into the video's sink."""
         if video.sink is None:  # its output failed meanwhile
