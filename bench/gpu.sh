@@ -20,7 +20,10 @@
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   live    vidpipe bench --suite live on the 1080p clip ($LIVE_CODEC: h264 or hevc; $LIVE_ARGS added)
 #   livepackets the same with --stream-decoder pynvvideocodec ($LIVEPKT_ARGS added): the other camera path
-#   livesvc the live suite with $LIVESVC_ARGS (--mqtt, --metrics, --serve: what publishing costs)
+#   livesvc the live suite with $LIVESVC_ARGS (--mqtt, --metrics, --serve: what publishing costs); a
+#           mosquitto broker on 127.0.0.1:1883 while it runs (the machine's, or the one packed in
+#           .whl-svc/mosquitto.tar.xz: the binary and the libraries a bare image lacks)
+#   hevc    vidpipe bench (pipeline) on the HEVC clip, with each decoder of open-GOP files ($HEVC_ARGS added)
 #   probe   bench/live_probe.py on the 1080p clip ($PROBE_ARGS added): where a camera's frame time goes
 #   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
@@ -89,8 +92,19 @@ for step in $STEPS; do
       timeout ${LIVE_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random ${LIVE_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
     livesvc)
+      if ! command -v mosquitto >/dev/null && [ -f .whl-svc/mosquitto.tar.xz ]; then
+        python3 -c "import tarfile; tarfile.open('.whl-svc/mosquitto.tar.xz').extractall('/tmp')"
+      fi
+      LD_LIBRARY_PATH=/tmp/mq/lib $(command -v mosquitto || echo /tmp/mq/mosquitto) -p 1883 > "$OUT/mosquitto.log" 2>&1 &
+      broker=$!
       timeout ${LIVESVC_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random ${LIVESVC_ARGS:-} \
-        --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
+        --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14
+      kill $broker ;;
+    hevc)
+      for dec in ffmpeg pynvvideocodec; do
+        timeout ${HEVC_S:-200} $V bench "$(camera hevc)" --weights random --repeats 3 --stream-decoder $dec ${HEVC_ARGS:-} \
+          --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -6
+      done ;;
     livepackets)
       timeout ${LIVEPKT_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random \
         --stream-decoder pynvvideocodec ${LIVEPKT_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;

@@ -216,7 +216,8 @@ class Config:
                                      "where a large batch only delays the first result)", group=ADVANCED,
                                      check=between(1, MAX_BATCH), metavar="N")
     stream_decoder: Literal["ffmpeg", "pynvvideocodec"] = setting(
-        "ffmpeg", "stream URLs on NVDEC: ffmpeg = FFmpeg demultiplexes and decodes on NVDEC (PyAV's CUDA decoding: "
+        "ffmpeg", "stream URLs, and files PyNvVideoCodec's SimpleDecoder cannot take (HEVC open GOPs, MPEG-TS), on "
+        "NVDEC: ffmpeg = FFmpeg demultiplexes and decodes on NVDEC (PyAV's CUDA decoding: "
         "off the GIL, frames stay on the GPU); pynvvideocodec = FFmpeg demultiplexes, PyNvVideoCodec decodes each "
         "packet (used anyway where PyAV has no CUDA decoding)", group=ADVANCED,
         check=one_of("ffmpeg", "pynvvideocodec"))

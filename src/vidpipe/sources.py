@@ -687,8 +687,8 @@ class NvdecStreamSource(PyAVSource):
 
 
 class FFmpegNvdecSource(PyAVSource):
-    """A stream URL read by FFmpeg as :class:`PyAVSource` reads it (timeouts, reconnects with back-off,
-    timestamps) and decoded by FFmpeg on NVDEC too (PyAV's CUDA hardware decoding): demultiplexing and
+    """A stream URL (or a file) read by FFmpeg as :class:`PyAVSource` reads it (timeouts, reconnects with
+    back-off, timestamps) and decoded by FFmpeg on NVDEC too (PyAV's CUDA hardware decoding): demultiplexing and
     decoding run inside FFmpeg with the GIL released, each frame stays in CUDA memory (NV12) and becomes
     RGB on the device in one kernel (:mod:`vidpipe.yuv`), queued on the CUDA legacy default stream, where
     FFmpeg copies its decoded frames: nothing waits for the GPU per frame. A camera's frame thus costs
@@ -818,27 +818,29 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
                 max_frames: int | None = None, info: VideoInfo | None = None,
                 fallback: bool = False, runtime: DeviceRuntime | None = None,
                 slot: int | None = None, stream_decoder: StreamDecoder = "ffmpeg"
-                ) -> PyAVSource | NvdecSource | NvdecStreamSource:
+                ) -> PyAVSource | NvdecSource | NvdecStreamSource | FFmpegNvdecSource:
     """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
     FFmpeg instead, with a warning. On NVDEC a file is decoded by PyNvVideoCodec's SimpleDecoder
-    (seekable, frames in batches), a stream URL by FFmpeg on NVDEC (:class:`FFmpegNvdecSource`, with
-    ``stream_decoder="ffmpeg"`` where PyAV can) or by FFmpeg's demuxer and PyNvVideoCodec packet by packet.
-    ``--realtime`` files stay on the first: one call per frame, where the packet path's Python per
-    frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). Files with leading
-    pictures take the second: SimpleDecoder gave wrong frames for them (HEVC open GOPs: mean
-    difference 8-16 levels from FFmpeg's frames on those, 0.7 on every other frame and on the packet
-    path's), and so do files it cannot seek in exactly: of MPEG-TS files SimpleDecoder counted every
-    frame and gave none (H.264 with and without B-frames; MP4 and Matroska whole); raw elementary
-    streams, which have no timestamps to seek by, go the same way (``tests/test_sources.py``)."""
+    (seekable, frames in batches) where it decodes the file exactly, and anything else (stream URLs,
+    files it cannot take) by FFmpeg on NVDEC (:class:`FFmpegNvdecSource`, with ``stream_decoder="ffmpeg"``
+    where PyAV can) or by FFmpeg's demuxer and PyNvVideoCodec packet by packet (:class:`NvdecStreamSource`).
+    ``--realtime`` files stay on SimpleDecoder: one call per frame, where the packet path's Python per
+    frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). SimpleDecoder cannot
+    take files with leading pictures: it gave wrong frames for them (HEVC open GOPs, x265's default:
+    mean difference 8-16 levels from FFmpeg's frames on those, 0.7 on every other frame and on the packet
+    path's), nor files it cannot seek in exactly: of MPEG-TS files it counted every frame and gave none
+    (H.264 with and without B-frames; MP4 and Matroska whole); raw elementary streams, which have no
+    timestamps to seek by, go the same way (``tests/test_sources.py``)."""
     info = info or probe(path)  # one that cannot be read fails here, not as NVDEC's refusal
     if decoder == "nvdec":
         try:
-            if is_stream_url(path) and stream_decoder == "ffmpeg" and ffmpeg_nvdec_available():
+            simple = not is_stream_url(path) and not (index := scan_packets(path)).leading and index.exact_seeks
+            if not simple and stream_decoder == "ffmpeg" and ffmpeg_nvdec_available():
                 try:
                     return FFmpegNvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
                 except VidpipeError as e:  # PyNvVideoCodec decodes its packets instead
                     log.warning("%s; decoding each packet with PyNvVideoCodec instead", e)
-            if is_stream_url(path) or (index := scan_packets(path)).leading or not index.exact_seeks:
+            if not simple:
                 return NvdecStreamSource(path, device, max_frames=max_frames, info=info, runtime=runtime)
             return NvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime, slot=slot)
         except VidpipeError as e:
