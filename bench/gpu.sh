@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU runs on a lent GPU machine (H100 or H200, one or two GPUs), in one call: set-up, then the
-# steps named in $STEPS (default: tests). Needs the wheels in .whl/ (PyNvVideoCodec, PyAV), and for
+# steps named in $STEPS (default: tests). Needs the wheels in .whl/ (PyNvVideoCodec, PyAV; or
+# .whl/site.tar.xz, the two installed for Python 3.12 with what runs nothing here pruned, to fit the carry cap), and for
 # the steps that use them .whl-yolo/ (Ultralytics), .whl-svc/ (Flask, waitress, prometheus-client,
 # paho-mqtt: bench --suite live with --metrics, --serve, --mqtt) and .whl-track/ (trackers, supervision and what
 # they import that the image lacks), and .media/in.mp4 + .media/make_camera_clip.py (all git-ignored,
@@ -32,8 +33,9 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/vidpipe-results}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl $(ls .whl-track/*.whl .whl-yolo/*.whl .whl-svc/*.whl 2>/dev/null) \
-  || exit 1
+[ -f .whl/site.tar.xz ] && python3 -c "import tarfile; tarfile.open('.whl/site.tar.xz').extractall('/tmp/site')"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  $(ls .whl/*.whl .whl-track/*.whl .whl-yolo/*.whl .whl-svc/*.whl 2>/dev/null) || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 VIDPIPE_SHARED_CLIP=$PWD/.media/in.mp4
 V="python3 -m vidpipe.cli"
 STEPS=${STEPS:-tests}
