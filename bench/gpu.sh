@@ -20,6 +20,7 @@
 #   startup vidpipe bench --suite startup on in.mp4 and the 1080p clip ($STARTUP_ARGS added)
 #   yolo    vidpipe bench (pipeline) with $PEER_MODEL on in.mp4 and the 1080p clip ($YOLO_ARGS added)
 #   live    vidpipe bench --suite live on the 1080p clip ($LIVE_CODEC: h264 or hevc; $LIVE_ARGS added)
+#   liveauto the same with --procs-per-device auto ($LIVEAUTO_ARGS added)
 #   livepackets the same with --stream-decoder pynvvideocodec ($LIVEPKT_ARGS added): the other camera path
 #   livesvc the live suite with $LIVESVC_ARGS (--mqtt, --metrics, --serve: what publishing costs); a
 #           mosquitto broker on 127.0.0.1:1883 while it runs (the machine's, or the one packed in
@@ -36,6 +37,8 @@ mkdir -p "$OUT"
 [ -f .whl/site.tar.xz ] && python3 -c "import tarfile; tarfile.open('.whl/site.tar.xz').extractall('/tmp/site')"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   $(ls .whl/*.whl .whl-track/*.whl .whl-yolo/*.whl .whl-svc/*.whl 2>/dev/null) || exit 1
+# Bytecode for what was installed and for vidpipe, as pip writes it on a user's install (the image keeps none).
+python3 -m compileall -q -j 0 /tmp/site src >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 VIDPIPE_SHARED_CLIP=$PWD/.media/in.mp4
 V="python3 -m vidpipe.cli"
 STEPS=${STEPS:-tests}
@@ -93,6 +96,9 @@ for step in $STEPS; do
     live)
       timeout ${LIVE_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random ${LIVE_ARGS:-} \
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
+    liveauto)
+      timeout ${LIVEAUTO_S:-300} $V bench --suite live "$(camera ${LIVE_CODEC:-h264})" --weights random \
+        --procs-per-device auto ${LIVEAUTO_ARGS:-} --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14 ;;
     livesvc)
       if ! command -v mosquitto >/dev/null && [ -f .whl-svc/mosquitto.tar.xz ]; then
         python3 -c "import tarfile; tarfile.open('.whl-svc/mosquitto.tar.xz').extractall('/tmp')"

@@ -278,3 +278,45 @@ def test_published_detections_are_the_json_lines_objects(broker, tmp_path):
     assert r.returncode == 0, r.stderr
     written = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert [m for _, m in sub.messages] == written and len(written) == 24
+
+
+def test_cameras_on_several_processes_publish_through_one_monitor(broker, tmp_path):
+    """Two engine processes, a camera each: the parent's one monitor gets what both engines report, so the
+    broker hears every camera's states and status, the metrics count every camera's frames and each
+    process's queues, and the view has every camera's picture."""
+    pytest.importorskip("prometheus_client")
+    from vidpipe import Config
+    from vidpipe.events import Broker, Events
+    from vidpipe.inputs import source_name
+    from vidpipe.livescale import run_live_processes, until_ended
+    from vidpipe.metrics import Metrics
+    from vidpipe.monitor import Monitor
+    from vidpipe.scale import Assignment
+    from vidpipe.synth import make_clip
+
+    clips = [str(make_clip(tmp_path / f"cam{i}.mp4", frames=8, width=64, height=48, bframes=False, seed=i))
+             for i in range(2)]
+    sub = Subscriber(broker, "site/#")
+    port = free_port()
+    events, metrics = Events(Broker.parse(f"mqtt://127.0.0.1:{broker}/site")), Metrics("127.0.0.1", port)
+    monitor = Monitor(source_name, events, metrics, previews=True)
+    cfg = Config(device="cpu", weights="random", batch_size=2, realtime=True, max_frames=8, live_policy="all")
+    sources, on_video = until_ended(clips)
+    try:
+        report = run_live_processes(cfg, sources, "jsonl", lambda p: tmp_path / f"{Path(p).stem}.jsonl",
+                                    [Assignment("cpu", "", "cpu")], 2, on_video=on_video, monitor=monitor)
+        scraped = _scrape(port)
+    finally:
+        metrics.close()
+        events.close()
+        time.sleep(0.5)
+        sub.close()
+    assert not report.failed and report.frames == 16, report
+    for name in ("cam0", "cam1"):
+        assert scraped[f'vidpipe_frames_total{{source="{name}"}}'] == 8
+        assert monitor.jpeg(name) is not None
+        states = [m["state"] for t, m in sub.messages if t == f"site/{name}/state"]
+        assert states[-1] == "ended", states
+        assert [m["frames"] for t, m in sub.messages if t == f"site/{name}/status"][-1] == 8
+    assert {'vidpipe_queue_depth{queue="decoded (process 0)"}', 'vidpipe_queue_depth{queue="decoded (process 1)"}'
+            } <= set(scraped)

@@ -615,12 +615,16 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
     input in one command, its frames over the wall beside its rate while busy."""
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-startup-"))
     imports = _import_seconds()
-    model = [] if cfg.model == "ssd300" else ["--model", cfg.model]
     weights = ["--weights", cfg.weights or "random"] if cfg.model == "ssd300" else []
-    model += [] if cfg.device == "auto" else ["--device", cfg.device]
+    device = [] if cfg.device == "auto" else ["--device", cfg.device]
+    yaml = Path(cfg.model).suffix.lower() in (".yaml", ".yml")
     rows, notes = [], []
     for i, video in enumerate(bench_inputs(a, tmp)):
         frames = probe(video).num_frames
+        model = [] if cfg.model == "ssd300" else ["--model", cfg.model]
+        if yaml:  # what a user passes is a checkpoint file: this model's, re-aimed on the video, saved as one
+            model = ["--model", family_for_video(cfg, video).save(tmp / f"{Path(cfg.model).stem}-{i}.pt")["model"]]
+        model += device
         caches = tmp / f"caches-{i}"  # empty for the first run, warm for the second
         env = {**os.environ, "XDG_CACHE_HOME": str(caches), "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
                "TRITON_CACHE_DIR": str(caches / "triton")}
@@ -669,7 +673,8 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
     header = ["input", "frames", "run", "wall s", "wall - import s", "first result s", *(p for _, p in _PHASES)]
     _emit(a, "vidpipe bench: one command (fresh processes)", _table(header, rows),
           [f"Command: `vidpipe {' '.join(['detect', 'VIDEO', '-o', 'OUT', *weights, *model])}` (defaults otherwise: "
-           f"--compile auto). `python -c \"import torch, torchvision\"` alone: {imports:.2f} s on this machine "
+           f"--compile auto{'; MODEL: ' + cfg.model + ' with random weights, saved as a checkpoint' if yaml else ''}). "
+           f"`python -c \"import torch, torchvision\"` alone: {imports:.2f} s on this machine "
            "(median of three before the runs); 'wall - import': each run's wall minus such an import timed "
            "just before it (median over the runs: a fresh process's import moves by seconds on a machine "
            "without a bytecode cache). Spans: seconds between the phases vidpipe.timeline records (decoder "
@@ -725,7 +730,7 @@ def _cameras(video: str, k: int, tmp: Path, server) -> list[str]:
 
 
 def _live_processes(cfg: Config, cams: list[str], procs: int, tmp: Path,
-                    mqtt: tuple[str, bool] | None = None) -> tuple[list[Path], RunReport]:
+                    monitor=None) -> tuple[list[Path], RunReport]:
     """The cameras ``cams`` spread over ``procs`` worker processes on the device (``vidpipe detect
     --procs-per-device``), until each has run ``cfg.max_frames`` frames."""
     from .livescale import run_live_processes, until_ended
@@ -734,7 +739,7 @@ def _live_processes(cfg: Config, cams: list[str], procs: int, tmp: Path,
     targets = {c: tmp / f"cam-{len(cams)}-{i}.jsonl" for i, c in enumerate(cams)}
     sources, on_video = until_ended(list(targets))
     report = run_live_processes(cfg, sources, "jsonl", targets.__getitem__, parse_devices(cfg.device), procs,
-                                on_video=on_video, mqtt=mqtt)
+                                on_video=on_video, monitor=monitor)
     return list(targets.values()), report
 
 
@@ -808,23 +813,23 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
         cams = _cameras(video, k, tmp, server)
         if server is not None:
             server.stats(reset=True)
-        with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
-            if procs > 1:  # each worker captures its graphs in its streams' first seconds
-                paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
-                                                cams, procs, tmp, (a.mqtt, False) if a.mqtt else None)
-            else:
-                outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
-                paths = []
+        service = _Service(a)  # --mqtt, --metrics, --serve: what publishing costs the cameras
+        try:
+            with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
+                if procs > 1:  # each worker captures its graphs in its streams' first seconds
+                    paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
+                                                    cams, procs, tmp, service.monitor)
+                else:
+                    outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
+                    paths = []
 
-                def sink(v):
-                    paths.append(next(outs))
-                    return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
+                    def sink(v):
+                        paths.append(next(outs))
+                        return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
 
-                service = _Service(a)  # --mqtt, --metrics, --serve: what publishing costs the cameras
-                try:
                     report = run(det, cams, sink, monitor=service.monitor)
-                finally:
-                    service.close()
+        finally:
+            service.close()
         if report.failed:
             raise RuntimeError(report.failed[0].error)
         fig = _live_figures(paths, info.fps)

@@ -111,9 +111,8 @@ class _Service:
 
 
 def _one_process_flag(a: argparse.Namespace) -> str | None:
-    """The first given option that runs in one process only (None: none given)."""
-    return next((flag for flag, on in (("--save-video", a.save_video), ("--metrics", a.metrics),
-                                       ("--serve", a.serve)) if on), None)
+    """The given option that runs in one process only (None: none given)."""
+    return "--save-video" if a.save_video else None
 
 
 def _processes(a: argparse.Namespace, cfg: Config, live: int) -> int:
@@ -619,8 +618,12 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
         from .livescale import run_live_processes
         from .scale import parse_devices
 
-        report = run_live_processes(cfg, sources, a.format, target_for, parse_devices(a.devices or cfg.device),
-                                    procs, on_video=on_video, mqtt=(a.mqtt, a.mqtt_detections) if a.mqtt else None)
+        service = _Service(a, sources)
+        try:
+            report = run_live_processes(cfg, sources, a.format, target_for, parse_devices(a.devices or cfg.device),
+                                        procs, on_video=on_video, monitor=service.monitor)
+        finally:
+            service.close()
     else:
         detector = Detector(cfg)
         video_for = None if not a.save_video else lambda info: _video_sink(
@@ -646,9 +649,12 @@ def _detect_live_processes(a: argparse.Namespace, cfg, todo: dict[str, Path], pr
 
     sources, on_end = until_ended(list(todo), on_video)
     _close_on_signals(sources)
-    return run_live_processes(cfg, sources, a.format, todo.__getitem__, parse_devices(a.devices or cfg.device),
-                              procs, on_frames=on_frames, on_video=on_end,
-                              mqtt=(a.mqtt, a.mqtt_detections) if a.mqtt else None)
+    service = _Service(a)
+    try:
+        return run_live_processes(cfg, sources, a.format, todo.__getitem__, parse_devices(a.devices or cfg.device),
+                                  procs, on_frames=on_frames, on_video=on_end, monitor=service.monitor)
+    finally:
+        service.close()
 
 
 def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video,

@@ -31,9 +31,8 @@ from .config import Config
 from .engine import LiveSources, RunReport, VideoEnd
 from .engine.live import POLL
 from .environ import as_child
-from .events import Broker, Events
-from .inputs import log_to_stderr, source_name
-from .monitor import Monitor
+from .inputs import log_to_stderr
+from .monitor import Monitor, Relay
 from .scale import Assignment, Inbox, Sender, frames_reporter, start_worker
 
 log = logging.getLogger(__name__)
@@ -66,20 +65,21 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
                        on_frames: Callable[[int], None] | None = None,
                        on_video: Callable[[VideoEnd], None] | None = None,
                        on_message: Callable[[str, int, object], None] | None = None,
-                       mqtt: tuple[str, bool] | None = None) -> RunReport:
+                       monitor: Monitor | None = None) -> RunReport:
     """Run ``sources`` on ``per_device`` worker processes per device until the set is closed and every
     worker has finished its outputs. ``target_for(source)`` names a source's output when it is added
     (called once per addition, in the order of additions). ``on_message(kind, worker, payload)`` sees
     every worker message: ``hello`` (its pid), ``device`` (the GPU's UUID that computed its first batch,
     or ``cpu``), ``frames``, ``video`` (a VideoEnd's fields), ``done``, ``dead`` (why it failed).
-    ``mqtt``: (``--mqtt`` URL, ``--mqtt-detections``): each worker publishes its sources' events."""
+    ``monitor``: what every worker's engine reports goes there (events, metrics, the view), relayed."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     workers = [d for d in devices for _ in range(per_device)]
     report, finished = RunReport(), set()
     controls, inbox = [ctx.Queue() for _ in workers], Inbox(ctx, workers, report, on_frames, on_message)
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
+    relay = None if monitor is None else (monitor.detections, monitor.previews, 1 / len(workers))
     inbox.started([start_worker(ctx, d, _live_worker, (i, d.device, cfg, fmt, controls[i], inbox.pipes[i][1],
-                                                       os.getpid(), mqtt)) for i, d in enumerate(workers)])
+                                                       os.getpid(), relay)) for i, d in enumerate(workers)])
     dispatch = _Dispatch(sources, controls, target_for)
     thread = threading.Thread(target=dispatch.run, name="vidpipe-live-dispatch", daemon=True)
     thread.start()
@@ -91,7 +91,9 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
                 if on_video:
                     on_video(end)
             for kind, worker, payload in inbox.messages(finished):
-                if kind == "video":
+                if kind == "monitor" and monitor is not None:
+                    monitor.relayed(worker, payload)
+                elif kind == "video":
                     end = VideoEnd(**payload)
                     dispatch.ended(end.path)
                     report.videos.append(end)
@@ -201,9 +203,9 @@ class _Dispatch:
 
 
 def _live_worker(worker: int, device: str, config: dict, fmt: str, control, pipe: Connection,
-                 parent: int, mqtt: tuple[str, bool] | None = None) -> None:
-    """A worker process: one detector, one engine run over the sources the parent gives it (and its
-    sources' events to the MQTT broker, with ``mqtt``)."""
+                 parent: int, relay: tuple[bool, bool, float] | None = None) -> None:
+    """A worker process: one detector, one engine run over the sources the parent gives it (what its
+    engine reports relayed to the parent's monitor, with ``relay``: detections, previews, share)."""
     as_child(parent)  # a terminal's Ctrl-C reaches every process: the parent closes the set
     results = Sender(pipe)
     from .detector import Detector
@@ -229,11 +231,8 @@ def _live_worker(worker: int, device: str, config: dict, fmt: str, control, pipe
     def on_video(end: VideoEnd) -> None:
         results.put(("video", worker, {f.name: getattr(end, f.name) for f in fields(end) if f.name != "info"}))
 
-    events = monitor = None
+    monitor = None if relay is None else Relay(lambda m: results.put(("monitor", worker, m)), *relay)
     try:
-        if mqtt is not None:
-            events = Events(Broker.parse(mqtt[0]))
-            monitor = Monitor(source_name, events, detections=mqtt[1])
         det = Detector(Config(**{**config, "device": device}))
         run(det, sources, lambda i: open_sink(fmt, targets[i.path], i.path, i.width, i.height, det.classes,
                                               det.config.track),
@@ -241,7 +240,4 @@ def _live_worker(worker: int, device: str, config: dict, fmt: str, control, pipe
     except Exception as e:  # its sources still running go to the other workers
         results.put(("dead", worker, f"{type(e).__name__}: {e}"))
         return
-    finally:
-        if events is not None:
-            events.close()
     results.put(("done", worker, None))

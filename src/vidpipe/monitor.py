@@ -10,6 +10,10 @@ line crossings), :meth:`Monitor.preview` (a JPEG of a frame with its detections 
 ``status`` every ``STATUS_S``, ``detections`` when asked), :class:`~vidpipe.metrics.Metrics`
 counters, and for :class:`~vidpipe.view.View` :meth:`Monitor.cameras` and :meth:`Monitor.jpeg`.
 Sources are named by ``name_of`` (their outputs' names: no credentials). Thread-safe; no torch.
+
+A run on several processes reports through a :class:`Relay` in each worker, whose calls reach the
+parent's Monitor as picklable messages (:meth:`Monitor.relayed`): one set of events, metrics and view
+for every camera, whichever process runs it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ STATUS_S = 5.0  # a source's status message, at most this often
 WINDOW_S = 10.0  # frames/s and p99 latency are of the last WINDOW_S seconds
 PREVIEW_FPS = 2.0  # annotated frames a source shows a second, at most ...
 PREVIEWS_PER_S = 32.0  # ... and all sources together (each costs a draw and a JPEG encode)
+QUEUES_S = 1.0  # a worker's queue depths reach the parent at most this often
 
 
 @dataclass
@@ -53,9 +58,11 @@ class Monitor:
                  previews: bool = False) -> None:
         self.name_of, self.events, self.metrics, self.detections = name_of, events, metrics, detections
         self.previews = previews  # a view shows the sources' frames: the engine draws a few a second
+        self.previews_per_s = PREVIEWS_PER_S
         self._lock = threading.Lock()
         self._sources: dict[str, _Source] = {}
         self._by_name: dict[str, str] = {}
+        self._depths: dict[tuple[int, str], float] = {}  # (worker, queue) -> its depth, relayed
 
     def _source(self, source: str) -> _Source:
         s = self._sources.get(source)
@@ -138,7 +145,7 @@ class Monitor:
         now = time.monotonic()
         with self._lock:
             s = self._source(source)
-            rate = min(PREVIEW_FPS, PREVIEWS_PER_S / max(len(self._sources), 1))
+            rate = min(PREVIEW_FPS, self.previews_per_s / max(len(self._sources), 1))
             if now - s.preview_at < 1.0 / rate:
                 return False
             s.preview_at = now
@@ -156,6 +163,19 @@ class Monitor:
             self._publish(s, "state", {"video": redact(source), "state": s.state, "reason": redact(error or ""),
                                        "at": round(time.time(), 3)})
             self._publish(s, "status", self._status(s))
+
+    # from the workers of a run on several processes -------------------------------------------
+    def relayed(self, worker: int, message: tuple) -> None:
+        """A :class:`Relay`'s message from process ``worker``: its engine's call, made here."""
+        method, args = message
+        if method == "queues":
+            for name, depth in args[0].items():
+                key = (worker, name)
+                if key not in self._depths and self.metrics is not None:
+                    self.metrics.watch_queue(f"{name} (process {worker})", lambda k=key: self._depths[k])
+                self._depths[key] = depth
+        elif method in ("state", "frames", "preview", "ended"):
+            getattr(self, method)(*args)
 
     # for the view ----------------------------------------------------------------------------------
     def _status(self, s: _Source) -> dict:
@@ -179,3 +199,39 @@ class Monitor:
         """The source shown as ``name`` (the view removes cameras by name: URLs may hold credentials)."""
         with self._lock:
             return self._by_name.get(name)
+
+
+class Relay(Monitor):
+    """A worker process's monitor: its engine's calls sent on by ``send(message)`` to the parent's
+    :class:`Monitor` (:meth:`Monitor.relayed`), with the JSON Lines text only when the parent publishes
+    detections, and its queue depths at most every QUEUES_S. Previews are chosen here, at ``share`` of
+    the parent's rate (the worker's part of the processes)."""
+
+    def __init__(self, send: Callable[[tuple], None], detections: bool, previews: bool, share: float) -> None:
+        super().__init__(str, detections=detections, previews=previews)
+        self.previews_per_s = PREVIEWS_PER_S * share
+        self._send = send
+        self._queues: dict[str, Callable[[], float]] = {}
+        self._queues_at = 0.0
+
+    def watch_queue(self, name: str, depth: Callable[[], float]) -> None:
+        self._queues[name] = depth
+
+    def state(self, source: str, state: str, reason: str = "") -> None:
+        self._send(("state", (source, state, reason)))
+
+    def frames(self, source: str, indices: list[int], times: list[float], captured: list[float] | None,
+               latency: list[float] | None, text: str | None = None, counted: list[dict] | None = None,
+               crossings: list[list[dict]] | None = None) -> None:
+        self._send(("frames", (source, indices, times, captured, latency, text if self.detections else None,
+                               counted, crossings)))
+        now = time.monotonic()
+        if self._queues and now - self._queues_at >= QUEUES_S:
+            self._queues_at = now
+            self._send(("queues", ({name: depth() for name, depth in self._queues.items()},)))
+
+    def preview(self, source: str, frame: int, jpeg: bytes) -> None:
+        self._send(("preview", (source, frame, jpeg)))
+
+    def ended(self, source: str, error: str | None) -> None:
+        self._send(("ended", (source, error)))
