@@ -4,8 +4,10 @@ random frame sizes, the classes filter, and checkpoints that would run code refu
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -134,6 +136,7 @@ def test_detections_match_ultralytics_predict_on_gpu_at_1080p(seed, tmp_path):
 
 LETTERBOX = r"""
 import sys
+import textwrap
 import numpy as np, torch
 from ultralytics.data.augment import LetterBox
 from vidpipe import letterbox as lb
@@ -225,6 +228,7 @@ torch.save({{"model": Evil()}}, sys.stdout.buffer)
 def test_missing_ultralytics_is_one_line(tmp_path, video):
     script = f"""
 import sys
+import textwrap
 sys.modules["ultralytics"] = None  # as if not installed
 from vidpipe.cli import main
 sys.exit(main(["detect", {str(video)!r}, "-o", {str(tmp_path / 'o.jsonl')!r}, "--model", "yolo11n.yaml",
@@ -292,3 +296,23 @@ def test_compiled_graphs_are_the_eager_network_when_frame_sizes_alternate(monkey
                       iou=0.9, score_tol=0.02)
     assert agreement.reference > 100
     assert agreement.share >= 0.97 and agreement.extra_share <= 0.03, (seed, agreement)
+
+
+def test_ultralytics_is_imported_without_looking_up_whether_it_is_online():
+    """Ultralytics' import resolves two DNS names to tell whether it is online, which waits for the
+    resolver's time-out on a machine that cannot reach one; vidpipe imports it offline, and leaves the
+    environment of the processes it starts as the user's."""
+    pytest.importorskip("ultralytics")
+    script = textwrap.dedent("""
+        import os, socket
+        looked_up = []
+        real = socket.getaddrinfo
+        socket.getaddrinfo = lambda host, *a, **k: looked_up.append(host) or real(host, *a, **k)
+        from vidpipe.models.yolo import _ultralytics
+        _ultralytics()
+        print(looked_up, "YOLO_OFFLINE" in os.environ)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_OFFLINE"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "[] False", r.stdout

@@ -30,7 +30,6 @@ pass ``conf`` (a freshly initialised head passes almost none, and would benchmar
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from pathlib import Path
@@ -62,11 +61,19 @@ MAX_CHECKPOINT_BYTES = 2 << 30  # YOLO11x's checkpoint is ~110 MB: a larger file
 
 
 def _ultralytics():
+    # vidpipe fetches nothing through Ultralytics: imported offline, it skips the DNS lookups it makes to
+    # tell whether it is online (each waits for the resolver's time-out on a machine that cannot reach one).
+    # Only for the import: processes this one starts (a peer in a benchmark) see the user's environment.
+    offline = "YOLO_OFFLINE" not in os.environ
+    os.environ.setdefault("YOLO_OFFLINE", "1")
     try:
         import ultralytics  # noqa: F401
         from ultralytics.nn import tasks
     except ImportError:
         raise VidpipeError('YOLO models need Ultralytics: pip install "vidpipe[yolo]"') from None
+    finally:
+        if offline:
+            os.environ.pop("YOLO_OFFLINE", None)
     return tasks
 
 
@@ -348,5 +355,5 @@ def _from_checkpoint(tasks, path: Path, trust: bool) -> torch.nn.Module:
         raise VidpipeError(f"--model {path}: a {task} model; vidpipe runs detect models")
     if not hasattr(model, "stride"):
         model.stride = torch.tensor([32.0])
-    return copy.deepcopy(model).float().eval()
+    return model.float().eval()  # the checkpoint was loaded for this run alone: no copy to keep apart
 
