@@ -478,6 +478,32 @@ def test_nvdec_decodes_leading_pictures_whole_and_in_parts(tmp_path, stream_deco
     assert torch.equal(torch.cat(parts), whole.cpu())
 
 
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_parts_decoded_in_one_kept_container_reassemble_the_whole(tmp_path, codec):
+    """A source that keeps its container between parts (FFmpeg's NVDEC decoding: one decoder per worker
+    and file) seeks in it for each part: any parts, in any order, after the file's end too, are the
+    whole's frames; closing lets the container go and the source opens another."""
+
+    class Kept(PyAVSource):
+        keeps_open = True
+
+    spec = {"h264": {}, "hevc": dict(codec="libx265", width=192, height=144)}[codec]
+    path = str(make_clip(tmp_path / "a.mp4", frames=60, gop=12, seed=int(torch.randint(1 << 30, ())), **spec))
+    whole, idx, _ = decode_all(PyAVSource(path))
+    assert idx == list(range(60))
+    src, opened = Kept(path), []
+    src._container = lambda: opened.append(1) or PyAVSource._container(src)
+    cuts = sorted(torch.randperm(59)[:3].add(1).tolist())
+    parts = list(zip([0, *cuts], [*cuts, 60]))
+    for a, b in [*parts[::-1], (0, 60), *parts]:
+        got = [x for x in src.batches(5, a, b)]
+        assert [i for x in got for i in x.indices] == list(range(a, b))
+        assert torch.equal(torch.cat([x.frames for x in got]), whole[a:b])
+    assert len(opened) == 1
+    src.close()
+    assert torch.equal(torch.cat([x.frames for x in src.batches(5, 30, 60)]), whole[30:]) and len(opened) == 2
+
+
 def test_the_packet_scan_names_the_container(tmp_path):
     """What the planner and open_source tell MPEG-TS files apart by (no exact seeks)."""
     clip = make_clip(tmp_path / "a.mp4", frames=12)

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from bisect import bisect_left
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from fractions import Fraction
@@ -261,6 +261,7 @@ class PyAVSource:
         self.corrupt_packets = 0
         self._failing_since: float | None = None  # the first packet that failed since the last frame
         self.reconnections = 0
+        self._kept: av.container.InputContainer | None = None  # see keeps_open
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
                 admit: Callable[[], None] | None = None) -> Iterator[FrameBatch]:
@@ -291,8 +292,12 @@ class PyAVSource:
     def _range(self, start: int, stop: int | None) -> Iterator[tuple[av.VideoFrame, float]]:
         index = scan_packets(self.info.path)
         stop = len(index.times) if stop is None else min(stop, len(index.times))
-        with self._container() as c:
-            stream = self._video_stream(c)
+        keep = self.keeps_open and index.exact_seeks
+        if keep and self._kept is None:
+            self._kept = self._container()
+            self._video_stream(self._kept)
+        with nullcontext(self._kept) if keep else self._opened() as c:
+            stream = c.streams.video[0] if keep else self._video_stream(c)
             if index.exact_seeks:  # else decoded from the start, the frames before ``start`` skipped
                 key = max((k for k in index.keyframes if k <= start), default=0)
                 c.seek(index.pts[key], stream=stream, backward=True)
@@ -336,7 +341,7 @@ class PyAVSource:
             self._failing_since = None  # each connection's failures are its own
             since = None  # when this connection's first new frame came
             try:
-                with self._container() as c, closing(self._decode(c, self._video_stream(c))) as decoded:
+                with self._opened() as c, closing(self._decode(c, self._video_stream(c))) as decoded:
                     for frame in decoded:
                         self._failing_since = None
                         if replays and last_pts is not None and frame.pts is not None and frame.pts <= last_pts:
@@ -370,9 +375,29 @@ class PyAVSource:
             log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.info.path, reason, delay)
             time.sleep(delay)
 
+    keeps_open = False  # a file's container is kept from one part (batches with a range) to the next
+
     def _container(self) -> av.container.InputContainer:
-        """One connection (or pass) of the source, closed by its ``with`` block."""
+        """One connection (or pass) of the source."""
         return _open(self.info.path, self.timeout)
+
+    @contextmanager
+    def _opened(self) -> Iterator[av.container.InputContainer]:
+        """:meth:`_container`, closed at the block's end."""
+        c = self._container()
+        try:
+            yield c
+        finally:
+            self._close(c)
+
+    def _close(self, c: av.container.InputContainer) -> None:
+        c.close()
+
+    def close(self) -> None:
+        """Closes the container kept between parts (``keeps_open``), if any; the source stays usable."""
+        if self._kept is not None:
+            kept, self._kept = self._kept, None
+            self._close(kept)
 
     def _video_stream(self, c: av.container.InputContainer) -> av.video.stream.VideoStream:
         stream = c.streams.video[0]
@@ -698,6 +723,10 @@ class FFmpegNvdecSource(PyAVSource):
     connection's first decode (where FFmpeg creates the NVDEC decoder) and its close go through."""
 
     name = "nvdec"
+    # A worker decoding several parts of a file seeks in one container instead of opening one per part:
+    # each opening makes an NVDEC decoder and its frame pool, and each closing frees them, which
+    # synchronises the device.
+    keeps_open = True
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *,
                  max_frames: int | None = None, runtime: DeviceRuntime | None = None, **kwargs) -> None:
@@ -733,23 +762,23 @@ class FFmpegNvdecSource(PyAVSource):
 
     def _decode(self, c: av.container.InputContainer, stream) -> Iterator[_DeviceFrame]:
         started = False  # FFmpeg creates its NVDEC decoder at the first frame: a device-wide sync, gated
-        try:
-            for packet in c.demux(stream):
-                with self.runtime.gate.setup() if not started else nullcontext():
-                    try:
-                        frames = packet.decode()
-                    except av.error.EOFError:
-                        return
-                    except av.error.FFmpegError:  # a damaged packet costs its frames, not the stream
-                        self._undecodable()
-                        continue
-                    images = [self._rgb(f) for f in frames]
-                started = started or bool(frames)
-                for i, (f, image) in enumerate(zip(frames, images)):
-                    yield _DeviceFrame(f.pts, f.time_base, image, i < len(frames) - 1)
-        finally:
-            with self.runtime.gate.setup():  # the decoder and its frames freed: device-wide syncs too
-                c.close()
+        for packet in c.demux(stream):
+            with self.runtime.gate.setup() if not started else nullcontext():
+                try:
+                    frames = packet.decode()
+                except av.error.EOFError:
+                    return
+                except av.error.FFmpegError:  # a damaged packet costs its frames, not the stream
+                    self._undecodable()
+                    continue
+                images = [self._rgb(f) for f in frames]
+            started = started or bool(frames)
+            for i, (f, image) in enumerate(zip(frames, images)):
+                yield _DeviceFrame(f.pts, f.time_base, image, i < len(frames) - 1)
+
+    def _close(self, c: av.container.InputContainer) -> None:
+        with self.runtime.gate.setup():  # the decoder and its frames freed: device-wide syncs too
+            c.close()
 
     def _rgb(self, frame: av.VideoFrame) -> torch.Tensor:
         if frame.format.name != "cuda":

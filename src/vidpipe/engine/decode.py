@@ -202,8 +202,10 @@ class FrameProducer:
     # decoding ----------------------------------------------------------------------------------
     def _source(self, unit: Unit) -> PyAVSource | NvdecSource:
         cached = getattr(self._local, "source", None)
-        if isinstance(cached, NvdecSource) and cached.info.path == unit.path:
-            return cached  # one NVDEC session per worker and file: segments seek instead of reopening
+        if (isinstance(cached, NvdecSource) or getattr(cached, "keeps_open", False)) and \
+                cached.info.path == unit.path and not is_stream_url(unit.path):
+            return cached  # one NVDEC decoder per worker and file: segments seek instead of reopening
+        self._close_source()
         src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
                           fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1),
                           stream_decoder=self.stream_decoder)
@@ -298,7 +300,15 @@ class FrameProducer:
         except _Stopped:
             pass
         finally:
+            self._close_source()
             self._put(_STOP)
+
+    def _close_source(self) -> None:
+        """This worker's last source let go of, its decoder freed now (under the capture gate where it is
+        NVDEC's) rather than whenever it is collected."""
+        cached, self._local.source = getattr(self._local, "source", None), None
+        if isinstance(cached, PyAVSource):
+            cached.close()
 
     def _admit(self) -> None:
         # Waits for room before a chunk is allocated, not after: a worker blocked on a full queue
