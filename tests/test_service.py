@@ -320,3 +320,16 @@ def test_cameras_on_several_processes_publish_through_one_monitor(broker, tmp_pa
         assert [m["frames"] for t, m in sub.messages if t == f"site/{name}/status"][-1] == 8
     assert {'vidpipe_queue_depth{queue="decoded (process 0)"}', 'vidpipe_queue_depth{queue="decoded (process 1)"}'
             } <= set(scraped)
+
+
+@pytest.mark.parametrize("flag,value", [("--mqtt", "mqtt://127.0.0.1:1/site"), ("--metrics", "1"), ("--serve", "1")])
+def test_reporting_a_file_run_over_processes_is_refused_in_one_line(tmp_path, flag, value):
+    """Events, metrics and the view follow files in a one-process run (and live sources over any number):
+    a file run over processes would publish nothing, so it is refused before any work."""
+    from cli_run import detect, one_line_error
+    from vidpipe.synth import make_clip
+
+    clip = make_clip(tmp_path / "a.mp4", frames=4, width=64, height=48)
+    r = detect(clip, "-o", tmp_path / "o.jsonl", flag, value, "--procs-per-device", "2", timeout=120)
+    assert r.returncode == 2 and "drop --devices" in one_line_error(r, flag), r.stderr
+    assert not (tmp_path / "o.jsonl").exists()

@@ -663,12 +663,17 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
     ``videos``: where each input's annotated video goes (one process only)."""
     if (one := _one_process_flag(a)) and (a.ray is not None or a.devices or a.procs_per_device not in ("auto", 1)):
         raise VidpipeError(f"{one} runs in one process: drop --devices, --procs-per-device and --ray")
+    live = sum(cfg.realtime or cfg.loop or is_stream_url(i) for i in todo)
+    procs = 1 if a.ray is not None else _processes(a, cfg, live)
+    service = next((flag for flag, on in (("--mqtt", a.mqtt), ("--metrics", a.metrics), ("--serve", a.serve)) if on),
+                   None)
+    if service and (a.ray is not None or (not live and (a.devices or procs > 1))):
+        raise VidpipeError(f"{service} reports files run in one process, and live sources on any number: drop "
+                           "--devices, --procs-per-device and --ray")
     if a.ray is not None:
         from .scale import run_ray
         _interruptible()
         return run_ray(cfg, todo, a.format, a.ray or None, on_video=on_video)
-    live = sum(cfg.realtime or cfg.loop or is_stream_url(i) for i in todo)
-    procs = _processes(a, cfg, live)
     if (a.devices or procs > 1) and live:
         return _detect_live_processes(a, cfg, todo, procs, on_frames, on_video)
     if a.devices or procs > 1:
