@@ -54,3 +54,24 @@ def test_startup_suite_takes_each_run_beside_the_import_timed_just_before_it(tmp
     assert rows["second"][3:5] == ["10.60", "1.20"]  # median wall; median of 1.2, 1.3, 1.1 (not 10.6 - 9.0)
     assert rows["first (empty caches)"][3:5] == ["11.00", "2.00"]
     assert "the bare imports beside them 9.00-11.00 s" in results.read_text()
+
+
+def test_writer_only_writes_the_load_it_is_given(tmp_path):
+    """(e) the host side alone: the run's writer takes every frame, each with the detections per frame
+    measured, into a JSON Lines file (what the figure is the rate of)."""
+    import json
+    from fractions import Fraction
+
+    from vidpipe import Config
+    from vidpipe.bench import writer_only
+    from vidpipe.detector import Detector
+    from vidpipe.sources import VideoInfo
+
+    det = Detector(Config(device="cpu", weights="random", batch_size=8))
+    info = VideoInfo("cam.mp4", 1920, 1080, 900, 30.0, "h264", Fraction(1, 30))
+    out = tmp_path / "w.jsonl"
+    assert writer_only(det, info, 37.4, out, 100) > 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(100))
+    assert {len(x["detections"]) for x in lines} == {37}
+    assert all(0 <= d["box"][0] < d["box"][2] <= 1920 for x in lines for d in x["detections"])

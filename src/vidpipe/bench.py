@@ -4,7 +4,9 @@ Suites (``--suite``):
 
 * ``pipeline`` (default), per input: (a) decode-only frames/s with the same decoders the pipeline
   uses, (b) model-only images/s at the configured batch, precision and compile setting,
-  (c) end-to-end frames/s of ``vidpipe detect`` writing JSON Lines, and (c) / min(a, b); with the
+  (c) end-to-end frames/s of ``vidpipe detect`` writing JSON Lines, and (c) / min(a, b); (e) the host
+  side alone: the run's writer (formatting processes, tracking) fed the measured detections per frame
+  as fast as it takes them, a ceiling of its own; with the
   measured candidates (score > 0.05) and detections per frame beside them; then (d) the whole-process
   wall time of the same configuration as one ``vidpipe detect`` command in a fresh process (caches
   warm), beside ``import torch, torchvision`` alone. ``--long N`` adds peak host and GPU memory for
@@ -39,7 +41,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -55,7 +57,7 @@ from .profiling import (GilLoad, HostCpu, HostMemory, PeakMemory, gpu_ms, machin
                         time_repeats)
 from .runtime import DeviceRuntime
 from .sinks import JsonlSink
-from .sources import PyAVSource, probe
+from .sources import PyAVSource, VideoInfo, probe
 from .synth import make_clip, repeat_clip
 
 
@@ -130,6 +132,39 @@ def end_to_end(det: Detector, video: str, out: Path) -> int:
     return report.frames
 
 
+def writer_only(det: Detector, info: VideoInfo, per_frame: float, out: Path, frames: int) -> float:
+    """Frames/s of the run's host side alone: ``frames`` frames of ``per_frame`` detections (random boxes
+    in the frame, the detector's classes), batch by batch, through the writer the run has (threaded,
+    its formatting processes, tracking as configured) into JSON Lines, as fast as it takes them."""
+    from .engine.items import BatchResult, VideoEnd, VideoStart
+    from .engine.write import Writer
+    from .postprocess import Detections
+
+    n, d = det.batch_size, max(1, round(per_frame))
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(n, d, 2, generator=g) * torch.tensor([info.width * 0.9, info.height * 0.9])
+    boxes = torch.cat([xy, xy + torch.tensor([info.width, info.height]) * 0.1], -1)
+    labels = torch.randint(len(det.classes.names), (n, d), generator=g)
+    scores = torch.rand(n, d, generator=g).sort(1, descending=True).values
+    batch = Detections(boxes, labels, scores, torch.full((n,), d, dtype=torch.int64))
+    cfg = det.config
+    video = replace(info, path=str(out), num_frames=frames)
+    writer = Writer(lambda i: JsonlSink(out, i.path, i.width, i.height, det.classes), cfg.overlap, None, None,
+                    formatters=cfg.formatters_for(det.device), track=cfg.track, classes=det.classes)
+    t0 = time.perf_counter()
+    writer.put(VideoStart(video))
+    for start in range(0, frames, n):
+        r = BatchResult(video, list(range(start, min(start + n, frames))), [0.0] * min(n, frames - start), batch,
+                        None, classes=det.classes)
+        writer.issue(r)
+        writer.put(r)
+    writer.put(VideoEnd(video.path, frames, frames, info=video))
+    report = writer.finish(True)
+    if report.failed:
+        raise RuntimeError(report.failed[0].error)
+    return frames / (time.perf_counter() - t0)
+
+
 def detections_per_frame(jsonl: Path) -> float:
     """Mean detections per line of a JSON Lines output."""
     with open(jsonl) as f:
@@ -158,6 +193,7 @@ class Figures:
     decode: list[float]
     model: list[float]
     e2e: list[float]
+    writer: list[float]  # the host side alone at the same detections per frame (writer_only)
     output: Path  # a JSON Lines output of the end-to-end run
     detections: float  # per frame
     candidates: float  # per frame
@@ -183,8 +219,10 @@ def measure(det: Detector, video: str, repeats: int, cfg: Config, outs: Iterator
     e2e = [n / t for n, t in zip(e2e_frames[1:], e2e_times)]
     with GilLoad() as gil:
         end_to_end(det, video, next(outs))
-    return Figures(counts[-1], dec, b, e2e, paths[0], detections_per_frame(paths[0]),
-                   candidates_per_frame(det, video), gil.wait_share)
+    per_frame = detections_per_frame(paths[0])
+    writer = [writer_only(det, info, per_frame, next(outs), counts[-1]) for _ in range(repeats)]
+    return Figures(counts[-1], dec, b, e2e, writer, paths[0], per_frame, candidates_per_frame(det, video),
+                   gil.wait_share)
 
 
 def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
@@ -203,7 +241,7 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
         info = probe(video)
         det = Detector(cfg, model=family_for_video(cfg, video))
         f = measure(det, video, a.repeats, cfg, outs)
-        dec, b, e2e = f.decode, f.model, f.e2e
+        dec, b, e2e, w = f.decode, f.model, f.e2e, f.writer
         out = next(outs)
         wall = _one_command(["detect", video, "-o", str(out), *options], dict(os.environ),
                             tmp / "timeline.json")["exit"]
@@ -211,7 +249,7 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
             written = sum(1 for _ in lines)
         rows.append([Path(video).name, f"{info.width}x{info.height}", str(f.frames),
                      f"{median(dec):,.0f} (±{spread(dec):.0%})", f"{median(b):,.0f} (±{spread(b):.0%})",
-                     f"{median(e2e):,.0f} (±{spread(e2e):.0%})", f"{f.ratio:.2f}",
+                     f"{median(e2e):,.0f} (±{spread(e2e):.0%})", f"{f.ratio:.2f}", f"{median(w):,.0f} (±{spread(w):.0%})",
                      f"{f.candidates:,.0f}", f"{f.detections:.1f}", f"{f.gil:.0%}",
                      f"{wall:.2f} ({wall - imports:.2f})"])
         notes.append(f"(d) {Path(video).name}: the command wrote {written:,} frames in {wall:.2f} s: "
@@ -230,14 +268,15 @@ def bench_pipeline(a: argparse.Namespace, cfg: Config) -> None:
             notes.append(f"Memory, {Path(video).name}: {n1} frames: host peak {h1 / 2**20:,.0f} MiB{gpu[0]}; "
                          f"x{a.long} ({n2} frames): host {h2 / 2**20:,.0f} MiB ({h2 / h1 - 1:+.1%}){gpu[1]}.")
     header = ["input", "size", "frames", "(a) decode-only fps", "(b) model-only img/s", "(c) end-to-end fps",
-              "(c)/min(a,b)", "candidates/frame", "detections/frame", "GIL wait (e2e)",
+              "(c)/min(a,b)", "(e) writer-only fps", "candidates/frame", "detections/frame", "GIL wait (e2e)",
               "(d) one command: wall s (- import)"]
     dtype = str(det.dtype).removeprefix("torch.")
     cfg_note = (f"Config: device {det.device}, {dtype}, batch {det.batch_size}, decoder {cfg.decoder}, "
                 f"decoders {cfg.decoders or 'auto'}, compile {det.compiled}, CUDA graphs {det.cuda_graphs}, "
                 f"channels_last {det.channels_last}, "
                 f"overlap {cfg.overlap}, model {det.family.name}, weights {cfg.weights or 'default'}; "
-                f"median of {a.repeats} (± spread).")
+                f"median of {a.repeats} (± spread). (e): random boxes, as many per frame as (c) wrote, through the "
+                f"run's writer ({cfg.formatters_for(det.device)} formatting processes) into JSON Lines, no GPU.")
     command = (f"(d): `vidpipe {shlex.join(['detect', 'VIDEO', '-o', 'OUT', *options])}` in a fresh process after "
                f"the timed runs (caches warm; compile and kernels as given, default auto), whole-process wall "
                f"time; `python -c \"import torch, torchvision\"` alone: {imports:.2f} s on this machine.")

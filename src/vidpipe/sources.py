@@ -247,6 +247,7 @@ class PyAVSource:
     pending: torch.cuda.Stream | None = None  # FrameBatch.stream of its batches: uploads are synchronised
     # (source, state, reason): connected, lost, reconnected, given up, decode_error; None: not told
     on_state: Callable[[str, str, str], None] | None = None
+    keeps_open = False  # a file's container kept from one part (``batches`` with a range) to the next
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", *,
                  threads: int = 0, max_frames: int | None = None, reconnects: int | None = None,
@@ -374,8 +375,6 @@ class PyAVSource:
                 self.on_state(self.info.path, "lost", reason)
             log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.info.path, reason, delay)
             time.sleep(delay)
-
-    keeps_open = False  # a file's container is kept from one part (batches with a range) to the next
 
     def _container(self) -> av.container.InputContainer:
         """One connection (or pass) of the source."""
