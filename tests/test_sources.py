@@ -504,6 +504,26 @@ def test_parts_decoded_in_one_kept_container_reassemble_the_whole(tmp_path, code
     assert torch.equal(torch.cat([x.frames for x in src.batches(5, 30, 60)]), whole[30:]) and len(opened) == 2
 
 
+def test_the_probe_names_the_pixel_format(tmp_path):
+    """What open_source tells 10-bit video apart by (FFmpeg's NVDEC frames are converted from 8-bit 4:2:0)."""
+    for pix_fmt in ("yuv420p", "yuv420p10le"):
+        clip = make_clip(tmp_path / f"{pix_fmt}.mp4", frames=4, width=64, height=48, codec="libx265", pix_fmt=pix_fmt)
+        assert probe(str(clip)).pix_fmt == pix_fmt
+
+
+@pytest.mark.nvdec
+def test_ten_bit_video_is_not_given_to_the_nv12_conversion(tmp_path):
+    """A 10-bit HEVC file with open GOPs: FFmpeg's NVDEC frames would be P010, which the NV12 conversion
+    cannot read, so PyNvVideoCodec decodes its packets instead, and every frame comes."""
+    if not ffmpeg_nvdec_available():
+        pytest.skip("this PyAV does not decode on NVDEC")
+    path = str(make_clip(tmp_path / "h.mp4", frames=24, width=192, height=144, codec="libx265", gop=12,
+                         pix_fmt="yuv420p10le"))
+    src = open_source(path, "nvdec", torch.device("cuda"))
+    assert type(src) is NvdecStreamSource
+    assert decode_all(src)[1] == list(range(24))
+
+
 def test_the_packet_scan_names_the_container(tmp_path):
     """What the planner and open_source tell MPEG-TS files apart by (no exact seeks)."""
     clip = make_clip(tmp_path / "a.mp4", frames=12)

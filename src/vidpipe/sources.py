@@ -58,6 +58,7 @@ class VideoInfo:
     fps: float
     codec: str
     time_base: Fraction
+    pix_fmt: str = ""  # FFmpeg's name of the decoded pixel format ("yuv420p", "yuv420p10le"); "" unknown
 
 
 @dataclass
@@ -154,7 +155,7 @@ def _probe(path: str) -> VideoInfo:
                 raise VidpipeError(f"{path}: unsupported codec ({s.codec_tag or 'unknown'})")
             width, height = cc.width, cc.height
             info = VideoInfo(path, width, height, int(s.frames or 0), _frame_rate(c, s),
-                             cc.name, s.time_base or Fraction(1, 1000000))
+                             cc.name, s.time_base or Fraction(1, 1000000), cc.format.name if cc.format else "")
     except VidpipeError:
         raise
     except av.error.FFmpegError as e:
@@ -735,6 +736,9 @@ class FFmpegNvdecSource(PyAVSource):
             raise VidpipeError("the nvdec decoder needs a CUDA device")
         if self.info.codec not in _PACKET_CODECS:
             raise VidpipeError(f"{self.info.path}: NVDEC reads H.264 and HEVC streams here, not {self.info.codec}")
+        if self.info.pix_fmt not in _NV12_FORMATS:
+            raise VidpipeError(f"{self.info.path}: FFmpeg's NVDEC frames become RGB here from 8-bit 4:2:0 only, "
+                               f"not {self.info.pix_fmt}")
         self.runtime = runtime or DeviceRuntime(self.device)
         self.pending = torch.cuda.default_stream(self.device)
         try:  # the CUDA side of FFmpeg's decoding, set up now: a failure is this path's, not the stream's
@@ -786,8 +790,12 @@ class FFmpegNvdecSource(PyAVSource):
         # The planes' memory is the frame's until the conversion has read it: the frame goes back to
         # FFmpeg's pool once these are dropped, and its next copy into it queues behind the conversion.
         y, uv = torch.from_dlpack(planes[0].__dlpack__()), torch.from_dlpack(planes[1].__dlpack__())
-        with torch.cuda.stream(self.pending):
-            return nv12_to_rgb(y, uv, matrix(frame.colorspace == _BT709, frame.color_range == _FULL_RANGE))
+        try:
+            with torch.cuda.stream(self.pending):
+                return nv12_to_rgb(y, uv, matrix(frame.colorspace == _BT709, frame.color_range == _FULL_RANGE))
+        except ValueError as e:  # a stream that changed to another format (10-bit) on a reconnect
+            raise VidpipeError(f"{self.info.path}: FFmpeg's NVDEC frames become RGB here from 8-bit 4:2:0 only ({e})"
+                               ) from None
 
     def _image(self, frame: _DeviceFrame) -> torch.Tensor:
         return frame.image
@@ -801,6 +809,8 @@ class FFmpegNvdecSource(PyAVSource):
 
 
 _BT709, _FULL_RANGE = 1, 2  # FFmpeg's AVCOL_SPC_BT709 and AVCOL_RANGE_JPEG
+# Software formats whose NVDEC frames are NV12 (8-bit 4:2:0); "": a stream not probed to its format yet.
+_NV12_FORMATS = {"", "yuv420p", "yuvj420p", "nv12"}
 
 
 def ffmpeg_nvdec_available() -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 def make_clip(path: str | os.PathLike, *, frames: int = 24, width: int = 64, height: int = 48,
               codec: str = "libx264", fps: int = 30, bframes: bool = True, vfr: bool = False,
               crf: int = 23, gop: int = 12, faststart: bool = False, rotation: int | None = None,
-              seed: int = 0) -> Path:
+              seed: int = 0, pix_fmt: str = "yuv420p") -> Path:
     path = Path(path)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -29,7 +29,7 @@ def make_clip(path: str | os.PathLike, *, frames: int = 24, width: int = 64, hei
     options = {"movflags": "faststart"} if faststart else {}  # index first: streamable, cut-tolerant
     with av.open(str(path), "w", options=options) as out:
         stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = Fraction(1, 90000)
         stream.codec_context.time_base = Fraction(1, 90000)  # exact variable frame times
         stream.gop_size = gop
