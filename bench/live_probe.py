@@ -154,7 +154,7 @@ def probe(urls: list[str], decoder: str, seconds: float, device: torch.device) -
         "nvdec_pct": statistics.median(nvdec) if nvdec else None,
         "overshoot_p50_us": 1e6 * pct(canary.late, 0.5), "overshoot_p99_us": 1e6 * pct(canary.late, 0.99),
         "frames_per_turn": statistics.mean(turns) if turns else 0.0, "turn_ms_p99": 1e3 * pct(turn_s, 0.99),
-        "seconds": elapsed,
+        "seconds": elapsed, "frames_taken": frames,
     }
 
 
@@ -181,11 +181,14 @@ def main() -> None:
                 row["server_late_p99_ms"] = after["late_p99_ms"]
                 row["server_late_max_ms"] = after["late_max_ms"]
                 row["server_packets"] = after["packets"] - before["packets"]
+                # Frames that reached the consumer per packet the server sent (one frame each): below 1, frames
+                # were lost or are still on their way (in socket buffers, in a decoder that lags).
+                row["taken_per_sent"] = row["frames_taken"] / max(row["server_packets"], 1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     cols = ["decoder", "cameras", "fps_min", "fps_median", "dropped_steady", "take_latency_p99_ms", "cpu_us_per_frame",
             "cores_busy", "nvdec_pct", "overshoot_p50_us", "overshoot_p99_us", "frames_per_turn", "turn_ms_p99",
-            "server_late_p99_ms"]
+            "server_late_p99_ms", "taken_per_sent"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

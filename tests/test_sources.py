@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import queue
+import threading
 import time
 import weakref
 from types import SimpleNamespace
@@ -24,7 +25,7 @@ from vidpipe.engine.order import Orderer
 from vidpipe.engine.plan import TRACKED_SEGMENT_FRAMES, plan_units
 from vidpipe.errors import VidpipeError
 from vidpipe.sources import (FFmpegNvdecSource, FrameBatch, NvdecSource, NvdecStreamSource, PyAVSource, VideoInfo,
-                             _annexb_filter, ffmpeg_nvdec_available, open_source, probe, scan_packets)
+                             _annexb_filter, _open, ffmpeg_nvdec_available, open_source, probe, scan_packets)
 from vidpipe.synth import make_clip, repeat_clip
 
 CLIPS = {
@@ -522,6 +523,33 @@ def test_ten_bit_video_is_not_given_to_the_nv12_conversion(tmp_path):
     src = open_source(path, "nvdec", torch.device("cuda"))
     assert type(src) is NvdecStreamSource
     assert decode_all(src)[1] == list(range(24))
+
+
+def test_stream_timeouts_are_ffmpegs_not_a_python_callback(tmp_path, monkeypatch):
+    """A stream's reads time out by FFmpeg's own socket timeouts: PyAV's (``av.open(timeout=...)``) call
+    Python's clock from FFmpeg's polls, taking the GIL many times a frame from a thread that otherwise
+    runs without it. Here reading a stream calls Python's clock no more often than PyAV does without
+    a timeout (once a packet, from Python)."""
+    import functools
+    import time as time_module
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    repeat_clip(make_clip(tmp_path / "c.mp4", frames=60, width=64, height=48), tmp_path / "c.ts", 1)
+    quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reader, calls, real = threading.get_ident(), [], time_module.monotonic
+    monkeypatch.setattr(time_module, "monotonic",
+                        lambda: (calls.append(1) if threading.get_ident() == reader else None) or real())
+    url = f"http://127.0.0.1:{server.server_address[1]}/c.ts"
+    counts = []
+    for opened in (lambda: av.open(url), lambda: _open(url, 5.0)):  # PyAV's own calls per packet, then ours
+        calls.clear()
+        with opened() as c:
+            assert sum(1 for p in c.demux(c.streams.video[0]) if p.size) == 60
+        counts.append(len(calls))
+    server.shutdown()
+    assert counts[1] == counts[0], counts
 
 
 def test_the_packet_scan_names_the_container(tmp_path):

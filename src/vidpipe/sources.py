@@ -108,12 +108,19 @@ RECONNECTS = 5  # reconnects in a row (0.5 s back-off, doubling) before a lost s
 
 def _open(path: str, timeout: float | None = None, **kwargs) -> av.container.InputContainer:
     """Open a file, or a URL with connect/read timeouts (RTSP over TCP: no lost packets); ``kwargs``
-    go to ``av.open`` (``hwaccel``)."""
+    go to ``av.open`` (``hwaccel``). The timeouts are FFmpeg's own socket ones, not PyAV's
+    ``av.open(timeout=...)``, whose check of the clock takes the GIL each time FFmpeg polls it, many
+    times a frame: in a process of many cameras each such hand-over waits for the other threads."""
     if not is_stream_url(path):
         return av.open(path, **kwargs)
-    options = {"rtsp_transport": "tcp"} if path.lower().startswith("rtsp://") else {}
-    timeout = NET_TIMEOUT if timeout is None else timeout
-    return av.open(path, timeout=(timeout, timeout), options=options, **kwargs)
+    us = str(round(1e6 * (NET_TIMEOUT if timeout is None else timeout)))
+    options = {"rw_timeout": us}  # any protocol's reads and writes
+    scheme = path.split(":", 1)[0].lower()
+    if scheme in ("http", "https", "rtsp", "rtsps", "tcp"):  # theirs: connecting too (RTMP's means listening)
+        options["timeout"] = us
+    if scheme == "rtsp":
+        options["rtsp_transport"] = "tcp"
+    return av.open(path, options=options, **kwargs)
 
 
 def _frame_rate(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
@@ -168,7 +175,7 @@ def _probe(path: str) -> VideoInfo:
 
 
 def _ffmpeg_reason(e: Exception) -> str:
-    if isinstance(e, av.error.ExitError):  # FFmpeg's interrupt callback: the read timed out
+    if isinstance(e, (av.error.ExitError, av.error.TimeoutError)):  # a connection or a read timed out
         return f"no answer within {NET_TIMEOUT:g} s"
     return getattr(e, "strerror", None) or str(e).splitlines()[0]
 
