@@ -306,3 +306,25 @@ def test_a_tracked_camera_gets_the_ids_its_file_gets(tmp_path):
         assert [x["frame"] for x in lines] == list(range(12)) and ("latency_ms" in lines[0]) == realtime
         ids[realtime] = [[d["track_id"] for d in x["detections"]] for x in lines]
     assert ids[True] == ids[False] and ids[True][-1] == [0]  # a confirmed track (ids start at 0)
+
+
+def test_a_slow_picture_for_the_view_holds_no_result_back(tmp_path, monkeypatch):
+    """The view's pictures are made beside the writer: one that takes seconds (a GPU busy with other
+    work) delays no camera's lines, and the view still gets pictures."""
+    from vidpipe.engine import write
+    from vidpipe.inputs import source_name
+    from vidpipe.monitor import Monitor
+
+    real = write.preview_jpeg
+    monkeypatch.setattr(write, "preview_jpeg", lambda *a: time.sleep(3.0) or real(*a))
+    clip = make_clip(tmp_path / "cam.mp4", frames=15, width=64, height=48, bframes=False)
+    det = Detector(Config(device="cpu", batch_size=4, realtime=True, loop=True, max_frames=90, live_policy="all"),
+                   model=BoxesFamily(Constant(), ["thing"]))
+    monitor = Monitor(source_name, previews=True)
+    out = tmp_path / "cam.jsonl"
+    report = run(det, [str(clip)], lambda v: open_sink("jsonl", out, v.path, v.width, v.height), monitor=monitor)
+    assert not report.failed
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(90))
+    assert max(x["latency_ms"] for x in lines) < 1500, max(x["latency_ms"] for x in lines)
+    assert monitor.jpeg("cam") is not None

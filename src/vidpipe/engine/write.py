@@ -19,12 +19,14 @@ import atexit
 import collections
 import itertools
 import json
+import logging
 import multiprocessing
 import os
 import queue
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -42,6 +44,7 @@ from ..timeline import stamp
 from ..track import Tracker, forget as forget_tracker, in_worker as track_in_worker, preload
 from .items import BatchResult, FrameBudget, RunReport, VideoEnd, VideoStart
 
+log = logging.getLogger(__name__)
 SinkFactory = Callable[[VideoInfo], Sink]
 _STOP = object()
 _IDLE = object()  # nothing came within AHEAD_POLL_S
@@ -237,6 +240,7 @@ class Writer:
         self.analytics = analytics  # a new video's line and zone counters, counted here in frame order
         self.videos, self.keep = videos, keep  # annotated videos, and the budget of the frames they hold
         self.monitor, self.classes = monitor, classes  # what the run reports as it goes (events, metrics, view)
+        self._previews = _Previews(monitor) if monitor is not None and monitor.previews else None
         self.sink_for, self.on_frames, self.on_video = sink_for, on_frames, on_video
         self.track = track  # track ids are assigned here, in frame order, before formatting
         self.formatters = FormatPool.get(formatters)
@@ -409,12 +413,10 @@ class Writer:
         self.monitor.frames(r.info.path, r.indices, r.times, None if captured is None else captured.tolist(),
                             None if latency is None else latency.tolist(), text, counted, crossings)
         if r.preview is not None:
-            with nvtx_range("preview"):
-                row = len(r.indices) - 1  # the preview is the result's last frame
-                self.monitor.preview(r.info.path, r.indices[row],
-                                     preview_jpeg(r.preview, r.preview_ready, *(a[row:row + 1] for a in arrays[:4]),
-                                                  None if arrays[4] is None else arrays[4][row:row + 1],
-                                                  self.classes.names))
+            row = len(r.indices) - 1  # the preview is the result's last frame
+            self._previews.submit(r.info.path, r.indices[row], r.preview, r.preview_ready,
+                                  *(a[row:row + 1] for a in arrays[:4]),
+                                  None if arrays[4] is None else arrays[4][row:row + 1], self.classes.names)
             r.preview = None
 
     def _put(self, video: _Open, r: BatchResult, arrays: tuple | None = None) -> None:
@@ -535,6 +537,8 @@ class Writer:
                 self.thread.join()
             else:
                 self._drain()
+        if self._previews is not None:
+            self._previews.close()
         if not ok:
             self._abort()
         if self.error is not None:
@@ -553,6 +557,39 @@ class Writer:
                 except queue.Empty:
                     pass
         self.thread.join(timeout=5)
+
+
+class _Previews:
+    """A live view's frames drawn and JPEG-encoded on a thread of their own, one at a time, on a CUDA
+    stream of their own: the encoded picture is read back to the host, which waits for the GPU, and
+    the writer must not wait with it, with every camera's results behind it. A preview that comes
+    while one is being made is dropped: the view shows a few frames a second, never every frame."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vidpipe-preview")
+        self._busy = threading.Lock()
+        self._stream = None
+
+    def submit(self, path: str, frame: int, pixels, ready, *arrays) -> None:
+        if self._busy.acquire(blocking=False):
+            self._pool.submit(self._make, path, frame, pixels, ready, *arrays)
+
+    def _make(self, path: str, frame: int, pixels, ready, *arrays) -> None:
+        import torch
+
+        try:
+            if pixels.is_cuda and self._stream is None:
+                self._stream = torch.cuda.Stream(pixels.device)
+            with torch.cuda.stream(self._stream) if pixels.is_cuda else nullcontext(), nvtx_range("preview"):
+                self.monitor.preview(path, frame, preview_jpeg(pixels, ready, *arrays))
+        except Exception as e:  # noqa: BLE001 - a picture for the view never fails the run
+            log.warning("%s: live view picture not made (%s)", path, e)
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 atexit.register(FormatPool.close_all)
