@@ -572,8 +572,9 @@ class _Previews:
         self._stream = None
 
     def submit(self, path: str, frame: int, pixels, ready, *arrays) -> None:
-        if self._busy.acquire(blocking=False):
-            self._pool.submit(self._make, path, frame, pixels, ready, *arrays)
+        if self._busy.acquire(blocking=False):  # the detections copied: their host buffers are reused
+            self._pool.submit(self._make, path, frame, pixels, ready,
+                              *(a.copy() if isinstance(a, np.ndarray) else a for a in arrays))
 
     def _make(self, path: str, frame: int, pixels, ready, *arrays) -> None:
         import torch
