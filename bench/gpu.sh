@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU runs on a lent GPU machine (H100 or H200, one or two GPUs), in one call: set-up, then the
 # steps named in $STEPS (default: tests). Needs the wheels in .whl/ (PyNvVideoCodec, PyAV; or
-# .whl/site.tar.xz, the two installed for Python 3.12 with what runs nothing here pruned, to fit the carry cap), and for
-# the steps that use them .whl-yolo/ (Ultralytics), .whl-svc/ (Flask, waitress, prometheus-client,
+# .whl/site.tar.xz: the two installed for Python 3.12, pruned of what runs nothing here, to fit the
+# carry cap), and for the steps that use them .whl-yolo/ (Ultralytics), .whl-svc/ (Flask, waitress, prometheus-client,
 # paho-mqtt: bench --suite live with --metrics, --serve, --mqtt) and .whl-track/ (trackers, supervision and what
 # they import that the image lacks), and .media/in.mp4 + .media/make_camera_clip.py (all git-ignored,
 # carried: the tree that travels is capped at 64 MiB). Logs under $OUT.
