@@ -552,6 +552,24 @@ def test_stream_timeouts_are_ffmpegs_not_a_python_callback(tmp_path, monkeypatch
     assert counts[1] == counts[0], counts
 
 
+def test_a_silent_stream_times_out_after_its_own_timeout_and_says_so():
+    """A server that accepts and never answers: the source gives up after its timeout (FFmpeg's socket
+    timeout), and its error names that timeout, not the default one."""
+    import socket
+    from fractions import Fraction
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/a.ts"
+    src = PyAVSource(url, reconnects=0, timeout=1.0, info=VideoInfo(url, 64, 48, 0, 30.0, "h264", Fraction(1, 30)))
+    t0 = time.monotonic()
+    with pytest.raises(VidpipeError, match=r"no answer within 1 s"):
+        list(src.batches(4))
+    server.close()
+    assert time.monotonic() - t0 < 5
+
+
 def test_the_packet_scan_names_the_container(tmp_path):
     """What the planner and open_source tell MPEG-TS files apart by (no exact seeks)."""
     clip = make_clip(tmp_path / "a.mp4", frames=12)

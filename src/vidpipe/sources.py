@@ -174,9 +174,9 @@ def _probe(path: str) -> VideoInfo:
     return info
 
 
-def _ffmpeg_reason(e: Exception) -> str:
+def _ffmpeg_reason(e: Exception, timeout: float | None = None) -> str:
     if isinstance(e, (av.error.ExitError, av.error.TimeoutError)):  # a connection or a read timed out
-        return f"no answer within {NET_TIMEOUT:g} s"
+        return f"no answer within {NET_TIMEOUT if timeout is None else timeout:g} s"
     return getattr(e, "strerror", None) or str(e).splitlines()[0]
 
 
@@ -370,7 +370,7 @@ class PyAVSource:
             except (av.error.FFmpegError, OSError) as e:
                 if not url:
                     raise
-                reason = _ffmpeg_reason(e)
+                reason = _ffmpeg_reason(e, self.timeout)
             if attempt >= self.reconnects:
                 if self.on_state is not None:
                     self.on_state(self.info.path, "given up", reason)
