@@ -3,13 +3,12 @@ that finds it (the brightest column), registered as ``--model bar`` in the proce
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
+from drawn_clip import encode_rgb
 from vidpipe.models import register_model
 from vidpipe.models.boxes import BoxesFamily
 
@@ -18,22 +17,11 @@ W, H, BAR = 160, 120, 10
 
 def bar_clip(path: Path, frames: int = 48) -> Path:
     """``frames`` frames of a bar moving W / frames pixels a frame, then the clip ends (a loop restarts it)."""
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=30)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.options = {"bf": "0", "crf": "18"}
-        s.codec_context.time_base = Fraction(1, 30)
-        for i in range(frames):
-            img = np.zeros((H, W, 3), np.uint8)
-            x = round(i * (W - BAR) / (frames - 1))
-            img[:, x:x + BAR] = 255
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts = i
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
+    images = [np.zeros((H, W, 3), np.uint8) for _ in range(frames)]
+    for i, img in enumerate(images):
+        x = round(i * (W - BAR) / (frames - 1))
+        img[:, x:x + BAR] = 255
+    return encode_rgb(path, images, {"bf": "0", "crf": "18"})
 
 
 class Bar(torch.nn.Module):

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 
-import av
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("supervision")
 
+from drawn_clip import encode_rgb  # noqa: E402
 from vidpipe import Config, Detector  # noqa: E402
 from vidpipe.analytics import Analytics, parse_line, parse_zone  # noqa: E402
 from vidpipe.coco import Classes  # noqa: E402
@@ -92,18 +92,10 @@ class Spot(torch.nn.Module):
 def test_a_run_writes_counts_per_frame_and_totals(tmp_path):
     """A white square crosses a door line left to right: one "in", counted once its track is
     confirmed and it has crossed; the zone left of the door holds it until it leaves."""
-    clip = tmp_path / "spot.mp4"
-    with av.open(str(clip), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for f in range(30):
-            img = np.zeros((64, 96, 3), np.uint8)
-            x = 4 + f * 2
-            img[26:38, x:x + 12] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    images = [np.zeros((64, 96, 3), np.uint8) for _ in range(30)]
+    for f, img in enumerate(images):
+        img[26:38, 4 + f * 2:16 + f * 2] = 255
+    clip = encode_rgb(tmp_path / "spot.mp4", images)
     cfg = Config(device="cpu", batch_size=4, track=True, lines=("door:48,0,48,64",),
                  zones=("left:0,0,48,0,48,64,0,64",))
     det = Detector(cfg, model=BoxesFamily(Spot(), ["thing"]))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from drawn_clip import encode_rgb
 from vidpipe import Config, Detector
 from vidpipe.analytics import parse_line, parse_zone
 from vidpipe.draw import BAR, REGION, TEXT, Regions, _atlas, _cover, _labels, annotate, to_yuv420
@@ -156,16 +157,10 @@ class Spot(torch.nn.Module):
 
 
 def square_clip(path, frames: int = 30):
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
-        for f in range(frames):
-            img = np.zeros((96, 160, 3), np.uint8)
-            img[40:52, 10 + 4 * f:22 + 4 * f] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        out.mux(stream.encode(None))
-    return path
+    images = [np.zeros((96, 160, 3), np.uint8) for _ in range(frames)]
+    for f, img in enumerate(images):
+        img[40:52, 10 + 4 * f:22 + 4 * f] = 255
+    return encode_rgb(path, images)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

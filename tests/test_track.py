@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -18,6 +17,8 @@ import torch
 pytest.importorskip("trackers")
 import supervision as sv  # noqa: E402
 from trackers import ByteTrackTracker  # noqa: E402
+
+from drawn_clip import encode_rgb  # noqa: E402
 
 import vidpipe  # noqa: E402
 from vidpipe import Config, Detector  # noqa: E402
@@ -68,24 +69,11 @@ def test_ids_are_the_librarys_on_random_trajectories(frames, objects):
 
 def moving_square(path, frames: int = 12, width: int = 96, height: int = 64):
     """A white 12x12 square moving 3 px right per frame on black, and a grey one standing still."""
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "10"}
-        stream.codec_context.time_base = Fraction(1, 30)
-        for f in range(frames):
-            img = np.zeros((height, width, 3), np.uint8)
-            img[20:32, 10 + 3 * f:22 + 3 * f] = 255
-            img[40:52, 70:82] = 128
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = f
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    images = [np.zeros((height, width, 3), np.uint8) for _ in range(frames)]
+    for f, img in enumerate(images):
+        img[20:32, 10 + 3 * f:22 + 3 * f] = 255
+        img[40:52, 70:82] = 128
+    return encode_rgb(path, images, {"crf": "10"})
 
 
 class SquareFinder(torch.nn.Module):
