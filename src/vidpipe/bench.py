@@ -852,23 +852,20 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
         cams = _cameras(video, k, tmp, server)
         if server is not None:
             server.stats(reset=True)
-        service = _Service(a)  # --mqtt, --metrics, --serve: what publishing costs the cameras
-        try:
-            with GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
-                if procs > 1:  # each worker captures its graphs in its streams' first seconds
-                    paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
-                                                    cams, procs, tmp, service.monitor)
-                else:
-                    outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
-                    paths = []
+        # --mqtt, --metrics, --serve: what publishing costs the cameras
+        with _Service(a) as service, GpuUtilization() as util, HostCpu() as cpu, HostMemory() as host:
+            if procs > 1:  # each worker captures its graphs in its streams' first seconds
+                paths, report = _live_processes(live.replace(max_frames=round(a.live_seconds * info.fps)),
+                                                cams, procs, tmp, service.monitor)
+            else:
+                outs = iter([tmp / f"{Path(video).stem}-{k}-{i}.jsonl" for i in range(k)])
+                paths = []
 
-                    def sink(v):
-                        paths.append(next(outs))
-                        return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
+                def sink(v):
+                    paths.append(next(outs))
+                    return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
 
-                    report = run(det, cams, sink, monitor=service.monitor)
-        finally:
-            service.close()
+                report = run(det, cams, sink, monitor=service.monitor)
         if report.failed:
             raise RuntimeError(report.failed[0].error)
         fig = _live_figures(paths, info.fps)

@@ -61,16 +61,23 @@ def _procs(text: str) -> int | str:
     return "auto" if text == "auto" else _int(1)(text)
 
 
+def _service_flag(a: argparse.Namespace) -> str | None:
+    """The first given option that publishes what a run sees (--mqtt, --metrics, --serve), or None."""
+    return next((flag for flag, on in (("--mqtt", a.mqtt), ("--metrics", a.metrics), ("--serve", a.serve)) if on),
+                None)
+
+
 class _Service:
     """What a run publishes beside its outputs (``--mqtt``, ``--metrics``, ``--serve``): the
-    :class:`~vidpipe.monitor.Monitor` the engine reports to, and the servers it feeds, closed at the end."""
+    :class:`~vidpipe.monitor.Monitor` the engine reports to, and the servers it feeds, closed when the
+    ``with`` block the service opens ends."""
 
     def __init__(self, a: argparse.Namespace, sources=None) -> None:
         from .monitor import Monitor
 
         self.parts: list = []
         self.monitor = None
-        if not (a.mqtt or a.metrics or a.serve):
+        if _service_flag(a) is None:
             return
         events = metrics = None
         if a.mqtt:
@@ -105,7 +112,10 @@ class _Service:
             print(f"vidpipe: live view at {view.url} (token to add or remove cameras: {view.token})",
                   file=sys.stderr, flush=True)
 
-    def close(self) -> None:
+    def __enter__(self) -> _Service:
+        return self
+
+    def __exit__(self, *exc) -> None:
         for part in self.parts:
             part.close()
 
@@ -618,23 +628,17 @@ def _detect_sources(a: argparse.Namespace, t0: float) -> int:
         from .livescale import run_live_processes
         from .scale import parse_devices
 
-        service = _Service(a, sources)
-        try:
+        with _Service(a, sources) as service:
             report = run_live_processes(cfg, sources, a.format, target_for, parse_devices(a.devices or cfg.device),
                                         procs, on_video=on_video, monitor=service.monitor)
-        finally:
-            service.close()
     else:
         detector = Detector(cfg)
         video_for = None if not a.save_video else lambda info: _video_sink(
             a, cfg, detector, info, Path(a.save_video) / f"{targets[info.path].stem}.mp4", True)
-        service = _Service(a, sources)
-        try:
+        with _Service(a, sources) as service:
             report = run(detector, sources, lambda info: open_sink(a.format, target_for(info.path), info.path,
                                                                    info.width, info.height, detector.classes, cfg.track),
                          on_video=on_video, video_for=video_for, monitor=service.monitor)
-        finally:
-            service.close()
     print(f"vidpipe: {report.frames} frames from {len(report.videos)} sources in {time.perf_counter() - t0:.2f} s"
           + (f"; {len(report.failed)} failed" if report.failed else ""), file=sys.stderr)
     return 1 if report.failed and not a.allow_failures else 0
@@ -649,12 +653,9 @@ def _detect_live_processes(a: argparse.Namespace, cfg, todo: dict[str, Path], pr
 
     sources, on_end = until_ended(list(todo), on_video)
     _close_on_signals(sources)
-    service = _Service(a)
-    try:
+    with _Service(a) as service:
         return run_live_processes(cfg, sources, a.format, todo.__getitem__, parse_devices(a.devices or cfg.device),
                                   procs, on_frames=on_frames, on_video=on_end, monitor=service.monitor)
-    finally:
-        service.close()
 
 
 def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_video,
@@ -665,9 +666,7 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
         raise VidpipeError(f"{one} runs in one process: drop --devices, --procs-per-device and --ray")
     live = sum(cfg.realtime or cfg.loop or is_stream_url(i) for i in todo)
     procs = 1 if a.ray is not None else _processes(a, cfg, live)
-    service = next((flag for flag, on in (("--mqtt", a.mqtt), ("--metrics", a.metrics), ("--serve", a.serve)) if on),
-                   None)
-    if service and (a.ray is not None or (not live and (a.devices or procs > 1))):
+    if (service := _service_flag(a)) and (a.ray is not None or (not live and (a.devices or procs > 1))):
         raise VidpipeError(f"{service} reports files run in one process, and live sources on any number: drop "
                            "--devices, --procs-per-device and --ray")
     if a.ray is not None:
@@ -698,13 +697,10 @@ def _detect(a: argparse.Namespace, cfg, todo: dict[str, Path], on_frames, on_vid
     live = cfg.realtime or cfg.loop
     video_for = None if videos is None else lambda info: _video_sink(a, cfg, detector, info, videos[info.path],
                                                                    live or is_stream_url(info.path))
-    service = _Service(a)
-    try:
+    with _Service(a) as service:
         return run(detector, list(todo), lambda info: open_sink(a.format, todo[info.path], info.path, info.width,
                                                                 info.height, detector.classes, cfg.track),
                    on_frames=on_frames, on_video=on_video, video_for=video_for, monitor=service.monitor)
-    finally:
-        service.close()
 
 
 def _video_sink(a: argparse.Namespace, cfg, detector, info, path: Path, live: bool):

@@ -407,7 +407,7 @@ class Writer:
             self._report(video, r, arrays, crossings)
 
     def _report(self, video: _Open, r: BatchResult, arrays: tuple, crossings: list[list[dict]] | None) -> None:
-        """A result's frames to the run's monitor, and the preview frame it carries drawn and encoded."""
+        """A result's frames to the run's monitor, and the preview frame it carries to the pictures' thread."""
         captured, latency, counted = arrays[5], arrays[6], arrays[7]
         text = video.text(r.indices, r.times, *arrays) if video.text is not None else None
         self.monitor.frames(r.info.path, r.indices, r.times, None if captured is None else captured.tolist(),
