@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +99,49 @@ def test_a_stream_whose_packets_stop_decoding_is_reopened_then_given_up(tmp_path
     assert src.connections == 2 and src.reconnections == 1
     assert str(e.value).endswith("connection lost (no frame decoded for 0.5 s); gave up after 1 reconnects")
     assert src.corrupt_packets >= 20  # half a second of packets at 30 a second, twice
+
+
+def test_a_stream_read_late_shows_its_lag_in_capture_times(tmp_path):
+    """A stream read at half its rate (every frame kept: the bounded buffer makes the decoder wait, the
+    socket holds the camera's packets) is stamped on the camera's clock, not when a frame is decoded:
+    each frame's latency grows by about a frame period. Stamped at decode time it would stay under the
+    buffer's few frames."""
+    clip = make_clip(tmp_path / "c.mp4", frames=30, width=96, height=64, bframes=False)
+    lags = []
+    with CameraServer(str(clip)) as cams:
+        producer = FrameProducer([cams.url(0)], "pyav", torch.device("cpu"), 4, max_frames=75, live_policy="all")
+        for item in producer:
+            if isinstance(item, Chunk):
+                lags += [time.time() - c for c in item.batch.captured]
+                time.sleep(2 / 30)
+    assert len(lags) == 75
+    # frame k taken ~k/30 s after the camera sent it (75 frames: ~2.5 s late at the end)
+    assert lags[-1] > 1.8 and lags[-1] - lags[25] > 1.2, lags[::10]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_stream_clock_recovers_capture_times_from_random_delays(seed):
+    """Frames captured a period apart reach the decoder after random delays (a floor, network jitter,
+    a stretch where the reader falls behind, a camera clock 50 ppm slow); latency measured from the
+    stamped capture is each frame's delay beyond the least, within the drift the clock allows, and a
+    reconnect starts the clock again."""
+    from vidpipe.engine.decode import StreamClock
+
+    rng = np.random.default_rng(seed)
+    n, period = 3000, 1 / 30
+    captured = 1e9 + np.arange(n) * period
+    stream_times = np.arange(n) * period * (1 - 50e-6)  # the camera's clock, slow
+    delay = 0.02 + rng.exponential(0.01, n)
+    delay[rng.choice(n, n // 20, replace=False)] = 0.02  # some frames come as soon as they can
+    lag = int(rng.integers(500, 2000))
+    delay[lag:lag + 300] += np.linspace(0, 2.0, 300)  # the reader falls 2 s behind, then catches up
+    clock = StreamClock()
+    stamped = np.array([clock.stamp([t], c + d)[0] for t, c, d in zip(stream_times, captured, delay)])
+    latency = captured + delay - stamped
+    truth = delay - 0.02
+    error = np.abs(latency[200:] - truth[200:])
+    # The offset may creep up by DRIFT a second while no frame comes at the floor: 10 s behind, 10 ms.
+    assert np.median(error) < 1e-3 and error.max() < 0.015, (np.median(error), error.max())
+    assert latency[lag + 299] > 1.9  # the lag shows
+    clock.reset()  # a reconnect: the stream's clock may have restarted anywhere
+    assert clock.stamp([0.0], 5e9)[0] == 5e9

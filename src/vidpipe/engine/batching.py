@@ -31,7 +31,7 @@ MAX_WAIT = 0.05
 @dataclass
 class Rows:
     """Rows of a batch that hold consecutive frames of ``unit`` (``captured``: a live source's
-    wall-clock arrival times, else None; ``size``: the frames' (width, height))."""
+    wall-clock capture times, else None; ``size``: the frames' (width, height))."""
 
     unit: Unit
     indices: list[int]

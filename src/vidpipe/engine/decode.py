@@ -58,6 +58,35 @@ READY_BYTES = 128 << 20  # decoded frames not yet taken by the consumer, about a
 BURST = 0.5  # of a frame period: a live frame replaced sooner after it came was dropped in a burst
 
 
+class StreamClock:
+    """When a stream's frames were captured, from their timestamps (s) and when they were decoded.
+
+    The frame decoded soonest after its timestamp sets the clock (``offset``: wall time minus stream
+    time, the least seen), so a reader that falls behind the camera shows it as latency rather than
+    stamping late frames as new. The offset may rise by ``DRIFT`` a second (a camera clock slower than
+    ours) and starts again on a jump of ``JUMP_S`` or on a reconnect (:meth:`reset`)."""
+
+    DRIFT = 1e-3  # s/s: camera clocks are good to ~100 ppm; a lagging reader hides at most 1 ms a second
+    JUMP_S = 5.0  # a timestamp discontinuity (a camera restarting its clock), not lag
+
+    def __init__(self) -> None:
+        self.offset: float | None = None
+        self._at = 0.0
+
+    def reset(self) -> None:
+        self.offset = None
+
+    def stamp(self, times: list[float], now: float) -> list[float]:
+        """Capture times (``time.time()`` scale) of frames with stream ``times``, the last decoded at ``now``."""
+        seen = now - times[-1]
+        if self.offset is None or abs(seen - self.offset) > self.JUMP_S:
+            self.offset = seen
+        else:
+            self.offset = min(seen, self.offset + self.DRIFT * (now - self._at))
+        self._at = now
+        return [self.offset + t for t in times]
+
+
 class _Stopped(BaseException):
     """The producer is closing: a worker waiting for room gives up (not a decoding error)."""
 
@@ -233,6 +262,7 @@ class FrameProducer:
         on (until ``max_frames``); with ``realtime`` each handed over no earlier than its time."""
         admit = self._admit if self.threaded and not self._keeps_newest(unit.path) else None
         offset_frames, offset_time, clock0 = 0, 0.0, None
+        clock, reconnections = StreamClock(), 0
         looping = self.loop and not is_stream_url(unit.path)
         while True:
             n, last = 0, 0.0
@@ -248,7 +278,10 @@ class FrameProducer:
                         batch.indices = [i + offset_frames for i in batch.indices]
                         batch.times = [t + offset_time for t in batch.times]
                     if is_stream_url(unit.path):
-                        batch.captured = [time.time()] * len(batch)
+                        if getattr(src, "reconnections", 0) != reconnections:  # a new connection, a new clock
+                            clock.reset()
+                            reconnections = src.reconnections
+                        batch.captured = clock.stamp(batch.times, time.time())
                     elif self.realtime:  # captured when the camera would have: a frame handed over late shows its lag
                         clock0 = clock0 if clock0 is not None else time.time() - batch.times[0]
                         batch.captured = [clock0 + t for t in batch.times]

@@ -104,7 +104,7 @@ class BatchResult:
     row: int = 0
     text: str | Future | None = None  # formatted as soon as it landed, ahead of its turn (see write.Writer)
     classes: Classes = SSD300_CLASSES  # names the class ids
-    captured: list[float] | None = None  # a live source's frames: wall-clock arrival (time.time())
+    captured: list[float] | None = None  # a live source's frames: wall-clock capture (time.time())
     # With annotated video: these frames' pixels (uint8 [n, 3, H, W] on the device, ready once
     # ``pixels_ready`` has completed), held until written, counted in the run's FrameBudget.
     pixels: torch.Tensor | None = None
