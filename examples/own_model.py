@@ -29,5 +29,12 @@ detector = vidpipe.Detector(vidpipe.Config(), model=family)
 for r in vidpipe.detect(sys.argv[1], detector):
     print(r.frame, r.class_names, r.boxes.round().tolist())
 
-# The same model by name, for Config(model="mine") and the command line's --model mine:
-register_model("mine", lambda config: BoxesFamily(MyDetector(), classes=["person", "car"]))
+
+
+# The same model by name, for Config(model="mine"); a module-level function (not a lambda) also
+# reaches the worker processes of runs over several processes or GPUs.
+def build_mine(config):
+    return BoxesFamily(MyDetector(), classes=["person", "car"])
+
+
+register_model("mine", build_mine)

@@ -14,6 +14,8 @@ import torch
 import vidpipe
 from vidpipe import Config, Detector
 from vidpipe.engine import run
+from vidpipe import models
+from vidpipe.errors import VidpipeError
 from vidpipe.models import register_model
 from vidpipe.models.boxes import BoxesFamily
 from vidpipe.sinks import open_sink
@@ -76,7 +78,17 @@ def test_a_users_module_runs_through_the_engine(tmp_path, device):
         np.testing.assert_allclose(r.scores, scores, rtol=1e-3)
 
 
-def test_a_registered_name_builds_it_and_the_sinks_name_its_classes(tmp_path):
+@pytest.fixture
+def registry(monkeypatch):
+    """Registrations made by a test end with it."""
+    monkeypatch.setattr(models, "_BUILDERS", list(models._BUILDERS))
+
+
+def built(cfg: Config) -> BoxesFamily:  # a module-level builder: worker processes can import it
+    return family()
+
+
+def test_a_registered_name_builds_it_and_the_sinks_name_its_classes(tmp_path, registry):
     register_model("brightness-test", lambda cfg: family())
     clip = make_clip(tmp_path / "c.mp4", frames=5, width=96, height=80)
     det = Detector(Config(model="brightness-test", device="cpu", batch_size=4))
@@ -86,6 +98,31 @@ def test_a_registered_name_builds_it_and_the_sinks_name_its_classes(tmp_path):
     assert report.frames == 5 and [x["frame"] for x in lines] == list(range(5))
     assert all(d["class_name"] == ["cat", "dog", "bird"][d["class_id"]] for x in lines for d in x["detections"])
     assert all(x["detections"] and x["detections"][0]["class_id"] == 2 for x in lines)
+
+
+def test_a_registered_model_runs_in_worker_processes(tmp_path, registry):
+    """Two CPU worker processes share a file's parts, each building the model by the name
+    registered in this process: its detections, not SSD300's."""
+    from vidpipe.scale import parse_devices, run_processes
+
+    register_model("brightness-procs", built)
+    clip = make_clip(tmp_path / "c.mp4", frames=24, width=96, height=80, bframes=False)
+    out = tmp_path / "o.jsonl"
+    report = run_processes(Config(model="brightness-procs", batch_size=4), {str(clip): out}, "jsonl",
+                           parse_devices("cpu") * 2, split_frames=8)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert not report.failed and [x["frame"] for x in lines] == list(range(24))
+    assert all(x["detections"] and x["detections"][0]["class_name"] == "bird" for x in lines)  # the module's label 2
+
+
+def test_a_lambda_registration_over_processes_is_one_line(tmp_path, registry):
+    from vidpipe.scale import parse_devices, run_processes
+
+    register_model("brightness-lambda", lambda cfg: family())
+    clip = make_clip(tmp_path / "c.mp4", frames=4, width=96, height=80)
+    with pytest.raises(VidpipeError, match="a registered model cannot reach worker processes .* not a lambda"):
+        run_processes(Config(model="brightness-lambda"), {str(clip): tmp_path / "o.jsonl"}, "jsonl",
+                      parse_devices("cpu") * 2)
 
 
 def test_bad_settings_are_value_errors():

@@ -18,7 +18,6 @@ import multiprocessing as mp
 import os
 import pickle
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from .environ import as_child, child_environ
 from .errors import VidpipeError
 from .sinks import INCOMPLETE, concat_outputs
 from .inputs import is_stream_url, log_to_stderr
+from .models import Registration, registrations, replay
 from .sources import scan_packets
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,23 @@ def parse_devices(spec: str) -> list[Assignment]:
 def start_worker(ctx, assignment: Assignment, target: Callable, args: tuple) -> BaseProcess:
     """Start ``target(*args)`` in a new process whose environment names only ``assignment``'s GPU
     from its first instruction, before any import could start CUDA (CUDA reads
-    ``CUDA_VISIBLE_DEVICES`` once, when it starts)."""
-    proc = ctx.Process(target=target, args=args, daemon=True)
+    ``CUDA_VISIBLE_DEVICES`` once, when it starts), with the models registered in this process."""
+    proc = ctx.Process(target=_with_models, args=(registrations(), target, args), daemon=True)
     with child_environ({"CUDA_VISIBLE_DEVICES": assignment.visible}):
-        proc.start()
+        try:
+            proc.start()
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            if registrations():
+                raise VidpipeError(f"a registered model cannot reach worker processes ({e}): register a "
+                                   "module-level function, not a lambda, or run one process "
+                                   "(--procs-per-device 1)") from None
+            raise
     return proc
+
+
+def _with_models(registered: list[Registration], target: Callable, args: tuple) -> None:
+    replay(registered)
+    target(*args)
 
 
 def frames_reporter(results, worker: int, device: torch.device) -> Callable[[int], None]:
@@ -415,9 +427,10 @@ def run_ray(config: Config, targets: dict[str, Path], fmt: str, address: str | N
 
     @ray.remote(max_restarts=2, max_task_retries=2)
     class DetectActor:
-        def __init__(self, cfg: dict) -> None:
+        def __init__(self, cfg: dict, registered: list[Registration]) -> None:
             from .detector import Detector
 
+            replay(registered)
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.det = Detector(Config(**{**cfg, "device": device}))
 
@@ -426,10 +439,10 @@ def run_ray(config: Config, targets: dict[str, Path], fmt: str, address: str | N
 
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
     if gpus:
-        actors = [DetectActor.options(num_gpus=1).remote(cfg) for _ in range(gpus)]
+        actors = [DetectActor.options(num_gpus=1).remote(cfg, registrations()) for _ in range(gpus)]
     else:
         slots = max(1, min(len(targets), int(ray.cluster_resources().get("CPU", 1)) // 2))
-        actors = [DetectActor.options(num_cpus=1).remote(cfg) for _ in range(slots)]
+        actors = [DetectActor.options(num_cpus=1).remote(cfg, registrations()) for _ in range(slots)]
     pool = ActorPool(actors)
     report = RunReport()
     items = list(targets.items())

@@ -57,14 +57,37 @@ class ModelFamily(Protocol):
 
 
 Builder = Callable[["Config"], ModelFamily]
-_BUILDERS: list[tuple[Callable[[str], bool], Builder]] = []
+Registration = tuple[Callable[[str], bool], Builder]
+_BUILDERS: list[Registration] = []
+
+
+class _Named:
+    """``matches`` given as a name (picklable, so a registration reaches worker processes)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, model: str) -> bool:
+        return model == self.name
 
 
 def register_model(matches: str | Callable[[str], bool], builder: Builder) -> None:
     """Make ``--model NAME`` (``Config.model``) build a family: ``matches`` is a name, or a test on
-    the name; ``builder(config)`` returns the :class:`ModelFamily`. Later registrations win."""
-    test = matches if callable(matches) else (lambda name, m=matches: name == m)
-    _BUILDERS.insert(0, (test, builder))
+    the name; ``builder(config)`` returns the :class:`ModelFamily`. Later registrations win. Runs over
+    worker processes (``--procs-per-device``, ``--devices``) take the registrations with them: there
+    ``matches`` and ``builder`` must be picklable (a module-level function, not a lambda)."""
+    _BUILDERS.insert(0, (matches if callable(matches) else _Named(matches), builder))
+
+
+def registrations() -> list[Registration]:
+    """The registrations made after vidpipe's own, earliest first (what a worker process replays)."""
+    return _BUILDERS[:len(_BUILDERS) - _BUILT_IN][::-1]
+
+
+def replay(registered: list[Registration]) -> None:
+    """Register in this process what :func:`registrations` returned in another."""
+    for matches, builder in registered:
+        register_model(matches, builder)
 
 
 def build_family(config: Config) -> ModelFamily:
@@ -116,3 +139,4 @@ def _torchvision(config: Config) -> ModelFamily:
 register_model(lambda name: name.lower().endswith((".pt", ".pth", ".yaml", ".yml")), _yolo)
 register_model(lambda name: name.startswith("torchvision:"), _torchvision)
 register_model("ssd300", _ssd300)
+_BUILT_IN = len(_BUILDERS)
