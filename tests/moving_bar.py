@@ -36,4 +36,8 @@ class Bar(torch.nn.Module):
         return boxes, torch.full((n, 1), 0.9, device=x.device), torch.zeros((n, 1), dtype=torch.long, device=x.device)
 
 
-register_model("bar", lambda config: BoxesFamily(Bar(), ["bar"]))
+def bar_family(config) -> BoxesFamily:  # module-level: worker processes build it by name too
+    return BoxesFamily(Bar(), ["bar"])
+
+
+register_model("bar", bar_family)

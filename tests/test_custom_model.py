@@ -120,7 +120,7 @@ def test_a_lambda_registration_over_processes_is_one_line(tmp_path, registry):
 
     register_model("brightness-lambda", lambda cfg: family())
     clip = make_clip(tmp_path / "c.mp4", frames=4, width=96, height=80)
-    with pytest.raises(VidpipeError, match="a registered model cannot reach worker processes .* not a lambda"):
+    with pytest.raises(VidpipeError, match="--model brightness-lambda: its registration cannot reach worker processes .* not a lambda"):
         run_processes(Config(model="brightness-lambda"), {str(clip): tmp_path / "o.jsonl"}, "jsonl",
                       parse_devices("cpu") * 2)
 

@@ -79,7 +79,8 @@ def run_live_processes(config: Config, sources: LiveSources, fmt: str, target_fo
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
     relay = None if monitor is None else (monitor.detections, monitor.previews, 1 / len(workers))
     inbox.started([start_worker(ctx, d, _live_worker, (i, d.device, cfg, fmt, controls[i], inbox.pipes[i][1],
-                                                       os.getpid(), relay)) for i, d in enumerate(workers)])
+                                                       os.getpid(), relay), config.model)
+                   for i, d in enumerate(workers)])
     dispatch = _Dispatch(sources, controls, target_for)
     thread = threading.Thread(target=dispatch.run, name="vidpipe-live-dispatch", daemon=True)
     thread.start()

@@ -120,18 +120,20 @@ def parse_devices(spec: str) -> list[Assignment]:
     return out
 
 
-def start_worker(ctx, assignment: Assignment, target: Callable, args: tuple) -> BaseProcess:
+def start_worker(ctx, assignment: Assignment, target: Callable, args: tuple, model: str) -> BaseProcess:
     """Start ``target(*args)`` in a new process whose environment names only ``assignment``'s GPU
     from its first instruction, before any import could start CUDA (CUDA reads
-    ``CUDA_VISIBLE_DEVICES`` once, when it starts), with the models registered in this process."""
-    proc = ctx.Process(target=_with_models, args=(registrations(), target, args), daemon=True)
+    ``CUDA_VISIBLE_DEVICES`` once, when it starts), knowing ``model`` as this process does (a model
+    registered here is registered there)."""
+    registered = registrations(model)
+    proc = ctx.Process(target=_with_models, args=(registered, target, args), daemon=True)
     with child_environ({"CUDA_VISIBLE_DEVICES": assignment.visible}):
         try:
             proc.start()
         except (pickle.PicklingError, AttributeError, TypeError) as e:
-            if registrations():
-                raise VidpipeError(f"a registered model cannot reach worker processes ({e}): register a "
-                                   "module-level function, not a lambda, or run one process "
+            if registered:
+                raise VidpipeError(f"--model {model}: its registration cannot reach worker processes ({e}): "
+                                   "register a module-level function, not a lambda, or run one process "
                                    "(--procs-per-device 1)") from None
             raise
     return proc
@@ -360,7 +362,8 @@ def run_processes(config: Config, targets: dict[str, Path], fmt: str, devices: l
     report, finished = RunReport(), set()
     queues, inbox = [ctx.Queue() for _ in workers], Inbox(ctx, workers, report, on_frames, on_message)
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
-    inbox.started([start_worker(ctx, d, _worker, (i, d.device, cfg, fmt, queues[i], inbox.pipes[i][1], os.getpid()))
+    inbox.started([start_worker(ctx, d, _worker, (i, d.device, cfg, fmt, queues[i], inbox.pipes[i][1], os.getpid()),
+                                config.model)
                    for i, d in enumerate(workers)])
     running: dict[int, tuple] = {}  # worker -> the task it runs, until its outcome came
     pending: dict[str, list[tuple[int, VideoEnd, str]]] = {}
@@ -439,10 +442,10 @@ def run_ray(config: Config, targets: dict[str, Path], fmt: str, address: str | N
 
     cfg = {k: v for k, v in config.asdict().items() if k != "device"}
     if gpus:
-        actors = [DetectActor.options(num_gpus=1).remote(cfg, registrations()) for _ in range(gpus)]
+        actors = [DetectActor.options(num_gpus=1).remote(cfg, registrations(config.model)) for _ in range(gpus)]
     else:
         slots = max(1, min(len(targets), int(ray.cluster_resources().get("CPU", 1)) // 2))
-        actors = [DetectActor.options(num_cpus=1).remote(cfg, registrations()) for _ in range(slots)]
+        actors = [DetectActor.options(num_cpus=1).remote(cfg, registrations(config.model)) for _ in range(slots)]
     pool = ActorPool(actors)
     report = RunReport()
     items = list(targets.items())

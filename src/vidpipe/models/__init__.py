@@ -79,9 +79,13 @@ def register_model(matches: str | Callable[[str], bool], builder: Builder) -> No
     _BUILDERS.insert(0, (matches if callable(matches) else _Named(matches), builder))
 
 
-def registrations() -> list[Registration]:
-    """The registrations made after vidpipe's own, earliest first (what a worker process replays)."""
-    return _BUILDERS[:len(_BUILDERS) - _BUILT_IN][::-1]
+def registrations(model: str) -> list[Registration]:
+    """What a worker process must replay to build ``model`` as this process would: the registration
+    made after vidpipe's own that matches it, if any."""
+    for i, (matches, builder) in enumerate(_BUILDERS):
+        if matches(model):
+            return [(matches, builder)] if i < len(_BUILDERS) - _BUILT_IN else []
+    return []
 
 
 def replay(registered: list[Registration]) -> None:
