@@ -38,9 +38,9 @@ from .scale import Assignment, Inbox, Sender, frames_reporter, start_worker
 log = logging.getLogger(__name__)
 
 # Live sources one engine process takes on (--procs-per-device auto): its Python, on one GIL, is what
-# limits a process, and the slowest machine counts: on an H100 one process of 16 1080p30 cameras ran
-# 29.2 frames/s the slowest, under a camera's 29.5 (vidpipe bench --suite live --live-cameras http), so
-# auto plans below that count.
+# limits a process, and the slowest machine counts: on an H100 one process held 16 1080p30 cameras at
+# 29.8 frames/s the slowest, just over a camera's 29.5, and not 32 (vidpipe bench --suite live
+# --live-cameras http), so auto plans below 16.
 CAMERAS_PER_PROCESS = 12
 CORES_PER_PROCESS = 4  # an engine process with its decode threads and formatting keeps ~2-3 cores busy
 
