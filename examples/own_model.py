@@ -30,7 +30,6 @@ for r in vidpipe.detect(sys.argv[1], detector):
     print(r.frame, r.class_names, r.boxes.round().tolist())
 
 
-
 # The same model by name, for Config(model="mine"); a module-level function (not a lambda) also
 # reaches the worker processes of runs over several processes or GPUs.
 def build_mine(config):

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import vidpipe
-from vidpipe import Config, Detector
+from vidpipe import Config, Detector, models
 from vidpipe.engine import run
-from vidpipe import models
 from vidpipe.errors import VidpipeError
 from vidpipe.models import register_model
 from vidpipe.models.boxes import BoxesFamily

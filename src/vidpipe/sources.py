@@ -65,9 +65,9 @@ class VideoInfo:
 class FrameBatch:
     """``frames``: ``Tensor[N, 3, H, W]`` uint8 RGB; ``indices``/``times``: N ints / N floats (s);
     ``captured``: for live sources (streams, ``--realtime`` files), the wall-clock time (``time.time()``)
-    each frame was captured (a stream's from its timestamps), else None. ``stream``: the CUDA stream whose queued work writes ``frames``,
-    which a reader on another stream must wait for; None when they are written by the time they are handed
-    over."""
+    each frame was captured (a stream's from its timestamps), else None. ``stream``: the CUDA stream
+    whose queued work writes ``frames``, which a reader on another stream must wait for; None when they
+    are written by the time they are handed over."""
 
     video: str
     frames: torch.Tensor
