@@ -75,3 +75,47 @@ def test_writer_only_writes_the_load_it_is_given(tmp_path):
     assert [x["frame"] for x in lines] == list(range(100))
     assert {len(x["detections"]) for x in lines} == {37}
     assert all(0 <= d["box"][0] < d["box"][2] <= 1920 for x in lines for d in x["detections"])
+
+
+def test_thread_stacks_tell_a_busy_thread_from_a_waiting_one():
+    """ThreadStacks (behind --live-profile): a thread computing is found in its function with about a
+    core busy; threads sleeping are found where they sleep, with no CPU."""
+    import threading
+    import time
+
+    from vidpipe.profiling import ThreadStacks
+
+    stop = threading.Event()
+
+    def spinning():
+        while not stop.is_set():
+            sum(range(1000))
+
+    def napping():
+        while not stop.is_set():
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=spinning, name="spin-1"), threading.Thread(target=napping, name="nap-1"),
+               threading.Thread(target=napping, name="nap-2")]
+    for t in threads:
+        t.start()
+    try:
+        with ThreadStacks() as stacks:
+            time.sleep(1.0)
+    finally:
+        stop.set()
+    lines = {line.split(" (")[0]: line for line in stacks.describe()}
+    assert re.search(r"spin \(1 threads, 0\.[4-9]\d cores\): (9\d|100)% test_bench.py spinning", lines["spin"]), lines
+    assert re.search(r"nap \(2 threads, 0\.0\d cores\): 1\d\d% test_bench.py napping", lines["nap"]), lines
+
+
+def test_live_suite_profiles_its_threads_when_asked(tmp_path):
+    """--live-profile: under the live table, where the run's threads were (its decode threads among them)."""
+    clip = make_clip(tmp_path / "clip.mp4", frames=30, width=64, height=48)
+    results = tmp_path / "results.md"
+    r = subprocess.run([sys.executable, "-m", "vidpipe.cli", "bench", "--suite", "live", str(clip), "--weights",
+                        "random", "--device", "cpu", "--live-streams", "1", "--live-seconds", "2", "--live-profile",
+                        "--batch-size", "1", "--results", str(results)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    note = next(line for line in results.read_text().splitlines() if line.startswith("Threads, 1 streams"))
+    assert re.search(r"vidpipe-decode \(\d+ threads, [\d.]+ cores\): \d+% engine/decode.py:\d+ ", note), note

@@ -789,10 +789,10 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
     from .cameras import CameraServer
 
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-live-"))
-    rows, device = [], None
+    rows, profiles, device = [], [], None
     for video in bench_inputs(a, tmp):
         with CameraServer(video) if a.live_cameras == "http" else nullcontext() as server:
-            device = _live_counts(a, cfg, video, tmp, server, rows) or device
+            device = _live_counts(a, cfg, video, tmp, server, rows, profiles) or device
     header = ["input", "cameras", "size", "streams", "processes", "published", "frames/s offered",
               "per-stream frames/s (min / median)",
               "latency p50 / p99 ms", "dropped: steady / whole run", "NVDEC util (median)", "GPU util (median)",
@@ -818,15 +818,16 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
            f"Processes: engines on the GPU, each batching its own share of the streams (--procs-per-device); "
            f"one process captures its graphs before the streams start, several in their streams' first seconds. "
            "Camera server late: how long after its time the server sent a packet, 99th percentile over the run "
-           "(http cameras; a late server, not vidpipe, would hold the streams back)."],
+           "(http cameras; a late server, not vidpipe, would hold the streams back)."] + profiles,
           device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, server,
-                 rows: list[list[str]]) -> torch.device | None:
+                 rows: list[list[str]], profiles: list[str]) -> torch.device | None:
     """``bench_live`` for one input (``server``: its camera server, None for ``--live-cameras file``):
-    a row for each K until one does not hold; the device used."""
-    from .profiling import GpuUtilization
+    a row for each K until one does not hold, and with ``--live-profile`` where the threads of each
+    one-process count were (``profiles``); the device used."""
+    from .profiling import GpuUtilization, ThreadStacks
 
     from .cli import _Service
     from .livescale import processes_for
@@ -865,7 +866,12 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
                     paths.append(next(outs))
                     return JsonlSink(paths[-1], v.path, v.width, v.height, det.classes)
 
-                report = run(det, cams, sink, monitor=service.monitor)
+                with ThreadStacks() if a.live_profile else nullcontext() as stacks:
+                    report = run(det, cams, sink, monitor=service.monitor)
+                if stacks is not None:
+                    profiles.append(f"Threads, {k} streams in one process (--live-profile; the whole run, "
+                                    "sampled every 5 ms): " + " | ".join(stacks.describe()))
+                    print(profiles[-1], flush=True)
         if report.failed:
             raise RuntimeError(report.failed[0].error)
         fig = _live_figures(paths, info.fps)

@@ -293,6 +293,9 @@ def _add_bench_parser(sub) -> None:
     b.add_argument("--procs-per-device", type=_procs, default=1, metavar="N|auto",
                    help="--suite live: spread the streams over N processes on the GPU (default 1; auto: as "
                         "detect picks them for each number of streams)")
+    b.add_argument("--live-profile", action="store_true",
+                   help="--suite live: where each thread group of a one-process run spends its time (places "
+                        "sampled every 5 ms, cores busy), printed under the table")
     b.add_argument("--live-cameras", choices=["file", "http"], default="file",
                    help="--suite live: the stand-in cameras: file: the input read at its frame rate "
                         "(--realtime --loop; NVDEC's file decoder); http: the input served over loopback "
