@@ -171,6 +171,7 @@ class ThreadStacks(_Sampler):
         self.interval = interval
         self.places: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.threads: defaultdict[str, set[int]] = defaultdict(set)
+        self._groups: dict[int, str | None] = {}  # thread ident -> its group (None: the measurement's own)
         self._cpu0: dict[int, tuple[str, float]] = {}  # native id -> (group, CPU seconds when first seen)
         self.cpu: Counter[str] = Counter()  # group -> CPU seconds inside the with
         self.elapsed = 0.0
@@ -180,16 +181,26 @@ class ThreadStacks(_Sampler):
         return super().__enter__()
 
     def _tick(self) -> None:
+        frames = sys._current_frames()
+        if frames.keys() - self._groups.keys():  # threads not seen before: named once, not every sample
+            self._meet(frames.keys() - self._groups.keys())
+        for ident, frame in frames.items():
+            if (group := self._groups.get(ident)) is not None:
+                self.places[group][_place(frame)] += 1
+
+    def _meet(self, idents: set[int]) -> None:
+        """New threads' groups, and their CPU time so far."""
         threads = {t.ident: t for t in threading.enumerate()}
-        for ident, frame in sys._current_frames().items():
+        for ident in idents:
             thread = threads.get(ident)
-            if thread is None or thread.name.startswith("vidpipe-sampler-"):  # the measurement's own
+            if thread is None:  # not a Python thread, or already gone: looked up again if sampled again
                 continue
-            group = re.sub(r"[-_]?\d+$", "", thread.name)
-            self.places[group][_place(frame)] += 1
-            self.threads[group].add(ident)
-            if thread.native_id is not None and thread.native_id not in self._cpu0:
-                self._cpu0[thread.native_id] = (group, _thread_cpu(thread.native_id) or 0.0)
+            group = None if thread.name.startswith("vidpipe-sampler-") else re.sub(r"[-_]?\d+$", "", thread.name)
+            self._groups[ident] = group
+            if group is not None:
+                self.threads[group].add(ident)
+                if thread.native_id is not None:
+                    self._cpu0[thread.native_id] = (group, _thread_cpu(thread.native_id) or 0.0)
 
     def __exit__(self, *exc) -> None:
         super().__exit__(*exc)

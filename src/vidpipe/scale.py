@@ -440,12 +440,12 @@ def run_ray(config: Config, targets: dict[str, Path], fmt: str, address: str | N
         def detect(self, path: str, target: str) -> list[dict]:
             return [asdict(e) for e in _detect_file(self.det, path, target, fmt)]
 
-    cfg = {k: v for k, v in config.asdict().items() if k != "device"}
+    cfg, registered = {k: v for k, v in config.asdict().items() if k != "device"}, registrations(config.model)
     if gpus:
-        actors = [DetectActor.options(num_gpus=1).remote(cfg, registrations(config.model)) for _ in range(gpus)]
+        actors = [DetectActor.options(num_gpus=1).remote(cfg, registered) for _ in range(gpus)]
     else:
         slots = max(1, min(len(targets), int(ray.cluster_resources().get("CPU", 1)) // 2))
-        actors = [DetectActor.options(num_cpus=1).remote(cfg, registrations(config.model)) for _ in range(slots)]
+        actors = [DetectActor.options(num_cpus=1).remote(cfg, registered) for _ in range(slots)]
     pool = ActorPool(actors)
     report = RunReport()
     items = list(targets.items())
