@@ -470,6 +470,35 @@ def test_infer_while_a_batch_fills_the_graph_input(random_model):
         assert torch.equal(x.cpu(), y)
 
 
+@pytest.mark.cuda
+def test_short_batches_run_on_the_smallest_captured_tier(random_model):
+    """Live runs' batches (``short``) run on the smallest captured tier that holds them: that tier's
+    network computed that many rows, and its detections are a full batch's to fp16 rounding."""
+    det = Detector(Config(weights="random", device="cuda", precision="fp16", compile="off", batch_size=16,
+                          kernels="triton"), model=random_model)
+    rng = np.random.default_rng()
+    frames = torch.from_numpy(rng.integers(0, 256, (16, 3, 96, 128), dtype=np.uint8)).cuda()
+    full = det.infer(frames)
+    tiers = [2, 4, 6, 8, 12, 16]  # TIERS of a batch of 16, and the batch
+    for n in sorted(rng.choice(np.arange(1, 17), 6, replace=False)):
+        batch = det.batch(96, 128, short=True)
+        batch.add(frames[:n])
+        host, event = det.submit(batch)
+        event.synchronize()
+        tier = min(k for k in tiers if k >= n)
+        assert sorted(batch.graph.pairs[0]) == tiers and batch.graph.tier(n) == tier
+        assert all(t.shape[0] == tier for t in batch.graph.pairs[0][tier][2].astuple())
+        assert int(host.counts.sum()) > 0
+        for i in range(n):  # the full batch's boxes (order may differ where fp16 ties scores)
+            ours, theirs = host.boxes[i, :int(host.counts[i])], full.boxes[i, :int(full.counts[i])].cpu()
+            assert abs(len(ours) - len(theirs)) <= max(1, len(theirs) // 20)
+            if len(ours) and len(theirs):
+                matched = (torch.cdist(ours, theirs, p=float("inf")).min(1).values < 1.0).float().mean()
+                assert matched >= 0.95
+    assert det.batch(96, 128).graph.tiers == [16]  # files: the full batch only
+    random_model.cpu().float()
+
+
 @pytest.mark.nvdec
 def test_cuda_graphs_match_eager(shared_clip, random_model):
     base = dict(weights="random", device="cuda", precision="fp16", batch_size=64, max_frames=300, kernels="triton")

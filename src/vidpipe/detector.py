@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # How often a run on torch ops looks for the kernels a background process compiles: one stat() a
 # second, against a compile of ~20 s.
 KERNELS_POLL_S = 1.0
+# Fractions of the batch size captured beside the full batch for live runs, whose batches mostly go
+# out short: a padded row costs as much as a frame, and a batch here pads by at most half its frames.
+TIERS = (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4)
 
 @dataclass
 class FrameResult:
@@ -146,7 +149,7 @@ class Detector:
         # One thread, so eager post-processing (a family whose post-processing cannot be captured)
         # runs in batch order beside the next batch's model.
         self.post_thread = ThreadPoolExecutor(1, thread_name_prefix="vidpipe-post") if self.cuda_graphs else None
-        self._graphs: OrderedDict[tuple[int, int, int], CudaGraphs] = OrderedDict()
+        self._graphs: OrderedDict[tuple[int, int, int, bool], CudaGraphs] = OrderedDict()
 
     @property
     def classes(self) -> Classes:
@@ -163,22 +166,26 @@ class Detector:
         return self._run([frames], host=False)[0]
 
     @torch.inference_mode()
-    def batch(self, h: int, w: int) -> Batch:
+    def batch(self, h: int, w: int, short: bool = False) -> Batch:
         """An empty batch for frames of ``h x w``: :meth:`Batch.add` frames, then :meth:`submit` it.
         One open batch per frame size at a time (with CUDA graphs it fills the graph's input; a
-        batch left unsubmitted is overwritten by the next)."""
-        graph = self.prepare(h, w)
+        batch left unsubmitted is overwritten by the next). ``short``: see :meth:`prepare`."""
+        graph = self.prepare(h, w, short)
         return Batch(self.batch_size, None if graph is EAGER else graph)
 
     @torch.inference_mode()
-    def prepare(self, h: int, w: int) -> CudaGraphs | object:
+    def prepare(self, h: int, w: int, short: bool = False) -> CudaGraphs | object:
         """The CUDA graphs for frames of ``h x w`` at the current batch size, captured now if they
         were not (``EAGER``: none: a CPU, graphs off, or a capture that failed). A run calls it for its
-        first input's size while its decoders start, so the capture does not wait for the first frames."""
+        first input's size while its decoders start, so the capture does not wait for the first frames.
+        ``short``: batches mostly go out short (live sources), so graphs are captured for ``TIERS`` of the
+        batch too and a batch runs on the smallest that holds it: many cameras over several processes
+        cost the GPU their frames rather than a full batch each time a process's frames waited
+        ``MAX_WAIT``. A frame's detections then follow its tier's kernels (equal to fp16 rounding)."""
         if not self.cuda_graphs:
             return EAGER
         try:
-            return self._graph(h, w)
+            return self._graph(h, w, short)
         except torch.cuda.OutOfMemoryError:
             return EAGER  # submit() meets it again and retries in smaller batches
 
@@ -271,12 +278,12 @@ class Detector:
                 g.drain()
         self._graphs.clear()
 
-    def _graph(self, h: int, w: int) -> CudaGraphs | object:
+    def _graph(self, h: int, w: int, short: bool = False) -> CudaGraphs | object:
         self._kernels_for(h, w)
-        key = (self.batch_size, h, w)
+        key = (self.batch_size, h, w, short)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._graphs[key] = self._capture(h, w)
+            graph = self._graphs[key] = self._capture(h, w, short)
             while len(self._graphs) > MAX_GRAPHS:  # each holds its activations; keep the recent sizes
                 _, old = self._graphs.popitem(last=False)
                 if old is not EAGER:
@@ -284,13 +291,14 @@ class Detector:
         self._graphs.move_to_end(key)
         return graph
 
-    def _capture(self, h: int, w: int) -> CudaGraphs | object:
+    def _capture(self, h: int, w: int, short: bool = False) -> CudaGraphs | object:
         frames = torch.zeros(self.batch_size, 3, h, w, dtype=torch.uint8, device=self.device)
+        tiers = tuple(round(self.batch_size * f) for f in TIERS) if short else ()
         chain = Chain(self._model, self._post, self.family.graph_postprocess, self.family.max_detections,
                       self.post_stream, self.post_thread, self.runtime.gate)
         for _ in range(3):
             try:
-                return CudaGraphs(chain, frames)
+                return CudaGraphs(chain, frames, tiers)
             except RuntimeError as e:  # e.g. a capture invalidated by another thread's CUDA call
                 error = e
         log.warning("CUDA graph capture failed at %dx%d (%s); launching kernels one by one instead",
@@ -301,18 +309,19 @@ class Detector:
         _, _, h, w = frames.shape
         return self._post(self._model(frames), h, w)
 
-    def _model(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _model(self, frames: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, ...]:
+        """The network's outputs for ``frames``, run as a batch of ``rows`` (default: the batch size)."""
         if self._triton_key is not None:
             self._triton_key.join()
             self._triton_key = None
-        n = frames.shape[0]
+        n, rows = frames.shape[0], rows or self.batch_size
         with nvtx_range("preprocess"):
             x = self.family.preprocess(frames, self.dtype, self.channels_last)
             # On GPUs every batch runs at the full size: compiled code and captured graphs need fixed
             # shapes, and a frame's detections must not depend on how many frames share its batch
             # (cuDNN picks kernels by batch size, and fp16 rounding follows).
-            if self.device.type != "cpu" and n < self.batch_size:
-                x = torch.cat([x, x.new_zeros(self.batch_size - n, *x.shape[1:])])
+            if self.device.type != "cpu" and n < rows:
+                x = torch.cat([x, x.new_zeros(rows - n, *x.shape[1:])])
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
         with nvtx_range("inference"):

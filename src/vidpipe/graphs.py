@@ -28,10 +28,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Chain:
-    """What a detector's graphs capture and replay: ``model(frames) -> outputs`` (preprocess and
-    network, the batch padded to its full size) and ``post(outputs, h, w) -> Detections``."""
+    """What a detector's graphs capture and replay: ``model(frames, rows) -> outputs`` (preprocess and
+    network, the batch padded to ``rows``) and ``post(outputs, h, w) -> Detections``."""
 
-    model: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+    model: Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]]
     post: Callable[[tuple[torch.Tensor, ...], int, int], Detections]
     graph_postprocess: bool  # post may be captured (static shapes, no host reads)
     max_detections: int
@@ -53,7 +53,7 @@ class CudaGraphs:
     they only cost compute. A family whose post-processing cannot be captured (data-dependent
     shapes, host reads) runs it eagerly on the same stream, on the pair's static model outputs."""
 
-    def __init__(self, chain: Chain, frames: torch.Tensor) -> None:
+    def __init__(self, chain: Chain, frames: torch.Tensor, tiers: tuple[int, ...] = ()) -> None:
         self.frames = frames
         self.post = chain.post_stream
         self.post_eager = None if chain.graph_postprocess else chain.post
@@ -65,39 +65,51 @@ class CudaGraphs:
         current = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
         side.wait_stream(current)
+        # The full batch first: the smaller tiers' captures reuse the memory its activations freed.
+        self.tiers = sorted({frames.shape[0], *(k for k in tiers if 0 < k < frames.shape[0])}, reverse=True)
         with torch.cuda.stream(side):  # warm-up outside the capture: compilation, Triton, cuDNN
-            for _ in range(2):
-                chain.post(chain.model(frames), h, w)
+            for k in self.tiers:
+                for _ in range(2):
+                    chain.post(chain.model(frames[:k], k), h, w)
         current.wait_stream(side)
         stamp("warmed")
         self.size = h, w
-        # Per pair: the model's graph, the post-processing's (None: eager), and the static outputs
-        # the next step reads (the model's, or the detections).
-        self.pairs: list[tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph | None, tuple | Detections]] = []
+        # Per pair and tier: the model's graph, the post-processing's (None: eager), and the static
+        # outputs the next step reads (the model's, or the detections).
+        self.pairs: list[dict[int, tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph | None, tuple | Detections]]] = []
         # Decode threads keep running, but not through calls that would synchronise the device.
         with chain.gate.capture():
-            for _ in range(2):  # own memory pools: one pair's activations never overwrite the other's outputs
-                model = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(model, capture_error_mode="thread_local"):
-                    outputs = chain.model(frames)
-                if self.post_eager is not None:
-                    self.pairs.append((model, None, outputs))
-                    continue
-                post = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(post, capture_error_mode="thread_local"):
-                    out = chain.post(outputs, h, w)
-                self.pairs.append((model, post, out))
+            for _ in range(2):
+                # A memory pool per pair: one pair's activations never overwrite the other's outputs. A pair's
+                # graphs share it: they run one after another, and each tier's outputs stay allocated.
+                pool, graphs = torch.cuda.graph_pool_handle(), {}
+                for k in self.tiers:
+                    model = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(model, pool=pool, capture_error_mode="thread_local"):
+                        outputs = chain.model(frames[:k], k)  # the first k rows: the same memory, no copy
+                    if self.post_eager is not None:
+                        graphs[k] = (model, None, outputs)
+                        continue
+                    post = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(post, pool=pool, capture_error_mode="thread_local"):
+                        out = chain.post(outputs, h, w)
+                    graphs[k] = (model, post, out)
+                self.pairs.append(graphs)
         self.done: list[torch.cuda.Event | None] = [None, None]  # each pair's last post-processing
         self.turn = 0
         self.filling: Batch | None = None  # the batch being copied into `frames`, not yet submitted
         stamp("captured")
-        log.info("captured the detector as CUDA graphs for batch %d at %dx%d", frames.shape[0], w, h)
+        log.info("captured the detector as CUDA graphs for batch %s at %dx%d", "/".join(map(str, self.tiers)), w, h)
+
+    def tier(self, n: int) -> int:
+        """The rows a batch of ``n`` frames costs: the smallest captured batch that holds them."""
+        return min(k for k in self.tiers if k >= n)
 
     def run(self, n: int, host: bool) -> tuple[Detections, torch.cuda.Event | Deferred | None]:
-        """Detections of the first ``n`` rows of ``frames``."""
+        """Detections of the first ``n`` rows of ``frames``, on the smallest captured batch that holds them."""
         current = torch.cuda.current_stream(self.frames.device)
         turn, self.turn = self.turn, 1 - self.turn
-        model, post, static = self.pairs[turn]
+        model, post, static = self.pairs[turn][self.tier(n)]
         with nvtx_range("replay"):
             if self.pending[turn] is not None:  # its eager post-processing is enqueued (and done[turn] recorded)
                 self.pending[turn].result()

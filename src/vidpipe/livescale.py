@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # 29.8 frames/s the slowest, just over a camera's 29.5, and not 32 (vidpipe bench --suite live
 # --live-cameras http), so auto plans below 16.
 CAMERAS_PER_PROCESS = 12
-CORES_PER_PROCESS = 4  # an engine process with its decode threads and formatting keeps ~2-3 cores busy
+CORES_PER_PROCESS = 2  # an engine process with 16 cameras kept 1.1 cores busy (the same bench)
 
 
 def processes_for(cameras: int, device: str) -> int:

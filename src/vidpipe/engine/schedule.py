@@ -25,6 +25,7 @@ import torch
 from ..detector import Detector
 from ..gil import switch_interval
 from ..graphs import Batch
+from ..inputs import is_stream_url
 from ..profiling import nvtx_range
 from ..sources import VideoInfo
 from ..timeline import stamp
@@ -57,7 +58,9 @@ class Scheduler:
                                       segment_max=TRACKED_SEGMENT_FRAMES if cfg.track else SEGMENT_FRAMES,
                                       stream_decoder=cfg.stream_decoder, on_state=on_state)
         self.order = Orderer(self.producer.release, self.expected)
-        self.batcher = Batcher(detector.batch)
+        # Live frames trickle in and their batches mostly go out short: graphs for short batches too.
+        self.short = isinstance(inputs, LiveSources) or cfg.realtime or any(map(is_stream_url, inputs))
+        self.batcher = Batcher(lambda h, w: detector.batch(h, w, self.short))
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
         self.issued: deque[torch.cuda.Event] = deque()  # batches on the GPU, oldest first
         # Padding the run's batches will carry anyway (GPUs run every batch full): while the GPU
@@ -85,7 +88,7 @@ class Scheduler:
                 self.producer.start()
                 if (info := self.producer.first_info) is not None:
                     # Captured while the decoders start (NVDEC sessions, the first frames), not after.
-                    self.detector.prepare(info.height, info.width)
+                    self.detector.prepare(info.height, info.width, self.short)
                 while (items := self.producer.get_many(timeout=0.001 if self.batcher.open else None)) is not DONE:
                     admitted = []
                     self.wait_for(items)
