@@ -4,7 +4,6 @@ is one line and the right exit code, before slow work where it can be known befo
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -383,7 +382,7 @@ def test_a_cameras_credentials_appear_nowhere(tmp_path):
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://user:s3cr3t@127.0.0.1:{server.server_address[1]}/live.ts"
-    gone = f"http://user:s3cr3t@127.0.0.1:1/nothing.ts"  # refused: its error line names it
+    gone = "http://user:s3cr3t@127.0.0.1:1/nothing.ts"  # refused: its error line names it
     out = tmp_path / "out"
     r = subprocess.run([*CLI, url, gone, "-o", str(out), "--max-frames", "5", "--live-policy", "all", *COMMON,
                         "--allow-failures"], capture_output=True, text=True, timeout=240)
