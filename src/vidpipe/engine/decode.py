@@ -141,7 +141,8 @@ class FrameProducer:
         # Probes made ahead of planning (the first input's, to choose the worker count; stream URLs',
         # all at once), or why one failed. Files' probes are cached anyway; a stream URL's are not.
         self._probed: dict[str, VideoInfo | VidpipeError] = {}
-        self.first_info: VideoInfo | None = None  # the first input's, once started (threaded) and probed
+        self.first_info: VideoInfo | None = None  # the first input's, once probed (first())
+        self._first_probed = False
 
     # planning ----------------------------------------------------------------------------------
     def _planner(self) -> None:
@@ -406,7 +407,7 @@ class FrameProducer:
         if not self.threaded:
             self._serial_items = self._serial()
             return
-        info = self.first_info = self._first_info()
+        info = self.first()
         # A live input holds its worker for as long as it runs: each gets one, and the files keep theirs.
         live = sum(self._is_live(p) for p in self.inputs)
         self.workers = self.workers or default_decoders(info, self.decoder, self.device) + live
@@ -512,14 +513,16 @@ class FrameProducer:
         finally:
             self.close()
 
-    def _first_info(self) -> VideoInfo | None:
-        for path in self.inputs[:1]:
-            try:
-                self._probed[path] = probe(path)
-                return self._probed[path]
-            except VidpipeError:
-                return None
-        return None
+    def first(self) -> VideoInfo | None:
+        """The first input's info (probed once; None: no input, or one that cannot be read)."""
+        if not self._first_probed:
+            self._first_probed = True
+            for path in self.inputs[:1]:
+                try:
+                    self.first_info = self._probed[path] = probe(path)
+                except VidpipeError:
+                    pass
+        return self.first_info
 
     def close(self) -> None:
         self.stop.set()

@@ -85,9 +85,12 @@ class Scheduler:
         try:
             with (torch.cuda.stream(self.compute) if self.compute is not None else nullcontext(),
                   switch_interval(self.detector.config.gil_interval_ms / 1000)):
+                # Files: captured while the decoders start (NVDEC sessions, the first frames), not after.
+                # Cameras: before they start, so that none of their first frames is dropped during a capture.
+                if self.short and (info := self.producer.first()) is not None:
+                    self.detector.prepare(info.height, info.width, self.short)
                 self.producer.start()
-                if (info := self.producer.first_info) is not None:
-                    # Captured while the decoders start (NVDEC sessions, the first frames), not after.
+                if not self.short and (info := self.producer.first_info) is not None:
                     self.detector.prepare(info.height, info.width, self.short)
                 while (items := self.producer.get_many(timeout=0.001 if self.batcher.open else None)) is not DONE:
                     admitted = []
