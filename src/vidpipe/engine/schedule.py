@@ -16,6 +16,7 @@ another.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from contextlib import nullcontext
 from typing import Callable, Iterator
@@ -37,6 +38,9 @@ from .order import Orderer
 from .plan import SEGMENT_FRAMES, TRACKED_SEGMENT_FRAMES
 
 IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it busy, bounds memory
+# A live run's turns, at most one per: under a tenth of a camera's frame period, so a camera's frame
+# waits for the turn that takes it rather than being replaced by its next.
+TURN_S = 0.004
 
 
 class Scheduler:
@@ -60,6 +64,7 @@ class Scheduler:
         self.order = Orderer(self.producer.release, self.expected)
         # Live frames trickle in and their batches mostly go out short: graphs for short batches too.
         self.short = isinstance(inputs, LiveSources) or cfg.realtime or any(map(is_stream_url, inputs))
+        self.turn_at = 0.0  # when the last turn ended (pace)
         self.batcher = Batcher(lambda h, w: detector.batch(h, w, self.short))
         self.compute = detector.runtime.stream("compute") if cfg.overlap else None
         self.issued: deque[torch.cuda.Event] = deque()  # batches on the GPU, oldest first
@@ -92,7 +97,7 @@ class Scheduler:
                 self.producer.start()
                 if not self.short and (info := self.producer.first_info) is not None:
                     self.detector.prepare(info.height, info.width, self.short)
-                while (items := self.producer.get_many(timeout=0.001 if self.batcher.open else None)) is not DONE:
+                while (items := self.producer.get_many(timeout=self.patience())) is not DONE:
                     admitted = []
                     self.wait_for(items)
                     for item in items:
@@ -109,12 +114,32 @@ class Scheduler:
                     self.flush_short()
                     if ready := list(self.order.ready()):
                         yield ready
+                    self.pace()
                 for batch in self.batcher.partial():
                     self.launch(*batch)
                 if ready := list(self.order.ready()):
                     yield ready
         finally:
             self.producer.close()
+
+    def pace(self) -> None:
+        """Live runs: a turn at most every ``TURN_S``. Cameras' frames come one at a time, and each turn
+        costs this thread and the writer's a wake-up (a GIL hand-off behind every decode thread), a copy
+        and a query of the GPU: many cameras' frames are taken a few at a time instead of one by one."""
+        if self.short:
+            time.sleep(max(0.0, self.turn_at + TURN_S - time.perf_counter()))
+            self.turn_at = time.perf_counter()
+
+    def patience(self) -> float | None:
+        """How long the loop may wait for decoded items: with no batch open, until some come; with one,
+        until it could go out short (a millisecond at a time while the GPU is busy). Each wake-up waits
+        to take the GIL back behind every decode thread: many cameras' batches wait ``MAX_WAIT`` in
+        one wait, not fifty."""
+        if not self.batcher.open:
+            return None
+        if self.slack > 0 or self.serial:
+            return 0.001
+        return max(0.001, MAX_WAIT - (time.perf_counter() - min(self.batcher.since.values())))
 
     def wait_for(self, items: list) -> None:
         """The compute stream waits (on the device) for the streams whose queued work writes this turn's
