@@ -77,6 +77,41 @@ def test_realtime_streams_run_side_by_side_at_their_rate(tmp_path):
         assert (latency >= 0).all() and np.median(latency) < 300, latency  # held for the other: ~500
 
 
+def test_the_engine_takes_camera_frames_a_turn_at_a_time(tmp_path, monkeypatch):
+    """A live run's loop takes its cameras' frames at most a turn every ``TURN_S`` (a tenth of a second
+    here, to tell it from the frames' own pace), and while a batch fills it waits for frames or for
+    the batch to go out short, not a millisecond at a time: wake-ups per turn, not per frame."""
+    from vidpipe.engine import decode, schedule
+
+    wakes = []
+    get_many = decode.FrameProducer.get_many
+
+    def counted(self, timeout=None):
+        items = get_many(self, timeout)
+        if items is not decode.DONE:
+            wakes.append(len(items))
+        return items
+
+    monkeypatch.setattr(decode.FrameProducer, "get_many", counted)
+    clips = [make_clip(tmp_path / f"cam{i}.mp4", frames=15, width=64, height=48, bframes=False, seed=i)
+             for i in range(6)]
+    monkeypatch.setattr(schedule, "TURN_S", 0.1)
+    out, wall = detect(tmp_path, clips, realtime=True, loop=True, max_frames=30, live_policy="all", batch_size=64)
+    assert all([x["frame"] for x in lines] == list(range(30)) for lines in out.values())
+    # 180 frames/s in ~10 turns a second (taken a turn per frame without pacing), each bounded by the room
+    # for chunks that --live-policy all keeps (a chunk per camera and two)
+    assert len(wakes) <= wall / 0.1 + 3 and sum(wakes) / len(wakes) >= 5, wakes
+
+    wakes.clear()
+    monkeypatch.setattr(schedule, "TURN_S", 0.0)
+    out, wall = detect(tmp_path, clips[:1], realtime=True, loop=True, max_frames=30, live_policy="all",
+                       batch_size=64)
+    assert [x["frame"] for x in out[str(clips[0])]] == list(range(30))
+    # One camera's frame every 33 ms, its batch out after MAX_WAIT (50 ms): a wake-up per frame or per
+    # batch, where polling each millisecond would wake ~1,000 times a second.
+    assert wakes.count(0) <= wall / schedule.MAX_WAIT + 3, (wakes.count(0), wall)
+
+
 def test_a_live_frame_is_in_its_file_when_written(tmp_path):
     """latency_ms runs to the moment a frame's line is written: a reader of the output (``tail -f``)
     has the line then, not once a buffer's worth of lines (here the whole run) has piled up. The
