@@ -11,8 +11,10 @@ a one-process run over its share of the sources, batching its
 streams' frames together; a source is given to the process running the fewest and stays there until
 it is removed. A worker that fails (cannot start, crashes, is killed) hands its running sources to the
 others, where they start again. The parent only follows the set and collects what the workers report.
-The processes share the GPU by time slices (separate CUDA contexts, whose kernels never overlap), so
-more processes than the cameras need cost GPU time (``vidpipe bench --suite live --procs-per-device N``).
+The processes share the GPU by time slices (separate CUDA contexts, whose kernels never overlap); each
+sends its batches out short (its few cameras' frames of ``MAX_WAIT``) on graphs captured for tiers of
+the batch, so a process costs the GPU about its frames rather than a full batch per turn
+(``vidpipe bench --suite live --procs-per-device N``).
 """
 
 from __future__ import annotations
