@@ -317,9 +317,9 @@ class Detector:
         n, rows = frames.shape[0], rows or self.batch_size
         with nvtx_range("preprocess"):
             x = self.family.preprocess(frames, self.dtype, self.channels_last)
-            # On GPUs every batch runs at the full size: compiled code and captured graphs need fixed
-            # shapes, and a frame's detections must not depend on how many frames share its batch
-            # (cuDNN picks kernels by batch size, and fp16 rounding follows).
+            # On GPUs every batch runs at a fixed size (the batch; a live run's tiers of it): compiled code
+            # and captured graphs need fixed shapes, and a frame's detections must not depend on how many
+            # frames share its batch (cuDNN picks kernels by batch size, and fp16 rounding follows).
             if self.device.type != "cpu" and n < rows:
                 x = torch.cat([x, x.new_zeros(rows - n, *x.shape[1:])])
                 if self.channels_last:

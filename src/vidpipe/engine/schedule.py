@@ -38,8 +38,8 @@ from .order import Orderer
 from .plan import SEGMENT_FRAMES, TRACKED_SEGMENT_FRAMES
 
 IN_FLIGHT = 3  # batches issued to the GPU and not finished: enough to keep it busy, bounds memory
-# A live run's turns, at most one per: under a tenth of a camera's frame period, so a camera's frame
-# waits for the turn that takes it rather than being replaced by its next.
+# A live run's turns, at most one per: an eighth of a 30 fps camera's frame period, so a camera's
+# frame waits for the turn that takes it rather than being replaced by its next.
 TURN_S = 0.004
 
 
