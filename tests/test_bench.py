@@ -117,5 +117,12 @@ def test_live_suite_profiles_its_threads_when_asked(tmp_path):
                         "random", "--device", "cpu", "--live-streams", "1", "--live-seconds", "2", "--live-profile",
                         "--batch-size", "1", "--results", str(results)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    note = next(line for line in results.read_text().splitlines() if line.startswith("Threads, 1 streams"))
+    text = results.read_text().splitlines()
+    note = next(line for line in text if line.startswith("Threads, 1 streams"))
     assert re.search(r"vidpipe-decode \(\d+ threads, [\d.]+ cores\): \d+% engine/decode.py:\d+ ", note), note
+    # The live rate beside the same input's as a file: the stream's steady rate and its share of that.
+    file_rate = float(re.search(r"clip.mp4 as a file .*: ([\d,]+) frames/s", "\n".join(text))[1].replace(",", ""))
+    row = next(line for line in text if line.startswith("| clip.mp4 |")).split(" | ")
+    taken, share = re.fullmatch(r"([\d,]+) \(([\d.]+)\)", row[7]).groups()
+    assert abs(float(share) - float(taken.replace(",", "")) / file_rate) < 0.01 + 1 / file_rate
+    assert abs(float(taken.replace(",", "")) - float(row[8].split(" / ")[1])) <= 1  # one stream: its rate

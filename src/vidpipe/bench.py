@@ -724,6 +724,7 @@ def bench_startup(a: argparse.Namespace, cfg: Config) -> None:
 LIVE_FPS = 29.5  # a 30 fps camera is kept up with
 LIVE_P99_MS = 200.0  # capture to written, 99th percentile
 LIVE_WARM_S = 2.0  # each stream's first seconds (decoder start) are left out of the figures
+LIVE_FILE_RUNS = 4  # the input as a file: a first run (its graphs), then the median of three
 LIVE_MEMORY_S = 60.0  # memory peaks are compared after this long and at the end (flat memory: 1 min vs 10 min)
 
 
@@ -789,12 +790,12 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
     from .cameras import CameraServer
 
     tmp = Path(tempfile.mkdtemp(prefix="vidpipe-live-"))
-    rows, profiles, device = [], [], None
+    rows, notes, device = [], [], None
     for video in bench_inputs(a, tmp):
         with CameraServer(video) if a.live_cameras == "http" else nullcontext() as server:
-            device = _live_counts(a, cfg, video, tmp, server, rows, profiles) or device
+            device = _live_counts(a, cfg, video, tmp, server, rows, notes) or device
     header = ["input", "cameras", "size", "streams", "processes", "published", "frames/s offered",
-              "per-stream frames/s (min / median)",
+              "frames/s taken (of the file path's)", "per-stream frames/s (min / median)",
               "latency p50 / p99 ms", "dropped: steady / whole run", "NVDEC util (median)", "GPU util (median)",
               "host cores busy", "memory peak, host / GPU: first minute → whole run", "camera server late p99 ms",
               "holds"]
@@ -806,7 +807,9 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
            "stream; figures "
            f"over each stream's frames after its first {LIVE_WARM_S:g} s. Holds: every stream processed at >= "
            f"{LIVE_FPS} frames/s and p99 latency (capture to line written; a stream's capture: its timestamp on "
-           f"the clock of its soonest decoded frame) <= {LIVE_P99_MS:.0f} ms. Utilisation (NVML) and host cores busy "
+           f"the clock of its soonest decoded frame) <= {LIVE_P99_MS:.0f} ms. Frames/s taken: the streams' "
+           "steady rates summed, and their share of the input's rate as a file on the same detector (below). "
+           f"Utilisation (NVML) and host cores busy "
            f"(/proc/stat, of {os.cpu_count()}, the camera server's included): samples every 0.2 s while every "
            f"stream was past its first seconds. "
            f"Dropped (--live-policy latest): frames missing in the streams' steady windows, and over the whole run; "
@@ -818,15 +821,15 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
            f"Processes: engines on the GPU, each batching its own share of the streams (--procs-per-device); "
            f"one process captures its graphs before the streams start, several in their streams' first seconds. "
            "Camera server late: how long after its time the server sent a packet, 99th percentile over the run "
-           "(http cameras; a late server, not vidpipe, would hold the streams back)."] + profiles,
+           "(http cameras; a late server, not vidpipe, would hold the streams back)."] + notes,
           device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, server,
-                 rows: list[list[str]], profiles: list[str]) -> torch.device | None:
+                 rows: list[list[str]], notes: list[str]) -> torch.device | None:
     """``bench_live`` for one input (``server``: its camera server, None for ``--live-cameras file``):
-    a row for each K until one does not hold, and with ``--live-profile`` where the threads of each
-    one-process count were (``profiles``); the device used."""
+    a row for each K until one does not hold; in ``notes`` the input's file-path rate and, with
+    ``--live-profile``, where the threads of each one-process count were; the device used."""
     from .profiling import GpuUtilization, ThreadStacks
 
     from .cli import _Service
@@ -838,6 +841,16 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
     det = Detector(live.replace(max_frames=round(info.fps)), model=family)
     device = det.device
     end_to_end(det, video, tmp / "warm-up.jsonl")  # graphs captured before any timed stream
+    # The same input as a file, end to end on this detector: what the live rows are a share of.
+    det.config, walls = cfg, []
+    for _ in range(LIVE_FILE_RUNS):
+        t0 = time.perf_counter()
+        frames = end_to_end(det, video, tmp / "file.jsonl")
+        walls.append(time.perf_counter() - t0)
+    file_rate = frames / median(walls[1:])
+    notes.append(f"{Path(video).name} as a file (`vidpipe detect`, one process, graphs warm): {file_rate:,.0f} "
+                 f"frames/s end to end, median of {LIVE_FILE_RUNS - 1} runs after a first.")
+    print(notes[-1], flush=True)
     det.config = live.replace(max_frames=round(a.live_seconds * info.fps))
     if hasattr(family, "save"):  # worker processes load these weights: re-aimed on this video, the same load
         live = live.replace(**family.save(tmp / f"weights-{Path(video).stem}.pt"))
@@ -869,9 +882,9 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
                 with ThreadStacks() if a.live_profile else nullcontext() as stacks:
                     report = run(det, cams, sink, monitor=service.monitor)
                 if stacks is not None:
-                    profiles.append(f"Threads, {k} streams in one process (--live-profile; the whole run, "
+                    notes.append(f"Threads, {k} streams in one process (--live-profile; the whole run, "
                                     "sampled every 5 ms): " + " | ".join(stacks.describe()))
-                    print(profiles[-1], flush=True)
+                    print(notes[-1], flush=True)
         if report.failed:
             raise RuntimeError(report.failed[0].error)
         fig = _live_figures(paths, info.fps)
@@ -894,7 +907,7 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
         published = ", ".join(n for n, on in (("mqtt", a.mqtt), ("metrics", a.metrics), ("view", a.serve)) if on)
         rows.append([Path(video).name, a.live_cameras, f"{info.width}x{info.height}", str(k), str(procs),
                      published or "none",
-                     f"{k * info.fps:,.0f}",
+                     f"{k * info.fps:,.0f}", f"{sum(rates):,.0f} ({sum(rates) / file_rate:.2f})",
                      f"{min(rates):.1f} / {median(rates):.1f}", f"{p50:.0f} / {p99:.0f}",
                      f"{fig.dropped / max(fig.dropped + len(fig.latencies), 1):.1%} / "
                      f"{dropped / max(dropped + report.frames, 1):.1%}"
