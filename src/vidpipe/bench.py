@@ -924,8 +924,8 @@ def main(a: argparse.Namespace) -> int:
     from .cli import config_from_args
 
     # Steady state is what the suites measure: there "auto" compiles (the wall time of one command
-    # is the one-command suite's business).
-    cfg = config_from_args(a).for_run(10**9)
+    # is the one-command suite's business); live cameras run as a live run does, uncompiled unless asked.
+    cfg = config_from_args(a).for_run(None if a.suite == "live" else 10**9)
     if cfg.kernels == "auto":  # the steady state; what compiling costs a user is the startup suite's
         cfg = cfg.replace(kernels="triton")
     suites = {"pipeline": bench_pipeline, "postprocess": bench_postprocess, "model": bench_model, "scale": bench_scale,

@@ -181,7 +181,8 @@ class Detector:
         ``short``: batches mostly go out short (live sources), so graphs are captured for ``TIERS`` of the
         batch too and a batch runs on the smallest that holds it: many cameras over several processes
         cost the GPU their frames rather than a full batch each time a process's frames waited
-        ``MAX_WAIT``. A frame's detections then follow its tier's kernels (equal to fp16 rounding)."""
+        ``MAX_WAIT``. A frame's detections then follow its tier's kernels (equal to fp16 rounding). Not
+        with ``--compile on``: one shape, one compile."""
         if not self.cuda_graphs:
             return EAGER
         try:
@@ -293,7 +294,8 @@ class Detector:
 
     def _capture(self, h: int, w: int, short: bool = False) -> CudaGraphs | object:
         frames = torch.zeros(self.batch_size, 3, h, w, dtype=torch.uint8, device=self.device)
-        tiers = tuple(round(self.batch_size * f) for f in TIERS) if short else ()
+        # A compiled network keeps its one shape: each tier would be a compile of its own.
+        tiers = tuple(round(self.batch_size * f) for f in TIERS) if short and not self.compiled else ()
         chain = Chain(self._model, self._post, self.family.graph_postprocess, self.family.max_detections,
                       self.post_stream, self.post_thread, self.runtime.gate)
         for _ in range(3):
