@@ -819,7 +819,7 @@ def bench_live(a: argparse.Namespace, cfg: Config) -> None:
            f"{LIVE_MEMORY_S:.0f} s steady, then over the whole run; host: resident memory of the bench and every "
            f"process it started, GPU: used as NVML reports it (every process). "
            f"Processes: engines on the GPU, each batching its own share of the streams (--procs-per-device); "
-           f"one process captures its graphs before the streams start, several in their streams' first seconds. "
+           f"each captures its graphs (the batch and tiers of it, for short batches) before its streams start. "
            "Camera server late: how long after its time the server sent a packet, 99th percentile over the run "
            "(http cameras; a late server, not vidpipe, would hold the streams back)."] + notes,
           device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -883,7 +883,7 @@ def _live_counts(a: argparse.Namespace, cfg: Config, video: str, tmp: Path, serv
                     report = run(det, cams, sink, monitor=service.monitor)
                 if stacks is not None:
                     notes.append(f"Threads, {k} streams in one process (--live-profile; the whole run, "
-                                    "sampled every 5 ms): " + " | ".join(stacks.describe()))
+                                 "sampled every 5 ms): " + " | ".join(stacks.describe()))
                     print(notes[-1], flush=True)
         if report.failed:
             raise RuntimeError(report.failed[0].error)
