@@ -499,6 +499,36 @@ def test_short_batches_run_on_the_smallest_captured_tier(random_model):
     random_model.cpu().float()
 
 
+@pytest.mark.cuda
+def test_more_sizes_than_kept_graphs_run_eagerly_instead_of_recapturing(random_model, monkeypatch):
+    """Frames of more sizes at once than graphs are kept for (cameras of several resolutions): the
+    extra size runs eagerly rather than evicting a size in use, which would capture again batch after
+    batch; once a kept size goes idle the new one is captured."""
+    import vidpipe.detector as detector
+
+    monkeypatch.setattr(detector, "MAX_GRAPHS", 2)
+    det = Detector(Config(weights="random", device="cuda", precision="fp16", compile="off", batch_size=4,
+                          kernels="triton"), model=random_model)
+    captures = []
+    capture = det._capture
+    monkeypatch.setattr(det, "_capture", lambda h, w, short=False: captures.append((h, w)) or capture(h, w, short))
+    rng = np.random.default_rng()
+    sizes = [(64, 96), (96, 128), (128, 160)]
+    frames = {s: torch.from_numpy(rng.integers(0, 256, (4, 3, *s), dtype=np.uint8)).cuda() for s in sizes}
+    for _ in range(3):
+        for s in sizes:
+            batch = det.batch(*s, short=True)
+            batch.add(frames[s])
+            host, event = det.submit(batch)
+            if event is not None:
+                event.synchronize()
+            assert int(host.counts.sum()) > 0
+    assert captures == sizes[:2]  # the third size ran eagerly each time
+    monkeypatch.setattr(detector, "IN_USE_S", 0.0)  # the kept sizes now count as idle
+    assert det.batch(*sizes[2], short=True).graph is not None and captures == sizes
+    random_model.cpu().float()
+
+
 @pytest.mark.nvdec
 def test_cuda_graphs_match_eager(shared_clip, random_model):
     base = dict(weights="random", device="cuda", precision="fp16", batch_size=64, max_frames=300, kernels="triton")

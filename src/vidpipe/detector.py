@@ -47,6 +47,9 @@ KERNELS_POLL_S = 1.0
 # Fractions of the batch size captured beside the full batch for live runs, whose batches mostly go
 # out short: a padded row costs as much as a frame, and a batch here pads by at most half its frames.
 TIERS = (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4)
+# A frame size whose graphs ran this recently is in use: a live camera's batches run every MAX_WAIT
+# (50 ms) at the least, a file's parts every few batches.
+IN_USE_S = 5.0
 
 @dataclass
 class FrameResult:
@@ -150,6 +153,7 @@ class Detector:
         # runs in batch order beside the next batch's model.
         self.post_thread = ThreadPoolExecutor(1, thread_name_prefix="vidpipe-post") if self.cuda_graphs else None
         self._graphs: OrderedDict[tuple[int, int, int, bool], CudaGraphs] = OrderedDict()
+        self._used: dict[tuple[int, int, int, bool], float] = {}  # when each kept graph was last asked for
 
     @property
     def classes(self) -> Classes:
@@ -278,18 +282,27 @@ class Detector:
             if g is not EAGER:
                 g.drain()
         self._graphs.clear()
+        self._used.clear()
 
     def _graph(self, h: int, w: int, short: bool = False) -> CudaGraphs | object:
+        """The graphs for this size, captured if need be; ``EAGER`` where they could not be, or where
+        every kept size ran within ``IN_USE_S``: frames of more sizes than ``MAX_GRAPHS`` at once (cameras
+        of five resolutions, a folder of mixed clips) would otherwise evict and capture again batch after
+        batch, each capture stalling every input; the extra size runs eagerly until a kept one goes idle."""
         self._kernels_for(h, w)
-        key = (self.batch_size, h, w, short)
+        key, now = (self.batch_size, h, w, short), time.monotonic()
         graph = self._graphs.get(key)
         if graph is None:
+            if len(self._graphs) >= MAX_GRAPHS and now - self._used[next(iter(self._graphs))] < IN_USE_S:
+                return EAGER
             graph = self._graphs[key] = self._capture(h, w, short)
             while len(self._graphs) > MAX_GRAPHS:  # each holds its activations; keep the recent sizes
-                _, old = self._graphs.popitem(last=False)
+                old_key, old = self._graphs.popitem(last=False)
+                del self._used[old_key]
                 if old is not EAGER:
                     old.drain()
         self._graphs.move_to_end(key)
+        self._used[key] = now
         return graph
 
     def _capture(self, h: int, w: int, short: bool = False) -> CudaGraphs | object:
