@@ -237,6 +237,9 @@ def _live_worker(worker: int, device: str, config: dict, fmt: str, control, pipe
     monitor = None if relay is None else Relay(lambda m: results.put(("monitor", worker, m)), *relay)
     try:
         det = Detector(Config(**{**config, "device": device}))
+        # Until its first source (or the end): the run then knows a frame size, and captures its graphs
+        # before that camera starts instead of during its first frames.
+        sources.wait(0, None)
         run(det, sources, lambda i: open_sink(fmt, targets[i.path], i.path, i.width, i.height, det.classes,
                                               det.config.track),
             on_frames=frames_reporter(results, worker, det.device), on_video=on_video, monitor=monitor)
