@@ -45,11 +45,13 @@ log = logging.getLogger(__name__)
 # second, against a compile of ~20 s.
 KERNELS_POLL_S = 1.0
 # Fractions of the batch size captured beside the full batch for live runs, whose batches mostly go
-# out short: a padded row costs as much as a frame, and a batch here pads by at most half its frames.
+# out short: a padded row costs as much as a frame; a batch of more than a quarter pads by under half
+# its frames.
 TIERS = (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4)
 # A frame size whose graphs ran this recently is in use: a live camera's batches run every MAX_WAIT
 # (50 ms) at the least, a file's parts every few batches.
 IN_USE_S = 5.0
+
 
 @dataclass
 class FrameResult:
