@@ -25,7 +25,8 @@
 #   livesvc the live suite with $LIVESVC_ARGS (--mqtt, --metrics, --serve: what publishing costs); a
 #           mosquitto broker on 127.0.0.1:1883 while it runs (the machine's, or the one packed in
 #           .whl-svc/mosquitto.tar.xz: the binary and the libraries a bare image lacks)
-#   hevc    vidpipe bench (pipeline) on the HEVC clip, with each decoder of open-GOP files ($HEVC_ARGS added)
+#   hevc    vidpipe bench (pipeline) on the HEVC clip, with each --stream-decoder in $HEVC_DECODERS (default:
+#           auto ffmpeg pynvvideocodec; $HEVC_ARGS added)
 #   probe   bench/live_probe.py on the 1080p clip ($PROBE_ARGS added): where a camera's frame time goes
 #   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
@@ -109,7 +110,7 @@ for step in $STEPS; do
         --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -14
       kill $broker ;;
     hevc)
-      for dec in ffmpeg pynvvideocodec; do
+      for dec in ${HEVC_DECODERS:-auto ffmpeg pynvvideocodec}; do
         timeout ${HEVC_S:-200} $V bench "$(camera hevc)" --weights random --repeats 3 --stream-decoder $dec ${HEVC_ARGS:-} \
           --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -6
       done ;;

@@ -461,17 +461,19 @@ def test_leading_pictures_are_found_by_the_packet_scan(tmp_path):
 
 
 @pytest.mark.nvdec
-@pytest.mark.parametrize("stream_decoder", ["ffmpeg", "pynvvideocodec"])
+@pytest.mark.parametrize("stream_decoder", ["ffmpeg", "pynvvideocodec", "auto"])
 def test_nvdec_decodes_leading_pictures_whole_and_in_parts(tmp_path, stream_decoder):
-    """An open-GOP HEVC file on NVDEC, by either decoder of files SimpleDecoder cannot take: every frame
-    is FFmpeg's but for YUV->RGB rounding (SimpleDecoder was 8-16 levels off on the two frames before the
-    second keyframe), and parts cut at the keyframes reassemble the whole exactly."""
+    """An open-GOP HEVC file on NVDEC, by either decoder of files SimpleDecoder cannot take (auto: the
+    packet path, files' faster): every frame is FFmpeg's but for YUV->RGB rounding (SimpleDecoder was
+    8-16 levels off on the two frames before the second keyframe), and parts cut at the keyframes
+    reassemble the whole exactly."""
     if stream_decoder == "ffmpeg" and not ffmpeg_nvdec_available():
         pytest.skip("this PyAV does not decode on NVDEC")
     path = str(make_clip(tmp_path / "h.mp4", frames=36, width=192, height=144, codec="libx265", gop=12,
                          seed=int(torch.randint(1 << 30, ()))))
     src = open_source(path, "nvdec", torch.device("cuda"), stream_decoder=stream_decoder)
-    assert type(src) is {"ffmpeg": FFmpegNvdecSource, "pynvvideocodec": NvdecStreamSource}[stream_decoder]
+    assert type(src) is {"ffmpeg": FFmpegNvdecSource, "pynvvideocodec": NvdecStreamSource,
+                         "auto": NvdecStreamSource}[stream_decoder]
     whole, idx, _ = decode_all(src)
     ref, *_ = decode_all(PyAVSource(path, "cuda"))
     assert idx == list(range(36)) and (whole.float() - ref.float()).abs().mean((1, 2, 3)).max() < 3.0
@@ -520,7 +522,7 @@ def test_ten_bit_video_is_not_given_to_the_nv12_conversion(tmp_path):
         pytest.skip("this PyAV does not decode on NVDEC")
     path = str(make_clip(tmp_path / "h.mp4", frames=24, width=192, height=144, codec="libx265", gop=12,
                          pix_fmt="yuv420p10le"))
-    src = open_source(path, "nvdec", torch.device("cuda"))
+    src = open_source(path, "nvdec", torch.device("cuda"), stream_decoder="ffmpeg")
     assert type(src) is NvdecStreamSource
     assert decode_all(src)[1] == list(range(24))
 

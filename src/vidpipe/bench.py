@@ -93,7 +93,8 @@ def decode_only(inputs: list[str], cfg: Config, runtime: DeviceRuntime) -> int:
     the detector's, so repeats reuse its NVDEC sessions as the end-to-end runs do."""
     frames, device = 0, runtime.device
     for item in FrameProducer(inputs, cfg.decoder, device, cfg.batch_for(device), workers=cfg.decoders,
-                              threaded=cfg.overlap, max_frames=cfg.max_frames, runtime=runtime):
+                              threaded=cfg.overlap, max_frames=cfg.max_frames, runtime=runtime,
+                              stream_decoder=cfg.stream_decoder):
         if isinstance(item, Chunk):
             frames += len(item.batch)
     sync(device)

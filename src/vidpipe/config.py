@@ -215,12 +215,12 @@ class Config:
     batch_size: int | None = setting(None, f"frames per batch (default {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU, "
                                      "where a large batch only delays the first result)", group=ADVANCED,
                                      check=between(1, MAX_BATCH), metavar="N")
-    stream_decoder: Literal["ffmpeg", "pynvvideocodec"] = setting(
-        "ffmpeg", "stream URLs, and files PyNvVideoCodec's SimpleDecoder cannot take (HEVC open GOPs, MPEG-TS), on "
+    stream_decoder: Literal["auto", "ffmpeg", "pynvvideocodec"] = setting(
+        "auto", "stream URLs, and files PyNvVideoCodec's SimpleDecoder cannot take (HEVC open GOPs, MPEG-TS), on "
         "NVDEC: ffmpeg = FFmpeg demultiplexes and decodes on NVDEC (PyAV's CUDA decoding: "
         "off the GIL, frames stay on the GPU); pynvvideocodec = FFmpeg demultiplexes, PyNvVideoCodec decodes each "
-        "packet (used anyway where PyAV has no CUDA decoding)", group=ADVANCED,
-        check=one_of("ffmpeg", "pynvvideocodec"))
+        "packet (used anyway where PyAV has no CUDA decoding); auto = ffmpeg for stream URLs, pynvvideocodec "
+        "for files", group=ADVANCED, check=one_of("auto", "ffmpeg", "pynvvideocodec"))
     overlap: bool = setting(True, "run every stage serially in one thread (for comparison)", group=ADVANCED)
     decoders: int = setting(0, "parallel decode workers (0 = from resolution and device)", group=ADVANCED,
                             check=between(0, MAX_WORKERS), metavar="N")

@@ -102,7 +102,7 @@ class FrameProducer:
                  workers: int = 0, threaded: bool = True, max_frames: int | None = None,
                  segment_min: int = 16, segment_max: int = SEGMENT_FRAMES, frames: tuple[int, int] | None = None,
                  runtime: DeviceRuntime | None = None, realtime: bool = False, loop: bool = False,
-                 live_policy: str = "latest", in_order: bool = False, stream_decoder: str = "ffmpeg",
+                 live_policy: str = "latest", in_order: bool = False, stream_decoder: str = "auto",
                  on_state: Callable[[str, str, str], None] | None = None) -> None:
         # A changing set: its sources now, followed by the planner (each added one gets a worker).
         self.sources = inputs if isinstance(inputs, LiveSources) else None
