@@ -44,16 +44,21 @@ log = logging.getLogger(__name__)
 # 29.8 frames/s the slowest, just over a camera's 29.5, and not 32 (vidpipe bench --suite live
 # --live-cameras http), so auto plans below 16.
 CAMERAS_PER_PROCESS = 12
-CORES_PER_PROCESS = 2  # an engine process with 16 cameras kept 1.1 cores busy (the same bench)
+CORES_PER_PROCESS = 2  # 16 cameras in one process kept 0.8 cores busy, camera server included (the same bench)
+# Processes time-slice the GPU, and each runs its own small batches padded to a tier: on an H100, 64
+# cameras in six processes kept the GPU 88% busy with the slowest at 29.0 frames/s, where 48 in four
+# held at 58% (the same bench, --live-streams 48,64). Past four, processes take more cameras each.
+PROCESSES_PER_GPU = 4
 
 
 def processes_for(cameras: int, device: str) -> int:
     """Engine processes per device for ``cameras`` live sources (``--procs-per-device auto``): one per
-    CAMERAS_PER_PROCESS, at most one per CORES_PER_PROCESS of this machine's cores; one on a CPU."""
+    CAMERAS_PER_PROCESS, at most PROCESSES_PER_GPU and one per CORES_PER_PROCESS of this machine's
+    cores; one on a CPU."""
     if device == "cpu" or (device == "auto" and not _has_gpu()):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(-(-cameras // CAMERAS_PER_PROCESS), cores // CORES_PER_PROCESS))
+    return max(1, min(-(-cameras // CAMERAS_PER_PROCESS), PROCESSES_PER_GPU, cores // CORES_PER_PROCESS))
 
 
 def _has_gpu() -> bool:
