@@ -611,20 +611,24 @@ def test_an_nvdec_file_without_a_frame_count_is_planned_with_the_scans(tmp_path)
 
 @pytest.mark.nvdec
 @pytest.mark.parametrize("ext,bframes", [("ts", False), ("ts", True), ("h264", True)])
-def test_nvdec_decodes_unseekable_files_whole_in_parts_and_in_a_run(tmp_path, ext, bframes):
-    """An MPEG-TS file (of which SimpleDecoder gave no frame) or a raw H.264 stream on NVDEC: every frame,
-    in order, FFmpeg's but for YUV->RGB rounding; parts reassemble the whole; a run's decode pool hands
-    over each frame once."""
+@pytest.mark.parametrize("stream_decoder", ["auto", "ffmpeg"])
+def test_nvdec_decodes_unseekable_files_whole_in_parts_and_in_a_run(tmp_path, ext, bframes, stream_decoder):
+    """An MPEG-TS file (of which SimpleDecoder gave no frame) or a raw H.264 stream on NVDEC, by either
+    decoder of such files: every frame, in order, FFmpeg's but for YUV->RGB rounding; parts reassemble
+    the whole; a run's decode pool hands over each frame once."""
+    if stream_decoder == "ffmpeg" and not ffmpeg_nvdec_available():
+        pytest.skip("this PyAV does not decode on NVDEC")
     clip = make_clip(tmp_path / "a.mp4", frames=48, width=96, height=64, bframes=bframes, gop=12, seed=3)
     path = str(repeat_clip(clip, tmp_path / "a.ts", 2) if ext == "ts" else
                make_clip(tmp_path / "a.h264", frames=96, width=96, height=64, bframes=bframes, gop=12, seed=3))
-    whole, idx, _ = decode_all(open_source(path, "nvdec", torch.device("cuda")))
+    whole, idx, _ = decode_all(open_source(path, "nvdec", torch.device("cuda"), stream_decoder=stream_decoder))
     ref, *_ = decode_all(PyAVSource(path, "cuda"))
     assert idx == list(range(96)) and (whole.float() - ref.float()).abs().mean((1, 2, 3)).max() < 3.0
-    src = open_source(path, "nvdec", torch.device("cuda"))
+    src = open_source(path, "nvdec", torch.device("cuda"), stream_decoder=stream_decoder)
     parts = [torch.cat([b.frames.cpu() for b in src.batches(5, a, b)]) for a, b in ((0, 36), (36, 60), (60, 96))]
     assert torch.equal(torch.cat(parts), whole)
-    items = list(FrameProducer([path], "nvdec", torch.device("cuda"), 8, segment_min=12))
+    items = list(FrameProducer([path], "nvdec", torch.device("cuda"), 8, segment_min=12,
+                               stream_decoder=stream_decoder))
     chunks = [i for i in items if isinstance(i, Chunk)]
     assert sorted(j for c in chunks for j in c.batch.indices) == list(range(96))
     assert all(e.error is None and not e.corrupt for e in items if isinstance(e, UnitEnd))
