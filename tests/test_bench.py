@@ -106,7 +106,8 @@ def test_thread_stacks_tell_a_busy_thread_from_a_waiting_one():
         stop.set()
     lines = {line.split(" (")[0]: line for line in stacks.describe()}
     # Busy, not exactly one core: the test shares a 2-core CI machine with whatever else runs.
-    assert re.search(r"spin \(1 threads, 0\.[2-9]\d cores\): ([89]\d|100)% test_bench.py spinning", lines["spin"]), lines
+    spin = r"spin \(1 threads, 0\.[2-9]\d cores\): ([89]\d|100)% test_bench.py spinning"
+    assert re.search(spin, lines["spin"]), lines
     assert re.search(r"nap \(2 threads, 0\.0\d cores\): 1\d\d% test_bench.py napping", lines["nap"]), lines
 
 
