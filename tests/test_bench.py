@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from vidpipe.synth import make_clip
 
 
@@ -128,3 +130,27 @@ def test_live_suite_profiles_its_threads_when_asked(tmp_path):
     taken, share = re.fullmatch(r"([\d,]+) \(([\d.]+)\)", row[7]).groups()
     assert abs(float(share) - float(taken.replace(",", "")) / file_rate) < 0.01 + 1 / file_rate
     assert abs(float(taken.replace(",", "")) - float(row[8].split(" / ")[1])) <= 1  # one stream: its rate
+
+
+@pytest.mark.nvdec
+def test_decode_only_decodes_with_the_runs_stream_decoder(tmp_path, monkeypatch):
+    """The decode-only ceiling of a file SimpleDecoder cannot take (open GOPs) is the decoder the run
+    would use: every frame through PyNvVideoCodec's packets by default, none with FFmpeg's decoder."""
+    import torch
+
+    from vidpipe.bench import decode_only
+    from vidpipe.config import Config
+    from vidpipe.runtime import DeviceRuntime
+    from vidpipe.sources import NvdecStreamSource, ffmpeg_nvdec_available
+
+    path = str(make_clip(tmp_path / "h.mp4", frames=36, width=192, height=144, codec="libx265", gop=12))
+    calls, packet = [], NvdecStreamSource._packet
+    monkeypatch.setattr(NvdecStreamSource, "_packet", lambda *a: calls.append(packet(*a)) or calls[-1])
+    runtime = DeviceRuntime(torch.device("cuda"))
+    decoders = ["pynvvideocodec", "auto"] + (["ffmpeg"] if ffmpeg_nvdec_available() else [])
+    for stream_decoder in decoders:
+        calls.clear()
+        cfg = Config(decoder="nvdec", stream_decoder=stream_decoder)
+        assert decode_only([path], cfg, runtime) == 36
+        # Parts cut at keyframes decode a few frames twice (leading pictures): at least every frame.
+        assert (sum(map(len, calls)) >= 36) == (stream_decoder != "ffmpeg"), stream_decoder
