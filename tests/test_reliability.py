@@ -357,6 +357,21 @@ def test_a_stream_decoded_by_ffmpeg_on_nvdec_gives_ffmpegs_frames(tmp_path, name
 
 
 @ffmpeg_nvdec
+def test_a_realtime_open_gop_file_is_read_as_a_camera_is(tmp_path):
+    """--realtime files stand in for cameras: one SimpleDecoder cannot take (open GOPs) is decoded by
+    FFmpeg on NVDEC as a camera's stream is (frames on the legacy default stream), not packet by packet
+    as the same file is outside --realtime; every frame once either way."""
+    from vidpipe.engine import Chunk, FrameProducer
+
+    path = str(make_clip(tmp_path / "h.mp4", frames=24, width=192, height=144, codec="libx265", gop=12))
+    for realtime, stream in ((True, torch.cuda.default_stream()), (False, None)):
+        chunks = [i for i in FrameProducer([path], "nvdec", torch.device("cuda"), 8, realtime=realtime,
+                                           live_policy="all") if isinstance(i, Chunk)]
+        assert sorted(j for c in chunks for j in c.batch.indices) == list(range(24))
+        assert {c.batch.stream for c in chunks} == {stream}, realtime
+
+
+@ffmpeg_nvdec
 def test_the_engine_decodes_a_stream_with_ffmpeg_on_nvdec(http_clip):
     """A URL in a run on NVDEC takes FFmpeg's NVDEC decoding by default: every frame once, each chunk
     carrying the stream its frames are written on, and once the engine's stream has waited for it,

@@ -219,8 +219,8 @@ class Config:
         "auto", "stream URLs, and files PyNvVideoCodec's SimpleDecoder cannot take (HEVC open GOPs, MPEG-TS), on "
         "NVDEC: ffmpeg = FFmpeg demultiplexes and decodes on NVDEC (PyAV's CUDA decoding: "
         "off the GIL, frames stay on the GPU); pynvvideocodec = FFmpeg demultiplexes, PyNvVideoCodec decodes each "
-        "packet (used anyway where PyAV has no CUDA decoding); auto = ffmpeg for stream URLs, pynvvideocodec "
-        "for files", group=ADVANCED, check=one_of("auto", "ffmpeg", "pynvvideocodec"))
+        "packet (used anyway where PyAV has no CUDA decoding); auto = ffmpeg for stream URLs and --realtime "
+        "files, pynvvideocodec for other files", group=ADVANCED, check=one_of("auto", "ffmpeg", "pynvvideocodec"))
     overlap: bool = setting(True, "run every stage serially in one thread (for comparison)", group=ADVANCED)
     decoders: int = setting(0, "parallel decode workers (0 = from resolution and device)", group=ADVANCED,
                             check=between(0, MAX_WORKERS), metavar="N")
