@@ -25,8 +25,8 @@
 #   livesvc the live suite with $LIVESVC_ARGS (--mqtt, --metrics, --serve: what publishing costs); a
 #           mosquitto broker on 127.0.0.1:1883 while it runs (the machine's, or the one packed in
 #           .whl-svc/mosquitto.tar.xz: the binary and the libraries a bare image lacks)
-#   hevc    vidpipe bench (pipeline) on the HEVC clip, with each --stream-decoder in $HEVC_DECODERS (default:
-#           auto ffmpeg pynvvideocodec; $HEVC_ARGS added)
+#   hevc    vidpipe bench (pipeline) on the HEVC clip ($HEVC_TIMES copies in a row, default 1), with each
+#           --stream-decoder in $HEVC_DECODERS (default: auto ffmpeg pynvvideocodec; $HEVC_ARGS added)
 #   probe   bench/live_probe.py on the 1080p clip ($PROBE_ARGS added): where a camera's frame time goes
 #   annotate vidpipe detect on the 1080p clip with and without --save-video (wall, CPU use)
 #   nms     bench/nms_sweep.py (the NMS kernel's tile sizes)
@@ -54,10 +54,12 @@ camera() {  # the camera-like 1080p clip, made once per machine: H.264 (900 fram
   [ -f $f ] || python3 .media/make_camera_clip.py .media/in.mp4 $f $codec $frames >/dev/null
   echo $f
 }
-camera_times() {  # that clip $1 times in a row, packets copied
-  [ -f /tmp/camera1080x$1.mp4 ] || python3 -c "import sys; from vidpipe.synth import repeat_clip; \
-repeat_clip(sys.argv[1], sys.argv[2], int(sys.argv[3]))" "$(camera)" /tmp/camera1080x$1.mp4 $1
-  echo /tmp/camera1080x$1.mp4
+camera_times() {  # that clip ($2: h264 or hevc) $1 times in a row, packets copied
+  local codec=${2:-h264} f=/tmp/camera1080-${2:-h264}x$1.mp4
+  [ "$1" = 1 ] && { camera $codec; return; }
+  [ -f $f ] || python3 -c "import sys; from vidpipe.synth import repeat_clip; \
+repeat_clip(sys.argv[1], sys.argv[2], int(sys.argv[3]))" "$(camera $codec)" $f $1
+  echo $f
 }
 
 for step in $STEPS; do
@@ -111,7 +113,7 @@ for step in $STEPS; do
       kill $broker ;;
     hevc)
       for dec in ${HEVC_DECODERS:-auto ffmpeg pynvvideocodec}; do
-        timeout ${HEVC_S:-200} $V bench "$(camera hevc)" --weights random --repeats 3 --stream-decoder $dec ${HEVC_ARGS:-} \
+        timeout ${HEVC_S:-200} $V bench "$(camera_times ${HEVC_TIMES:-1} hevc)" --weights random --repeats 3 --stream-decoder $dec ${HEVC_ARGS:-} \
           --results "$OUT/results.md" 2>&1 | grep -v "^WARNING" | tail -6
       done ;;
     livepackets)
