@@ -869,9 +869,10 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
     (seekable, frames in batches) where it decodes the file exactly, and anything else (stream URLs,
     files it cannot take) by FFmpeg on NVDEC (:class:`FFmpegNvdecSource`, where PyAV can) or by FFmpeg's
     demuxer and PyNvVideoCodec packet by packet (:class:`NvdecStreamSource`): ``stream_decoder="auto"``
-    takes FFmpeg for stream URLs (a camera then costs a few short holds of the GIL; the engine asks for it
-    for ``--realtime`` files too) and the packet path for files, whose parts it decoded 3.6 times as fast (an open-GOP 1080p HEVC clip on an H100: 2,046
-    frames/s end to end against 563; ``vidpipe bench CLIP --stream-decoder ffmpeg|pynvvideocodec``).
+    takes FFmpeg for stream URLs (a camera then costs a few short holds of the GIL; the engine asks for
+    it for ``--realtime`` files too) and the packet path for files, whose parts it decoded 3.6 times as
+    fast (an open-GOP 1080p HEVC clip on an H100: 2,046 frames/s end to end against 563;
+    ``vidpipe bench CLIP --stream-decoder ffmpeg|pynvvideocodec``).
     ``--realtime`` files stay on SimpleDecoder: one call per frame, where the packet path's Python per
     frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). SimpleDecoder cannot
     take files with leading pictures: it gave wrong frames for them (HEVC open GOPs, x265's default:
