@@ -175,11 +175,10 @@ def test_auto_processes_follow_the_cameras_and_the_machine(monkeypatch):
     well nor than the cores allow; one on a CPU, where there is no GPU to share."""
     from vidpipe import livescale
 
-    cores = [16]
-    monkeypatch.setattr(livescale.os, "sched_getaffinity", lambda pid: set(range(cores[0])), raising=False)
+    monkeypatch.setattr(livescale.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     per = livescale.CAMERAS_PER_PROCESS
     assert [livescale.processes_for(n, "cuda") for n in (1, per, per + 1, 3 * per)] == [1, 1, 2, 3]
     assert livescale.processes_for(100 * per, "cuda") == livescale.PROCESSES_PER_GPU == 4
-    cores[0] = 4
+    monkeypatch.setattr(livescale.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     assert livescale.processes_for(100 * per, "cuda") == 4 // livescale.CORES_PER_PROCESS
     assert livescale.processes_for(100 * per, "cpu") == 1

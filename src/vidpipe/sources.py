@@ -862,19 +862,19 @@ def resolve_decoder(decoder: Decoder, device: torch.device) -> Literal["nvdec", 
 def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.device, *,
                 max_frames: int | None = None, info: VideoInfo | None = None,
                 fallback: bool = False, runtime: DeviceRuntime | None = None,
-                slot: int | None = None, stream_decoder: StreamDecoder = "auto"
+                slot: int | None = None, stream_decoder: StreamDecoder = "auto", realtime: bool = False
                 ) -> PyAVSource | NvdecSource | NvdecStreamSource | FFmpegNvdecSource:
     """A source for ``path``; with ``fallback``, a stream NVDEC refuses (codec, size) is decoded by
     FFmpeg instead, with a warning. On NVDEC a file is decoded by PyNvVideoCodec's SimpleDecoder
     (seekable, frames in batches) where it decodes the file exactly, and anything else (stream URLs,
     files it cannot take) by FFmpeg on NVDEC (:class:`FFmpegNvdecSource`, where PyAV can) or by FFmpeg's
     demuxer and PyNvVideoCodec packet by packet (:class:`NvdecStreamSource`): ``stream_decoder="auto"``
-    takes FFmpeg for stream URLs (a camera then costs a few short holds of the GIL; the engine asks for
-    it for ``--realtime`` files too) and the packet path for files, whose parts it decoded 3.6 times as
-    fast (an open-GOP 1080p HEVC clip on an H100: 2,046 frames/s end to end against 563;
-    ``vidpipe bench CLIP --stream-decoder ffmpeg|pynvvideocodec``).
-    ``--realtime`` files stay on SimpleDecoder: one call per frame, where the packet path's Python per
-    frame held 32 live cameras at 28.7 frames/s each on the H200 (30.0 before). SimpleDecoder cannot
+    takes FFmpeg for stream URLs and ``realtime`` files, their stand-ins (a camera then costs a few short
+    holds of the GIL), and the packet path for other files, whose parts it decoded 3.6 times as fast
+    (an open-GOP 1080p HEVC clip on an H100: 2,046 frames/s end to end against 563;
+    ``vidpipe bench CLIP --stream-decoder ffmpeg|pynvvideocodec``). ``realtime`` files SimpleDecoder
+    takes stay on it: one call per frame, where the packet path's Python per frame held 32 live cameras
+    at 28.7 frames/s each on the H200 (30.0 before). SimpleDecoder cannot
     take files with leading pictures: it gave wrong frames for them (HEVC open GOPs, x265's default:
     mean difference 8-16 levels from FFmpeg's frames on those, 0.7 on every other frame and on the packet
     path's), nor files it cannot seek in exactly: of MPEG-TS files it counted every frame and gave none
@@ -885,7 +885,7 @@ def open_source(path: str, decoder: Literal["nvdec", "pyav"], device: torch.devi
         try:
             simple = not is_stream_url(path) and not (index := scan_packets(path)).leading and index.exact_seeks
             if stream_decoder == "auto":
-                stream_decoder = "ffmpeg" if is_stream_url(path) else "pynvvideocodec"
+                stream_decoder = "ffmpeg" if realtime or is_stream_url(path) else "pynvvideocodec"
             if not simple and stream_decoder == "ffmpeg" and ffmpeg_nvdec_available():
                 try:
                     return FFmpegNvdecSource(path, device, max_frames=max_frames, info=info, runtime=runtime)

@@ -236,11 +236,9 @@ class FrameProducer:
                 cached.info.path == unit.path and not is_stream_url(unit.path):
             return cached  # one NVDEC decoder per worker and file: segments seek instead of reopening
         self._close_source()
-        # Clocked files (cameras' --realtime stand-ins) read as cameras are: FFmpeg's decoding, off the GIL.
-        clocked = self.stream_decoder == "auto" and self._clocked(unit.path)
         src = open_source(unit.path, self.decoder, self.device, max_frames=self.max_frames, info=unit.info,
                           fallback=self.fallback, runtime=self.runtime, slot=getattr(self._local, "slot", -1),
-                          stream_decoder="ffmpeg" if clocked else self.stream_decoder)
+                          stream_decoder=self.stream_decoder, realtime=self.realtime)
         if self.on_state is not None and isinstance(src, PyAVSource):
             src.on_state = self.on_state
         self._local.source = src
